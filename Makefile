@@ -1,0 +1,52 @@
+# Everything installs from this repository's own files: pyproject.toml (Python),
+# package.json (buf), and apt for system packages the tests need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+PYSTAMP   := $(VENV)/.installed
+NODESTAMP := node_modules/.installed
+BUF    := PATH="$(CURDIR)/$(BIN):$$PATH" node_modules/.bin/buf
+
+.PHONY: run test test-unit test-integration proto proto-check lint bench install clean
+
+run: $(PYSTAMP)  ## serve the bundled model on :50051 (ARGS="--grpc-port 0 --set k=v" to change)
+	$(BIN)/llmservice serve $(ARGS)
+
+test: $(PYSTAMP) $(NODESTAMP)  ## every test layer (PYTEST_ARGS="-m unit" to pick one)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(PYSTAMP)
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+test-integration: $(PYSTAMP) $(NODESTAMP)
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+proto: $(PYSTAMP) $(NODESTAMP)  ## regenerate llmservice/_pb from protos/
+	$(BUF) generate
+
+lint: $(PYSTAMP) $(NODESTAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BUF) lint
+
+bench: $(PYSTAMP)  ## benchmarks: bench/results/*.json and docs/benchmarks.md
+	$(PY) -m bench
+
+install: $(PYSTAMP) $(NODESTAMP)
+
+# llama-cpp-python compiles llama.cpp (~10 min on 2 cores) the first time; pip
+# caches the wheel, so later installs of the same pinned version take seconds.
+$(PYSTAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(NODESTAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+clean:
+	rm -rf $(VENV) node_modules

@@ -1,0 +1,1 @@
+"""llmservice: one gRPC service for large language models, in-process or at a provider."""

@@ -1,0 +1,56 @@
+"""The application's lifespan: providers, core and gRPC server, started and drained together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+
+from .core import LLMCore
+from .registry import ProviderRegistry
+from .server import GrpcServer, start_server
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    settings: Settings, on_listening: Callable[[int], None] | None = None
+) -> AsyncIterator[GrpcServer]:
+    """Serve until the block ends, then drain in-flight calls within the grace period.
+
+    The port is open (health NOT_SERVING) while providers start; SERVING follows once
+    the default model is loaded.
+    """
+    registry = ProviderRegistry.from_settings(settings)
+    server = await start_server(LLMCore(registry), settings.server.host, settings.server.grpc_port)
+    if on_listening:
+        on_listening(server.port)
+    try:
+        async with registry:
+            await server.set_serving(True)
+            yield server
+            await server.drain(settings.server.drain_grace_s)
+    finally:
+        await server.server.stop(None)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    host = settings.server.host
+
+    def listening(port: int) -> None:
+        print(f"llmservice: gRPC listening on {host}:{port} (NOT_SERVING until the model is loaded)", flush=True)
+
+    async with running_service(settings, listening) as server:
+        print(f"llmservice: ready, SERVING on {host}:{server.port}", flush=True)
+        await stop.wait()
+        print(f"llmservice: draining (up to {settings.server.drain_grace_s:g} s)", flush=True)
+    print("llmservice: stopped", flush=True)

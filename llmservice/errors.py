@@ -1,0 +1,68 @@
+"""The one error hierarchy of llmservice.
+
+Core code and providers raise these; the gRPC server maps them to status codes in
+one place (`llmservice.server.status`), and the HTTP shim maps gRPC status to HTTP.
+Nothing maps errors by message text.
+
+    LLMServiceError                  INTERNAL           anything else
+    ├── InvalidRequest               INVALID_ARGUMENT   bad input, unsupported parameter
+    ├── Unauthenticated              UNAUTHENTICATED
+    ├── PermissionDenied             PERMISSION_DENIED
+    ├── NotFound                     NOT_FOUND          model, provider or session
+    ├── ResourceExhausted            RESOURCE_EXHAUSTED queue full, rate limit, budget
+    ├── ProviderAuthFailed           FAILED_PRECONDITION provider rejected credentials
+    ├── Unavailable                  UNAVAILABLE        provider down, service draining
+    ├── DeadlineExceeded             DEADLINE_EXCEEDED  deadline or provider timeout
+    └── Cancelled                    CANCELLED          the caller went away
+"""
+
+from __future__ import annotations
+
+
+class LLMServiceError(Exception):
+    """Base of every error llmservice raises on purpose; unexpected ones map to INTERNAL."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class InvalidRequest(LLMServiceError):
+    """The request is malformed or asks for something that would not be honoured."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class Unauthenticated(LLMServiceError):
+    """No credentials, or credentials that are not valid."""
+
+
+class PermissionDenied(LLMServiceError):
+    """The caller may not use this resource."""
+
+
+class NotFound(LLMServiceError):
+    """A model, provider or session that does not exist (or is hidden from the caller)."""
+
+
+class ResourceExhausted(LLMServiceError):
+    """Queue full, rate limit or budget reached; `retry_after_s` hints when to retry."""
+
+
+class ProviderAuthFailed(LLMServiceError):
+    """A provider rejected the service's credentials; names the provider, never the key."""
+
+
+class Unavailable(LLMServiceError):
+    """A provider is down, or this service is draining."""
+
+
+class DeadlineExceeded(LLMServiceError):
+    """The request's deadline passed, or a provider timed out."""
+
+
+class Cancelled(LLMServiceError):
+    """The caller cancelled the request."""

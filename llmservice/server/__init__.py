@@ -1,0 +1,64 @@
+"""The grpc.aio server: LLMService (under both its names), health and reflection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
+from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from llmservice._pb.protocol import llm_service_pb2 as protocol_pb
+from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
+from llmservice.core import LLMCore
+
+from .servicer import LLMServicer
+
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["LLMService"].full_name,
+    protocol_pb.DESCRIPTOR.services_by_name["LLMService"].full_name,
+)
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.aio.Server
+    port: int
+    health: health_aio.HealthServicer
+
+    async def set_serving(self, serving: bool) -> None:
+        """Health for the whole server ("") and for each LLMService name."""
+        status = _SERVING if serving else _NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def drain(self, grace_s: float) -> None:
+        """Report NOT_SERVING, refuse new calls, give in-flight calls `grace_s` to finish."""
+        await self.set_serving(False)
+        await self.server.stop(grace_s)
+
+
+async def start_server(core: LLMCore, host: str, port: int) -> GrpcServer:
+    """Start serving on host:port (0 picks a free port); health says NOT_SERVING until set_serving."""
+    server = grpc.aio.server()
+    servicer = LLMServicer(core)
+    pb_grpc.add_LLMServiceServicer_to_server(servicer, server)
+    protocol_grpc.add_LLMServiceServicer_to_server(servicer, server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    await server.start()
+    result = GrpcServer(server, bound, health)
+    await result.set_serving(False)
+    return result

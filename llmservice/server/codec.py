@@ -1,0 +1,114 @@
+"""The gRPC edge: protobuf messages to domain types and back. Nothing else touches _pb types."""
+
+from __future__ import annotations
+
+from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
+from llmservice.errors import InvalidRequest
+from llmservice.types import (
+    ROLES,
+    Attachment,
+    ChatRequest,
+    Completion,
+    FinishReason,
+    Message,
+    ModelInfo,
+    Role,
+    Sampling,
+    StreamEnd,
+    TokenDelta,
+)
+
+_FINISH = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
+    FinishReason.CONTENT_FILTER: pb.FINISH_REASON_CONTENT_FILTER,
+}
+
+
+def decode_chat_request(msg: pb.LLMChatRequest) -> ChatRequest:
+    return ChatRequest(
+        messages=_messages(msg),
+        model=msg.model,
+        provider=msg.provider,
+        sampling=Sampling(
+            temperature=msg.temperature if msg.HasField("temperature") else None,
+            top_p=msg.top_p if msg.HasField("top_p") else None,
+            max_tokens=msg.max_tokens or None,
+            stop=tuple(msg.stop),
+            seed=msg.seed if msg.HasField("seed") else None,
+        ),
+        attachments=tuple(Attachment(a.mime_type, a.data, a.filename) for a in msg.attachments),
+        priority=msg.priority,
+    )
+
+
+def _messages(msg: pb.LLMChatRequest) -> tuple[Message, ...]:
+    """`messages` when set; otherwise the deprecated system_prompt and user_prompt."""
+    if msg.messages:
+        return tuple(Message(_role(i, m.role), m.content) for i, m in enumerate(msg.messages))
+    legacy: list[Message] = []
+    if msg.system_prompt:
+        legacy.append(Message("system", msg.system_prompt))
+    if msg.user_prompt:
+        legacy.append(Message("user", msg.user_prompt))
+    return tuple(legacy)
+
+
+def _role(index: int, role: str) -> Role:
+    for known in ROLES:
+        if role == known:
+            return known
+    raise InvalidRequest(f"messages[{index}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+
+
+def encode_completion(completion: Completion) -> pb.LLMChatResponse:
+    usage = completion.usage
+    return pb.LLMChatResponse(
+        content=completion.text,
+        model=completion.model,
+        provider=completion.provider,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        finish_reason=_FINISH[completion.finish_reason],
+    )
+
+
+def encode_token(delta: TokenDelta, model: str) -> pb.LLMChatChunk:
+    return pb.LLMChatChunk(token=delta.text, model=model)
+
+
+def encode_end(end: StreamEnd, model: str, provider: str) -> pb.LLMChatChunk:
+    usage = end.usage
+    return pb.LLMChatChunk(
+        done=True,
+        model=model,
+        provider=provider,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        finish_reason=_FINISH[end.finish_reason],
+    )
+
+
+def encode_models(models: list[ModelInfo]) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(
+        models=[
+            pb.ModelInfo(
+                id=m.id,
+                provider=m.provider,
+                context_length=m.context_length,
+                is_default=m.is_default,
+                loaded=m.loaded,
+                capabilities=pb.ModelCapabilities(
+                    streaming=m.capabilities.streaming,
+                    tools=m.capabilities.tools,
+                    vision=m.capabilities.vision,
+                    embeddings=m.capabilities.embeddings,
+                    signals=m.capabilities.signals,
+                ),
+            )
+            for m in models
+        ]
+    )

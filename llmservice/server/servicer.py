@@ -1,0 +1,61 @@
+"""The LLMService servicer: decode, call the core, encode. Served as llmservice.v1 and protocol."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import NoReturn
+
+import grpc
+
+from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
+from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from llmservice.core import LLMCore
+from llmservice.types import StreamEnd
+
+from . import codec
+from .status import to_status
+
+
+class LLMServicer(pb_grpc.LLMServiceServicer):
+    def __init__(self, core: LLMCore) -> None:
+        self._core = core
+
+    async def Chat(self, request: pb.LLMChatRequest, context: grpc.aio.ServicerContext) -> pb.LLMChatResponse:
+        try:
+            completion = await self._core.complete(codec.decode_chat_request(request))
+        except Exception as exc:
+            await _abort(context, exc)
+        return codec.encode_completion(completion)
+
+    async def StreamChat(
+        self, request: pb.LLMChatRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.LLMChatChunk]:
+        try:
+            stream = self._core.stream(codec.decode_chat_request(request))
+            # aclosing: when the caller goes away, the provider's generator is closed at once,
+            # which cancels its work.
+            async with contextlib.aclosing(stream.events) as events:
+                async for event in events:
+                    if isinstance(event, StreamEnd):
+                        yield codec.encode_end(event, stream.model, stream.provider)
+                    else:
+                        yield codec.encode_token(event, stream.model)
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        try:
+            return codec.encode_models(await self._core.list_models())
+        except Exception as exc:
+            await _abort(context, exc)
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+    code, details, trailers = to_status(exc)
+    if trailers:
+        context.set_trailing_metadata(trailers)
+    await context.abort(code, details)
+    raise AssertionError("context.abort returned")  # it raises; this tells the type checker

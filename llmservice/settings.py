@@ -1,0 +1,163 @@
+"""Settings: one validated tree, loaded once at start-up.
+
+Sources, strongest first: CLI overrides (`--set key=value`, dotted keys for nested
+settings) > `LLMSERVICE_*` environment variables (`__` between nested keys) > the
+documented provider variables (`LLM_PROVIDER`, ...) > `llm.toml` > defaults.
+This is the only module that reads the process environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "LLMSERVICE_"
+ENV_NESTED_DELIMITER = "__"
+DEFAULT_CONFIG_FILE = Path("llm.toml")
+
+# The provider variables every deployment of this kind of service knows, mapped to
+# where they live in the settings tree. Provider issues extend this table.
+DOCUMENTED_ENV: dict[str, tuple[str, ...]] = {
+    "LLM_PROVIDER": ("provider",),
+}
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; the message names each offending key or variable."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+    drain_grace_s: float = Field(10.0, ge=0, description="how long SIGTERM waits for in-flight calls")
+
+
+class LlamaCppSettings(_Section):
+    model_path: Path | None = Field(None, description="a GGUF file; unset means the bundled model")
+    model_id: str = Field("", description="id shown in ListModels; defaults to the file name")
+    cache_dir: Path = Field(Path.home() / ".cache" / "llmservice" / "models")
+    n_ctx: int = Field(4096, ge=64)
+    n_batch: int = Field(512, ge=1)
+    n_threads: int = Field(0, ge=0, description="0 means one per core")
+    temperature: float = Field(0.0, ge=0, le=2, description="used when a request sets none")
+    max_tokens: int = Field(512, ge=1, description="used when a request sets none")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    provider: str = Field("llamacpp", description="provider used when a request names none")
+    log_level: str = "INFO"
+    server: ServerSettings = ServerSettings()
+    llamacpp: LlamaCppSettings = LlamaCppSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML source reads the file named in model_config (see load_settings).
+        return (init_settings, env_settings, _DocumentedEnvSource(settings_cls), TomlConfigSettingsSource(settings_cls))
+
+
+class _DocumentedEnvSource(InitSettingsSource):
+    """The documented provider variables (LLM_PROVIDER, ...), as a nested dict."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        tree: dict[str, Any] = {}
+        for name, path in DOCUMENTED_ENV.items():
+            if name in os.environ:
+                _set_path(tree, path, os.environ[name])
+        super().__init__(settings_cls, tree)
+
+
+def load_settings(config_file: Path | None = None, overrides: Sequence[str] = ()) -> Settings:
+    """Load and validate settings; raise SettingsError naming every problem.
+
+    `config_file` defaults to `$LLMSERVICE_CONFIG`, then `./llm.toml` when it exists.
+    """
+    config_file = config_file or _default_config_file()
+    if config_file is not None and not config_file.is_file():
+        raise SettingsError(f"config file {config_file} does not exist")
+    init = parse_overrides(overrides)
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    try:
+        return _FromFile(**init)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, config_file)) from None
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turn `["server.grpc_port=0", ...]` into a nested dict; JSON lists and objects are parsed."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"--set {item!r}: expected key=value")
+        value: Any = raw
+        if raw[:1] in "[{":
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise SettingsError(f"--set {key}: value is not valid JSON ({exc.msg})") from None
+        _set_path(tree, tuple(key.strip().split(".")), value)
+    return tree
+
+
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+
+
+def _default_config_file() -> Path | None:
+    named = os.environ.get(ENV_PREFIX + "CONFIG")
+    if named:
+        return Path(named)
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def _describe(exc: ValidationError, config_file: Path | None) -> str:
+    where = f" (config file {config_file}, environment or --set)" if config_file else ""
+    lines = [f"invalid settings{where}:"]
+    for error in exc.errors():
+        path = tuple(str(part) for part in error["loc"])
+        lines.append(f"  {'.'.join(path)} [env {env_name(path)}]: {error['msg']}")
+    return "\n".join(lines)
+
+
+def env_name(path: Sequence[str]) -> str:
+    """The environment variable that sets a settings path, e.g. LLMSERVICE_SERVER__GRPC_PORT."""
+    documented = [name for name, target in DOCUMENTED_ENV.items() if target == tuple(path)]
+    if documented:
+        return documented[0]
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(part.upper() for part in path)

@@ -1,0 +1,108 @@
+"""Domain types: what core code and providers see, whatever surface a request came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[Role, ...] = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    mime_type: str
+    data: str
+    filename: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Sampling parameters; None means "the deployment's default"."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    messages: tuple[Message, ...]
+    model: str = ""
+    provider: str = ""
+    sampling: Sampling = field(default_factory=Sampling)
+    attachments: tuple[Attachment, ...] = ()
+    priority: int = 0
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
+    CONTENT_FILTER = "content_filter"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDelta:
+    """One generated token; `text` is empty while a multi-byte character is incomplete."""
+
+    text: str
+    token_id: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The last event of every successful stream."""
+
+    finish_reason: FinishReason
+    usage: Usage
+
+
+StreamEvent = TokenDelta | StreamEnd
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    model: str
+    provider: str
+    finish_reason: FinishReason
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    streaming: bool = True
+    tools: bool = False
+    vision: bool = False
+    embeddings: bool = False
+    signals: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str
+    provider: str
+    context_length: int = 0
+    is_default: bool = False
+    loaded: bool = True
+    capabilities: Capabilities = field(default_factory=Capabilities)

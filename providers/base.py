@@ -1,0 +1,63 @@
+"""The provider interface every backend implements."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Self
+
+from llmservice.types import ChatRequest, Completion, ModelInfo, StreamEnd, StreamEvent, TokenDelta
+
+
+class Provider(abc.ABC):
+    """A backend that runs models. Owned by the application's lifespan as an async context manager.
+
+    `stream` yields TokenDelta events and ends with exactly one StreamEnd; it raises
+    llmservice.errors types for everything that goes wrong. Closing the iterator early
+    (the caller cancelled) must stop the work it started.
+    """
+
+    name: str
+
+    async def start(self) -> None:
+        """Make the provider ready to serve (load a model, open clients)."""
+
+    async def aclose(self) -> None:
+        """Release everything `start` acquired."""
+
+    @property
+    @abc.abstractmethod
+    def default_model(self) -> str:
+        """The model used when a request names none."""
+
+    @abc.abstractmethod
+    async def list_models(self) -> list[ModelInfo]:
+        """The models this provider can run now."""
+
+    @abc.abstractmethod
+    def validate(self, model: str, request: ChatRequest) -> None:
+        """Raise InvalidRequest for anything in `request` that `model` cannot honour."""
+
+    @abc.abstractmethod
+    def stream(self, model: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Generate a reply token by token."""
+
+    async def complete(self, model: str, request: ChatRequest) -> Completion:
+        """Generate a whole reply; by default, the stream collected."""
+        parts: list[str] = []
+        async for event in self.stream(model, request):
+            if isinstance(event, TokenDelta):
+                parts.append(event.text)
+            elif isinstance(event, StreamEnd):
+                return Completion("".join(parts), model, self.name, event.finish_reason, event.usage)
+        raise RuntimeError(f"provider {self.name} ended a stream without StreamEnd")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,148 @@
+"""The `llamacpp` provider: a GGUF model run in-process by the llama.cpp engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from llmservice.errors import InvalidRequest, NotFound
+from llmservice.settings import LlamaCppSettings
+from llmservice.types import Capabilities, ChatRequest, Message, ModelInfo, StreamEnd, StreamEvent
+
+from ..base import Provider
+from .engine import Engine, Job, LlamaModel, SamplerConfig
+from .model_file import BUNDLED_MODEL_ID, bundled_model_path
+from .prompt import Segment, TemplatePrompt, gemma_prompt
+
+log = logging.getLogger(__name__)
+
+# Attachments this text-only engine can read: their text joins the last user message.
+_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml")
+
+
+class LlamaCppProvider(Provider):
+    name = "llamacpp"
+
+    def __init__(self, settings: LlamaCppSettings) -> None:
+        self._settings = settings
+        path = settings.model_path
+        self._model_id = settings.model_id or (path.stem if path else BUNDLED_MODEL_ID)
+        self._model: LlamaModel | None = None
+        self._engine: Engine | None = None
+        self._template: TemplatePrompt | None = None
+
+    @property
+    def default_model(self) -> str:
+        return self._model_id
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        s = self._settings
+        path = s.model_path or bundled_model_path(s.cache_dir)
+        if not path.is_file():
+            raise FileNotFoundError(f"llamacpp.model_path {path} does not exist")
+        log.info("loading %s from %s", self._model_id, path)
+        self._model = LlamaModel(Path(path))
+        template = self._model.chat_template()
+        if template:
+            self._template = TemplatePrompt(template, self._model.bos_text, self._model.eos_text)
+        self._engine = Engine(self._model, n_ctx=s.n_ctx, n_batch=s.n_batch, n_threads=s.n_threads)
+        log.info("loaded %s (context %d tokens, %s chat format)", self._model_id, self._engine.n_ctx,
+                 "its own" if template else "Gemma")
+
+    async def aclose(self) -> None:
+        engine, model = self._engine, self._model
+        self._engine = self._model = None
+        if engine:
+            await asyncio.to_thread(engine.close)
+        if model:
+            model.close()
+
+    async def list_models(self) -> list[ModelInfo]:
+        n_ctx = self._engine.n_ctx if self._engine else self._settings.n_ctx
+        return [ModelInfo(self._model_id, self.name, n_ctx, loaded=self._engine is not None,
+                          capabilities=Capabilities(streaming=True))]
+
+    def validate(self, model: str, request: ChatRequest) -> None:
+        if model != self._model_id:
+            raise NotFound(f"model {model!r} is not served by provider {self.name}; it serves {self._model_id!r}")
+        for i, attachment in enumerate(request.attachments):
+            if not attachment.mime_type.startswith(_TEXT_TYPES):
+                raise InvalidRequest(
+                    f"attachments[{i}].mime_type",
+                    f"model {model} reads text only and cannot use {attachment.mime_type or 'an untyped'!r} "
+                    "attachments (text/*, application/json, application/xml, application/yaml are read)",
+                )
+
+    async def stream(self, model: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        engine = self._ready()
+        prompt = self._tokenize(_with_attachments(request))
+        if len(prompt) >= engine.n_ctx:
+            raise InvalidRequest("messages", f"the prompt is {len(prompt)} tokens; model {model} holds "
+                                 f"{engine.n_ctx} tokens of context, and at least one must be left to answer")
+        s = request.sampling
+        temperature = self._settings.temperature if s.temperature is None else s.temperature
+        events: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        job = Job(
+            prompt=prompt,
+            max_tokens=s.max_tokens or self._settings.max_tokens,
+            sampler=SamplerConfig(temperature, s.top_p, s.seed),
+            emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            stop=s.stop,
+            priority=request.priority,
+        )
+        engine.submit(job)
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if isinstance(event, StreamEnd):
+                    return
+        finally:
+            job.cancel()
+
+    def _ready(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("llamacpp provider used before start()")
+        return self._engine
+
+    def _tokenize(self, messages: tuple[Message, ...]) -> list[int]:
+        assert self._model is not None
+        if self._template is None:
+            segments = gemma_prompt(messages)
+        else:
+            try:
+                segments = self._template(messages)
+            except ValueError as exc:  # the template's own raise_exception: a conversation it refuses
+                raise InvalidRequest("messages", str(exc)) from None
+        return _tokenize_segments(self._model, segments)
+
+
+def _tokenize_segments(model: LlamaModel, segments: list[Segment]) -> list[int]:
+    tokens: list[int] = []
+    if model.add_bos and not (segments and segments[0].special and segments[0].text.startswith(model.bos_text)):
+        tokens += model.tokenize(model.bos_text, add_special=False, parse_special=True)
+    for segment in segments:
+        tokens += model.tokenize(segment.text, add_special=False, parse_special=segment.special)
+    return tokens
+
+
+def _with_attachments(request: ChatRequest) -> tuple[Message, ...]:
+    """Text attachments appended to the last user message, each under its file name."""
+    if not request.attachments:
+        return request.messages
+    notes = "".join(f"\n\n[attachment {a.filename or i + 1}]\n{a.data}" for i, a in enumerate(request.attachments))
+    messages = list(request.messages)
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+    if last_user is None:
+        messages.append(Message("user", notes.lstrip()))
+    else:
+        messages[last_user] = Message("user", messages[last_user].content + notes)
+    return tuple(messages)
