@@ -18,14 +18,16 @@ log = logging.getLogger(__name__)
 
 @contextlib.asynccontextmanager
 async def running_service(
-    settings: Settings, on_listening: Callable[[int], None] | None = None
+    settings: Settings,
+    on_listening: Callable[[int], None] | None = None,
+    registry: ProviderRegistry | None = None,
 ) -> AsyncIterator[GrpcServer]:
     """Serve until the block ends, then drain in-flight calls within the grace period.
 
     The port is open (health NOT_SERVING) while providers start; SERVING follows once
     the default model is loaded.
     """
-    registry = ProviderRegistry.from_settings(settings)
+    registry = registry or ProviderRegistry.from_settings(settings)
     server = await start_server(LLMCore(registry), settings.server.host, settings.server.grpc_port)
     if on_listening:
         on_listening(server.port)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
 import grpc
@@ -30,6 +32,7 @@ class GrpcServer:
     server: grpc.aio.Server
     port: int
     health: health_aio.HealthServicer
+    servicer: LLMServicer
 
     async def set_serving(self, serving: bool) -> None:
         """Health for the whole server ("") and for each LLMService name."""
@@ -38,9 +41,17 @@ class GrpcServer:
             await self.health.set(name, status)
 
     async def drain(self, grace_s: float) -> None:
-        """Report NOT_SERVING, refuse new calls, give in-flight calls `grace_s` to finish."""
+        """Report NOT_SERVING, refuse new calls, give in-flight LLM calls `grace_s` to finish.
+
+        Calls that never end by themselves (health watches) are cut as soon as the LLM
+        calls are done, rather than holding the process for the whole grace period.
+        """
         await self.set_serving(False)
-        await self.server.stop(grace_s)
+        stopping = asyncio.create_task(self.server.stop(grace_s))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.servicer.wait_idle(), grace_s)
+        await self.server.stop(0)
+        await stopping
 
 
 async def start_server(core: LLMCore, host: str, port: int) -> GrpcServer:
@@ -59,6 +70,6 @@ async def start_server(core: LLMCore, host: str, port: int) -> GrpcServer:
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
-    result = GrpcServer(server, bound, health)
+    result = GrpcServer(server, bound, health, servicer)
     await result.set_serving(False)
     return result

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import NoReturn
 
 import grpc
@@ -20,29 +21,49 @@ from .status import to_status
 class LLMServicer(pb_grpc.LLMServiceServicer):
     def __init__(self, core: LLMCore) -> None:
         self._core = core
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no Chat or StreamChat call is running (for draining)."""
+        await self._idle.wait()
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
     async def Chat(self, request: pb.LLMChatRequest, context: grpc.aio.ServicerContext) -> pb.LLMChatResponse:
-        try:
-            completion = await self._core.complete(codec.decode_chat_request(request))
-        except Exception as exc:
-            await _abort(context, exc)
-        return codec.encode_completion(completion)
+        with self._tracked():
+            try:
+                completion = await self._core.complete(codec.decode_chat_request(request))
+            except Exception as exc:
+                await _abort(context, exc)
+            return codec.encode_completion(completion)
 
     async def StreamChat(
         self, request: pb.LLMChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.LLMChatChunk]:
-        try:
-            stream = self._core.stream(codec.decode_chat_request(request))
-            # aclosing: when the caller goes away, the provider's generator is closed at once,
-            # which cancels its work.
-            async with contextlib.aclosing(stream.events) as events:
-                async for event in events:
-                    if isinstance(event, StreamEnd):
-                        yield codec.encode_end(event, stream.model, stream.provider)
-                    else:
-                        yield codec.encode_token(event, stream.model)
-        except Exception as exc:
-            await _abort(context, exc)
+        with self._tracked():
+            try:
+                stream = self._core.stream(codec.decode_chat_request(request))
+                # aclosing: when the caller goes away, the provider's generator is closed at once,
+                # which cancels its work.
+                async with contextlib.aclosing(stream.events) as events:
+                    async for event in events:
+                        if isinstance(event, StreamEnd):
+                            yield codec.encode_end(event, stream.model, stream.provider)
+                        else:
+                            yield codec.encode_token(event, stream.model)
+            except Exception as exc:
+                await _abort(context, exc)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext

@@ -150,6 +150,7 @@ class Engine:
         self._batch = _Batch(n_batch)
         self._queue: queue.PriorityQueue[tuple[int, int, Job | None]] = queue.PriorityQueue()
         self._arrivals = itertools.count()
+        self.tokens_generated = 0  # all jobs, ever: lets tests and metrics see that work stopped
         self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
         self._thread.start()
 
@@ -208,6 +209,7 @@ class Engine:
                 reason = FinishReason.STOP
                 break
             generated += 1
+            self.tokens_generated += 1
             out, stopped = text.push(self.model.piece(token))
             job.emit(TokenDelta(out, token))
             if stopped:

@@ -108,6 +108,10 @@ class LlamaCppProvider(Provider):
         finally:
             job.cancel()
 
+    @property
+    def tokens_generated(self) -> int:
+        return self._engine.tokens_generated if self._engine else 0
+
     def _ready(self) -> Engine:
         if self._engine is None:
             raise RuntimeError("llamacpp provider used before start()")

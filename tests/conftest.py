@@ -1,0 +1,14 @@
+"""Test layers by folder: tests/unit -> `unit`, tests/integration -> `integration`, tests/e2e -> `e2e`."""
+
+from __future__ import annotations
+
+import pytest
+
+_LAYERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for part in item.path.parts:
+            if part in _LAYERS:
+                item.add_marker(_LAYERS[part])

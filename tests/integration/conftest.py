@@ -1,0 +1,50 @@
+"""One in-process service on a free port with the real bundled model, shared by the session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from llmservice.app import running_service
+from llmservice.registry import ProviderRegistry
+from llmservice.settings import ServerSettings, Settings
+from providers.llamacpp import LlamaCppProvider
+
+
+@dataclass
+class Service:
+    target: str
+    engine: LlamaCppProvider
+
+    @property
+    def tokens_generated(self) -> int:
+        return self.engine.tokens_generated
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings(server=ServerSettings(grpc_port=0, drain_grace_s=5))
+
+
+@pytest.fixture(scope="session")
+async def service(settings: Settings) -> AsyncIterator[Service]:
+    registry = ProviderRegistry.from_settings(settings)
+    provider, _ = registry.resolve("", "")
+    assert isinstance(provider, LlamaCppProvider)
+    async with running_service(settings, registry=registry) as server:
+        yield Service(f"127.0.0.1:{server.port}", provider)
+
+
+@pytest.fixture(scope="session")
+async def channel(service: Service) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(service.target) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def stub(channel: grpc.aio.Channel) -> pb_grpc.LLMServiceStub:
+    return pb_grpc.LLMServiceStub(channel)

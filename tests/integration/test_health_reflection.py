@@ -1,0 +1,178 @@
+"""Standard health and server reflection, as grpcurl and buf curl use them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from llmservice.app import running_service
+from llmservice.registry import ProviderRegistry
+from llmservice.settings import Settings
+from llmservice.types import ChatRequest, ModelInfo, StreamEvent
+from providers import Provider
+
+from .conftest import Service
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+BUF = Path(__file__).parents[2] / "node_modules" / ".bin" / "buf"
+
+
+async def test_health_is_serving_for_the_server_and_each_service_name(channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for name in ("", "llmservice.v1.LLMService", "protocol.LLMService"):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+        assert reply.status == SERVING, name
+
+
+class _SlowToLoad(Provider):
+    """A provider whose start waits for the test, to see health before the model is ready."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.release.wait()
+
+    @property
+    def default_model(self) -> str:
+        return "m"
+
+    async def list_models(self) -> list[ModelInfo]:
+        return [ModelInfo("m", self.name)]
+
+    def validate(self, model: str, request: ChatRequest) -> None:
+        pass
+
+    async def stream(self, model: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        raise NotImplementedError
+        yield
+
+
+async def test_health_is_not_serving_until_the_default_model_is_loaded(settings: Settings) -> None:
+    provider = _SlowToLoad()
+    ports: asyncio.Queue[int] = asyncio.Queue()
+    registry = ProviderRegistry({"slow": provider}, "slow")
+    ready = asyncio.Event()
+
+    async def run() -> None:
+        async with running_service(settings, ports.put_nowait, registry):
+            ready.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(run())
+    port = await ports.get()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == NOT_SERVING
+        provider.release.set()
+        await ready.wait()
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == SERVING
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_reflection_lists_and_describes_every_service(service: Service) -> None:
+    # The reflection client is synchronous: run it off the event loop that serves it.
+    await asyncio.to_thread(_check_reflection, service.target)
+
+
+def _check_reflection(target: str) -> None:
+    with grpc.insecure_channel(target) as channel:
+        db = ProtoReflectionDescriptorDatabase(channel)
+        services = set(db.get_services())
+        assert {"llmservice.v1.LLMService", "protocol.LLMService", "grpc.health.v1.Health"} <= services
+        pool = DescriptorPool(db)
+        v1 = pool.FindServiceByName("llmservice.v1.LLMService")
+        assert [m.name for m in v1.methods] == ["Chat", "StreamChat", "ListModels"]
+        legacy = pool.FindServiceByName("protocol.LLMService")
+        assert legacy.FindMethodByName("StreamChat").output_type.full_name == "llmservice.v1.LLMChatChunk"
+
+
+@pytest.mark.skipif(not BUF.exists(), reason="buf is installed by `make test` (npm ci)")
+async def test_buf_curl_calls_through_reflection(service: Service) -> None:
+    """buf curl knows nothing of our protos: it reads them from the server by reflection."""
+    base = f"http://{service.target}"
+    common = [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge"]
+    models = await run(*common, f"{base}/llmservice.v1.LLMService/ListModels")
+    assert json.loads(models)["models"][0]["id"] == "gemma-3-270m-q4_k_m"
+    body = json.dumps({"userPrompt": "Say hi.", "maxTokens": 3})
+    chat = await run(*common, "-d", body, f"{base}/protocol.LLMService/Chat")
+    assert json.loads(chat)["completionTokens"] == 3
+    listed = await run(*common, "--list-methods", base)
+    assert "protocol.LLMService/StreamChat" in listed.split()
+
+
+async def run() -> None:
+        async with running_service(settings, ports.put_nowait, registry):
+            ready.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(run())
+    port = await ports.get()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == NOT_SERVING
+        provider.release.set()
+        await ready.wait()
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == SERVING
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_reflection_lists_and_describes_every_service(service: Service) -> None:
+    # The reflection client is synchronous: run it off the event loop that serves it.
+    await asyncio.to_thread(_check_reflection, service.target)
+
+
+def _check_reflection(target: str) -> None:
+    with grpc.insecure_channel(target) as channel:
+        db = ProtoReflectionDescriptorDatabase(channel)
+        services = set(db.get_services())
+        assert {"llmservice.v1.LLMService", "protocol.LLMService", "grpc.health.v1.Health"} <= services
+        pool = DescriptorPool(db)
+        v1 = pool.FindServiceByName("llmservice.v1.LLMService")
+        assert [m.name for m in v1.methods] == ["Chat", "StreamChat", "ListModels"]
+        legacy = pool.FindServiceByName("protocol.LLMService")
+        assert legacy.FindMethodByName("StreamChat").output_type.full_name == "llmservice.v1.LLMChatChunk"
+
+
+@pytest.mark.skipif(not BUF.exists(), reason="buf is installed by `make test` (npm ci)")
+async def test_buf_curl_calls_through_reflection(service: Service) -> None:
+    """buf curl knows nothing of our protos: it reads them from the server by reflection."""
+    base = f"http://{service.target}"
+    common = [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge"]
+    models = await run(*common, f"{base}/llmservice.v1.LLMService/ListModels")
+    assert json.loads(models)["models"][0]["id"] == "gemma-3-270m-q4_k_m"
+    body = json.dumps({"userPrompt": "Say hi.", "maxTokens": 3})
+    chat = await run(*common, "-d", body, f"{base}/protocol.LLMService/Chat")
+    assert json.loads(chat)["completionTokens"] == 3
+    listed = await run(*common, "--list-methods", base)
+    assert "protocol.LLMService/StreamChat" in listed.split()
+
+
+async def test_grpcurl_lists_services_when_installed(service: Service) -> None:
+    grpcurl = shutil.which("grpcurl")
+    if grpcurl is None:
+        pytest.skip("grpcurl is not packaged for this OS; buf curl covers reflection above")
+    assert "llmservice.v1.LLMService" in (await run(grpcurl, "-plaintext", service.target, "list")).split()
+
+
+async def run(*argv: str) -> str:
+    """A command's stdout; the event loop keeps serving while it runs."""
+    done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
