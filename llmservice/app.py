@@ -49,7 +49,9 @@ async def serve(settings: Settings) -> None:
     host = settings.server.host
 
     def listening(port: int) -> None:
-        print(f"llmservice: gRPC listening on {host}:{port} (NOT_SERVING until the model is loaded)", flush=True)
+        print(
+            f"llmservice: gRPC listening on {host}:{port} (NOT_SERVING until the model is loaded)", flush=True
+        )
 
     async with running_service(settings, listening) as server:
         print(f"llmservice: ready, SERVING on {host}:{server.port}", flush=True)

@@ -30,8 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gRPC service")
     serve.add_argument("--config", type=Path, help="TOML settings file (default: ./llm.toml when present)")
     serve.add_argument("--grpc-port", type=int, help="port to listen on; 0 picks a free one and prints it")
-    serve.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a setting, e.g. --set llamacpp.n_ctx=8192 (repeatable)")
+    serve.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set llamacpp.n_ctx=8192 (repeatable)",
+    )
     serve.set_defaults(run=_serve)
 
     chat = commands.add_parser("chat", help="stream a reply from a running service")
@@ -65,14 +71,22 @@ def _chat(args: argparse.Namespace) -> int:
 
     messages = [pb.ChatMessage(role="system", content=args.system)] if args.system else []
     messages.append(pb.ChatMessage(role="user", content=args.prompt))
-    request = pb.LLMChatRequest(messages=messages, model=args.model, provider=args.provider,
-                                max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    request = pb.LLMChatRequest(
+        messages=messages,
+        model=args.model,
+        provider=args.provider,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
     with grpc.insecure_channel(args.target) as channel:
         try:
             for chunk in pb_grpc.LLMServiceStub(channel).StreamChat(request):
                 if chunk.done:
-                    print(f"\n[{chunk.completion_tokens} tokens, {pb.FinishReason.Name(chunk.finish_reason)}]",
-                          file=sys.stderr)
+                    print(
+                        f"\n[{chunk.completion_tokens} tokens, {pb.FinishReason.Name(chunk.finish_reason)}]",
+                        file=sys.stderr,
+                    )
                 else:
                     print(chunk.token, end="", flush=True)
         except grpc.RpcError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from providers import Provider
@@ -18,7 +18,7 @@ class Stream:
 
     provider: str
     model: str
-    events: AsyncIterator[StreamEvent]
+    events: AsyncGenerator[StreamEvent]
 
 
 class LLMCore:

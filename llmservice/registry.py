@@ -40,7 +40,9 @@ class ProviderRegistry:
         name = provider or self.default
         found = self._providers.get(name)
         if found is None:
-            raise NotFound(f"provider {name!r} is not configured; configured: {', '.join(sorted(self._providers))}")
+            raise NotFound(
+                f"provider {name!r} is not configured; configured: {', '.join(sorted(self._providers))}"
+            )
         return found, model or found.default_model
 
     async def list_models(self) -> list[ModelInfo]:
@@ -60,4 +62,3 @@ class ProviderRegistry:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._stack.aclose()
-

@@ -82,7 +82,12 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML source reads the file named in model_config (see load_settings).
-        return (init_settings, env_settings, _DocumentedEnvSource(settings_cls), TomlConfigSettingsSource(settings_cls))
+        return (
+            init_settings,
+            env_settings,
+            _DocumentedEnvSource(settings_cls),
+            TomlConfigSettingsSource(settings_cls),
+        )
 
 
 class _DocumentedEnvSource(InitSettingsSource):

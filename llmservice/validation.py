@@ -18,9 +18,13 @@ def validate(request: ChatRequest) -> None:
     if s.top_p is not None and not 0 < s.top_p <= 1:
         raise InvalidRequest("top_p", f"{s.top_p} is outside (0, 1]")
     if s.max_tokens is not None and s.max_tokens < 1:
-        raise InvalidRequest("max_tokens", f"{s.max_tokens} is negative; use a positive count, or 0 for the default")
+        raise InvalidRequest(
+            "max_tokens", f"{s.max_tokens} is negative; use a positive count, or 0 for the default"
+        )
     if len(s.stop) > MAX_STOP_SEQUENCES:
-        raise InvalidRequest("stop", f"{len(s.stop)} stop sequences; at most {MAX_STOP_SEQUENCES} are allowed")
+        raise InvalidRequest(
+            "stop", f"{len(s.stop)} stop sequences; at most {MAX_STOP_SEQUENCES} are allowed"
+        )
     for i, stop in enumerate(s.stop):
         if not stop:
             raise InvalidRequest(f"stop[{i}]", "an empty stop sequence would stop before the first token")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Self
 
@@ -20,10 +20,10 @@ class Provider(abc.ABC):
 
     name: str
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 -- optional hook: most remote providers need none
         """Make the provider ready to serve (load a model, open clients)."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 -- optional hook
         """Release everything `start` acquired."""
 
     @property
@@ -40,7 +40,7 @@ class Provider(abc.ABC):
         """Raise InvalidRequest for anything in `request` that `model` cannot honour."""
 
     @abc.abstractmethod
-    def stream(self, model: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         """Generate a reply token by token."""
 
     async def complete(self, model: str, request: ChatRequest) -> Completion:

@@ -59,7 +59,9 @@ def _role(index: int, role: str) -> Role:
     for known in ROLES:
         if role == known:
             return known
-    raise InvalidRequest(f"messages[{index}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    raise InvalidRequest(
+        f"messages[{index}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}"
+    )
 
 
 def encode_completion(completion: Completion) -> pb.LLMChatResponse:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.core import LLMCore
 from llmservice.types import StreamEnd
 
@@ -18,7 +19,9 @@ from . import codec
 from .status import to_status
 
 
-class LLMServicer(pb_grpc.LLMServiceServicer):
+class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
+    """Implements llmservice.v1.LLMService; protocol.LLMService is its Chat and StreamChat."""
+
     def __init__(self, core: LLMCore) -> None:
         self._core = core
         self._in_flight = 0
@@ -40,7 +43,11 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             if not self._in_flight:
                 self._idle.set()
 
-    async def Chat(self, request: pb.LLMChatRequest, context: grpc.aio.ServicerContext) -> pb.LLMChatResponse:
+    async def Chat(
+        self,
+        request: pb.LLMChatRequest,
+        context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.LLMChatResponse],
+    ) -> pb.LLMChatResponse:
         with self._tracked():
             try:
                 completion = await self._core.complete(codec.decode_chat_request(request))
@@ -49,7 +56,9 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             return codec.encode_completion(completion)
 
     async def StreamChat(
-        self, request: pb.LLMChatRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.LLMChatRequest,
+        context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.LLMChatChunk],
     ) -> AsyncIterator[pb.LLMChatChunk]:
         with self._tracked():
             try:
@@ -66,7 +75,9 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
                 await _abort(context, exc)
 
     async def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListModelsRequest,
+        context: grpc.aio.ServicerContext[pb.ListModelsRequest, pb.ListModelsResponse],
     ) -> pb.ListModelsResponse:
         try:
             return codec.encode_models(await self._core.list_models())
@@ -74,7 +85,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer):
             await _abort(context, exc)
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
     code, details, trailers = to_status(exc)
     if trailers:
         context.set_trailing_metadata(trailers)

@@ -259,7 +259,7 @@ class _Batch:
 
 def _make_sampler(config: SamplerConfig) -> llama.llama_sampler_p:
     """A llama.cpp sampler chain in llama.cpp's own order: top_p, then temperature, then the draw."""
-    chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+    chain: llama.llama_sampler_p = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
     if config.temperature <= 0:
         llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
         return chain

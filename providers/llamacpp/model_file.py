@@ -23,7 +23,7 @@ def bundled_model_path(cache_dir: Path, progress: Progress | None = None) -> Pat
     A marker beside the file records the size and mtime it was verified at, so later
     starts skip re-hashing; a file that changed since is verified (and rebuilt) again.
     """
-    target = cache_dir / bundled.MODEL_NAME
+    target = cache_dir / str(bundled.MODEL_NAME)
     marker = target.with_name(target.name + ".verified")
     if target.is_file() and marker.is_file() and marker.read_text() == _stamp(target):
         return target
@@ -78,5 +78,10 @@ def _stamp(path: Path) -> str:
 def _log_progress(done: int, total: int) -> None:
     step = max(total // 10, 1)
     if done == total or done // step != (done - _BLOCK) // step:
-        log.info("assembling bundled model %s: %d%% (%d/%d MB)", bundled.MODEL_NAME, 100 * done // total,
-                 done >> 20, total >> 20)
+        log.info(
+            "assembling bundled model %s: %d%% (%d/%d MB)",
+            bundled.MODEL_NAME,
+            100 * done // total,
+            done >> 20,
+            total >> 20,
+        )

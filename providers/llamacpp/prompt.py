@@ -39,8 +39,13 @@ def gemma_prompt(messages: tuple[Message, ...]) -> list[Segment]:
     segments: list[Segment] = []
     for turn in turns:
         role = "model" if turn.role == "assistant" else "user"
-        segments += [Segment(START_OF_TURN, True), Segment(f"{role}\n"), Segment(turn.content),
-                     Segment(END_OF_TURN, True), Segment("\n")]
+        segments += [
+            Segment(START_OF_TURN, True),
+            Segment(f"{role}\n"),
+            Segment(turn.content),
+            Segment(END_OF_TURN, True),
+            Segment("\n"),
+        ]
     segments += [Segment(START_OF_TURN, True), Segment("model\n")]
     return segments
 

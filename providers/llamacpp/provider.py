@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 from llmservice.errors import InvalidRequest, NotFound
@@ -51,8 +51,12 @@ class LlamaCppProvider(Provider):
         if template:
             self._template = TemplatePrompt(template, self._model.bos_text, self._model.eos_text)
         self._engine = Engine(self._model, n_ctx=s.n_ctx, n_batch=s.n_batch, n_threads=s.n_threads)
-        log.info("loaded %s (context %d tokens, %s chat format)", self._model_id, self._engine.n_ctx,
-                 "its own" if template else "Gemma")
+        log.info(
+            "loaded %s (context %d tokens, %s chat format)",
+            self._model_id,
+            self._engine.n_ctx,
+            "its own" if template else "Gemma",
+        )
 
     async def aclose(self) -> None:
         engine, model = self._engine, self._model
@@ -64,12 +68,21 @@ class LlamaCppProvider(Provider):
 
     async def list_models(self) -> list[ModelInfo]:
         n_ctx = self._engine.n_ctx if self._engine else self._settings.n_ctx
-        return [ModelInfo(self._model_id, self.name, n_ctx, loaded=self._engine is not None,
-                          capabilities=Capabilities(streaming=True))]
+        return [
+            ModelInfo(
+                self._model_id,
+                self.name,
+                n_ctx,
+                loaded=self._engine is not None,
+                capabilities=Capabilities(streaming=True),
+            )
+        ]
 
     def validate(self, model: str, request: ChatRequest) -> None:
         if model != self._model_id:
-            raise NotFound(f"model {model!r} is not served by provider {self.name}; it serves {self._model_id!r}")
+            raise NotFound(
+                f"model {model!r} is not served by provider {self.name}; it serves {self._model_id!r}"
+            )
         for i, attachment in enumerate(request.attachments):
             if not attachment.mime_type.startswith(_TEXT_TYPES):
                 raise InvalidRequest(
@@ -78,21 +91,28 @@ class LlamaCppProvider(Provider):
                     "attachments (text/*, application/json, application/xml, application/yaml are read)",
                 )
 
-    async def stream(self, model: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         engine = self._ready()
         prompt = self._tokenize(_with_attachments(request))
         if len(prompt) >= engine.n_ctx:
-            raise InvalidRequest("messages", f"the prompt is {len(prompt)} tokens; model {model} holds "
-                                 f"{engine.n_ctx} tokens of context, and at least one must be left to answer")
+            raise InvalidRequest(
+                "messages",
+                f"the prompt is {len(prompt)} tokens; model {model} holds "
+                f"{engine.n_ctx} tokens of context, and at least one must be left to answer",
+            )
         s = request.sampling
         temperature = self._settings.temperature if s.temperature is None else s.temperature
         events: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue()
         loop = asyncio.get_running_loop()
+
+        def emit(event: StreamEvent | BaseException) -> None:  # called on the engine thread
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
         job = Job(
             prompt=prompt,
             max_tokens=s.max_tokens or self._settings.max_tokens,
             sampler=SamplerConfig(temperature, s.top_p, s.seed),
-            emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            emit=emit,
             stop=s.stop,
             priority=request.priority,
         )
@@ -131,7 +151,9 @@ class LlamaCppProvider(Provider):
 
 def _tokenize_segments(model: LlamaModel, segments: list[Segment]) -> list[int]:
     tokens: list[int] = []
-    if model.add_bos and not (segments and segments[0].special and segments[0].text.startswith(model.bos_text)):
+    if model.add_bos and not (
+        segments and segments[0].special and segments[0].text.startswith(model.bos_text)
+    ):
         tokens += model.tokenize(model.bos_text, add_special=False, parse_special=True)
     for segment in segments:
         tokens += model.tokenize(segment.text, add_special=False, parse_special=segment.special)
@@ -142,7 +164,9 @@ def _with_attachments(request: ChatRequest) -> tuple[Message, ...]:
     """Text attachments appended to the last user message, each under its file name."""
     if not request.attachments:
         return request.messages
-    notes = "".join(f"\n\n[attachment {a.filename or i + 1}]\n{a.data}" for i, a in enumerate(request.attachments))
+    notes = "".join(
+        f"\n\n[attachment {a.filename or i + 1}]\n{a.data}" for i, a in enumerate(request.attachments)
+    )
     messages = list(request.messages)
     last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
     if last_user is None:

@@ -12,15 +12,18 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 
 from .conftest import Service
 
-LONG = pb.LLMChatRequest(messages=[pb.ChatMessage(role="user", content="Tell a very long story.")], max_tokens=2000)
+LONG = pb.LLMChatRequest(
+    messages=[pb.ChatMessage(role="user", content="Tell a very long story.")], max_tokens=2000
+)
 SHORT = pb.LLMChatRequest(messages=[pb.ChatMessage(role="user", content="Say hello.")], max_tokens=8)
 # Tokens that may still be produced between the caller's cancel and the engine seeing it:
 # the server learns of the cancel over the network while tokens keep coming (~15 ms each).
 SLACK = 60
 
 
-async def test_cancel_stops_generation_and_the_next_request_runs(stub: pb_grpc.LLMServiceStub,
-                                                                 service: Service) -> None:
+async def test_cancel_stops_generation_and_the_next_request_runs(
+    stub: pb_grpc.LLMServiceStub, service: Service
+) -> None:
     before = service.tokens_generated
     call = stub.StreamChat(LONG)
     seen = 0

@@ -21,7 +21,8 @@ def text_of(chunks: list[pb.LLMChatChunk]) -> str:
 async def test_stream_ends_with_one_done_chunk_carrying_usage(stub: pb_grpc.LLMServiceStub) -> None:
     chunks = await stream(stub, pb.LLMChatRequest(messages=QUESTION, max_tokens=12))
     *tokens, last = chunks
-    assert last.done and not last.token
+    assert last.done
+    assert not last.token
     assert not any(c.done for c in tokens)
     assert last.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
     assert last.prompt_tokens > 5
@@ -42,7 +43,9 @@ async def test_max_tokens_ends_with_length(stub: pb_grpc.LLMServiceStub) -> None
     [{"temperature": 0.0}, {"temperature": 0.9, "seed": 1234}, {"temperature": 1.2, "top_p": 0.9, "seed": 7}],
     ids=["greedy", "seeded", "seeded-top-p"],
 )
-async def test_chat_and_stream_chat_give_the_same_text(stub: pb_grpc.LLMServiceStub, sampling: dict[str, float]) -> None:
+async def test_chat_and_stream_chat_give_the_same_text(
+    stub: pb_grpc.LLMServiceStub, sampling: dict[str, float]
+) -> None:
     request = pb.LLMChatRequest(messages=QUESTION, max_tokens=24, **sampling)
     unary = await stub.Chat(request)
     chunks = await stream(stub, request)
@@ -51,7 +54,9 @@ async def test_chat_and_stream_chat_give_the_same_text(stub: pb_grpc.LLMServiceS
     assert unary.content
 
 
-async def test_the_same_seed_gives_the_same_text_and_another_seed_differs(stub: pb_grpc.LLMServiceStub) -> None:
+async def test_the_same_seed_gives_the_same_text_and_another_seed_differs(
+    stub: pb_grpc.LLMServiceStub,
+) -> None:
     def ask(seed: int) -> pb.LLMChatRequest:
         return pb.LLMChatRequest(messages=QUESTION, max_tokens=24, temperature=1.5, seed=seed)
 
@@ -61,22 +66,35 @@ async def test_the_same_seed_gives_the_same_text_and_another_seed_differs(stub: 
 
 
 async def test_messages_win_over_system_and_user_prompt(stub: pb_grpc.LLMServiceStub) -> None:
-    both = await stub.Chat(pb.LLMChatRequest(
-        messages=QUESTION, system_prompt="Answer in French.", user_prompt="Name a fish.", max_tokens=16))
+    both = await stub.Chat(
+        pb.LLMChatRequest(
+            messages=QUESTION, system_prompt="Answer in French.", user_prompt="Name a fish.", max_tokens=16
+        )
+    )
     messages_only = await stub.Chat(pb.LLMChatRequest(messages=QUESTION, max_tokens=16))
-    prompts_only = await stub.Chat(pb.LLMChatRequest(
-        system_prompt="Answer in French.", user_prompt="Name a fish.", max_tokens=16))
+    prompts_only = await stub.Chat(
+        pb.LLMChatRequest(system_prompt="Answer in French.", user_prompt="Name a fish.", max_tokens=16)
+    )
     assert both.content == messages_only.content
     assert both.prompt_tokens == messages_only.prompt_tokens
     assert prompts_only.prompt_tokens != messages_only.prompt_tokens
 
 
 async def test_legacy_prompts_are_used_when_messages_are_empty(stub: pb_grpc.LLMServiceStub) -> None:
-    legacy = await stub.Chat(pb.LLMChatRequest(system_prompt="Be brief.", user_prompt="Name a fish.", max_tokens=8))
-    same = await stub.Chat(pb.LLMChatRequest(messages=[
-        pb.ChatMessage(role="system", content="Be brief."), pb.ChatMessage(role="user", content="Name a fish.")],
-        max_tokens=8))
-    assert legacy.content == same.content and legacy.prompt_tokens == same.prompt_tokens
+    legacy = await stub.Chat(
+        pb.LLMChatRequest(system_prompt="Be brief.", user_prompt="Name a fish.", max_tokens=8)
+    )
+    same = await stub.Chat(
+        pb.LLMChatRequest(
+            messages=[
+                pb.ChatMessage(role="system", content="Be brief."),
+                pb.ChatMessage(role="user", content="Name a fish."),
+            ],
+            max_tokens=8,
+        )
+    )
+    assert legacy.content == same.content
+    assert legacy.prompt_tokens == same.prompt_tokens
 
 
 async def test_stop_sequence_cuts_the_text_before_it(stub: pb_grpc.LLMServiceStub) -> None:
@@ -92,14 +110,22 @@ async def test_stop_sequence_cuts_the_text_before_it(stub: pb_grpc.LLMServiceStu
 
 async def test_text_attachment_is_read(stub: pb_grpc.LLMServiceStub) -> None:
     plain = await stub.Chat(pb.LLMChatRequest(messages=QUESTION, max_tokens=4))
-    with_note = await stub.Chat(pb.LLMChatRequest(messages=QUESTION, max_tokens=4, attachments=[
-        pb.Attachment(mime_type="text/plain", data="Violet is a colour too.", filename="note.txt")]))
+    with_note = await stub.Chat(
+        pb.LLMChatRequest(
+            messages=QUESTION,
+            max_tokens=4,
+            attachments=[
+                pb.Attachment(mime_type="text/plain", data="Violet is a colour too.", filename="note.txt")
+            ],
+        )
+    )
     assert with_note.prompt_tokens > plain.prompt_tokens
 
 
 async def test_list_models_reports_the_loaded_default(stub: pb_grpc.LLMServiceStub) -> None:
     models = (await stub.ListModels(pb.ListModelsRequest())).models
     assert [(m.id, m.provider, m.is_default, m.loaded) for m in models] == [
-        ("gemma-3-270m-q4_k_m", "llamacpp", True, True)]
+        ("gemma-3-270m-q4_k_m", "llamacpp", True, True)
+    ]
     assert models[0].context_length == 4096
     assert models[0].capabilities.streaming

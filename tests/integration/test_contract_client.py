@@ -33,7 +33,8 @@ message LLMChatRequest {
 }
 message Attachment { string mime_type = 1; string data = 2; string filename = 3; }
 message LLMChatResponse {
-  string content = 1; string model = 2; int32 prompt_tokens = 3; int32 completion_tokens = 4; int32 total_tokens = 5;
+  string content = 1; string model = 2; int32 prompt_tokens = 3; int32 completion_tokens = 4;
+  int32 total_tokens = 5;
 }
 message LLMChatChunk {
   string token = 1; bool done = 2; string model = 3; int32 prompt_tokens = 4; int32 completion_tokens = 5;
@@ -45,7 +46,8 @@ message TokenSignalProto {
 }
 message TokenCandidateProto { int32 id = 1; string text = 2; float prob = 3; }
 message SamplerStageProto {
-  string name = 1; int32 active_count = 2; float top1_prob = 3; float entropy = 4; repeated TokenCandidateProto top_k = 5;
+  string name = 1; int32 active_count = 2; float top1_prob = 3; float entropy = 4;
+  repeated TokenCandidateProto top_k = 5;
 }
 """
 
@@ -71,20 +73,40 @@ print(json.dumps({
 """
 
 
-async def test_a_client_generated_from_the_contract_table_works_unchanged(service: Service, tmp_path: Path) -> None:
+async def test_a_client_generated_from_the_contract_table_works_unchanged(
+    service: Service, tmp_path: Path
+) -> None:
     (tmp_path / "plugin_contract.proto").write_text(CONTRACT)
-    assert protoc.main(["protoc", f"-I{tmp_path}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}",
-                        str(tmp_path / "plugin_contract.proto")]) == 0
+    assert (
+        protoc.main(
+            [
+                "protoc",
+                f"-I{tmp_path}",
+                f"--python_out={tmp_path}",
+                f"--grpc_python_out={tmp_path}",
+                str(tmp_path / "plugin_contract.proto"),
+            ]
+        )
+        == 0
+    )
     (tmp_path / "plugin.py").write_text(textwrap.dedent(PLUGIN))
-    done = await asyncio.to_thread(subprocess.run, [sys.executable, "plugin.py", service.target], cwd=tmp_path,
-                                   capture_output=True, text=True, timeout=120)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "plugin.py", service.target],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
 
     assert result["content"]
     assert result["model"] == "gemma-3-270m-q4_k_m"
     prompt, completion, total = result["usage"]
-    assert prompt > 0 and completion == 10 and total == prompt + completion
+    assert prompt > 0
+    assert completion == 10
+    assert total == prompt + completion
     assert result["streamed"] == result["content"]
     assert result["done"] == [False] * 10 + [True]
     assert result["final_usage"] == result["usage"]

@@ -115,62 +115,6 @@ async def test_buf_curl_calls_through_reflection(service: Service) -> None:
     assert "protocol.LLMService/StreamChat" in listed.split()
 
 
-async def run() -> None:
-        async with running_service(settings, ports.put_nowait, registry):
-            ready.set()
-            await asyncio.sleep(3600)
-
-    task = asyncio.create_task(run())
-    port = await ports.get()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        assert (await health.Check(health_pb2.HealthCheckRequest())).status == NOT_SERVING
-        provider.release.set()
-        await ready.wait()
-        assert (await health.Check(health_pb2.HealthCheckRequest())).status == SERVING
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-
-async def test_reflection_lists_and_describes_every_service(service: Service) -> None:
-    # The reflection client is synchronous: run it off the event loop that serves it.
-    await asyncio.to_thread(_check_reflection, service.target)
-
-
-def _check_reflection(target: str) -> None:
-    with grpc.insecure_channel(target) as channel:
-        db = ProtoReflectionDescriptorDatabase(channel)
-        services = set(db.get_services())
-        assert {"llmservice.v1.LLMService", "protocol.LLMService", "grpc.health.v1.Health"} <= services
-        pool = DescriptorPool(db)
-        v1 = pool.FindServiceByName("llmservice.v1.LLMService")
-        assert [m.name for m in v1.methods] == ["Chat", "StreamChat", "ListModels"]
-        legacy = pool.FindServiceByName("protocol.LLMService")
-        assert legacy.FindMethodByName("StreamChat").output_type.full_name == "llmservice.v1.LLMChatChunk"
-
-
-@pytest.mark.skipif(not BUF.exists(), reason="buf is installed by `make test` (npm ci)")
-async def test_buf_curl_calls_through_reflection(service: Service) -> None:
-    """buf curl knows nothing of our protos: it reads them from the server by reflection."""
-    base = f"http://{service.target}"
-    common = [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge"]
-    models = await run(*common, f"{base}/llmservice.v1.LLMService/ListModels")
-    assert json.loads(models)["models"][0]["id"] == "gemma-3-270m-q4_k_m"
-    body = json.dumps({"userPrompt": "Say hi.", "maxTokens": 3})
-    chat = await run(*common, "-d", body, f"{base}/protocol.LLMService/Chat")
-    assert json.loads(chat)["completionTokens"] == 3
-    listed = await run(*common, "--list-methods", base)
-    assert "protocol.LLMService/StreamChat" in listed.split()
-
-
-async def test_grpcurl_lists_services_when_installed(service: Service) -> None:
-    grpcurl = shutil.which("grpcurl")
-    if grpcurl is None:
-        pytest.skip("grpcurl is not packaged for this OS; buf curl covers reflection above")
-    assert "llmservice.v1.LLMService" in (await run(grpcurl, "-plaintext", service.target, "list")).split()
-
-
 async def run(*argv: str) -> str:
     """A command's stdout; the event loop keeps serving while it runs."""
     done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60)

@@ -22,8 +22,16 @@ STORY = pb.LLMChatRequest(messages=[pb.ChatMessage(role="user", content="Tell a 
 async def start_serve(*args: str) -> tuple[asyncio.subprocess.Process, int]:
     """`llmservice serve --grpc-port 0 ...`, once it says it is ready; returns (process, port)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "llmservice", "serve", "--grpc-port", "0", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "llmservice",
+        "serve",
+        "--grpc-port",
+        "0",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     assert proc.stdout is not None
     while line := (await asyncio.wait_for(proc.stdout.readline(), 120)).decode():
         if line.startswith("llmservice: ready"):
@@ -73,8 +81,15 @@ async def test_sigterm_when_idle_exits_at_once(served: tuple[asyncio.subprocess.
 
 async def test_serve_rejects_bad_settings_naming_the_variable() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "llmservice", "serve", "--set", "llamacpp.n_ctx=lots",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "llmservice",
+        "serve",
+        "--set",
+        "llamacpp.n_ctx=lots",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await proc.communicate()
     assert proc.returncode == 2
     assert b"llamacpp.n_ctx [env LLMSERVICE_LLAMACPP__N_CTX]" in err
@@ -82,8 +97,18 @@ async def test_serve_rejects_bad_settings_naming_the_variable() -> None:
 
 async def test_cli_chat_streams_tokens(service: Service) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "llmservice", "chat", "Say hello.", "--target", service.target, "--max-tokens", "5",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "llmservice",
+        "chat",
+        "Say hello.",
+        "--target",
+        service.target,
+        "--max-tokens",
+        "5",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err
     assert out.strip()
@@ -92,8 +117,18 @@ async def test_cli_chat_streams_tokens(service: Service) -> None:
 
 async def test_cli_chat_reports_errors(service: Service) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "llmservice", "chat", "hi", "--target", service.target, "--model", "nope",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "llmservice",
+        "chat",
+        "hi",
+        "--target",
+        service.target,
+        "--model",
+        "nope",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await proc.communicate()
     assert proc.returncode == 1
     assert b"NOT_FOUND" in err

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmservice.settings import SettingsError, load_settings, parse_overrides
+
+
+@pytest.fixture
+def toml(tmp_path: Path) -> Path:
+    path = tmp_path / "llm.toml"
+    path.write_text(
+        'provider = "from-toml"\n[server]\ngrpc_port = 1111\ndrain_grace_s = 3\n'
+        "[llamacpp]\nn_ctx = 1024\nmax_tokens = 64\n"
+    )
+    return path
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in (
+        "LLM_PROVIDER",
+        "LLMSERVICE_PROVIDER",
+        "LLMSERVICE_SERVER__GRPC_PORT",
+        "LLMSERVICE_CONFIG",
+        "LLMSERVICE_LLAMACPP__N_CTX",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./llm.toml unless a test writes one
+
+
+def test_defaults() -> None:
+    settings = load_settings()
+    assert settings.provider == "llamacpp"
+    assert settings.server.grpc_port == 50051
+    assert settings.llamacpp.model_path is None
+
+
+def test_toml_then_documented_env_then_prefixed_env_then_cli(
+    toml: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_settings(toml).provider == "from-toml"
+    monkeypatch.setenv("LLM_PROVIDER", "from-documented-env")
+    assert load_settings(toml).provider == "from-documented-env"
+    monkeypatch.setenv("LLMSERVICE_PROVIDER", "from-prefixed-env")
+    assert load_settings(toml).provider == "from-prefixed-env"
+    assert load_settings(toml, ["provider=from-cli"]).provider == "from-cli"
+
+
+def test_nested_keys_merge_across_sources(toml: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMSERVICE_SERVER__GRPC_PORT", "2222")
+    settings = load_settings(toml, ["llamacpp.n_ctx=2048"])
+    assert settings.server.grpc_port == 2222  # env over toml
+    assert settings.server.drain_grace_s == 3  # toml kept beside it
+    assert settings.llamacpp.n_ctx == 2048  # cli over toml
+    assert settings.llamacpp.max_tokens == 64
+
+
+def test_llm_toml_in_the_working_directory_is_read(toml: Path) -> None:
+    assert load_settings().provider == "from-toml"
+
+
+def test_config_file_named_by_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text('provider = "named"\n')
+    monkeypatch.setenv("LLMSERVICE_CONFIG", str(other))
+    assert load_settings().provider == "named"
+
+
+def test_unknown_toml_key_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[server]\ngrpc_prot = 1\n")
+    with pytest.raises(SettingsError, match=r"server\.grpc_prot"):
+        load_settings(path)
+
+
+def test_unknown_cli_key_is_an_error() -> None:
+    with pytest.raises(SettingsError, match="nonsense"):
+        load_settings(overrides=["nonsense=1"])
+
+
+def test_invalid_value_names_the_key_and_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMSERVICE_LLAMACPP__N_CTX", "many")
+    with pytest.raises(SettingsError, match=r"llamacpp\.n_ctx \[env LLMSERVICE_LLAMACPP__N_CTX\]"):
+        load_settings()
+
+
+def test_out_of_range_value_is_an_error() -> None:
+    with pytest.raises(SettingsError, match=r"llamacpp\.temperature"):
+        load_settings(overrides=["llamacpp.temperature=3"])
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "absent.toml")
+
+
+def test_overrides_parse_dotted_keys_and_json() -> None:
+    assert parse_overrides(["a.b=1", "a.c=[1, 2]", "d=x=y"]) == {"a": {"b": "1", "c": [1, 2]}, "d": "x=y"}
+    with pytest.raises(SettingsError, match="key=value"):
+        parse_overrides(["novalue"])
