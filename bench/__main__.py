@@ -1,0 +1,3 @@
+from . import decode_throughput
+
+decode_throughput.main()
