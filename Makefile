@@ -44,8 +44,10 @@ $(PYSTAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# npm install, not npm ci: npm ci rejects lock files that hold only this platform's
+# optional buf binary. The versions are exact in package.json either way.
 $(NODESTAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 clean:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -49,7 +49,7 @@ class ServerSettings(_Section):
 
 
 class LlamaCppSettings(_Section):
-    model_path: Path | None = Field(None, description="a GGUF file; unset means the bundled model")
+    model_path: FilePath | None = Field(None, description="a GGUF file; unset means the bundled model")
     model_id: str = Field("", description="id shown in ListModels; defaults to the file name")
     cache_dir: Path = Field(Path.home() / ".cache" / "llmservice" / "models")
     n_ctx: int = Field(4096, ge=64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Self
@@ -46,11 +47,12 @@ class Provider(abc.ABC):
     async def complete(self, model: str, request: ChatRequest) -> Completion:
         """Generate a whole reply; by default, the stream collected."""
         parts: list[str] = []
-        async for event in self.stream(model, request):
-            if isinstance(event, TokenDelta):
-                parts.append(event.text)
-            elif isinstance(event, StreamEnd):
-                return Completion("".join(parts), model, self.name, event.finish_reason, event.usage)
+        async with contextlib.aclosing(self.stream(model, request)) as events:
+            async for event in events:
+                if isinstance(event, TokenDelta):
+                    parts.append(event.text)
+                elif isinstance(event, StreamEnd):
+                    return Completion("".join(parts), model, self.name, event.finish_reason, event.usage)
         raise RuntimeError(f"provider {self.name} ended a stream without StreamEnd")
 
     async def __aenter__(self) -> Self:

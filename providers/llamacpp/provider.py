@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
-from pathlib import Path
 
 from llmservice.errors import InvalidRequest, NotFound
-from llmservice.settings import LlamaCppSettings
+from llmservice.settings import LlamaCppSettings, SettingsError, env_name
 from llmservice.types import Capabilities, ChatRequest, Message, ModelInfo, StreamEnd, StreamEvent
 
 from ..base import Provider
@@ -43,10 +42,13 @@ class LlamaCppProvider(Provider):
     def _load(self) -> None:
         s = self._settings
         path = s.model_path or bundled_model_path(s.cache_dir)
-        if not path.is_file():
-            raise FileNotFoundError(f"llamacpp.model_path {path} does not exist")
         log.info("loading %s from %s", self._model_id, path)
-        self._model = LlamaModel(Path(path))
+        try:
+            self._model = LlamaModel(path)
+        except ValueError as exc:
+            raise SettingsError(
+                f"llamacpp.model_path [env {env_name(('llamacpp', 'model_path'))}]: {exc}"
+            ) from None
         template = self._model.chat_template()
         if template:
             self._template = TemplatePrompt(template, self._model.bos_text, self._model.eos_text)

@@ -100,3 +100,8 @@ def test_overrides_parse_dotted_keys_and_json() -> None:
     assert parse_overrides(["a.b=1", "a.c=[1, 2]", "d=x=y"]) == {"a": {"b": "1", "c": [1, 2]}, "d": "x=y"}
     with pytest.raises(SettingsError, match="key=value"):
         parse_overrides(["novalue"])
+
+
+def test_model_path_must_be_an_existing_file(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"llamacpp\.model_path \[env LLMSERVICE_LLAMACPP__MODEL_PATH\]"):
+        load_settings(overrides=[f"llamacpp.model_path={tmp_path / 'absent.gguf'}"])
