@@ -79,56 +79,41 @@ async def test_sigterm_when_idle_exits_at_once(served: tuple[asyncio.subprocess.
     assert await asyncio.wait_for(proc.wait(), 30) == 0
 
 
-async def test_serve_rejects_bad_settings_naming_the_variable() -> None:
+async def cli(*args: str) -> tuple[int, bytes, bytes]:
+    """Run `llmservice ARGS...` to the end: (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "llmservice",
-        "serve",
-        "--set",
-        "llamacpp.n_ctx=lots",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    assert proc.returncode == 2
-    assert b"llamacpp.n_ctx [env LLMSERVICE_LLAMACPP__N_CTX]" in err
-
-
-async def test_cli_chat_streams_tokens(service: Service) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "llmservice",
-        "chat",
-        "Say hello.",
-        "--target",
-        service.target,
-        "--max-tokens",
-        "5",
+        *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
-    assert proc.returncode == 0, err
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+async def test_serve_rejects_bad_settings_naming_the_variable() -> None:
+    code, _, err = await cli("serve", "--set", "llamacpp.n_ctx=lots")
+    assert code == 2
+    assert b"llamacpp.n_ctx [env LLMSERVICE_LLAMACPP__N_CTX]" in err
+
+
+async def test_serve_rejects_an_unknown_provider() -> None:
+    code, _, err = await cli("serve", "--set", "provider=nope")
+    assert code == 2
+    assert b"'nope' [env LLM_PROVIDER] is not a known provider" in err
+
+
+async def test_cli_chat_streams_tokens(service: Service) -> None:
+    code, out, err = await cli("chat", "Say hello.", "--target", service.target, "--max-tokens", "5")
+    assert code == 0, err
     assert out.strip()
     assert b"[5 tokens, FINISH_REASON_LENGTH]" in err
 
 
 async def test_cli_chat_reports_errors(service: Service) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "llmservice",
-        "chat",
-        "hi",
-        "--target",
-        service.target,
-        "--model",
-        "nope",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await proc.communicate()
-    assert proc.returncode == 1
+    code, _, err = await cli("chat", "hi", "--target", service.target, "--model", "nope")
+    assert code == 1
     assert b"NOT_FOUND" in err
