@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
+
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[Role, ...] = ("system", "user", "assistant")
 
@@ -32,6 +35,26 @@ class Sampling:
     max_tokens: int | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalOptions:
+    """Asks for per-token signals; confidence, entropy, top_gap and top_k always come."""
+
+    top_k: int = 10
+    sampler_stages: bool = False
+    full_distribution: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """What the output must be: valid against a JSON schema, any JSON object, or a GBNF grammar."""
+
+    kind: Literal["json_schema", "json_object", "grammar"]
+    text: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +65,8 @@ class ChatRequest:
     sampling: Sampling = field(default_factory=Sampling)
     attachments: tuple[Attachment, ...] = ()
     priority: int = 0
+    signals: SignalOptions | None = None
+    constraint: Constraint | None = None
 
 
 class FinishReason(StrEnum):
@@ -62,11 +87,42 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class Candidate:
+    id: int
+    text: str
+    prob: float
+
+
+@dataclass(frozen=True, slots=True)
+class SamplerStage:
+    """The candidates left after one sampler stage: how many, and their renormalised distribution."""
+
+    name: str
+    active_count: int
+    top1_prob: float
+    entropy: float  # bits
+    top: tuple[Candidate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSignal:
+    """How the token was chosen; every probability is of the raw (pre-sampler) distribution."""
+
+    confidence: float
+    entropy: float  # bits
+    top_gap: float
+    top_k: tuple[Candidate, ...]
+    full_distribution: npt.NDArray[np.float32] | None = None  # vocabulary-size
+    stages: tuple[SamplerStage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TokenDelta:
     """One generated token; `text` is empty while a multi-byte character is incomplete."""
 
     text: str
     token_id: int = -1
+    signal: TokenSignal | None = None
 
 
 @dataclass(frozen=True, slots=True)

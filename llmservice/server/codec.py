@@ -7,16 +7,22 @@ from llmservice.errors import InvalidRequest
 from llmservice.types import (
     ROLES,
     Attachment,
+    Candidate,
     ChatRequest,
     Completion,
+    Constraint,
     FinishReason,
     Message,
     ModelInfo,
     Role,
     Sampling,
+    SignalOptions,
     StreamEnd,
     TokenDelta,
+    TokenSignal,
 )
+
+DEFAULT_SIGNAL_TOP_K = 10
 
 _FINISH = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
@@ -37,10 +43,36 @@ def decode_chat_request(msg: pb.LLMChatRequest) -> ChatRequest:
             max_tokens=msg.max_tokens or None,
             stop=tuple(msg.stop),
             seed=msg.seed if msg.HasField("seed") else None,
+            top_k=msg.top_k or None,
+            min_p=msg.min_p if msg.HasField("min_p") else None,
+            repetition_penalty=msg.repetition_penalty if msg.HasField("repetition_penalty") else None,
         ),
         attachments=tuple(Attachment(a.mime_type, a.data, a.filename) for a in msg.attachments),
         priority=msg.priority,
+        signals=_signal_options(msg),
+        constraint=_constraint(msg),
     )
+
+
+def _signal_options(msg: pb.LLMChatRequest) -> SignalOptions | None:
+    if not msg.HasField("signal_options"):
+        return None
+    o = msg.signal_options
+    return SignalOptions(o.top_k or DEFAULT_SIGNAL_TOP_K, o.sampler_stages, o.full_distribution)
+
+
+def _constraint(msg: pb.LLMChatRequest) -> Constraint | None:
+    if not msg.HasField("response_format"):
+        return None
+    f = msg.response_format
+    match f.WhichOneof("format"):
+        case "json_schema":
+            return Constraint("json_schema", f.json_schema)
+        case "grammar":
+            return Constraint("grammar", f.grammar)
+        case "json_object" if f.json_object:
+            return Constraint("json_object")
+    raise InvalidRequest("response_format", "set one of json_schema, json_object (true) or grammar")
 
 
 def _messages(msg: pb.LLMChatRequest) -> tuple[Message, ...]:
@@ -78,7 +110,35 @@ def encode_completion(completion: Completion) -> pb.LLMChatResponse:
 
 
 def encode_token(delta: TokenDelta, model: str) -> pb.LLMChatChunk:
-    return pb.LLMChatChunk(token=delta.text, model=model)
+    if delta.signal is None:
+        return pb.LLMChatChunk(token=delta.text, model=model)
+    return pb.LLMChatChunk(token=delta.text, model=model, signal=_signal(delta.signal))
+
+
+def _signal(s: TokenSignal) -> pb.TokenSignalProto:
+    msg = pb.TokenSignalProto(
+        confidence=s.confidence,
+        entropy=s.entropy,
+        top_gap=s.top_gap,
+        top_k=[_candidate(c) for c in s.top_k],
+        sampler_stages=[
+            pb.SamplerStageProto(
+                name=st.name,
+                active_count=st.active_count,
+                top1_prob=st.top1_prob,
+                entropy=st.entropy,
+                top_k=[_candidate(c) for c in st.top],
+            )
+            for st in s.stages
+        ],
+    )
+    if s.full_distribution is not None:
+        msg.full_distribution.extend(s.full_distribution.tolist())
+    return msg
+
+
+def _candidate(c: Candidate) -> pb.TokenCandidateProto:
+    return pb.TokenCandidateProto(id=c.id, text=c.text, prob=c.prob)
 
 
 def encode_end(end: StreamEnd, model: str, provider: str) -> pb.LLMChatChunk:

@@ -1,14 +1,19 @@
-"""The in-process llama.cpp engine: one thread owns the context and runs the decode loop.
+"""The in-process llama.cpp engine: one thread owns the context and batches every sequence.
+
+Each step builds one `llama_batch`: the next token of every generating sequence,
+plus whole prefill chunks of waiting prompts while they fit, each row tagged with
+its sequence id. One `llama_decode` runs them all; every sequence then samples from
+its own logits row. Jobs join at the next step and leave (freeing their cache) when
+done or cancelled. Prompt chunks always start at multiples of the chunk size, so a
+sequence's numbers do not depend on what else shares its steps.
 
 Asyncio callers hand the engine a `Job` and receive its events through the job's
-`emit` callback (which must be thread-safe). Jobs wait in a (priority, arrival)
-queue and run one at a time; a cancelled job stops at the next token boundary.
-`llama_decode` releases the GIL, so the event loop keeps serving while it runs.
+thread-safe `emit`. `llama_decode` releases the GIL, so the event loop keeps serving.
 """
 
 from __future__ import annotations
 
-import ctypes
+import heapq
 import itertools
 import logging
 import os
@@ -17,51 +22,23 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import llama_cpp as llama
 import numpy as np
 
-from llmservice.types import FinishReason, StreamEnd, StreamEvent, TokenDelta, Usage
+from llmservice.types import FinishReason, SignalOptions, StreamEnd, StreamEvent, TokenDelta, Usage
 
+from .model import LlamaModel
+from .sampling import Sampler, SamplerConfig, SignalSampler
 from .text import TextStream
 
 log = logging.getLogger(__name__)
-# llama.cpp's own log lines (model metadata dumps, notes about the GGUF) go to this logger;
-# only errors show unless an operator lowers its level.
-native_log = logging.getLogger("llama.cpp")
-native_log.setLevel(logging.ERROR)
-# ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT (continues the previous line).
-_NATIVE_LEVELS = (logging.CRITICAL, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
-_last_native_level = logging.DEBUG
 
-
-def _forward_native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
-    global _last_native_level
-    if level < len(_NATIVE_LEVELS):
-        _last_native_level = _NATIVE_LEVELS[level]
-    if native_log.isEnabledFor(_last_native_level):
-        native_log.log(_last_native_level, "%s", text.decode(errors="replace").rstrip())
-
-
-# Replaces llama-cpp-python's forwarder, whose level table predates ggml's DEBUG level
-# and so prints every warning as an error.
-_native_log_callback = llama.llama_log_callback(_forward_native_log)  # kept referenced: C holds it
-llama.llama_log_set(_native_log_callback, ctypes.c_void_p(0))
-
-_RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp picks a random seed
-# After each llama_decode the engine thread needs the GIL back to pick the next token,
+# After each llama_decode the engine thread needs the GIL back to pick the next tokens,
 # while the event loop may be holding it for gRPC work. Python's default switch
 # interval (5 ms) lets that wait cost a third of a token; 0.5 ms bounds it.
-# Measured on 2 cores: StreamChat decode ratio to a bare loop 0.96 -> 0.985 (bench/).
+# Measured on 2 cores: StreamChat decode ratio to a bare loop 0.96 -> 0.98 (bench/).
 _SWITCH_INTERVAL_S = 0.0005
-
-
-@dataclass(frozen=True, slots=True)
-class SamplerConfig:
-    temperature: float = 0.0
-    top_p: float | None = None
-    seed: int | None = None
 
 
 @dataclass(eq=False)
@@ -74,224 +51,216 @@ class Job:
     emit: Callable[[StreamEvent | BaseException], None]
     stop: tuple[str, ...] = ()
     priority: int = 0
+    signals: SignalOptions | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
         self.cancelled.set()
 
 
-class LlamaModel:
-    """A loaded GGUF: weights and vocabulary. Tokenizing is safe from any thread."""
+class _Sequence:
+    """A running job's state on the engine thread."""
 
-    def __init__(self, path: Path) -> None:
-        llama.llama_backend_init()
-        params = llama.llama_model_default_params()
-        params.n_gpu_layers = 0
-        model = llama.llama_model_load_from_file(str(path).encode(), params)
-        if not model:
-            raise ValueError(f"cannot load GGUF model {path}: not a valid GGUF file llama.cpp can read")
-        self.path = path
-        self.ptr = model
-        self.vocab = llama.llama_model_get_vocab(model)
-        self.n_vocab = llama.llama_vocab_n_tokens(self.vocab)
-        self.n_ctx_train = llama.llama_model_n_ctx_train(model)
-        self.size_bytes = llama.llama_model_size(model)
-        self._pieces: dict[int, bytes] = {}
-
-    def close(self) -> None:
-        if self.ptr:
-            llama.llama_model_free(self.ptr)
-            self.ptr = None
-
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        data = text.encode()
-        capacity = len(data) + 8
-        buf = (llama.llama_token * capacity)()
-        n = llama.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
-        if n < 0:  # a longer result than the guess: -n is the size needed
-            capacity = -n
-            buf = (llama.llama_token * capacity)()
-            n = llama.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
-        return list(buf[:n])
-
-    def piece(self, token: int) -> bytes:
-        """The bytes a token stands for; control tokens give b""."""
-        cached = self._pieces.get(token)
-        if cached is None:
-            cached = self._render(token, special=False)
-            self._pieces[token] = cached
-        return cached
-
-    def special_text(self, token: int) -> str:
-        return self._render(token, special=True).decode(errors="replace")
-
-    def _render(self, token: int, *, special: bool) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = llama.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = llama.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        return buf.raw[:n]
-
-    def is_end(self, token: int) -> bool:
-        return bool(llama.llama_vocab_is_eog(self.vocab, token))
-
-    @property
-    def add_bos(self) -> bool:
-        return bool(llama.llama_vocab_get_add_bos(self.vocab))
-
-    @property
-    def bos_text(self) -> str:
-        return self.special_text(llama.llama_vocab_bos(self.vocab))
-
-    @property
-    def eos_text(self) -> str:
-        return self.special_text(llama.llama_vocab_eos(self.vocab))
-
-    def chat_template(self) -> str | None:
-        raw = llama.llama_model_chat_template(self.ptr, None)
-        return raw.decode() if raw else None
+    def __init__(self, job: Job, seq_id: int, sampler: Sampler) -> None:
+        self.job = job
+        self.seq_id = seq_id
+        self.sampler = sampler
+        self.text = TextStream(job.stop)
+        self.pending = list(job.prompt)  # tokens not yet in the cache
+        self.pos = 0  # position of pending[0]
+        self.generated = 0
+        self.row = -1  # batch row holding this sequence's logits in the current step
 
 
 class Engine:
     """Owns a llama.cpp context and the thread that decodes with it."""
 
-    def __init__(self, model: LlamaModel, *, n_ctx: int, n_batch: int, n_threads: int) -> None:
+    def __init__(
+        self, model: LlamaModel, *, n_ctx: int, n_batch: int, n_threads: int, n_slots: int = 1
+    ) -> None:
         threads = n_threads or os.cpu_count() or 1
         params = llama.llama_context_default_params()
-        params.n_ctx = n_ctx
-        params.n_batch = params.n_ubatch = n_batch
-        params.n_seq_max = 1
+        # Each sequence has a cache of its own, n_ctx tokens long: its attention never
+        # mixes with other sequences' cells, so batching does not change its numbers.
+        params.n_ctx = n_ctx * n_slots
+        params.n_seq_max = n_slots
+        params.kv_unified = False
+        self.chunk = n_batch
+        params.n_batch = params.n_ubatch = n_batch + n_slots  # a prefill chunk plus every next token
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
         ctx = llama.llama_init_from_model(model.ptr, params)
         if not ctx:
-            raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} tokens for {model.path}")
+            raise RuntimeError(
+                f"llama.cpp could not create a context of {n_ctx} x {n_slots} tokens for {model.path}"
+            )
         self.model = model
-        self.n_ctx = llama.llama_n_ctx(ctx)
-        self.n_batch = n_batch
+        self.n_ctx = llama.llama_n_ctx(ctx) // n_slots
+        self.n_slots = n_slots
+        self.tokens_generated = 0  # all jobs, ever: lets tests and metrics see that work stopped
         self._ctx = ctx
         self._memory = llama.llama_get_memory(ctx)
-        self._batch = _Batch(n_batch)
-        self._queue: queue.PriorityQueue[tuple[int, int, Job | None]] = queue.PriorityQueue()
+        self._batch = _Batch(n_batch + n_slots)
+        self._signals = SignalSampler(model)
+        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._waiting: list[tuple[int, int, Job]] = []
         self._arrivals = itertools.count()
-        self.tokens_generated = 0  # all jobs, ever: lets tests and metrics see that work stopped
+        self._running: list[_Sequence] = []
+        self._free_ids = list(range(n_slots))
+        self._stopping = False
         sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
         self._thread.start()
 
     def submit(self, job: Job) -> None:
-        self._queue.put((job.priority, next(self._arrivals), job))
+        self._inbox.put(job)
 
     def close(self) -> None:
-        """Stop the thread after the running job (cancel it first for a quick stop) and free the context."""
-        self._queue.put((-(1 << 31), next(self._arrivals), None))
+        """Stop the thread (running jobs end without an end event) and free the context."""
+        self._inbox.put(None)
         self._thread.join()
         self._batch.free()
         llama.llama_free(self._ctx)
 
+    # The engine thread from here on.
+
     def _loop(self) -> None:
-        while True:
-            _, _, job = self._queue.get()
-            if job is None:
-                return
+        while not self._stopping:
+            self._collect(block=not self._running and not self._waiting)
+            self._admit()
+            if self._running:
+                try:
+                    self._step()
+                except Exception as exc:  # handed to every caller, who maps it to a status
+                    log.exception("decode step failed")
+                    for seq in list(self._running):
+                        seq.job.emit(exc)
+                        self._leave(seq)
+        for seq in list(self._running):
+            self._leave(seq)
+
+    def _collect(self, *, block: bool) -> None:
+        try:
+            job = self._inbox.get(block=block)
+            while True:
+                if job is None:
+                    self._stopping = True
+                else:
+                    heapq.heappush(self._waiting, (job.priority, next(self._arrivals), job))
+                job = self._inbox.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _admit(self) -> None:
+        while self._waiting and self._free_ids:
+            _, _, job = heapq.heappop(self._waiting)
             if job.cancelled.is_set():
                 continue
             try:
-                self._run(job)
-            except Exception as exc:  # handed to the caller, who maps it to a status
-                log.exception("generation failed")
+                sampler = Sampler(self.model, job.sampler)
+            except Exception as exc:
                 job.emit(exc)
+                continue
+            sampler.accept_prompt(job.prompt)
+            self._running.append(_Sequence(job, self._free_ids.pop(), sampler))
 
-    def _run(self, job: Job) -> None:
-        llama.llama_memory_clear(self._memory, True)
-        if not self._prefill(job):
+    def _leave(self, seq: _Sequence) -> None:
+        self._running.remove(seq)
+        llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+        seq.sampler.close()
+        self._free_ids.append(seq.seq_id)
+
+    def _step(self) -> None:
+        for seq in [s for s in self._running if s.job.cancelled.is_set()]:
+            self._leave(seq)
+        batch = self._batch
+        batch.clear()
+        generating = [s for s in self._running if s.generated]
+        prefilling = [s for s in self._running if not s.generated]
+        for seq in generating:
+            seq.row = batch.add(seq.pending, seq.pos, seq.seq_id, logits=True)
+        for seq in prefilling:
+            chunk = seq.pending[: self.chunk]
+            if batch.size + len(chunk) > batch.capacity:
+                seq.row = -1  # the whole chunk next step: chunk boundaries stay fixed
+                continue
+            last = len(chunk) == len(seq.pending)
+            seq.row = batch.add(chunk, seq.pos, seq.seq_id, logits=last)
+            if not last:
+                seq.row = -1
+                seq.pos += len(chunk)
+                del seq.pending[: len(chunk)]
+        if not batch.size:
             return
-        sampler = _make_sampler(job.sampler)
-        try:
-            self._generate(job, sampler)
-        finally:
-            llama.llama_sampler_free(sampler)
-
-    def _prefill(self, job: Job) -> bool:
-        """Decode the prompt in chunks of n_batch; False if the job was cancelled meanwhile."""
-        prompt = job.prompt
-        for start in range(0, len(prompt), self.n_batch):
-            chunk = prompt[start : start + self.n_batch]
-            self._decode(chunk, start, want_logits=start + len(chunk) == len(prompt))
-            if job.cancelled.is_set():
-                return False
-        return True
-
-    def _generate(self, job: Job, sampler: llama.llama_sampler_p) -> None:
-        text = TextStream(job.stop)
-        pos, generated = len(job.prompt), 0
-        reason = FinishReason.LENGTH
-        while True:
-            if job.cancelled.is_set():
-                return  # nobody is listening: no end event
-            token = llama.llama_sampler_sample(sampler, self._ctx, -1)
-            if self.model.is_end(token):
-                reason = FinishReason.STOP
-                break
-            generated += 1
-            self.tokens_generated += 1
-            out, stopped = text.push(self.model.piece(token))
-            job.emit(TokenDelta(out, token))
-            if stopped:
-                reason = FinishReason.STOP
-                break
-            if generated >= job.max_tokens or pos + 1 >= self.n_ctx:
-                break
-            self._decode([token], pos, want_logits=True)
-            pos += 1
-        rest, stopped = text.flush()
-        if rest:
-            job.emit(TokenDelta(rest))
-        if stopped:
-            reason = FinishReason.STOP
-        job.emit(StreamEnd(reason, Usage(len(job.prompt), generated)))
-
-    def _decode(self, tokens: list[int], start: int, *, want_logits: bool) -> None:
-        self._batch.fill(tokens, start, want_logits)
-        rc = llama.llama_decode(self._ctx, self._batch.raw)
+        rc = llama.llama_decode(self._ctx, batch.raw)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc}")
+        for seq in [s for s in self._running if s.row >= 0]:
+            seq.pos += len(seq.pending)
+            seq.pending.clear()
+            self._sample(seq)
+
+    def _sample(self, seq: _Sequence) -> None:
+        job = seq.job
+        if job.signals is None:
+            token, signal = seq.sampler.sample(self._ctx, seq.row), None
+        else:
+            logits = np.ctypeslib.as_array(
+                llama.llama_get_logits_ith(self._ctx, seq.row), shape=(self.model.n_vocab,)
+            )
+            token, signal = self._signals.sample(seq.sampler, self._ctx, seq.row, logits, job.signals)
+        if self.model.is_end(token):
+            return self._finish(seq, FinishReason.STOP)
+        seq.generated += 1
+        self.tokens_generated += 1
+        out, stopped = seq.text.push(self.model.piece(token))
+        job.emit(TokenDelta(out, token, signal))
+        if stopped:
+            return self._finish(seq, FinishReason.STOP)
+        if seq.generated >= job.max_tokens or seq.pos + 1 >= self.n_ctx:
+            return self._finish(seq, FinishReason.LENGTH)
+        seq.pending.append(token)
+
+    def _finish(self, seq: _Sequence, reason: FinishReason) -> None:
+        rest, stopped = seq.text.flush()
+        if rest:
+            seq.job.emit(TokenDelta(rest))
+        seq.job.emit(
+            StreamEnd(FinishReason.STOP if stopped else reason, Usage(len(seq.job.prompt), seq.generated))
+        )
+        self._leave(seq)
 
 
 class _Batch:
-    """A llama_batch for one sequence, filled through numpy views of its arrays."""
+    """A llama_batch filled through numpy views of its arrays."""
 
     def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
         self.raw = llama.llama_batch_init(capacity, 0, 1)
         self._tokens = np.ctypeslib.as_array(self.raw.token, shape=(capacity,))
         self._pos = np.ctypeslib.as_array(self.raw.pos, shape=(capacity,))
         self._logits = np.ctypeslib.as_array(self.raw.logits, shape=(capacity,))
+        self._seq = np.empty(capacity, dtype=np.int32)
         np.ctypeslib.as_array(self.raw.n_seq_id, shape=(capacity,))[:] = 1
-        for i in range(capacity):
-            self.raw.seq_id[i][0] = 0
+        self._seq_ptrs = [self.raw.seq_id[i] for i in range(capacity)]
+        self.size = 0
 
-    def fill(self, tokens: list[int], start: int, want_logits: bool) -> None:
-        n = len(tokens)
-        self._tokens[:n] = tokens
-        self._pos[:n] = np.arange(start, start + n)
-        self._logits[:n] = 0
-        self._logits[n - 1] = int(want_logits)
-        self.raw.n_tokens = n
+    def clear(self) -> None:
+        self.size = 0
+        self.raw.n_tokens = 0
+
+    def add(self, tokens: list[int], start: int, seq_id: int, *, logits: bool) -> int:
+        """Append tokens of one sequence at positions start...; return the row of the last one."""
+        n, at = len(tokens), self.size
+        self._tokens[at : at + n] = tokens
+        self._pos[at : at + n] = np.arange(start, start + n)
+        self._logits[at : at + n] = 0
+        self._logits[at + n - 1] = int(logits)
+        for i in range(at, at + n):
+            self._seq_ptrs[i][0] = seq_id
+        self.size += n
+        self.raw.n_tokens = self.size
+        return at + n - 1
 
     def free(self) -> None:
         llama.llama_batch_free(self.raw)
-
-
-def _make_sampler(config: SamplerConfig) -> llama.llama_sampler_p:
-    """A llama.cpp sampler chain in llama.cpp's own order: top_p, then temperature, then the draw."""
-    chain: llama.llama_sampler_p = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
-    if config.temperature <= 0:
-        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
-        return chain
-    if config.top_p is not None and config.top_p < 1:
-        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_top_p(config.top_p, 1))
-    llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_temp(config.temperature))
-    seed = _RANDOM_SEED if config.seed is None else config.seed % _RANDOM_SEED
-    llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_dist(seed))
-    return chain

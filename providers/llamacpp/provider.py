@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncGenerator
 
 from llmservice.errors import InvalidRequest, NotFound
@@ -11,9 +12,12 @@ from llmservice.settings import LlamaCppSettings, SettingsError, env_name
 from llmservice.types import Capabilities, ChatRequest, Message, ModelInfo, StreamEnd, StreamEvent
 
 from ..base import Provider
-from .engine import Engine, Job, LlamaModel, SamplerConfig
+from .constraint import grammar_for
+from .engine import Engine, Job
+from .model import LlamaModel
 from .model_file import BUNDLED_MODEL_ID, bundled_model_path
 from .prompt import Segment, TemplatePrompt, gemma_prompt
+from .sampling import GrammarError, SamplerConfig, check_grammar
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +56,14 @@ class LlamaCppProvider(Provider):
         template = self._model.chat_template()
         if template:
             self._template = TemplatePrompt(template, self._model.bos_text, self._model.eos_text)
-        self._engine = Engine(self._model, n_ctx=s.n_ctx, n_batch=s.n_batch, n_threads=s.n_threads)
+        slots = s.n_slots or default_slots()
+        self._engine = Engine(
+            self._model, n_ctx=s.n_ctx, n_batch=s.n_batch, n_threads=s.n_threads, n_slots=slots
+        )
         log.info(
-            "loaded %s (context %d tokens, %s chat format)",
+            "loaded %s (%d sequences of %d tokens, %s chat format)",
             self._model_id,
+            slots,
             self._engine.n_ctx,
             "its own" if template else "Gemma",
         )
@@ -76,7 +84,7 @@ class LlamaCppProvider(Provider):
                 self.name,
                 n_ctx,
                 loaded=self._engine is not None,
-                capabilities=Capabilities(streaming=True),
+                capabilities=Capabilities(streaming=True, signals=True),
             )
         ]
 
@@ -92,6 +100,11 @@ class LlamaCppProvider(Provider):
                     f"model {model} reads text only and cannot use {attachment.mime_type or 'an untyped'!r} "
                     "attachments (text/*, application/json, application/xml, application/yaml are read)",
                 )
+        if request.constraint is not None and self._model is not None:
+            try:
+                check_grammar(self._model, grammar_for(request.constraint))
+            except (GrammarError, ValueError) as exc:
+                raise InvalidRequest(f"response_format.{request.constraint.kind}", str(exc)) from None
 
     async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         engine = self._ready()
@@ -113,10 +126,19 @@ class LlamaCppProvider(Provider):
         job = Job(
             prompt=prompt,
             max_tokens=s.max_tokens or self._settings.max_tokens,
-            sampler=SamplerConfig(temperature, s.top_p, s.seed),
+            sampler=SamplerConfig(
+                temperature=temperature,
+                top_p=s.top_p,
+                top_k=s.top_k,
+                min_p=s.min_p,
+                repetition_penalty=s.repetition_penalty,
+                seed=s.seed,
+                grammar=grammar_for(request.constraint) if request.constraint else None,
+            ),
             emit=emit,
             stop=s.stop,
             priority=request.priority,
+            signals=request.signals,
         )
         engine.submit(job)
         try:
@@ -176,3 +198,8 @@ def _with_attachments(request: ChatRequest) -> tuple[Message, ...]:
     else:
         messages[last_user] = Message("user", messages[last_user].content + notes)
     return tuple(messages)
+
+
+def default_slots() -> int:
+    """Sequences decoded together: decode is memory-bound, so a few per core pay off."""
+    return max(2, min(8, 2 * (os.cpu_count() or 1)))

@@ -24,39 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fllmservice/v1/llm_service.proto\x12\rllmservice.v1\";\n\x0b\x43hatMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"Y\n\nAttachment\x12\x1b\n\tmime_type\x18\x01 \x01(\tR\x08mimeType\x12\x12\n\x04\x64\x61ta\x18\x02 \x01(\tR\x04\x64\x61ta\x12\x1a\n\x08\x66ilename\x18\x03 \x01(\tR\x08\x66ilename\"\xc9\x03\n\x0eLLMChatRequest\x12#\n\rsystem_prompt\x18\x01 \x01(\tR\x0csystemPrompt\x12\x1f\n\x0buser_prompt\x18\x02 \x01(\tR\nuserPrompt\x12\x14\n\x05model\x18\x03 \x01(\tR\x05model\x12%\n\x0btemperature\x18\x04 \x01(\x01H\x00R\x0btemperature\x88\x01\x01\x12\x1d\n\nmax_tokens\x18\x05 \x01(\x05R\tmaxTokens\x12\x1a\n\x08provider\x18\x06 \x01(\tR\x08provider\x12;\n\x0b\x61ttachments\x18\x07 \x03(\x0b\x32\x19.llmservice.v1.AttachmentR\x0b\x61ttachments\x12\x36\n\x08messages\x18\x08 \x03(\x0b\x32\x1a.llmservice.v1.ChatMessageR\x08messages\x12\x1a\n\x08priority\x18\t \x01(\x05R\x08priority\x12\x18\n\x05top_p\x18\n \x01(\x01H\x01R\x04topP\x88\x01\x01\x12\x12\n\x04stop\x18\x0b \x03(\tR\x04stop\x12\x17\n\x04seed\x18\x0c \x01(\x03H\x02R\x04seed\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\x94\x02\n\x0fLLMChatResponse\x12\x18\n\x07\x63ontent\x18\x01 \x01(\tR\x07\x63ontent\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12#\n\rprompt_tokens\x18\x03 \x01(\x05R\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05R\x10\x63ompletionTokens\x12!\n\x0ctotal_tokens\x18\x05 \x01(\x05R\x0btotalTokens\x12@\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x1b.llmservice.v1.FinishReasonR\x0c\x66inishReason\x12\x1a\n\x08provider\x18\x07 \x01(\tR\x08provider\"\xda\x02\n\x0cLLMChatChunk\x12\x14\n\x05token\x18\x01 \x01(\tR\x05token\x12\x12\n\x04\x64one\x18\x02 \x01(\x08R\x04\x64one\x12\x14\n\x05model\x18\x03 \x01(\tR\x05model\x12#\n\rprompt_tokens\x18\x04 \x01(\x05R\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x05 \x01(\x05R\x10\x63ompletionTokens\x12!\n\x0ctotal_tokens\x18\x06 \x01(\x05R\x0btotalTokens\x12\x37\n\x06signal\x18\x07 \x01(\x0b\x32\x1f.llmservice.v1.TokenSignalProtoR\x06signal\x12@\n\rfinish_reason\x18\x08 \x01(\x0e\x32\x1b.llmservice.v1.FinishReasonR\x0c\x66inishReason\x12\x1a\n\x08provider\x18\t \x01(\tR\x08provider\"\x94\x02\n\x10TokenSignalProto\x12\x1e\n\nconfidence\x18\x01 \x01(\x02R\nconfidence\x12\x18\n\x07\x65ntropy\x18\x02 \x01(\x02R\x07\x65ntropy\x12\x17\n\x07top_gap\x18\x03 \x01(\x02R\x06topGap\x12\x37\n\x05top_k\x18\x04 \x03(\x0b\x32\".llmservice.v1.TokenCandidateProtoR\x04topK\x12+\n\x11\x66ull_distribution\x18\x05 \x03(\x02R\x10\x66ullDistribution\x12G\n\x0esampler_stages\x18\x06 \x03(\x0b\x32 .llmservice.v1.SamplerStageProtoR\rsamplerStages\"M\n\x13TokenCandidateProto\x12\x0e\n\x02id\x18\x01 \x01(\x05R\x02id\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x12\n\x04prob\x18\x03 \x01(\x02R\x04prob\"\xba\x01\n\x11SamplerStageProto\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12!\n\x0c\x61\x63tive_count\x18\x02 \x01(\x05R\x0b\x61\x63tiveCount\x12\x1b\n\ttop1_prob\x18\x03 \x01(\x02R\x08top1Prob\x12\x18\n\x07\x65ntropy\x18\x04 \x01(\x02R\x07\x65ntropy\x12\x37\n\x05top_k\x18\x05 \x03(\x0b\x32\".llmservice.v1.TokenCandidateProtoR\x04topK\"\x13\n\x11ListModelsRequest\"F\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32\x18.llmservice.v1.ModelInfoR\x06models\"\xdb\x01\n\tModelInfo\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n\x08provider\x18\x02 \x01(\tR\x08provider\x12%\n\x0e\x63ontext_length\x18\x03 \x01(\x05R\rcontextLength\x12\x1d\n\nis_default\x18\x04 \x01(\x08R\tisDefault\x12\x16\n\x06loaded\x18\x05 \x01(\x08R\x06loaded\x12\x44\n\x0c\x63\x61pabilities\x18\x06 \x01(\x0b\x32 .llmservice.v1.ModelCapabilitiesR\x0c\x63\x61pabilities\"\x99\x01\n\x11ModelCapabilities\x12\x1c\n\tstreaming\x18\x01 \x01(\x08R\tstreaming\x12\x14\n\x05tools\x18\x02 \x01(\x08R\x05tools\x12\x16\n\x06vision\x18\x03 \x01(\x08R\x06vision\x12\x1e\n\nembeddings\x18\x04 \x01(\x08R\nembeddings\x12\x18\n\x07signals\x18\x05 \x01(\x08R\x07signals*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x32\xf2\x01\n\nLLMService\x12\x45\n\x04\x43hat\x12\x1d.llmservice.v1.LLMChatRequest\x1a\x1e.llmservice.v1.LLMChatResponse\x12J\n\nStreamChat\x12\x1d.llmservice.v1.LLMChatRequest\x1a\x1b.llmservice.v1.LLMChatChunk0\x01\x12Q\n\nListModels\x12 .llmservice.v1.ListModelsRequest\x1a!.llmservice.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fllmservice/v1/llm_service.proto\x12\rllmservice.v1\";\n\x0b\x43hatMessage\x12\x12\n\x04role\x18\x01 \x01(\tR\x04role\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tR\x07\x63ontent\"Y\n\nAttachment\x12\x1b\n\tmime_type\x18\x01 \x01(\tR\x08mimeType\x12\x12\n\x04\x64\x61ta\x18\x02 \x01(\tR\x04\x64\x61ta\x12\x1a\n\x08\x66ilename\x18\x03 \x01(\tR\x08\x66ilename\"\xe9\x05\n\x0eLLMChatRequest\x12#\n\rsystem_prompt\x18\x01 \x01(\tR\x0csystemPrompt\x12\x1f\n\x0buser_prompt\x18\x02 \x01(\tR\nuserPrompt\x12\x14\n\x05model\x18\x03 \x01(\tR\x05model\x12%\n\x0btemperature\x18\x04 \x01(\x01H\x00R\x0btemperature\x88\x01\x01\x12\x1d\n\nmax_tokens\x18\x05 \x01(\x05R\tmaxTokens\x12\x1a\n\x08provider\x18\x06 \x01(\tR\x08provider\x12;\n\x0b\x61ttachments\x18\x07 \x03(\x0b\x32\x19.llmservice.v1.AttachmentR\x0b\x61ttachments\x12\x36\n\x08messages\x18\x08 \x03(\x0b\x32\x1a.llmservice.v1.ChatMessageR\x08messages\x12\x1a\n\x08priority\x18\t \x01(\x05R\x08priority\x12\x18\n\x05top_p\x18\n \x01(\x01H\x01R\x04topP\x88\x01\x01\x12\x12\n\x04stop\x18\x0b \x03(\tR\x04stop\x12\x17\n\x04seed\x18\x0c \x01(\x03H\x02R\x04seed\x88\x01\x01\x12\x18\n\x05top_k\x18\r \x01(\x05H\x03R\x04topK\x88\x01\x01\x12\x18\n\x05min_p\x18\x0e \x01(\x01H\x04R\x04minP\x88\x01\x01\x12\x32\n\x12repetition_penalty\x18\x0f \x01(\x01H\x05R\x11repetitionPenalty\x88\x01\x01\x12\x43\n\x0esignal_options\x18\x10 \x01(\x0b\x32\x1c.llmservice.v1.SignalOptionsR\rsignalOptions\x12\x46\n\x0fresponse_format\x18\x11 \x01(\x0b\x32\x1d.llmservice.v1.ResponseFormatR\x0eresponseFormatB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x08\n\x06_top_kB\x08\n\x06_min_pB\x15\n\x13_repetition_penalty\"x\n\rSignalOptions\x12\x13\n\x05top_k\x18\x01 \x01(\x05R\x04topK\x12%\n\x0esampler_stages\x18\x02 \x01(\x08R\rsamplerStages\x12+\n\x11\x66ull_distribution\x18\x03 \x01(\x08R\x10\x66ullDistribution\"|\n\x0eResponseFormat\x12!\n\x0bjson_schema\x18\x01 \x01(\tH\x00R\njsonSchema\x12!\n\x0bjson_object\x18\x02 \x01(\x08H\x00R\njsonObject\x12\x1a\n\x07grammar\x18\x03 \x01(\tH\x00R\x07grammarB\x08\n\x06\x66ormat\"\x94\x02\n\x0fLLMChatResponse\x12\x18\n\x07\x63ontent\x18\x01 \x01(\tR\x07\x63ontent\x12\x14\n\x05model\x18\x02 \x01(\tR\x05model\x12#\n\rprompt_tokens\x18\x03 \x01(\x05R\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x04 \x01(\x05R\x10\x63ompletionTokens\x12!\n\x0ctotal_tokens\x18\x05 \x01(\x05R\x0btotalTokens\x12@\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x1b.llmservice.v1.FinishReasonR\x0c\x66inishReason\x12\x1a\n\x08provider\x18\x07 \x01(\tR\x08provider\"\xda\x02\n\x0cLLMChatChunk\x12\x14\n\x05token\x18\x01 \x01(\tR\x05token\x12\x12\n\x04\x64one\x18\x02 \x01(\x08R\x04\x64one\x12\x14\n\x05model\x18\x03 \x01(\tR\x05model\x12#\n\rprompt_tokens\x18\x04 \x01(\x05R\x0cpromptTokens\x12+\n\x11\x63ompletion_tokens\x18\x05 \x01(\x05R\x10\x63ompletionTokens\x12!\n\x0ctotal_tokens\x18\x06 \x01(\x05R\x0btotalTokens\x12\x37\n\x06signal\x18\x07 \x01(\x0b\x32\x1f.llmservice.v1.TokenSignalProtoR\x06signal\x12@\n\rfinish_reason\x18\x08 \x01(\x0e\x32\x1b.llmservice.v1.FinishReasonR\x0c\x66inishReason\x12\x1a\n\x08provider\x18\t \x01(\tR\x08provider\"\x94\x02\n\x10TokenSignalProto\x12\x1e\n\nconfidence\x18\x01 \x01(\x02R\nconfidence\x12\x18\n\x07\x65ntropy\x18\x02 \x01(\x02R\x07\x65ntropy\x12\x17\n\x07top_gap\x18\x03 \x01(\x02R\x06topGap\x12\x37\n\x05top_k\x18\x04 \x03(\x0b\x32\".llmservice.v1.TokenCandidateProtoR\x04topK\x12+\n\x11\x66ull_distribution\x18\x05 \x03(\x02R\x10\x66ullDistribution\x12G\n\x0esampler_stages\x18\x06 \x03(\x0b\x32 .llmservice.v1.SamplerStageProtoR\rsamplerStages\"M\n\x13TokenCandidateProto\x12\x0e\n\x02id\x18\x01 \x01(\x05R\x02id\x12\x12\n\x04text\x18\x02 \x01(\tR\x04text\x12\x12\n\x04prob\x18\x03 \x01(\x02R\x04prob\"\xba\x01\n\x11SamplerStageProto\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12!\n\x0c\x61\x63tive_count\x18\x02 \x01(\x05R\x0b\x61\x63tiveCount\x12\x1b\n\ttop1_prob\x18\x03 \x01(\x02R\x08top1Prob\x12\x18\n\x07\x65ntropy\x18\x04 \x01(\x02R\x07\x65ntropy\x12\x37\n\x05top_k\x18\x05 \x03(\x0b\x32\".llmservice.v1.TokenCandidateProtoR\x04topK\"\x13\n\x11ListModelsRequest\"F\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32\x18.llmservice.v1.ModelInfoR\x06models\"\xdb\x01\n\tModelInfo\x12\x0e\n\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n\x08provider\x18\x02 \x01(\tR\x08provider\x12%\n\x0e\x63ontext_length\x18\x03 \x01(\x05R\rcontextLength\x12\x1d\n\nis_default\x18\x04 \x01(\x08R\tisDefault\x12\x16\n\x06loaded\x18\x05 \x01(\x08R\x06loaded\x12\x44\n\x0c\x63\x61pabilities\x18\x06 \x01(\x0b\x32 .llmservice.v1.ModelCapabilitiesR\x0c\x63\x61pabilities\"\x99\x01\n\x11ModelCapabilities\x12\x1c\n\tstreaming\x18\x01 \x01(\x08R\tstreaming\x12\x14\n\x05tools\x18\x02 \x01(\x08R\x05tools\x12\x16\n\x06vision\x18\x03 \x01(\x08R\x06vision\x12\x1e\n\nembeddings\x18\x04 \x01(\x08R\nembeddings\x12\x18\n\x07signals\x18\x05 \x01(\x08R\x07signals*\x9f\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x32\xf2\x01\n\nLLMService\x12\x45\n\x04\x43hat\x12\x1d.llmservice.v1.LLMChatRequest\x1a\x1e.llmservice.v1.LLMChatResponse\x12J\n\nStreamChat\x12\x1d.llmservice.v1.LLMChatRequest\x1a\x1b.llmservice.v1.LLMChatChunk0\x01\x12Q\n\nListModels\x12 .llmservice.v1.ListModelsRequest\x1a!.llmservice.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmservice.v1.llm_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2309
-  _globals['_FINISHREASON']._serialized_end=2468
+  _globals['_FINISHREASON']._serialized_start=2845
+  _globals['_FINISHREASON']._serialized_end=3004
   _globals['_CHATMESSAGE']._serialized_start=50
   _globals['_CHATMESSAGE']._serialized_end=109
   _globals['_ATTACHMENT']._serialized_start=111
   _globals['_ATTACHMENT']._serialized_end=200
   _globals['_LLMCHATREQUEST']._serialized_start=203
-  _globals['_LLMCHATREQUEST']._serialized_end=660
-  _globals['_LLMCHATRESPONSE']._serialized_start=663
-  _globals['_LLMCHATRESPONSE']._serialized_end=939
-  _globals['_LLMCHATCHUNK']._serialized_start=942
-  _globals['_LLMCHATCHUNK']._serialized_end=1288
-  _globals['_TOKENSIGNALPROTO']._serialized_start=1291
-  _globals['_TOKENSIGNALPROTO']._serialized_end=1567
-  _globals['_TOKENCANDIDATEPROTO']._serialized_start=1569
-  _globals['_TOKENCANDIDATEPROTO']._serialized_end=1646
-  _globals['_SAMPLERSTAGEPROTO']._serialized_start=1649
-  _globals['_SAMPLERSTAGEPROTO']._serialized_end=1835
-  _globals['_LISTMODELSREQUEST']._serialized_start=1837
-  _globals['_LISTMODELSREQUEST']._serialized_end=1856
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1858
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1928
-  _globals['_MODELINFO']._serialized_start=1931
-  _globals['_MODELINFO']._serialized_end=2150
-  _globals['_MODELCAPABILITIES']._serialized_start=2153
-  _globals['_MODELCAPABILITIES']._serialized_end=2306
-  _globals['_LLMSERVICE']._serialized_start=2471
-  _globals['_LLMSERVICE']._serialized_end=2713
+  _globals['_LLMCHATREQUEST']._serialized_end=948
+  _globals['_SIGNALOPTIONS']._serialized_start=950
+  _globals['_SIGNALOPTIONS']._serialized_end=1070
+  _globals['_RESPONSEFORMAT']._serialized_start=1072
+  _globals['_RESPONSEFORMAT']._serialized_end=1196
+  _globals['_LLMCHATRESPONSE']._serialized_start=1199
+  _globals['_LLMCHATRESPONSE']._serialized_end=1475
+  _globals['_LLMCHATCHUNK']._serialized_start=1478
+  _globals['_LLMCHATCHUNK']._serialized_end=1824
+  _globals['_TOKENSIGNALPROTO']._serialized_start=1827
+  _globals['_TOKENSIGNALPROTO']._serialized_end=2103
+  _globals['_TOKENCANDIDATEPROTO']._serialized_start=2105
+  _globals['_TOKENCANDIDATEPROTO']._serialized_end=2182
+  _globals['_SAMPLERSTAGEPROTO']._serialized_start=2185
+  _globals['_SAMPLERSTAGEPROTO']._serialized_end=2371
+  _globals['_LISTMODELSREQUEST']._serialized_start=2373
+  _globals['_LISTMODELSREQUEST']._serialized_end=2392
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2394
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2464
+  _globals['_MODELINFO']._serialized_start=2467
+  _globals['_MODELINFO']._serialized_end=2686
+  _globals['_MODELCAPABILITIES']._serialized_start=2689
+  _globals['_MODELCAPABILITIES']._serialized_end=2842
+  _globals['_LLMSERVICE']._serialized_start=3007
+  _globals['_LLMSERVICE']._serialized_end=3249
 # @@protoc_insertion_point(module_scope)

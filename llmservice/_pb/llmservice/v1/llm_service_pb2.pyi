@@ -126,6 +126,11 @@ class LLMChatRequest(_message.Message):
     TOP_P_FIELD_NUMBER: _builtins.int
     STOP_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    MIN_P_FIELD_NUMBER: _builtins.int
+    REPETITION_PENALTY_FIELD_NUMBER: _builtins.int
+    SIGNAL_OPTIONS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     system_prompt: _builtins.str
     """Deprecated: use `messages`. Used only when `messages` is empty."""
     user_prompt: _builtins.str
@@ -149,6 +154,16 @@ class LLMChatRequest(_message.Message):
     """
     seed: _builtins.int
     """Seed for sampling; the same seed gives the same output. Unset means random."""
+    top_k: _builtins.int
+    """Keep only the k most likely tokens before sampling; unset or 0 means off."""
+    min_p: _builtins.float
+    """Drop tokens less likely than min_p times the most likely one, in [0, 1).
+    Unset means 0 (off).
+    """
+    repetition_penalty: _builtins.float
+    """Divides the logits of tokens already in the prompt or output (> 1 discourages
+    repetition), in (0, 2]. Unset means 1 (off).
+    """
     @_builtins.property
     def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]: ...
     @_builtins.property
@@ -158,6 +173,14 @@ class LLMChatRequest(_message.Message):
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Generation stops before the first occurrence of any of these strings."""
+
+    @_builtins.property
+    def signal_options(self) -> Global___SignalOptions:
+        """Per-token signals on StreamChat chunks: set to ask for them."""
+
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """Constrains the output to a JSON schema, any JSON object, or a grammar."""
 
     def __init__(
         self,
@@ -174,25 +197,106 @@ class LLMChatRequest(_message.Message):
         top_p: _builtins.float | None = ...,
         stop: _abc.Iterable[_builtins.str] | None = ...,
         seed: _builtins.int | None = ...,
+        top_k: _builtins.int | None = ...,
+        min_p: _builtins.float | None = ...,
+        repetition_penalty: _builtins.float | None = ...,
+        signal_options: Global___SignalOptions | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "seed", b"seed", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_p", b"_min_p", "_repetition_penalty", b"_repetition_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "min_p", b"min_p", "repetition_penalty", b"repetition_penalty", "response_format", b"response_format", "seed", b"seed", "signal_options", b"signal_options", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "attachments", b"attachments", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "priority", b"priority", "provider", b"provider", "seed", b"seed", "stop", b"stop", "system_prompt", b"system_prompt", "temperature", b"temperature", "top_p", b"top_p", "user_prompt", b"user_prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_p", b"_min_p", "_repetition_penalty", b"_repetition_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "attachments", b"attachments", "max_tokens", b"max_tokens", "messages", b"messages", "min_p", b"min_p", "model", b"model", "priority", b"priority", "provider", b"provider", "repetition_penalty", b"repetition_penalty", "response_format", b"response_format", "seed", b"seed", "signal_options", b"signal_options", "stop", b"stop", "system_prompt", b"system_prompt", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p", "user_prompt", b"user_prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__min_p: _TypeAlias = _typing.Literal["min_p"]  # noqa: Y015
+    _WhichOneofArgType__min_p: _TypeAlias = _typing.Literal["_min_p", b"_min_p"]  # noqa: Y015
+    _WhichOneofReturnType__repetition_penalty: _TypeAlias = _typing.Literal["repetition_penalty"]  # noqa: Y015
+    _WhichOneofArgType__repetition_penalty: _TypeAlias = _typing.Literal["_repetition_penalty", b"_repetition_penalty"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_k: _TypeAlias = _typing.Literal["top_k"]  # noqa: Y015
+    _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_p) -> _WhichOneofReturnType__min_p | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__repetition_penalty) -> _WhichOneofReturnType__repetition_penalty | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_k) -> _WhichOneofReturnType__top_k | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
 Global___LLMChatRequest: _TypeAlias = LLMChatRequest  # noqa: Y015
+
+@_typing.final
+class SignalOptions(_message.Message):
+    """SignalOptions asks for per-token signals. Confidence, entropy, top_gap and
+    top_k come whenever this message is set.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOP_K_FIELD_NUMBER: _builtins.int
+    SAMPLER_STAGES_FIELD_NUMBER: _builtins.int
+    FULL_DISTRIBUTION_FIELD_NUMBER: _builtins.int
+    top_k: _builtins.int
+    """How many raw candidates to list per token; 0 means 10."""
+    sampler_stages: _builtins.bool
+    """Also report one snapshot per sampler stage."""
+    full_distribution: _builtins.bool
+    """Also report the whole raw distribution (vocabulary-size floats per token)."""
+    def __init__(
+        self,
+        *,
+        top_k: _builtins.int = ...,
+        sampler_stages: _builtins.bool = ...,
+        full_distribution: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["full_distribution", b"full_distribution", "sampler_stages", b"sampler_stages", "top_k", b"top_k"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignalOptions: _TypeAlias = SignalOptions  # noqa: Y015
+
+@_typing.final
+class ResponseFormat(_message.Message):
+    """ResponseFormat constrains what the model may generate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JSON_SCHEMA_FIELD_NUMBER: _builtins.int
+    JSON_OBJECT_FIELD_NUMBER: _builtins.int
+    GRAMMAR_FIELD_NUMBER: _builtins.int
+    json_schema: _builtins.str
+    """A JSON Schema, as JSON text: the output is JSON valid against it."""
+    json_object: _builtins.bool
+    """Any JSON object."""
+    grammar: _builtins.str
+    """A GBNF grammar (llama.cpp's grammar format) with a `root` rule."""
+    def __init__(
+        self,
+        *,
+        json_schema: _builtins.str = ...,
+        json_object: _builtins.bool = ...,
+        grammar: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "grammar", b"grammar", "json_object", b"json_object", "json_schema", b"json_schema"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "grammar", b"grammar", "json_object", b"json_object", "json_schema", b"json_schema"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_format: _TypeAlias = _typing.Literal["json_schema", "json_object", "grammar"]  # noqa: Y015
+    _WhichOneofArgType_format: _TypeAlias = _typing.Literal["format", b"format"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_format) -> _WhichOneofReturnType_format | None: ...
+
+Global___ResponseFormat: _TypeAlias = ResponseFormat  # noqa: Y015
 
 @_typing.final
 class LLMChatResponse(_message.Message):
