@@ -43,15 +43,17 @@ class GrpcServer:
     async def drain(self, grace_s: float) -> None:
         """Report NOT_SERVING, refuse new calls, give in-flight LLM calls `grace_s` to finish.
 
-        Calls that never end by themselves (health watches) are cut as soon as the LLM
-        calls are done, rather than holding the process for the whole grace period.
+        New Chat and StreamChat calls get UNAVAILABLE (retry elsewhere) from the
+        servicer itself, so the answer does not depend on where in grpc's own shutdown
+        a call lands. Calls that never end by themselves (health watches) are cut as
+        soon as the LLM calls are done, rather than holding the process for the whole
+        grace period.
         """
+        self.servicer.start_draining()
         await self.set_serving(False)
-        stopping = asyncio.create_task(self.server.stop(grace_s))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.servicer.wait_idle(), grace_s)
         await self.server.stop(0)
-        await stopping
 
 
 async def start_server(core: LLMCore, host: str, port: int) -> GrpcServer:

@@ -13,6 +13,7 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.core import LLMCore
+from llmservice.errors import Unavailable
 from llmservice.types import StreamEnd
 
 from . import codec
@@ -27,6 +28,11 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._draining = False
+
+    def start_draining(self) -> None:
+        """From now on, refuse new calls with UNAVAILABLE."""
+        self._draining = True
 
     async def wait_idle(self) -> None:
         """Return once no Chat or StreamChat call is running (for draining)."""
@@ -34,6 +40,8 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
 
     @contextlib.contextmanager
     def _tracked(self) -> Iterator[None]:
+        if self._draining:
+            raise Unavailable("this server is draining; retry on another replica")
         self._in_flight += 1
         self._idle.clear()
         try:
@@ -48,20 +56,20 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         request: pb.LLMChatRequest,
         context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.LLMChatResponse],
     ) -> pb.LLMChatResponse:
-        with self._tracked():
-            try:
+        try:
+            with self._tracked():
                 completion = await self._core.complete(codec.decode_chat_request(request))
-            except Exception as exc:
-                await _abort(context, exc)
-            return codec.encode_completion(completion)
+        except Exception as exc:
+            await _abort(context, exc)
+        return codec.encode_completion(completion)
 
     async def StreamChat(
         self,
         request: pb.LLMChatRequest,
         context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.LLMChatChunk],
     ) -> AsyncIterator[pb.LLMChatChunk]:
-        with self._tracked():
-            try:
+        try:
+            with self._tracked():
                 stream = self._core.stream(codec.decode_chat_request(request))
                 # aclosing: when the caller goes away, the provider's generator is closed at once,
                 # which cancels its work.
@@ -71,8 +79,8 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
                             yield codec.encode_end(event, stream.model, stream.provider)
                         else:
                             yield codec.encode_token(event, stream.model)
-            except Exception as exc:
-                await _abort(context, exc)
+        except Exception as exc:
+            await _abort(context, exc)
 
     async def ListModels(
         self,
