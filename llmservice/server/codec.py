@@ -110,9 +110,10 @@ def encode_completion(completion: Completion) -> pb.LLMChatResponse:
 
 
 def encode_token(delta: TokenDelta, model: str) -> pb.LLMChatChunk:
+    token_id = delta.token_id if delta.token_id >= 0 else None
     if delta.signal is None:
-        return pb.LLMChatChunk(token=delta.text, model=model)
-    return pb.LLMChatChunk(token=delta.text, model=model, signal=_signal(delta.signal))
+        return pb.LLMChatChunk(token=delta.text, model=model, token_id=token_id)
+    return pb.LLMChatChunk(token=delta.text, model=model, token_id=token_id, signal=_signal(delta.signal))
 
 
 def _signal(s: TokenSignal) -> pb.TokenSignalProto:

@@ -1,11 +1,12 @@
 """The in-process llama.cpp engine: one thread owns the context and batches every sequence.
 
-Each step builds one `llama_batch`: the next token of every generating sequence,
-plus whole prefill chunks of waiting prompts while they fit, each row tagged with
-its sequence id. One `llama_decode` runs them all; every sequence then samples from
-its own logits row. Jobs join at the next step and leave (freeing their cache) when
-done or cancelled. Prompt chunks always start at multiples of the chunk size, so a
-sequence's numbers do not depend on what else shares its steps.
+Each step decodes one `llama_batch` holding the next token of every generating
+sequence, each row tagged with its sequence id, and every sequence samples from its
+own logits row; then one chunk of a waiting prompt is decoded, so a long prompt
+delays running streams by one chunk at a time. Jobs join at the next step and leave
+(freeing their cache) when done or cancelled. Each sequence has its own cache
+stream, prompt chunks start at fixed multiples of the chunk size and never share a
+decode, so a sequence's numbers do not depend on what else runs beside it.
 
 Asyncio callers hand the engine a `Job` and receive its events through the job's
 thread-safe `emit`. `llama_decode` releases the GIL, so the event loop keeps serving.
@@ -86,7 +87,7 @@ class Engine:
         params.n_seq_max = n_slots
         params.kv_unified = False
         self.chunk = n_batch
-        params.n_batch = params.n_ubatch = n_batch + n_slots  # a prefill chunk plus every next token
+        params.n_batch = params.n_ubatch = max(n_batch, n_slots)  # a prompt chunk, or every next token
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
         ctx = llama.llama_init_from_model(model.ptr, params)
@@ -100,7 +101,7 @@ class Engine:
         self.tokens_generated = 0  # all jobs, ever: lets tests and metrics see that work stopped
         self._ctx = ctx
         self._memory = llama.llama_get_memory(ctx)
-        self._batch = _Batch(n_batch + n_slots)
+        self._batch = _Batch(max(n_batch, n_slots))
         self._signals = SignalSampler(model)
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._waiting: list[tuple[int, int, Job]] = []
@@ -171,34 +172,42 @@ class Engine:
         self._free_ids.append(seq.seq_id)
 
     def _step(self) -> None:
+        """One decode of every generating sequence's next token, then one prompt chunk.
+
+        A prompt chunk is decoded on its own, never beside other rows: that keeps each
+        sequence's numbers the same whatever else runs (checked by the batching tests).
+        """
         for seq in [s for s in self._running if s.job.cancelled.is_set()]:
             self._leave(seq)
-        batch = self._batch
-        batch.clear()
         generating = [s for s in self._running if s.generated]
-        prefilling = [s for s in self._running if not s.generated]
-        for seq in generating:
-            seq.row = batch.add(seq.pending, seq.pos, seq.seq_id, logits=True)
-        for seq in prefilling:
-            chunk = seq.pending[: self.chunk]
-            if batch.size + len(chunk) > batch.capacity:
-                seq.row = -1  # the whole chunk next step: chunk boundaries stay fixed
-                continue
-            last = len(chunk) == len(seq.pending)
-            seq.row = batch.add(chunk, seq.pos, seq.seq_id, logits=last)
-            if not last:
-                seq.row = -1
-                seq.pos += len(chunk)
-                del seq.pending[: len(chunk)]
-        if not batch.size:
-            return
-        rc = llama.llama_decode(self._ctx, batch.raw)
+        if generating:
+            self._batch.clear()
+            for seq in generating:
+                seq.row = self._batch.add(seq.pending, seq.pos, seq.seq_id, logits=True)
+            self._decode()
+            for seq in generating:
+                seq.pos += 1
+                seq.pending.clear()
+                self._sample(seq)
+        prefilling = next((s for s in self._running if not s.generated), None)
+        if prefilling is not None:
+            self._prefill_chunk(prefilling)
+
+    def _prefill_chunk(self, seq: _Sequence) -> None:
+        chunk = seq.pending[: self.chunk]
+        last = len(chunk) == len(seq.pending)
+        self._batch.clear()
+        seq.row = self._batch.add(chunk, seq.pos, seq.seq_id, logits=last)
+        self._decode()
+        seq.pos += len(chunk)
+        del seq.pending[: len(chunk)]
+        if last:
+            self._sample(seq)
+
+    def _decode(self) -> None:
+        rc = llama.llama_decode(self._ctx, self._batch.raw)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc}")
-        for seq in [s for s in self._running if s.row >= 0]:
-            seq.pos += len(seq.pending)
-            seq.pending.clear()
-            self._sample(seq)
 
     def _sample(self, seq: _Sequence) -> None:
         job = seq.job

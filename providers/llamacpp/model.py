@@ -38,6 +38,10 @@ class LlamaModel:
         llama.llama_backend_init()
         params = llama.llama_model_default_params()
         params.n_gpu_layers = 0
+        # No repacked weight layouts: their kernels take rows in groups of four, so a
+        # sequence's logits would change with how many others share its decode step.
+        # Measured on the bundled model: single-stream decode no slower without them.
+        params.use_extra_bufts = False
         model = llama.llama_model_load_from_file(str(path).encode(), params)
         if not model:
             raise ValueError(f"cannot load GGUF model {path}: not a valid GGUF file llama.cpp can read")

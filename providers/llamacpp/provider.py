@@ -153,6 +153,10 @@ class LlamaCppProvider(Provider):
             job.cancel()
 
     @property
+    def slots(self) -> int:
+        return self._engine.n_slots if self._engine else 0
+
+    @property
     def tokens_generated(self) -> int:
         return self._engine.tokens_generated if self._engine else 0
 

@@ -353,6 +353,7 @@ class LLMChatChunk(_message.Message):
     SIGNAL_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """Text of this token. Empty when the token ends inside a multi-byte
     character; the next chunk then carries the whole character.
@@ -368,6 +369,10 @@ class LLMChatChunk(_message.Message):
     """On the final chunk."""
     provider: _builtins.str
     """Provider that served the request, on the final chunk."""
+    token_id: _builtins.int
+    """Vocabulary id of this token, where the provider tells it. Unset on the final
+    chunk and on a chunk that only releases text held back for a stop sequence.
+    """
     @_builtins.property
     def signal(self) -> Global___TokenSignalProto:
         """Per-token signals, when asked for."""
@@ -384,12 +389,15 @@ class LLMChatChunk(_message.Message):
         signal: Global___TokenSignalProto | None = ...,
         finish_reason: Global___FinishReason.ValueType = ...,
         provider: _builtins.str = ...,
+        token_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["signal", b"signal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_token_id", b"_token_id", "signal", b"signal", "token_id", b"token_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "done", b"done", "finish_reason", b"finish_reason", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "signal", b"signal", "token", b"token", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_token_id", b"_token_id", "completion_tokens", b"completion_tokens", "done", b"done", "finish_reason", b"finish_reason", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "signal", b"signal", "token", b"token", "token_id", b"token_id", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__token_id: _TypeAlias = _typing.Literal["token_id"]  # noqa: Y015
+    _WhichOneofArgType__token_id: _TypeAlias = _typing.Literal["_token_id", b"_token_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__token_id) -> _WhichOneofReturnType__token_id | None: ...
 
 Global___LLMChatChunk: _TypeAlias = LLMChatChunk  # noqa: Y015
 
