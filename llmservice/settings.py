@@ -55,6 +55,10 @@ class LlamaCppSettings(_Section):
     n_ctx: int = Field(4096, ge=64, description="context window of each sequence, in tokens")
     n_batch: int = Field(256, ge=1, description="prompt tokens prefilled per decode step (the chunk size)")
     n_slots: int = Field(0, ge=0, description="sequences decoded together; 0 sizes it for the machine")
+    max_waiting: int = Field(
+        64, ge=0, description="requests queued for a slot before the least urgent is shed"
+    )
+    aging_s: float = Field(10.0, ge=0, description="seconds of waiting that count as one priority step")
     n_threads: int = Field(0, ge=0, description="0 means one per core")
     temperature: float = Field(0.0, ge=0, le=2, description="used when a request sets none")
     max_tokens: int = Field(512, ge=1, description="used when a request sets none")

@@ -67,6 +67,7 @@ class ChatRequest:
     priority: int = 0
     signals: SignalOptions | None = None
     constraint: Constraint | None = None
+    deadline: float | None = None  # time.monotonic() by which the caller gives up
 
 
 class FinishReason(StrEnum):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, NoReturn
 
@@ -14,7 +16,7 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.core import LLMCore
 from llmservice.errors import Unavailable
-from llmservice.types import StreamEnd
+from llmservice.types import ChatRequest, StreamEnd
 
 from . import codec
 from .status import to_status
@@ -58,7 +60,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
     ) -> pb.LLMChatResponse:
         try:
             with self._tracked():
-                completion = await self._core.complete(codec.decode_chat_request(request))
+                completion = await self._core.complete(_decode(request, context))
         except Exception as exc:
             await _abort(context, exc)
         return codec.encode_completion(completion)
@@ -70,7 +72,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
     ) -> AsyncIterator[pb.LLMChatChunk]:
         try:
             with self._tracked():
-                stream = self._core.stream(codec.decode_chat_request(request))
+                stream = self._core.stream(_decode(request, context))
                 # aclosing: when the caller goes away, the provider's generator is closed at once,
                 # which cancels its work.
                 async with contextlib.aclosing(stream.events) as events:
@@ -91,6 +93,15 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
             return codec.encode_models(await self._core.list_models())
         except Exception as exc:
             await _abort(context, exc)
+
+
+def _decode(request: pb.LLMChatRequest, context: grpc.aio.ServicerContext[Any, Any]) -> ChatRequest:
+    """The domain request, with the call's deadline on the monotonic clock."""
+    decoded = codec.decode_chat_request(request)
+    remaining = context.time_remaining()
+    if remaining is None:
+        return decoded
+    return dataclasses.replace(decoded, deadline=time.monotonic() + remaining)
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator
 
 from llmservice.errors import InvalidRequest, NotFound
+from llmservice.scheduler import Scheduler
 from llmservice.settings import LlamaCppSettings, SettingsError, env_name
 from llmservice.types import Capabilities, ChatRequest, Message, ModelInfo, StreamEnd, StreamEvent
 
@@ -35,6 +37,7 @@ class LlamaCppProvider(Provider):
         self._model: LlamaModel | None = None
         self._engine: Engine | None = None
         self._template: TemplatePrompt | None = None
+        self.scheduler: Scheduler | None = None
 
     @property
     def default_model(self) -> str:
@@ -60,6 +63,7 @@ class LlamaCppProvider(Provider):
         self._engine = Engine(
             self._model, n_ctx=s.n_ctx, n_batch=s.n_batch, n_threads=s.n_threads, n_slots=slots
         )
+        self.scheduler = Scheduler(slots, max_waiting=s.max_waiting, aging_s=s.aging_s, clock=time.monotonic)
         log.info(
             "loaded %s (%d sequences of %d tokens, %s chat format)",
             self._model_id,
@@ -140,17 +144,18 @@ class LlamaCppProvider(Provider):
             priority=request.priority,
             signals=request.signals,
         )
-        engine.submit(job)
-        try:
-            while True:
-                event = await events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
-                if isinstance(event, StreamEnd):
-                    return
-        finally:
-            job.cancel()
+        async with self._scheduler().slot(request.priority, request.deadline):
+            engine.submit(job)
+            try:
+                while True:
+                    event = await events.get()
+                    if isinstance(event, BaseException):
+                        raise event
+                    yield event
+                    if isinstance(event, StreamEnd):
+                        return
+            finally:
+                job.cancel()
 
     @property
     def slots(self) -> int:
@@ -159,6 +164,11 @@ class LlamaCppProvider(Provider):
     @property
     def tokens_generated(self) -> int:
         return self._engine.tokens_generated if self._engine else 0
+
+    def _scheduler(self) -> Scheduler:
+        if self.scheduler is None:
+            raise RuntimeError("llamacpp provider used before start()")
+        return self.scheduler
 
     def _ready(self) -> Engine:
         if self._engine is None:
