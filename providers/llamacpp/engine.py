@@ -21,6 +21,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -53,6 +54,7 @@ class Job:
     stop: tuple[str, ...] = ()
     priority: int = 0
     signals: SignalOptions | None = None
+    arrival: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -71,20 +73,41 @@ class _Sequence:
         self.pos = 0  # position of pending[0]
         self.generated = 0
         self.row = -1  # batch row holding this sequence's logits in the current step
+        self.active = False  # decoded in the last step
+
+    def urgency(self, now: float, aging_s: float) -> tuple[float, float]:
+        """Sort key, smaller first: priority made more urgent by waiting, then arrival."""
+        aged = (now - self.job.arrival) // aging_s if aging_s > 0 else 0
+        return (self.job.priority - aged, self.job.arrival)
 
 
 class Engine:
     """Owns a llama.cpp context and the thread that decodes with it."""
 
     def __init__(
-        self, model: LlamaModel, *, n_ctx: int, n_batch: int, n_threads: int, n_slots: int = 1
+        self,
+        model: LlamaModel,
+        *,
+        n_ctx: int,
+        n_batch: int,
+        n_threads: int,
+        n_slots: int = 1,
+        n_seqs: int = 0,
+        aging_s: float = 10.0,
     ) -> None:
+        """`n_slots` sequences decode together; up to `n_seqs` (default 2 x n_slots) hold a cache.
+
+        Held sequences beyond the decode slots are paused, their caches kept: each step
+        the most urgent ones decode, so an interactive request preempts background work
+        at a token boundary and the paused work resumes where it stopped, unchanged.
+        """
+        n_seqs = max(n_seqs or 2 * n_slots, n_slots)
         threads = n_threads or os.cpu_count() or 1
         params = llama.llama_context_default_params()
         # Each sequence has a cache of its own, n_ctx tokens long: its attention never
         # mixes with other sequences' cells, so batching does not change its numbers.
-        params.n_ctx = n_ctx * n_slots
-        params.n_seq_max = n_slots
+        params.n_ctx = n_ctx * n_seqs
+        params.n_seq_max = n_seqs
         params.kv_unified = False
         self.chunk = n_batch
         params.n_batch = params.n_ubatch = max(n_batch, n_slots)  # a prompt chunk, or every next token
@@ -93,11 +116,14 @@ class Engine:
         ctx = llama.llama_init_from_model(model.ptr, params)
         if not ctx:
             raise RuntimeError(
-                f"llama.cpp could not create a context of {n_ctx} x {n_slots} tokens for {model.path}"
+                f"llama.cpp could not create a context of {n_ctx} x {n_seqs} tokens for {model.path}"
             )
         self.model = model
-        self.n_ctx = llama.llama_n_ctx(ctx) // n_slots
+        self.n_ctx = llama.llama_n_ctx(ctx) // n_seqs
         self.n_slots = n_slots
+        self.n_seqs = n_seqs
+        self.aging_s = aging_s
+        self.preemptions = 0  # times a running sequence was paused for a more urgent one
         self.tokens_generated = 0  # all jobs, ever: lets tests and metrics see that work stopped
         self._ctx = ctx
         self._memory = llama.llama_get_memory(ctx)
@@ -107,7 +133,7 @@ class Engine:
         self._waiting: list[tuple[int, int, Job]] = []
         self._arrivals = itertools.count()
         self._running: list[_Sequence] = []
-        self._free_ids = list(range(n_slots))
+        self._free_ids = list(range(n_seqs))
         self._stopping = False
         sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
@@ -179,7 +205,8 @@ class Engine:
         """
         for seq in [s for s in self._running if s.job.cancelled.is_set()]:
             self._leave(seq)
-        generating = [s for s in self._running if s.generated]
+        active = self._most_urgent()
+        generating = [s for s in active if s.generated]
         if generating:
             self._batch.clear()
             for seq in generating:
@@ -189,9 +216,22 @@ class Engine:
                 seq.pos += 1
                 seq.pending.clear()
                 self._sample(seq)
-        prefilling = next((s for s in self._running if not s.generated), None)
+        prefilling = next((s for s in active if not s.generated), None)
         if prefilling is not None:
             self._prefill_chunk(prefilling)
+
+    def _most_urgent(self) -> list[_Sequence]:
+        """The sequences that decode this step; any other that had started is paused."""
+        now = time.monotonic()
+        ranked = sorted(self._running, key=lambda s: s.urgency(now, self.aging_s))
+        active, paused = ranked[: self.n_slots], ranked[self.n_slots :]
+        for seq in paused:
+            if seq.active and (seq.generated or seq.pos):
+                self.preemptions += 1
+            seq.active = False
+        for seq in active:
+            seq.active = True
+        return active
 
     def _prefill_chunk(self, seq: _Sequence) -> None:
         chunk = seq.pending[: self.chunk]

@@ -61,9 +61,18 @@ class LlamaCppProvider(Provider):
             self._template = TemplatePrompt(template, self._model.bos_text, self._model.eos_text)
         slots = s.n_slots or default_slots()
         self._engine = Engine(
-            self._model, n_ctx=s.n_ctx, n_batch=s.n_batch, n_threads=s.n_threads, n_slots=slots
+            self._model,
+            n_ctx=s.n_ctx,
+            n_batch=s.n_batch,
+            n_threads=s.n_threads,
+            n_slots=slots,
+            n_seqs=s.max_sequences,
+            aging_s=s.aging_s,
         )
-        self.scheduler = Scheduler(slots, max_waiting=s.max_waiting, aging_s=s.aging_s, clock=time.monotonic)
+        # The scheduler admits as many as hold a cache; the engine picks which of them decode.
+        self.scheduler = Scheduler(
+            self._engine.n_seqs, max_waiting=s.max_waiting, aging_s=s.aging_s, clock=time.monotonic
+        )
         log.info(
             "loaded %s (%d sequences of %d tokens, %s chat format)",
             self._model_id,
@@ -160,6 +169,10 @@ class LlamaCppProvider(Provider):
     @property
     def slots(self) -> int:
         return self._engine.n_slots if self._engine else 0
+
+    @property
+    def preemptions(self) -> int:
+        return self._engine.preemptions if self._engine else 0
 
     @property
     def tokens_generated(self) -> int:

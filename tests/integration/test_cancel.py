@@ -59,3 +59,23 @@ async def test_unary_deadline_stops_generation(stub: pb_grpc.LLMServiceStub, ser
     await stub.Chat(SHORT)
     await asyncio.sleep(0)  # nothing to wait for: the short reply already came after the long job left
     assert service.tokens_generated - before < LONG.max_tokens
+
+
+async def test_cancel_while_queued_leaves_the_queue_at_once(stub: pb_grpc.LLMServiceStub, service: Service) -> None:
+    scheduler = service.engine.scheduler
+    assert scheduler is not None
+    holders = [stub.StreamChat(LONG) for _ in range(scheduler.queue.slots)]
+    while scheduler.queue.busy < scheduler.queue.slots:  # each holds a place in the engine
+        await asyncio.sleep(0.01)
+    queued = stub.StreamChat(LONG)
+    while not scheduler.queue.waiting:
+        await asyncio.sleep(0.01)
+    queued.cancel()
+    while scheduler.queue.waiting:
+        await asyncio.sleep(0.01)
+    assert scheduler.queue.stats[0].depth == 0
+    for call in holders:
+        call.cancel()
+    reply = await stub.Chat(SHORT)
+    assert reply.completion_tokens > 0
+    assert scheduler.queue.busy == 0
