@@ -133,7 +133,7 @@ class Engine:
         self._waiting: list[tuple[int, int, Job]] = []
         self._arrivals = itertools.count()
         self._running: list[_Sequence] = []
-        self._free_ids = list(range(n_seqs))
+        self._free_ids = list(range(n_seqs))  # a heap: the lowest free id goes first
         self._stopping = False
         sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
@@ -189,36 +189,48 @@ class Engine:
                 job.emit(exc)
                 continue
             sampler.accept_prompt(job.prompt)
-            self._running.append(_Sequence(job, self._free_ids.pop(), sampler))
+            self._running.append(_Sequence(job, heapq.heappop(self._free_ids), sampler))
 
     def _leave(self, seq: _Sequence) -> None:
         self._running.remove(seq)
         llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
         seq.sampler.close()
-        self._free_ids.append(seq.seq_id)
+        heapq.heappush(self._free_ids, seq.seq_id)
 
     def _step(self) -> None:
-        """One decode of every generating sequence's next token, then one prompt chunk.
+        """One decode of every generating sequence's next token, and one prompt chunk.
 
-        A prompt chunk is decoded on its own, never beside other rows: that keeps each
-        sequence's numbers the same whatever else runs (checked by the batching tests).
+        The prompt chunk goes first when its sequence is the most urgent of all, so an
+        interactive request's first token does not wait for background tokens. A prompt
+        chunk is decoded on its own, never beside other rows: that keeps each sequence's
+        numbers the same whatever else runs (checked by the batching tests).
         """
         for seq in [s for s in self._running if s.job.cancelled.is_set()]:
             self._leave(seq)
         active = self._most_urgent()
-        generating = [s for s in active if s.generated]
-        if generating:
-            self._batch.clear()
-            for seq in generating:
-                seq.row = self._batch.add(seq.pending, seq.pos, seq.seq_id, logits=True)
-            self._decode()
-            for seq in generating:
-                seq.pos += 1
-                seq.pending.clear()
-                self._sample(seq)
         prefilling = next((s for s in active if not s.generated), None)
+        if prefilling is not None and prefilling is active[0]:
+            self._prefill_chunk(prefilling)
+            return
+        self._decode_generating([s for s in active if s.generated])
         if prefilling is not None:
             self._prefill_chunk(prefilling)
+
+    def _decode_generating(self, generating: list[_Sequence]) -> None:
+        if not generating:
+            return
+        # Rows in ascending sequence id: llama.cpp splits a multi-stream batch into one
+        # compute pass per run of consecutive ids, so with ids handed out lowest first
+        # (see _admit) a step is usually a single pass.
+        generating.sort(key=lambda s: s.seq_id)
+        self._batch.clear()
+        for seq in generating:
+            seq.row = self._batch.add(seq.pending, seq.pos, seq.seq_id, logits=True)
+        self._decode()
+        for seq in generating:
+            seq.pos += 1
+            seq.pending.clear()
+            self._sample(seq)
 
     def _most_urgent(self) -> list[_Sequence]:
         """The sequences that decode this step; any other that had started is paused."""

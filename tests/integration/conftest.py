@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -48,3 +49,10 @@ async def channel(service: Service) -> AsyncIterator[grpc.aio.Channel]:
 @pytest.fixture(scope="session")
 def stub(channel: grpc.aio.Channel) -> pb_grpc.LLMServiceStub:
     return pb_grpc.LLMServiceStub(channel)
+
+
+async def eventually(predicate: Callable[[], bool], timeout_s: float = 30) -> None:
+    """Wait until `predicate()` holds: for state inside the service that offers no event."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():  # noqa: ASYNC110 -- polling is the point
+            await asyncio.sleep(0.01)

@@ -10,7 +10,7 @@ import pytest
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 
-from .conftest import Service
+from .conftest import Service, eventually
 
 LONG = pb.LLMChatRequest(
     messages=[pb.ChatMessage(role="user", content="Tell a very long story.")], max_tokens=2000
@@ -61,18 +61,17 @@ async def test_unary_deadline_stops_generation(stub: pb_grpc.LLMServiceStub, ser
     assert service.tokens_generated - before < LONG.max_tokens
 
 
-async def test_cancel_while_queued_leaves_the_queue_at_once(stub: pb_grpc.LLMServiceStub, service: Service) -> None:
+async def test_cancel_while_queued_leaves_the_queue_at_once(
+    stub: pb_grpc.LLMServiceStub, service: Service
+) -> None:
     scheduler = service.engine.scheduler
     assert scheduler is not None
     holders = [stub.StreamChat(LONG) for _ in range(scheduler.queue.slots)]
-    while scheduler.queue.busy < scheduler.queue.slots:  # each holds a place in the engine
-        await asyncio.sleep(0.01)
+    await eventually(lambda: scheduler.queue.busy == scheduler.queue.slots)  # each holds a place
     queued = stub.StreamChat(LONG)
-    while not scheduler.queue.waiting:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: bool(scheduler.queue.waiting))
     queued.cancel()
-    while scheduler.queue.waiting:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: not scheduler.queue.waiting)
     assert scheduler.queue.stats[0].depth == 0
     for call in holders:
         call.cancel()
