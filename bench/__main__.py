@@ -1,3 +1,9 @@
-from . import decode_throughput
+"""`python -m bench`: every benchmark, then docs/benchmarks.md from all results."""
 
-decode_throughput.main()
+import sys
+
+from . import decode_throughput, engine_vs_llama_server
+
+for bench in (decode_throughput, engine_vs_llama_server):
+    sys.argv = [bench.__name__]
+    bench.main()

@@ -1,8 +1,9 @@
 """The local engine against a native llama-server, same model, threads and prompts.
 
 llama-server is built from the llama.cpp sources that the installed llama-cpp-python
-vendors (bench/llama_server.py). Both run on this machine; the two sides take turns,
-never overlapping, and each figure is the median of several rounds.
+vendors (bench/llama_server.py). Each server runs in its own process on this machine,
+driven from this one; the two sides take turns, never overlapping, and each figure is
+the median of several rounds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import socket
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -24,9 +26,7 @@ import grpc
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
-from llmservice.app import running_service
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import LlamaCppSettings, ServerSettings, Settings
+from llmservice.settings import LlamaCppSettings
 from providers.llamacpp.model import LlamaModel
 from providers.llamacpp.model_file import bundled_model_path
 
@@ -162,15 +162,26 @@ def aggregate_rate(streams: list[Stream]) -> float:
 
 @contextlib.asynccontextmanager
 async def service_running(threads: int) -> AsyncIterator[pb_grpc.LLMServiceStub]:
-    settings = Settings(
-        server=ServerSettings(grpc_port=0),
-        llamacpp=LlamaCppSettings(n_ctx=N_CTX, n_threads=threads, n_slots=SLOTS),
-    )
-    async with (
-        running_service(settings, registry=ProviderRegistry.from_settings(settings)) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-    ):
-        yield pb_grpc.LLMServiceStub(channel)
+    """`llmservice serve` in its own process, as llama-server runs in its own."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "llmservice", "serve", "--grpc-port", "0",
+        "--set", f"llamacpp.n_ctx={N_CTX}", "--set", f"llamacpp.n_threads={threads}",
+        "--set", f"llamacpp.n_slots={SLOTS}", "--set", "log_level=WARNING",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        while line := (await proc.stdout.readline()).decode():
+            if line.startswith("llmservice: ready"):
+                break
+        else:
+            raise RuntimeError("llmservice serve exited before it was ready")
+        port = int(line.rsplit(":", 1)[1])
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield pb_grpc.LLMServiceStub(channel)
+    finally:
+        proc.terminate()
+        await proc.wait()
 
 
 async def measure(rounds: int, threads: int) -> dict[str, object]:

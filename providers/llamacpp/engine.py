@@ -8,8 +8,10 @@ delays running streams by one chunk at a time. Jobs join at the next step and le
 stream, prompt chunks start at fixed multiples of the chunk size and never share a
 decode, so a sequence's numbers do not depend on what else runs beside it.
 
-Asyncio callers hand the engine a `Job` and receive its events through the job's
-thread-safe `emit`. `llama_decode` releases the GIL, so the event loop keeps serving.
+Asyncio callers hand the engine a `Job`; its events go out through the job's `sink`,
+once per step for every job that shares the sink, so the event loop wakes once a
+step rather than once a token. `llama_decode` releases the GIL, so the event loop
+keeps serving meanwhile.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import llama_cpp as llama
 import numpy as np
@@ -43,14 +46,25 @@ log = logging.getLogger(__name__)
 _SWITCH_INTERVAL_S = 0.0005
 
 
+Event = StreamEvent | BaseException
+Delivery = tuple[Callable[[Event], None], Event]
+
+
+class Sink(Protocol):
+    """Where the engine thread posts a step's events; `post` must be thread-safe."""
+
+    def post(self, deliveries: list[Delivery]) -> None: ...
+
+
 @dataclass(eq=False)
 class Job:
-    """One generation: prompt tokens in, events out through `emit`."""
+    """One generation: prompt tokens in; each event goes to `deliver` by way of `sink`."""
 
     prompt: list[int]
     max_tokens: int
     sampler: SamplerConfig
-    emit: Callable[[StreamEvent | BaseException], None]
+    deliver: Callable[[Event], None]
+    sink: Sink
     stop: tuple[str, ...] = ()
     priority: int = 0
     signals: SignalOptions | None = None
@@ -133,6 +147,7 @@ class Engine:
         self._waiting: list[tuple[int, int, Job]] = []
         self._arrivals = itertools.count()
         self._running: list[_Sequence] = []
+        self._outbox: dict[Sink, list[Delivery]] = {}
         self._free_ids = list(range(n_seqs))  # a heap: the lowest free id goes first
         self._stopping = False
         sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
@@ -161,10 +176,20 @@ class Engine:
                 except Exception as exc:  # handed to every caller, who maps it to a status
                     log.exception("decode step failed")
                     for seq in list(self._running):
-                        seq.job.emit(exc)
+                        self._emit(seq.job, exc)
                         self._leave(seq)
+            self._flush()
         for seq in list(self._running):
             self._leave(seq)
+
+    def _emit(self, job: Job, event: Event) -> None:
+        self._outbox.setdefault(job.sink, []).append((job.deliver, event))
+
+    def _flush(self) -> None:
+        """Post what this step produced: one post per sink."""
+        outbox, self._outbox = self._outbox, {}
+        for sink, deliveries in outbox.items():
+            sink.post(deliveries)
 
     def _collect(self, *, block: bool) -> None:
         try:
@@ -186,7 +211,7 @@ class Engine:
             try:
                 sampler = Sampler(self.model, job.sampler)
             except Exception as exc:
-                job.emit(exc)
+                self._emit(job, exc)
                 continue
             sampler.accept_prompt(job.prompt)
             self._running.append(_Sequence(job, heapq.heappop(self._free_ids), sampler))
@@ -214,6 +239,7 @@ class Engine:
             return
         self._decode_generating([s for s in active if s.generated])
         if prefilling is not None:
+            self._flush()  # the tokens just sampled go out before the prompt chunk runs
             self._prefill_chunk(prefilling)
 
     def _decode_generating(self, generating: list[_Sequence]) -> None:
@@ -275,7 +301,7 @@ class Engine:
         seq.generated += 1
         self.tokens_generated += 1
         out, stopped = seq.text.push(self.model.piece(token))
-        job.emit(TokenDelta(out, token, signal))
+        self._emit(job, TokenDelta(out, token, signal))
         if stopped:
             return self._finish(seq, FinishReason.STOP)
         if seq.generated >= job.max_tokens or seq.pos + 1 >= self.n_ctx:
@@ -285,9 +311,10 @@ class Engine:
     def _finish(self, seq: _Sequence, reason: FinishReason) -> None:
         rest, stopped = seq.text.flush()
         if rest:
-            seq.job.emit(TokenDelta(rest))
-        seq.job.emit(
-            StreamEnd(FinishReason.STOP if stopped else reason, Usage(len(seq.job.prompt), seq.generated))
+            self._emit(seq.job, TokenDelta(rest))
+        self._emit(
+            seq.job,
+            StreamEnd(FinishReason.STOP if stopped else reason, Usage(len(seq.job.prompt), seq.generated)),
         )
         self._leave(seq)
 

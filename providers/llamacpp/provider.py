@@ -15,7 +15,7 @@ from llmservice.types import Capabilities, ChatRequest, Message, ModelInfo, Stre
 
 from ..base import Provider
 from .constraint import grammar_for
-from .engine import Engine, Job
+from .engine import Delivery, Engine, Job
 from .model import LlamaModel
 from .model_file import BUNDLED_MODEL_ID, bundled_model_path
 from .prompt import Segment, TemplatePrompt, gemma_prompt
@@ -38,6 +38,7 @@ class LlamaCppProvider(Provider):
         self._engine: Engine | None = None
         self._template: TemplatePrompt | None = None
         self.scheduler: Scheduler | None = None
+        self._sinks: dict[asyncio.AbstractEventLoop, _LoopSink] = {}
 
     @property
     def default_model(self) -> str:
@@ -133,9 +134,6 @@ class LlamaCppProvider(Provider):
         events: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
-        def emit(event: StreamEvent | BaseException) -> None:  # called on the engine thread
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
         job = Job(
             prompt=prompt,
             max_tokens=s.max_tokens or self._settings.max_tokens,
@@ -148,7 +146,8 @@ class LlamaCppProvider(Provider):
                 seed=s.seed,
                 grammar=grammar_for(request.constraint) if request.constraint else None,
             ),
-            emit=emit,
+            deliver=events.put_nowait,
+            sink=self._sink_for(loop),
             stop=s.stop,
             priority=request.priority,
             signals=request.signals,
@@ -177,6 +176,12 @@ class LlamaCppProvider(Provider):
     @property
     def tokens_generated(self) -> int:
         return self._engine.tokens_generated if self._engine else 0
+
+    def _sink_for(self, loop: asyncio.AbstractEventLoop) -> _LoopSink:
+        sink = self._sinks.get(loop)
+        if sink is None:
+            sink = self._sinks[loop] = _LoopSink(loop)
+        return sink
 
     def _scheduler(self) -> Scheduler:
         if self.scheduler is None:
@@ -230,3 +235,18 @@ def _with_attachments(request: ChatRequest) -> tuple[Message, ...]:
 def default_slots() -> int:
     """Sequences decoded together: decode is memory-bound, so a few per core pay off."""
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
+
+
+class _LoopSink:
+    """Hands a step's events to an event loop in one wake-up."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def post(self, deliveries: list[Delivery]) -> None:
+        self._loop.call_soon_threadsafe(_deliver, deliveries)
+
+
+def _deliver(deliveries: list[Delivery]) -> None:
+    for deliver, event in deliveries:
+        deliver(event)
