@@ -23,11 +23,11 @@ from llmservice.app import running_service
 from llmservice.registry import ProviderRegistry
 from llmservice.settings import LlamaCppSettings, ServerSettings, Settings
 from llmservice.types import Message
-from providers.llamacpp.engine import LlamaModel
+from providers.llamacpp.model import LlamaModel
 from providers.llamacpp.model_file import bundled_model_path
 from providers.llamacpp.prompt import gemma_prompt
 
-from .report import write_doc, write_result
+from .report import publish
 
 N_CTX, N_BATCH = 4096, 512
 PROMPT_TOKENS = 100
@@ -174,10 +174,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     result = asyncio.run(measure(args.rounds, args.max_tokens, args.threads))
-    print(write_result("decode_throughput", result))
-    print(write_doc())
-    for row in result["rows"]:  # type: ignore[attr-defined]
-        print(" | ".join(row))
+    publish("decode_throughput", result)
 
 
 if __name__ == "__main__":

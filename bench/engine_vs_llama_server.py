@@ -32,7 +32,7 @@ from providers.llamacpp.model_file import bundled_model_path
 
 from . import llama_server
 from .decode_throughput import prompt_tokens, user_text_for
-from .report import write_doc, write_result
+from .report import publish
 
 N_CTX = 4096
 SLOTS = 4
@@ -311,10 +311,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     result = asyncio.run(measure(args.rounds, args.threads))
-    print(write_result("engine_vs_llama_server", result))
-    print(write_doc())
-    for row in result["rows"]:  # type: ignore[attr-defined]
-        print(" | ".join(row))
+    publish("engine_vs_llama_server", result)
 
 
 if __name__ == "__main__":

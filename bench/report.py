@@ -58,3 +58,11 @@ def write_doc() -> Path:
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(render_doc())
     return DOC
+
+
+def publish(name: str, result: dict[str, Any]) -> None:
+    """Write the result and the regenerated doc, and print the table."""
+    print(write_result(name, result))
+    print(write_doc())
+    for row in result["rows"]:
+        print(" | ".join(row))
