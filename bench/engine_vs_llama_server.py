@@ -300,9 +300,26 @@ async def measure(rounds: int, threads: int) -> dict[str, object]:
         ),
         "columns": ["llama-server", "llmservice StreamChat", "ratio / note"],
         "rows": rows,
-        "verdict": "",
+        "verdict": verdict(results),
         "figures": results,
     }
+
+
+def verdict(figures: dict[str, object]) -> str:
+    """Each target of the issue, met or not, from the figures."""
+    aggregate = figures["aggregate"]
+    assert isinstance(aggregate, dict)
+    checks = [
+        ("single-stream decode >= 0.95x llama-server", float(figures["single_ratio"]) >= 0.95),  # type: ignore[arg-type]
+        ("signals on >= 0.9x off", float(figures["signals_ratio"]) >= 0.9),  # type: ignore[arg-type]
+        ("4 streams >= 1.5x one stream", float(figures["scale_at_4"]) >= 1.5),  # type: ignore[arg-type]
+        (
+            "4 streams >= llama-server with 4 slots",
+            aggregate["4"]["service"] >= aggregate["4"]["llama_server"],
+        ),
+        ("interactive TTFT under load <= 1.5x idle", float(figures["ttft_ratio"]) <= 1.5),  # type: ignore[arg-type]
+    ]
+    return "Targets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks) + "."
 
 
 def main() -> None:

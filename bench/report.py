@@ -31,7 +31,7 @@ def render_doc() -> str:
         "# Benchmarks",
         "",
         "Made by `make bench` from `bench/results/*.json`; do not edit by hand. Each benchmark runs",
-        "its two sides alternately in one process and one run, so the ratio is what to read:",
+        "its two sides alternately in one run, so the ratio is what to read:",
         "absolute figures move with whatever else the machine is doing.",
         "",
     ]
