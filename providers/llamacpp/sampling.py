@@ -131,9 +131,11 @@ class SignalSampler:
         raw = signals.distribution(logits, self._work)
         top = signals.top_indices(logits, options.top_k)
         stages: list[SamplerStage] = []
-        if options.sampler_stages:
+        if options.sampler_stages and llama.llama_sampler_chain_n(sampler.chain) > 1:
             token = self._staged(sampler, logits, raw, top, stages)
-        else:
+        else:  # no stage before the final pick: only the raw distribution to report
+            if options.sampler_stages:
+                stages.append(self._raw_stage(logits, raw, top))
             token = sampler.sample(ctx, row)
         probs = [raw.prob(logits[i]) for i in top[:2]]
         signal = TokenSignal(
@@ -161,10 +163,7 @@ class SignalSampler:
         top: np.ndarray,
         stages: list[SamplerStage],
     ) -> int:
-        top5 = tuple(Candidate(int(i), self.model.text(int(i)), raw.prob(logits[i])) for i in top[:STAGE_TOP])
-        stages.append(
-            SamplerStage("logits", logits.shape[0], top5[0].prob if top5 else 0.0, raw.entropy, top5)
-        )
+        stages.append(self._raw_stage(logits, raw, top))
         self._reset(logits)
         n = llama.llama_sampler_chain_n(sampler.chain)
         for i in range(n):
@@ -173,6 +172,11 @@ class SignalSampler:
             if i < n - 1:  # the last one only picks: its result is the token
                 stages.append(self._snapshot(llama.llama_sampler_name(stage).decode().replace("-", "_")))
         return self._accept(sampler)
+
+    def _raw_stage(self, logits: np.ndarray, raw: signals.Distribution, top: np.ndarray) -> SamplerStage:
+        """The first snapshot: every token, before any sampler ran."""
+        top5 = tuple(Candidate(int(i), self.model.text(int(i)), raw.prob(logits[i])) for i in top[:STAGE_TOP])
+        return SamplerStage("logits", logits.shape[0], top5[0].prob if top5 else 0.0, raw.entropy, top5)
 
     def _snapshot(self, name: str) -> SamplerStage:
         cur = self._cur

@@ -142,3 +142,14 @@ async def test_json_object_constraint_and_a_grammar(stub: pb_grpc.LLMServiceStub
         )
     )
     assert reply.content in ("yes", "no")
+
+
+async def test_greedy_reports_the_raw_stage_and_picks_its_top(stub: pb_grpc.LLMServiceStub) -> None:
+    request = pb.LLMChatRequest(
+        messages=STORY, max_tokens=4, temperature=0.0, signal_options=pb.SignalOptions(sampler_stages=True)
+    )
+    for chunk in (c for c in await chunks_of(stub, request) if not c.done):
+        [raw] = chunk.signal.sampler_stages
+        assert raw.name == "logits"
+        assert raw.active_count == VOCAB
+        assert chunk.token_id == raw.top_k[0].id
