@@ -132,8 +132,15 @@ def server_stream(port: int, prompt: list[int], n: int) -> Stream:
 
 
 async def service_stream(
-    stub: pb_grpc.LLMServiceStub, user: str, n: int, *, priority: int = 0, signals: bool = False
+    stub: pb_grpc.LLMServiceStub,
+    user: str,
+    n: int,
+    *,
+    priority: int = 0,
+    signals: bool = False,
+    generating: asyncio.Semaphore | None = None,
 ) -> Stream:
+    """One greedy StreamChat; `generating` is released when its first token arrives."""
     request = pb.LLMChatRequest(
         messages=[pb.ChatMessage(role="user", content=user)], max_tokens=n, temperature=0.0, priority=priority
     )
@@ -149,6 +156,8 @@ async def service_stream(
         last = time.perf_counter()
         if count == 1:
             first = last
+            if generating is not None:
+                generating.release()
     return Stream(first - start, count, first, last)
 
 
@@ -256,11 +265,16 @@ async def measure(rounds: int, threads: int) -> dict[str, object]:
         for _ in range(rounds):
             idle.append((await service_stream(stub, "Say hi.", 4)).ttft_s)
             for priority, into in ((0, busy_priority), (10, busy_fifo)):
+                generating = asyncio.Semaphore(0)
                 background = [
-                    asyncio.create_task(service_stream(stub, users[i], 512, priority=10))
+                    asyncio.create_task(
+                        service_stream(stub, users[i], 512, priority=10, generating=generating)
+                    )
                     for i in range(SLOTS)
                 ]
-                await asyncio.sleep(1.0)  # let them all start generating
+                for _ in range(SLOTS):  # every background stream is past its prompt and generating
+                    await generating.acquire()
+                await asyncio.sleep(0.2)
                 into.append((await service_stream(stub, "Say hi.", 4, priority=priority)).ttft_s)
                 for task in background:
                     task.cancel()
