@@ -33,8 +33,12 @@ class Waiter:
 
     def urgency(self, now: float, aging_s: float) -> tuple[float, float, int]:
         """Sort key: smaller runs first."""
-        aged = math.floor((now - self.arrival) / aging_s) if aging_s > 0 else 0
-        return (self.priority - aged, self.arrival, self.seq)
+        return (aged_priority(self.priority, self.arrival, now, aging_s), self.arrival, self.seq)
+
+
+def aged_priority(priority: int, arrival: float, now: float, aging_s: float) -> float:
+    """`priority`, one step more urgent for every `aging_s` seconds waited since `arrival`."""
+    return priority - (math.floor((now - arrival) / aging_s) if aging_s > 0 else 0)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[Role, ...] = ("system", "user", "assistant")
+DEFAULT_SIGNAL_TOP_K = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ class Sampling:
 class SignalOptions:
     """Asks for per-token signals; confidence, entropy, top_gap and top_k always come."""
 
-    top_k: int = 10
+    top_k: int = DEFAULT_SIGNAL_TOP_K
     sampler_stages: bool = False
     full_distribution: bool = False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice.errors import InvalidRequest
 from llmservice.types import (
+    DEFAULT_SIGNAL_TOP_K,
     ROLES,
     Attachment,
     Candidate,
@@ -21,8 +22,6 @@ from llmservice.types import (
     TokenDelta,
     TokenSignal,
 )
-
-DEFAULT_SIGNAL_TOP_K = 10
 
 _FINISH = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,

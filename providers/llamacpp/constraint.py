@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
@@ -24,6 +25,7 @@ _SUBSCHEMA_MAPS = {"properties", "$defs", "definitions"}
 _SUBSCHEMA_LISTS = {"oneOf", "anyOf", "allOf", "prefixItems"}
 
 
+@functools.lru_cache(maxsize=64)  # validate() and stream() both ask, and clients repeat schemas
 def grammar_for(constraint: Constraint) -> str:
     """The GBNF that admits exactly what `constraint` allows; ValueError if it cannot be built."""
     if constraint.kind == "grammar":

@@ -31,6 +31,7 @@ from typing import Protocol
 import llama_cpp as llama
 import numpy as np
 
+from llmservice.scheduler import aged_priority
 from llmservice.types import FinishReason, SignalOptions, StreamEnd, StreamEvent, TokenDelta, Usage
 
 from .model import LlamaModel
@@ -91,8 +92,7 @@ class _Sequence:
 
     def urgency(self, now: float, aging_s: float) -> tuple[float, float]:
         """Sort key, smaller first: priority made more urgent by waiting, then arrival."""
-        aged = (now - self.job.arrival) // aging_s if aging_s > 0 else 0
-        return (self.job.priority - aged, self.job.arrival)
+        return (aged_priority(self.job.priority, self.job.arrival, now, aging_s), self.job.arrival)
 
 
 class Engine:
@@ -323,12 +323,10 @@ class _Batch:
     """A llama_batch filled through numpy views of its arrays."""
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
         self.raw = llama.llama_batch_init(capacity, 0, 1)
         self._tokens = np.ctypeslib.as_array(self.raw.token, shape=(capacity,))
         self._pos = np.ctypeslib.as_array(self.raw.pos, shape=(capacity,))
         self._logits = np.ctypeslib.as_array(self.raw.logits, shape=(capacity,))
-        self._seq = np.empty(capacity, dtype=np.int32)
         np.ctypeslib.as_array(self.raw.n_seq_id, shape=(capacity,))[:] = 1
         self._seq_ptrs = [self.raw.seq_id[i] for i in range(capacity)]
         self.size = 0

@@ -121,7 +121,7 @@ class LlamaCppProvider(Provider):
                 raise InvalidRequest(f"response_format.{request.constraint.kind}", str(exc)) from None
 
     async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        engine = self._ready()
+        engine, scheduler = self._ready()
         prompt = self._tokenize(_with_attachments(request))
         if len(prompt) >= engine.n_ctx:
             raise InvalidRequest(
@@ -152,7 +152,7 @@ class LlamaCppProvider(Provider):
             priority=request.priority,
             signals=request.signals,
         )
-        async with self._scheduler().slot(request.priority, request.deadline):
+        async with scheduler.slot(request.priority, request.deadline):
             engine.submit(job)
             try:
                 while True:
@@ -183,15 +183,10 @@ class LlamaCppProvider(Provider):
             sink = self._sinks[loop] = _LoopSink(loop)
         return sink
 
-    def _scheduler(self) -> Scheduler:
-        if self.scheduler is None:
+    def _ready(self) -> tuple[Engine, Scheduler]:
+        if self._engine is None or self.scheduler is None:
             raise RuntimeError("llamacpp provider used before start()")
-        return self.scheduler
-
-    def _ready(self) -> Engine:
-        if self._engine is None:
-            raise RuntimeError("llamacpp provider used before start()")
-        return self._engine
+        return self._engine, self.scheduler
 
     def _tokenize(self, messages: tuple[Message, ...]) -> list[int]:
         assert self._model is not None

@@ -54,11 +54,11 @@ class Sampler:
             self._add(self.penalties)
         if config.grammar is not None:
             # Before any truncation, so the survivors always include tokens the grammar allows.
-            grammar = llama.llama_sampler_init_grammar(model.vocab, config.grammar.encode(), b"root")
-            if not grammar:
+            try:
+                self._add(_grammar_sampler(model, config.grammar))
+            except GrammarError:
                 self.close()
-                raise GrammarError("llama.cpp could not parse the grammar (GBNF with a `root` rule expected)")
-            self._add(grammar)
+                raise
         # Plain greedy needs no candidate array: argmax over the logits view gives the same
         # token (the first of equal maxima, as llama.cpp's greedy sampler) at a tenth of the cost.
         self.plain_greedy = config.temperature <= 0 and self.penalties is None and config.grammar is None
@@ -98,10 +98,14 @@ class Sampler:
 
 def check_grammar(model: LlamaModel, grammar: str) -> None:
     """Raise GrammarError if llama.cpp cannot parse `grammar`."""
-    sampler = llama.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+    llama.llama_sampler_free(_grammar_sampler(model, grammar))
+
+
+def _grammar_sampler(model: LlamaModel, grammar: str) -> llama.llama_sampler_p:
+    sampler: llama.llama_sampler_p = llama.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
     if not sampler:
         raise GrammarError("llama.cpp could not parse the grammar (GBNF with a `root` rule expected)")
-    llama.llama_sampler_free(sampler)
+    return sampler
 
 
 class SignalSampler:
