@@ -55,8 +55,18 @@ class LlamaCppSettings(_Section):
     n_ctx: int = Field(4096, ge=64, description="context window of each sequence, in tokens")
     n_batch: int = Field(256, ge=1, description="prompt tokens prefilled per decode step (the chunk size)")
     n_slots: int = Field(0, ge=0, description="sequences decoded together; 0 sizes it for the machine")
+    cached_sequences: int = Field(
+        0,
+        ge=0,
+        description="sequences whose cache stays in memory, decoding or paused; 0 means twice n_slots",
+    )
     max_sequences: int = Field(
-        0, ge=0, description="sequences holding a cache, decoding or paused; 0 means twice n_slots"
+        0,
+        ge=0,
+        description=(
+            "sequences the engine holds at once; those beyond the cached ones wait or are "
+            "recomputed when they resume; 0 means cached_sequences + n_slots"
+        ),
     )
     max_waiting: int = Field(
         64, ge=0, description="requests queued for a slot before the least urgent is shed"

@@ -8,6 +8,14 @@ delays running streams by one chunk at a time. Jobs join at the next step and le
 stream, prompt chunks start at fixed multiples of the chunk size and never share a
 decode, so a sequence's numbers do not depend on what else runs beside it.
 
+Priorities act at two depths. Each step only the most urgent sequences decode: the
+others pause at a token boundary with their caches kept. When every cache stream is
+taken and a more urgent job waits, the least urgent paused sequence is evicted: its
+cache is dropped. When it is again among the most urgent, its prompt is prefilled in
+the same chunks and its generated tokens are decoded again one per step, as they were
+the first time: llama.cpp's numbers depend on how tokens are grouped into a decode, so
+only the same grouping gives back the same cache. Then it carries on, same sampler state.
+
 Asyncio callers hand the engine a `Job`; its events go out through the job's `sink`,
 once per step for every job that shares the sink, so the event loop wakes once a
 step rather than once a token. `llama_decode` releases the GIL, so the event loop
@@ -17,7 +25,6 @@ keeps serving meanwhile.
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import os
 import queue
@@ -77,15 +84,18 @@ class Job:
 
 
 class _Sequence:
-    """A running job's state on the engine thread."""
+    """A job's state on the engine thread, from admission to its end."""
 
-    def __init__(self, job: Job, seq_id: int, sampler: Sampler) -> None:
+    def __init__(self, job: Job, sampler: Sampler) -> None:
         self.job = job
-        self.seq_id = seq_id
+        self.seq_id = -1  # its cache stream; -1 while it holds none
         self.sampler = sampler
         self.text = TextStream(job.stop)
-        self.pending = list(job.prompt)  # tokens not yet in the cache
+        self.sampled: list[int] = []  # every token sampled so far
+        self.pending = list(job.prompt)  # the next tokens to decode: (the rest of) the prompt, or one
+        self.replay: list[int] = []  # after an eviction, sampled tokens to decode again, in order
         self.pos = 0  # position of pending[0]
+        self.prefilling = True  # pending holds (the rest of) the prompt
         self.generated = 0
         self.row = -1  # batch row holding this sequence's logits in the current step
         self.active = False  # decoded in the last step
@@ -106,22 +116,25 @@ class Engine:
         n_batch: int,
         n_threads: int,
         n_slots: int = 1,
+        n_cached: int = 0,
         n_seqs: int = 0,
         aging_s: float = 10.0,
     ) -> None:
-        """`n_slots` sequences decode together; up to `n_seqs` (default 2 x n_slots) hold a cache.
+        """`n_slots` sequences decode together; `n_cached` (default 2 x n_slots) keep a cache.
 
-        Held sequences beyond the decode slots are paused, their caches kept: each step
-        the most urgent ones decode, so an interactive request preempts background work
-        at a token boundary and the paused work resumes where it stopped, unchanged.
+        Each step the most urgent sequences decode, so an interactive request preempts
+        background work at a token boundary; the other cached ones are paused. `n_seqs`
+        (default n_cached + n_slots) is how many jobs the engine holds at once: those
+        beyond the cache streams wait, or were evicted and will be recomputed.
         """
-        n_seqs = max(n_seqs or 2 * n_slots, n_slots)
+        n_cached = max(n_cached or 2 * n_slots, n_slots)
+        n_seqs = max(n_seqs or n_cached + n_slots, n_cached)
         threads = n_threads or os.cpu_count() or 1
         params = llama.llama_context_default_params()
         # Each sequence has a cache of its own, n_ctx tokens long: its attention never
         # mixes with other sequences' cells, so batching does not change its numbers.
-        params.n_ctx = n_ctx * n_seqs
-        params.n_seq_max = n_seqs
+        params.n_ctx = n_ctx * n_cached
+        params.n_seq_max = n_cached
         params.kv_unified = False
         self.chunk = n_batch
         params.n_batch = params.n_ubatch = max(n_batch, n_slots)  # a prompt chunk, or every next token
@@ -130,29 +143,35 @@ class Engine:
         ctx = llama.llama_init_from_model(model.ptr, params)
         if not ctx:
             raise RuntimeError(
-                f"llama.cpp could not create a context of {n_ctx} x {n_seqs} tokens for {model.path}"
+                f"llama.cpp could not create a context of {n_ctx} x {n_cached} tokens for {model.path}"
             )
         self.model = model
-        self.n_ctx = llama.llama_n_ctx(ctx) // n_seqs
+        self.n_ctx = llama.llama_n_ctx(ctx) // n_cached
         self.n_slots = n_slots
+        self.n_cached = n_cached
         self.n_seqs = n_seqs
         self.aging_s = aging_s
         self.preemptions = 0  # times a running sequence was paused for a more urgent one
+        self.evictions = 0  # times a paused sequence's cache was dropped for a more urgent one
         self.tokens_generated = 0  # all jobs, ever: lets tests and metrics see that work stopped
         self._ctx = ctx
         self._memory = llama.llama_get_memory(ctx)
         self._batch = _Batch(max(n_batch, n_slots))
         self._signals = SignalSampler(model)
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._waiting: list[tuple[int, int, Job]] = []
-        self._arrivals = itertools.count()
-        self._running: list[_Sequence] = []
+        self._waiting: list[_Sequence] = []  # new, or evicted: no cache stream
+        self._running: list[_Sequence] = []  # each with a cache stream
         self._outbox: dict[Sink, list[Delivery]] = {}
-        self._free_ids = list(range(n_seqs))  # a heap: the lowest free id goes first
+        self._free_ids = list(range(n_cached))  # a heap: the lowest free id goes first
         self._stopping = False
         sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def held(self) -> int:
+        """Jobs on the engine thread (a snapshot from any thread; for tests and metrics)."""
+        return len(self._running) + len(self._waiting)
 
     def submit(self, job: Job) -> None:
         self._inbox.put(job)
@@ -179,7 +198,7 @@ class Engine:
                         self._emit(seq.job, exc)
                         self._leave(seq)
             self._flush()
-        for seq in list(self._running):
+        for seq in self._running + self._waiting:
             self._leave(seq)
 
     def _emit(self, job: Job, event: Event) -> None:
@@ -198,29 +217,62 @@ class Engine:
                 if job is None:
                     self._stopping = True
                 else:
-                    heapq.heappush(self._waiting, (job.priority, next(self._arrivals), job))
+                    self._accept(job)
                 job = self._inbox.get_nowait()
         except queue.Empty:
             pass
 
+    def _accept(self, job: Job) -> None:
+        try:
+            sampler = Sampler(self.model, job.sampler)
+        except Exception as exc:
+            self._emit(job, exc)
+            return
+        sampler.accept_prompt(job.prompt)
+        self._waiting.append(_Sequence(job, sampler))
+
     def _admit(self) -> None:
-        while self._waiting and self._free_ids:
-            _, _, job = heapq.heappop(self._waiting)
-            if job.cancelled.is_set():
-                continue
-            try:
-                sampler = Sampler(self.model, job.sampler)
-            except Exception as exc:
-                self._emit(job, exc)
-                continue
-            sampler.accept_prompt(job.prompt)
-            self._running.append(_Sequence(job, heapq.heappop(self._free_ids), sampler))
+        """Give cache streams to the most urgent waiting sequences, evicting if they outrank."""
+        for seq in [s for s in self._waiting if s.job.cancelled.is_set()]:
+            self._leave(seq)
+        if not self._waiting:
+            return
+        now = time.monotonic()
+        self._waiting.sort(key=lambda s: s.urgency(now, self.aging_s))
+        while self._waiting:
+            seq = self._waiting[0]
+            if not self._free_ids:
+                victim = max(self._running, key=lambda s: s.urgency(now, self.aging_s))
+                if victim.urgency(now, self.aging_s) <= seq.urgency(now, self.aging_s):
+                    return
+                self._evict(victim)
+            del self._waiting[0]
+            seq.seq_id = heapq.heappop(self._free_ids)
+            self._running.append(seq)
+
+    def _evict(self, seq: _Sequence) -> None:
+        """Drop a sequence's cache; it waits to be prefilled again with everything so far."""
+        self._running.remove(seq)
+        self._release_stream(seq)
+        if seq.active:
+            self.preemptions += 1
+        seq.pending, seq.replay = list(seq.job.prompt), list(seq.sampled)
+        seq.pos, seq.prefilling, seq.active = 0, True, False
+        self._waiting.append(seq)  # behind the more urgent sequence that took its stream
+        self.evictions += 1
 
     def _leave(self, seq: _Sequence) -> None:
-        self._running.remove(seq)
-        llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+        if seq in self._running:
+            self._running.remove(seq)
+            self._release_stream(seq)
+        else:
+            self._waiting.remove(seq)
         seq.sampler.close()
+
+    def _release_stream(self, seq: _Sequence) -> None:
+        llama.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
         heapq.heappush(self._free_ids, seq.seq_id)
+        seq.seq_id = -1
 
     def _step(self) -> None:
         """One decode of every generating sequence's next token, and one prompt chunk.
@@ -233,11 +285,11 @@ class Engine:
         for seq in [s for s in self._running if s.job.cancelled.is_set()]:
             self._leave(seq)
         active = self._most_urgent()
-        prefilling = next((s for s in active if not s.generated), None)
+        prefilling = next((s for s in active if s.prefilling), None)
         if prefilling is not None and prefilling is active[0]:
             self._prefill_chunk(prefilling)
             return
-        self._decode_generating([s for s in active if s.generated])
+        self._decode_generating([s for s in active if not s.prefilling])
         if prefilling is not None:
             self._flush()  # the tokens just sampled go out before the prompt chunk runs
             self._prefill_chunk(prefilling)
@@ -251,12 +303,11 @@ class Engine:
         generating.sort(key=lambda s: s.seq_id)
         self._batch.clear()
         for seq in generating:
-            seq.row = self._batch.add(seq.pending, seq.pos, seq.seq_id, logits=True)
+            seq.row = self._batch.add(seq.pending, seq.pos, seq.seq_id, logits=not seq.replay)
         self._decode()
         for seq in generating:
             seq.pos += 1
-            seq.pending.clear()
-            self._sample(seq)
+            self._next(seq)
 
     def _most_urgent(self) -> list[_Sequence]:
         """The sequences that decode this step; any other that had started is paused."""
@@ -264,7 +315,7 @@ class Engine:
         ranked = sorted(self._running, key=lambda s: s.urgency(now, self.aging_s))
         active, paused = ranked[: self.n_slots], ranked[self.n_slots :]
         for seq in paused:
-            if seq.active and (seq.generated or seq.pos):
+            if seq.active and (seq.generated or seq.pos):  # it had started
                 self.preemptions += 1
             seq.active = False
         for seq in active:
@@ -275,17 +326,26 @@ class Engine:
         chunk = seq.pending[: self.chunk]
         last = len(chunk) == len(seq.pending)
         self._batch.clear()
-        seq.row = self._batch.add(chunk, seq.pos, seq.seq_id, logits=last)
+        seq.row = self._batch.add(chunk, seq.pos, seq.seq_id, logits=last and not seq.replay)
         self._decode()
         seq.pos += len(chunk)
         del seq.pending[: len(chunk)]
         if last:
-            self._sample(seq)
+            seq.prefilling = False
+            self._next(seq)
 
     def _decode(self) -> None:
         rc = llama.llama_decode(self._ctx, self._batch.raw)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc}")
+
+    def _next(self, seq: _Sequence) -> None:
+        """Queue a sequence's next token: the next one to replay, or a newly sampled one."""
+        if seq.replay:
+            seq.pending = [seq.replay.pop(0)]
+        else:
+            seq.pending = []
+            self._sample(seq)
 
     def _sample(self, seq: _Sequence) -> None:
         job = seq.job
@@ -307,6 +367,7 @@ class Engine:
         if seq.generated >= job.max_tokens or seq.pos + 1 >= self.n_ctx:
             return self._finish(seq, FinishReason.LENGTH)
         seq.pending.append(token)
+        seq.sampled.append(token)
 
     def _finish(self, seq: _Sequence, reason: FinishReason) -> None:
         rest, stopped = seq.text.flush()

@@ -67,17 +67,20 @@ class LlamaCppProvider(Provider):
             n_batch=s.n_batch,
             n_threads=s.n_threads,
             n_slots=slots,
+            n_cached=s.cached_sequences,
             n_seqs=s.max_sequences,
             aging_s=s.aging_s,
         )
-        # The scheduler admits as many as hold a cache; the engine picks which of them decode.
+        # The scheduler admits as many as the engine holds; the engine picks which of them
+        # decode, which keep a cache, and evicts for more urgent work.
         self.scheduler = Scheduler(
             self._engine.n_seqs, max_waiting=s.max_waiting, aging_s=s.aging_s, clock=time.monotonic
         )
         log.info(
-            "loaded %s (%d sequences of %d tokens, %s chat format)",
+            "loaded %s (%d sequences decoding, %d cached, of %d tokens each; %s chat format)",
             self._model_id,
             slots,
+            self._engine.n_cached,
             self._engine.n_ctx,
             "its own" if template else "Gemma",
         )
@@ -172,6 +175,15 @@ class LlamaCppProvider(Provider):
     @property
     def preemptions(self) -> int:
         return self._engine.preemptions if self._engine else 0
+
+    @property
+    def held_sequences(self) -> int:
+        """Jobs in the engine: decoding, paused, evicted or about to start."""
+        return self._engine.held if self._engine else 0
+
+    @property
+    def evictions(self) -> int:
+        return self._engine.evictions if self._engine else 0
 
     @property
     def tokens_generated(self) -> int:
