@@ -61,6 +61,13 @@ class LlamaCppProvider(Provider):
         if template:
             self._template = TemplatePrompt(template, self._model.bos_text, self._model.eos_text)
         slots = s.n_slots or default_slots()
+        if slots > BATCH_INVARIANT_SLOTS:
+            log.warning(
+                "llamacpp.n_slots=%d: with more than %d sequences in a decode step, a seeded "
+                "request's output may depend on what runs beside it",
+                slots,
+                BATCH_INVARIANT_SLOTS,
+            )
         self._engine = Engine(
             self._model,
             n_ctx=s.n_ctx,
@@ -239,9 +246,16 @@ def _with_attachments(request: ChatRequest) -> tuple[Message, ...]:
     return tuple(messages)
 
 
+# Decode steps of up to this many rows give each sequence the logits it gets alone.
+# From 8 rows on, llama.cpp's CPU kernels group the work differently and logits move
+# (by up to 1.0 on the bundled model), so a seeded request would answer differently
+# depending on its neighbours.
+BATCH_INVARIANT_SLOTS = 7
+
+
 def default_slots() -> int:
     """Sequences decoded together: decode is memory-bound, so a few per core pay off."""
-    return max(2, min(8, 2 * (os.cpu_count() or 1)))
+    return max(2, min(4, 2 * (os.cpu_count() or 1)))
 
 
 class _LoopSink:
