@@ -166,7 +166,14 @@ def decode_rate(s: Stream) -> float:
 
 
 def aggregate_rate(streams: list[Stream]) -> float:
-    return sum(s.tokens for s in streams) / (max(s.last for s in streams) - min(s.first for s in streams))
+    """Tokens of all streams over the wall time from the first request to the last token.
+
+    From the requests, not from the first token: llama-server prefills every waiting
+    prompt before its first token and the engine only the first one, so a window that
+    opens at the first token would leave part of one side's prefill out.
+    """
+    start = min(s.first - s.ttft_s for s in streams)
+    return sum(s.tokens for s in streams) / (max(s.last for s in streams) - start)
 
 
 @contextlib.asynccontextmanager
