@@ -8,10 +8,10 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Self
 
-from providers import FACTORIES, Provider
+from providers import FACTORIES, REMOTE, Provider
 
 from .errors import NotFound
-from .settings import Settings, SettingsError
+from .settings import Settings, SettingsError, env_name
 from .types import ModelInfo
 
 
@@ -33,7 +33,15 @@ class ProviderRegistry:
                 f"provider {settings.provider!r} [env LLM_PROVIDER] is not a known provider; "
                 f"known: {', '.join(sorted(FACTORIES))}"
             )
-        return cls({settings.provider: factory(settings)}, settings.provider)
+        names = [settings.provider]
+        for name in REMOTE:
+            missing = getattr(settings, name).missing()
+            if name == settings.provider and missing:
+                variables = ", ".join(env_name((name, key)) for key in missing)
+                raise SettingsError(f"provider {name} is the default but needs {variables}")
+            if not missing and name != settings.provider:
+                names.append(name)
+        return cls({name: FACTORIES[name](settings) for name in names}, settings.provider)
 
     def resolve(self, provider: str, model: str) -> tuple[Provider, str]:
         """The provider and model id that serve a request; empty names mean the defaults."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -31,6 +31,15 @@ DEFAULT_CONFIG_FILE = Path("llm.toml")
 # where they live in the settings tree. Provider issues extend this table.
 DOCUMENTED_ENV: dict[str, tuple[str, ...]] = {
     "LLM_PROVIDER": ("provider",),
+    "OPENAI_API_KEY": ("openai", "api_key"),
+    "OPENAI_MODEL": ("openai", "model"),
+    "OPENAI_BASE_URL": ("openai", "base_url"),
+    "OPENAI_TEMPERATURE": ("openai", "temperature"),
+    "AZURE_OPENAI_API_KEY": ("azure_openai", "api_key"),
+    "AZURE_OPENAI_ENDPOINT": ("azure_openai", "endpoint"),
+    "AZURE_OPENAI_DEPLOYMENT": ("azure_openai", "deployment"),
+    "AZURE_OPENAI_API_VERSION": ("azure_openai", "api_version"),
+    "AZURE_OPENAI_TEMPERATURE": ("azure_openai", "temperature"),
 }
 
 
@@ -77,6 +86,47 @@ class LlamaCppSettings(_Section):
     max_tokens: int = Field(512, ge=1, description="used when a request sets none")
 
 
+class _Remote(_Section):
+    """What every remote backend has: a request timeout and a retry budget."""
+
+    timeout_s: float = Field(120.0, gt=0, description="one upstream call, first byte to last")
+    connect_timeout_s: float = Field(10.0, gt=0)
+    max_attempts: int = Field(3, ge=1, description="tries per call, the first included")
+
+
+class OpenAISettings(_Remote):
+    api_key: SecretStr | None = None
+    model: str = "gpt-4o-mini"
+    base_url: str = "https://api.openai.com/v1"
+    temperature: float | None = Field(None, ge=0, le=2)
+
+    def missing(self) -> list[str]:
+        return [] if self.api_key else ["api_key"]
+
+
+class AzureOpenAISettings(_Remote):
+    api_key: SecretStr | None = None
+    endpoint: str = Field("", description="https://NAME.openai.azure.com")
+    deployment: str = Field("", description="the deployment name, used as the model id")
+    api_version: str = "2024-10-21"
+    temperature: float | None = Field(None, ge=0, le=2)
+
+    def missing(self) -> list[str]:
+        return [name for name in ("api_key", "endpoint", "deployment") if not getattr(self, name)]
+
+
+class OpenAICompatibleSettings(_Remote):
+    """Any server that speaks the OpenAI API: vLLM, LM Studio, HF TGI, OpenRouter, llama.cpp."""
+
+    base_url: str = Field("", description="e.g. http://127.0.0.1:8000/v1")
+    api_key: SecretStr | None = Field(None, description="sent as a Bearer token when set")
+    model: str = Field("", description="default model; empty asks the server for its first model")
+    temperature: float | None = Field(None, ge=0, le=2)
+
+    def missing(self) -> list[str]:
+        return [] if self.base_url else ["base_url"]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -89,6 +139,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     server: ServerSettings = ServerSettings()
     llamacpp: LlamaCppSettings = LlamaCppSettings()
+    openai: OpenAISettings = OpenAISettings()
+    azure_openai: AzureOpenAISettings = AzureOpenAISettings()
+    openai_compatible: OpenAICompatibleSettings = OpenAICompatibleSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -19,8 +19,33 @@ def _llamacpp(settings: Settings) -> Provider:
     return LlamaCppProvider(settings.llamacpp)
 
 
+def _openai(settings: Settings) -> Provider:
+    from .openai_family import openai_provider
+
+    return openai_provider(settings.openai)
+
+
+def _azure_openai(settings: Settings) -> Provider:
+    from .openai_family import azure_openai_provider
+
+    return azure_openai_provider(settings.azure_openai)
+
+
+def _openai_compatible(settings: Settings) -> Provider:
+    from .openai_family import openai_compatible_provider
+
+    return openai_compatible_provider(settings.openai_compatible)
+
+
 FACTORIES: dict[str, Callable[[Settings], Provider]] = {
     "llamacpp": _llamacpp,
+    "openai": _openai,
+    "azure_openai": _azure_openai,
+    "openai_compatible": _openai_compatible,
 }
 
-__all__ = ["FACTORIES", "Provider"]
+# Remote providers are built when their required settings are present (or when one is
+# the default, which then fails naming what is missing); the local engine only as default.
+REMOTE = ("openai", "azure_openai", "openai_compatible")
+
+__all__ = ["FACTORIES", "REMOTE", "Provider"]

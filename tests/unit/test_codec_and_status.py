@@ -93,5 +93,8 @@ def test_unexpected_errors_do_not_leak_their_message() -> None:
 
 
 def test_unknown_provider_fails_at_start_up_naming_the_variable() -> None:
-    with pytest.raises(SettingsError, match=r"'nope' \[env LLM_PROVIDER\].*known: llamacpp"):
+    with pytest.raises(
+        SettingsError,
+        match=r"'nope' \[env LLM_PROVIDER\].*known: azure_openai, llamacpp, openai, openai_compatible",
+    ):
         ProviderRegistry.from_settings(Settings(provider="nope"))

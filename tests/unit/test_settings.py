@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from llmservice.settings import SettingsError, load_settings, parse_overrides
+from llmservice.registry import ProviderRegistry
+from llmservice.settings import DOCUMENTED_ENV, SettingsError, load_settings, parse_overrides
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def toml(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in (
-        "LLM_PROVIDER",
+        *DOCUMENTED_ENV,
         "LLMSERVICE_PROVIDER",
         "LLMSERVICE_SERVER__GRPC_PORT",
         "LLMSERVICE_CONFIG",
@@ -105,3 +106,59 @@ def test_overrides_parse_dotted_keys_and_json() -> None:
 def test_model_path_must_be_an_existing_file(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"llamacpp\.model_path \[env LLMSERVICE_LLAMACPP__MODEL_PATH\]"):
         load_settings(overrides=[f"llamacpp.model_path={tmp_path / 'absent.gguf'}"])
+
+
+def test_documented_provider_variables_land_in_their_sections(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {
+        "OPENAI_API_KEY": "sk-one",
+        "OPENAI_MODEL": "gpt-4.1-mini",
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "OPENAI_TEMPERATURE": "0.5",
+        "AZURE_OPENAI_API_KEY": "az-key",
+        "AZURE_OPENAI_ENDPOINT": "https://example.openai.azure.com",
+        "AZURE_OPENAI_DEPLOYMENT": "gpt-4o-eu",
+        "AZURE_OPENAI_API_VERSION": "2025-01-01",
+        "AZURE_OPENAI_TEMPERATURE": "0.2",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    for name, path in DOCUMENTED_ENV.items():
+        if name not in values:
+            continue
+        value = getattr(getattr(settings, path[0]), path[1])
+        value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        assert str(value) == values[name], name
+    assert "sk-one" not in repr(settings)  # secrets are masked wherever settings are shown
+
+
+@pytest.mark.parametrize(
+    ("provider", "env", "named"),
+    [
+        ("openai", {}, ["OPENAI_API_KEY"]),
+        ("azure_openai", {"AZURE_OPENAI_API_KEY": "k"}, ["AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_DEPLOYMENT"]),
+        ("openai_compatible", {}, ["LLMSERVICE_OPENAI_COMPATIBLE__BASE_URL"]),
+    ],
+)
+def test_a_default_provider_without_its_required_settings_fails_naming_them(
+    provider: str, env: dict[str, str], named: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLM_PROVIDER", provider)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as raised:
+        ProviderRegistry.from_settings(load_settings())
+    for variable in named:
+        assert variable in str(raised.value)
+
+
+def test_every_remote_provider_with_its_settings_is_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_PROVIDER", "openai")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    registry = ProviderRegistry.from_settings(
+        load_settings(
+            overrides=["openai_compatible.base_url=http://127.0.0.1:9/v1", "openai_compatible.model=m"]
+        )
+    )
+    assert registry.resolve("", "")[0].name == "openai"
+    assert registry.resolve("openai_compatible", "")[0].name == "openai_compatible"

@@ -1,0 +1,320 @@
+"""The OpenAI family: `openai`, `azure_openai` and `openai_compatible`.
+
+All three go through the official `openai` client: it follows the API as it changes
+(Azure's deployments and api-version included), is async, and parses the SSE stream.
+Its own retries are off: retries are `providers.remote.retry`'s, so every backend
+retries the same way and never once a token has reached the caller. Its HTTP client is
+httpx with `trust_env`, so HTTPS_PROXY and NO_PROXY are honoured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import openai
+
+from llmservice.errors import DeadlineExceeded, InvalidRequest, LLMServiceError, Unavailable
+from llmservice.settings import AzureOpenAISettings, OpenAICompatibleSettings, OpenAISettings
+from llmservice.types import (
+    Capabilities,
+    ChatRequest,
+    Completion,
+    FinishReason,
+    ModelInfo,
+    StreamEnd,
+    StreamEvent,
+    TokenDelta,
+    Usage,
+)
+
+from .base import Provider
+from .remote.http_errors import from_status, redact
+from .remote.retry import RetryPolicy, call_with_retries, stream_with_retries
+
+log = logging.getLogger(__name__)
+
+_FINISH = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,
+    "content_filter": FinishReason.CONTENT_FILTER,
+}
+_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml")
+
+Settings = OpenAISettings | AzureOpenAISettings | OpenAICompatibleSettings
+
+
+class OpenAIFamilyProvider(Provider):
+    """One OpenAI-style upstream: a client, a default model, and what it accepts."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        make_client: Callable[[httpx.AsyncClient], openai.AsyncOpenAI],
+        *,
+        default_model: str,
+        extra_sampling: bool,
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        self._make_client = make_client
+        self._default_model = default_model
+        self._extra_sampling = extra_sampling  # top_k, min_p, repetition penalty go in the body
+        self._client: openai.AsyncOpenAI | None = None
+        self._secrets = [settings.api_key.get_secret_value()] if settings.api_key else []
+        self.retry = RetryPolicy(attempts=settings.max_attempts)
+
+    @property
+    def default_model(self) -> str:
+        return self._default_model
+
+    async def start(self) -> None:
+        timeout = httpx.Timeout(self._settings.timeout_s, connect=self._settings.connect_timeout_s)
+        self._client = self._make_client(httpx.AsyncClient(timeout=timeout, trust_env=True))
+        if not self._default_model:  # an OpenAI-compatible server that names its own model
+            models = await self._upstream_models()
+            if not models:
+                raise Unavailable(f"provider {self.name} lists no models; set its model")
+            self._default_model = models[0]
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def list_models(self) -> list[ModelInfo]:
+        try:
+            ids = await self._upstream_models()
+        except LLMServiceError as exc:
+            log.warning("%s: cannot list upstream models: %s", self.name, exc.message)
+            ids = []
+        if self._default_model not in ids:
+            ids.insert(0, self._default_model)
+        return [ModelInfo(i, self.name, capabilities=Capabilities(streaming=True)) for i in ids]
+
+    def validate(self, model: str, request: ChatRequest) -> None:
+        s = request.sampling
+        if not self._extra_sampling:
+            for field, value in (
+                ("top_k", s.top_k),
+                ("min_p", s.min_p),
+                ("repetition_penalty", s.repetition_penalty),
+            ):
+                if value is not None:
+                    raise InvalidRequest(field, f"provider {self.name} has no {field} parameter")
+        if request.signals is not None:
+            raise InvalidRequest("signal_options", f"provider {self.name} does not report token signals yet")
+        if request.constraint is not None and request.constraint.kind == "grammar":
+            raise InvalidRequest("response_format.grammar", f"provider {self.name} takes no GBNF grammar")
+        for i, attachment in enumerate(request.attachments):
+            if not attachment.mime_type.startswith((*_TEXT_TYPES, "image/")):
+                raise InvalidRequest(
+                    f"attachments[{i}].mime_type",
+                    f"provider {self.name} cannot read {attachment.mime_type or 'an untyped'!r} attachments",
+                )
+
+    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
+        body = self._body(model, request)
+        async for event in stream_with_retries(
+            lambda: self._one_stream(body, model), self.retry, deadline=request.deadline
+        ):
+            yield event
+
+    async def complete(self, model: str, request: ChatRequest) -> Completion:
+        """One non-streaming call: servers that leave usage out of streams still report it here."""
+        body = self._body(model, request)
+        body.pop("stream_options")
+        body["stream"] = False
+
+        async def call() -> Completion:
+            client = self._ready()
+            try:
+                reply = await client.chat.completions.create(**body)
+            except openai.APIError as exc:
+                raise self._error(exc, model) from None
+            except httpx.TransportError as exc:
+                raise Unavailable(
+                    f"provider {self.name} cut the reply midway ({type(exc).__name__})"
+                ) from None
+            if not reply.choices:
+                raise Unavailable(f"provider {self.name} answered with no choices")
+            choice = reply.choices[0]
+            usage = (
+                Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens) if reply.usage else Usage()
+            )
+            finish = _FINISH.get(choice.finish_reason or "stop", FinishReason.STOP)
+            return Completion(choice.message.content or "", model, self.name, finish, usage)
+
+        return await call_with_retries(call, self.retry, deadline=request.deadline)
+
+    async def _one_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
+        client = self._ready()
+        finish: FinishReason | None = None
+        usage = Usage()
+        try:
+            chunks = await client.chat.completions.create(**body)
+            async for chunk in chunks:
+                if chunk.usage is not None:
+                    usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
+                for choice in chunk.choices[:1]:
+                    if choice.delta.content:
+                        yield TokenDelta(choice.delta.content)
+                    if choice.finish_reason:
+                        finish = _FINISH.get(choice.finish_reason, FinishReason.STOP)
+        except openai.APIError as exc:
+            raise self._error(exc, model) from None
+        except httpx.TransportError as exc:  # the connection broke while the stream was read
+            raise Unavailable(f"provider {self.name} cut the stream midway ({type(exc).__name__})") from None
+        except ValueError:  # a frame that is not JSON, or JSON of the wrong shape
+            raise Unavailable(f"provider {self.name} sent a stream that could not be read") from None
+        if finish is None:
+            raise Unavailable(f"provider {self.name} ended the stream before it finished")
+        yield StreamEnd(finish, usage)
+
+    def _body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        s = request.sampling
+        temperature = s.temperature if s.temperature is not None else self._settings.temperature
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": _messages(request),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        optional = {
+            "temperature": temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+            "seed": s.seed,
+            "stop": list(s.stop) or None,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        extra = {"top_k": s.top_k, "min_p": s.min_p, "repeat_penalty": s.repetition_penalty}
+        extra = {k: v for k, v in extra.items() if v is not None}
+        if extra:
+            body["extra_body"] = extra
+        if request.constraint is not None:
+            if request.constraint.kind == "json_object":
+                body["response_format"] = {"type": "json_object"}
+            else:
+                body["response_format"] = {
+                    "type": "json_schema",
+                    "json_schema": {"name": "response", "schema": json.loads(request.constraint.text)},
+                }
+        return body
+
+    async def _upstream_models(self) -> list[str]:
+        client = self._ready()
+        try:
+            page = await client.models.list()
+        except openai.APIError as exc:
+            raise self._error(exc, "") from None
+        return [m.id for m in page.data]
+
+    def _error(self, exc: openai.APIError, model: str) -> LLMServiceError:
+        if isinstance(exc, openai.APITimeoutError):
+            return DeadlineExceeded(f"provider {self.name} did not answer in time")
+        if isinstance(exc, openai.APIStatusError):
+            return from_status(
+                self.name,
+                exc.status_code,
+                _upstream_message(exc),
+                exc.response.headers,
+                model=model,
+                secrets=self._secrets,
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            return Unavailable(
+                f"provider {self.name} is unreachable: {redact(str(exc.__cause__ or exc), self._secrets)}"
+            )
+        return Unavailable(
+            f"provider {self.name} sent a stream that could not be read: {redact(exc.message, self._secrets)}"
+        )
+
+    def _ready(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            raise RuntimeError(f"provider {self.name} used before start()")
+        return self._client
+
+
+def _upstream_message(exc: openai.APIStatusError) -> str:
+    """The upstream's own words: `{"error": {"message": ...}}`, or the client's unwrapped body."""
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error")
+        message = inner.get("message") if isinstance(inner, dict) else body.get("message")
+        if isinstance(message, str):
+            return message
+    return exc.response.reason_phrase
+
+
+def _messages(request: ChatRequest) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in request.messages]
+    if not request.attachments:
+        return messages
+    parts: list[dict[str, Any]] = []
+    for i, a in enumerate(request.attachments):
+        if a.mime_type.startswith("image/"):
+            url = a.data if a.data.startswith("data:") else f"data:{a.mime_type};base64,{a.data}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        else:
+            parts.append({"type": "text", "text": f"[attachment {a.filename or i + 1}]\n{a.data}"})
+    last_user = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=None)
+    if last_user is None:
+        messages.append({"role": "user", "content": parts})
+    else:
+        text = request.messages[last_user].content
+        messages[last_user] = {"role": "user", "content": [{"type": "text", "text": text}, *parts]}
+    return messages
+
+
+def openai_provider(settings: OpenAISettings) -> OpenAIFamilyProvider:
+    key = settings.api_key.get_secret_value() if settings.api_key else ""
+    return OpenAIFamilyProvider(
+        "openai",
+        settings,
+        lambda http: openai.AsyncOpenAI(
+            api_key=key, base_url=settings.base_url, max_retries=0, http_client=http
+        ),
+        default_model=settings.model,
+        extra_sampling=False,
+    )
+
+
+def azure_openai_provider(settings: AzureOpenAISettings) -> OpenAIFamilyProvider:
+    key = settings.api_key.get_secret_value() if settings.api_key else ""
+    return OpenAIFamilyProvider(
+        "azure_openai",
+        settings,
+        lambda http: openai.AsyncAzureOpenAI(
+            api_key=key,
+            azure_endpoint=settings.endpoint,
+            azure_deployment=settings.deployment,
+            api_version=settings.api_version,
+            max_retries=0,
+            http_client=http,
+        ),
+        default_model=settings.deployment,
+        extra_sampling=False,
+    )
+
+
+def openai_compatible_provider(settings: OpenAICompatibleSettings) -> OpenAIFamilyProvider:
+    key = settings.api_key.get_secret_value() if settings.api_key else "none"
+    return OpenAIFamilyProvider(
+        "openai_compatible",
+        settings,
+        lambda http: openai.AsyncOpenAI(
+            api_key=key, base_url=settings.base_url, max_retries=0, http_client=http
+        ),
+        default_model=settings.model,
+        extra_sampling=True,
+    )
+
+
+__all__ = ["OpenAIFamilyProvider", "azure_openai_provider", "openai_compatible_provider", "openai_provider"]

@@ -1,0 +1,1 @@
+"""What every remote backend shares: retries, HTTP status mapping, stream parsing."""

@@ -1,0 +1,1 @@
+"""Local servers that speak a SaaS provider's exact wire format, errors included."""

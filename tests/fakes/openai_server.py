@@ -1,0 +1,150 @@
+"""A local server speaking the OpenAI Chat Completions wire format, driven by a script.
+
+Each request to /v1/chat/completions takes the next `Reply` from `script` (the last one
+repeats): a success (streamed as SSE with CRLF line ends, comments and pings, or as one
+JSON body), an error status with OpenAI's error body and headers, or a stream cut midway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    text: str = "Hello there"
+    headers: dict[str, str] = field(default_factory=dict)
+    error: str = ""  # the error message in OpenAI's body
+    cut_after: int | None = None  # stream: drop the connection after this many deltas
+    malformed: bool = False  # stream: one frame that is not JSON
+
+
+@dataclass
+class FakeOpenAI:
+    url: str
+    script: list[Reply]
+    requests: list[dict[str, object]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    deployments: list[str] = field(default_factory=list)  # Azure: the deployment of each call
+
+    @property
+    def origin(self) -> str:
+        return self.url.removesuffix("/v1")
+
+
+def _chunk(delta: dict[str, object], finish: str | None = None) -> dict[str, object]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": "fake-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
+
+
+def _app(fake: FakeOpenAI) -> Starlette:
+    async def completions(request: Request) -> Response:
+        body = await request.json()
+        fake.requests.append(body)
+        fake.headers.append(dict(request.headers))
+        reply = fake.script[min(len(fake.requests) - 1, len(fake.script) - 1)]
+        if reply.status != 200:
+            error = {"message": reply.error, "type": "error", "param": None, "code": None}
+            return JSONResponse({"error": error}, status_code=reply.status, headers=reply.headers)
+        words = [w + " " for w in reply.text.split(" ")]
+        words[-1] = words[-1].rstrip()
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": reply.text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": 5,
+                        "completion_tokens": len(words),
+                        "total_tokens": 5 + len(words),
+                    },
+                }
+            )
+
+        async def frames() -> AsyncIterator[bytes]:
+            yield b": a comment the client must skip\r\n\r\n"
+            yield b"data: " + json.dumps(_chunk({"role": "assistant", "content": ""})).encode() + b"\r\n\r\n"
+            for i, word in enumerate(words):
+                if reply.cut_after is not None and i == reply.cut_after:
+                    raise ConnectionResetError("cut midway on purpose")
+                if reply.malformed and i == 1:
+                    yield b"data: {not json\r\n\r\n"
+                yield b"data: " + json.dumps(_chunk({"content": word})).encode() + b"\r\n\r\n"
+                yield b": ping\r\n\r\n"
+                await asyncio.sleep(0)
+            yield b"data: " + json.dumps(_chunk({}, "stop")).encode() + b"\r\n\r\n"
+            usage = {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}
+            final = {**_chunk({}), "choices": [], "usage": usage}
+            yield b"data: " + json.dumps(final).encode() + b"\r\n\r\n"
+            yield b"data: [DONE]\r\n\r\n"
+
+        return StreamingResponse(frames(), media_type="text/event-stream", headers=reply.headers)
+
+    async def models(request: Request) -> Response:
+        return JSONResponse(
+            {"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "me"}]}
+        )
+
+    async def azure_completions(request: Request) -> Response:
+        """Azure OpenAI: the deployment in the path, api-version required, the key in `api-key`."""
+        if "api-version" not in request.query_params:
+            error = {"code": "404", "message": "Resource not found"}
+            return JSONResponse({"error": error}, status_code=404)
+        fake.deployments.append(request.path_params["deployment"])
+        return await completions(request)
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/openai/deployments/{deployment}/chat/completions", azure_completions, methods=["POST"]),
+        ]
+    )
+
+
+@contextmanager
+def fake_openai(*script: Reply) -> Iterator[FakeOpenAI]:
+    """The server on a free loopback port, in a thread, for the block."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    fake = FakeOpenAI(f"http://127.0.0.1:{port}/v1", list(script) or [Reply()])
+    server = uvicorn.Server(uvicorn.Config(_app(fake), log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield fake
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
