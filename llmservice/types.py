@@ -9,15 +9,42 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-Role = Literal["system", "user", "assistant"]
-ROLES: tuple[Role, ...] = ("system", "user", "assistant")
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: tuple[Role, ...] = ("system", "user", "assistant", "tool")
 DEFAULT_SIGNAL_TOP_K = 10
+NO_PARAMETERS = '{"type": "object", "properties": {}}'  # the schema of a tool that takes nothing
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model made; `arguments` is a JSON object in text."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns: the tools it called
+    tool_call_id: str = ""  # tool turns: the call this is the result of
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; `parameters` is a JSON schema (of an object) in text."""
+
+    name: str
+    description: str = ""
+    parameters: str = NO_PARAMETERS
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    mode: Literal["auto", "none", "required", "function"] = "auto"
+    name: str = ""  # with mode "function": the tool that must be called
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +95,8 @@ class ChatRequest:
     priority: int = 0
     signals: SignalOptions | None = None
     constraint: Constraint | None = None
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
     deadline: float | None = None  # time.monotonic() by which the caller gives up
 
 
@@ -116,6 +145,9 @@ class TokenSignal:
     top_k: tuple[Candidate, ...]
     full_distribution: npt.NDArray[np.float32] | None = None  # vocabulary-size
     stages: tuple[SamplerStage, ...] = ()
+    # "engine": from the full raw distribution, all exact. "upstream_logprobs": from a
+    # provider's top logprobs; entropy then covers the top-k only (a lower bound).
+    source: Literal["engine", "upstream_logprobs"] = "engine"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +160,16 @@ class TokenDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streaming tool call: the first piece of call `index` has its id and name."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StreamEnd:
     """The last event of every successful stream."""
 
@@ -135,7 +177,7 @@ class StreamEnd:
     usage: Usage
 
 
-StreamEvent = TokenDelta | StreamEnd
+StreamEvent = TokenDelta | ToolCallDelta | StreamEnd
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +187,18 @@ class Completion:
     provider: str
     finish_reason: FinishReason
     usage: Usage
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+def assemble_tool_calls(deltas: list[ToolCallDelta]) -> tuple[ToolCall, ...]:
+    """Whole tool calls from their streamed pieces, in index order."""
+    calls: dict[int, list[str]] = {}
+    for d in deltas:
+        call = calls.setdefault(d.index, ["", "", ""])
+        call[0] = call[0] or d.id
+        call[1] = call[1] or d.name
+        call[2] += d.arguments
+    return tuple(ToolCall(i, n, a or "{}") for _, (i, n, a) in sorted(calls.items()))
 
 
 @dataclass(frozen=True, slots=True)

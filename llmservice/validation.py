@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from .errors import InvalidRequest
 from .types import ChatRequest
 
 MAX_STOP_SEQUENCES = 16
 PRIORITY_RANGE = range(0, 11)
 MAX_SIGNAL_TOP_K = 100
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def validate(request: ChatRequest) -> None:
@@ -41,3 +45,45 @@ def validate(request: ChatRequest) -> None:
         )
     if request.priority not in PRIORITY_RANGE:
         raise InvalidRequest("priority", f"{request.priority} is outside 0 (interactive) .. 10 (background)")
+    _validate_tools(request)
+    _validate_turns(request)
+
+
+def _validate_tools(request: ChatRequest) -> None:
+    names: set[str] = set()
+    for i, tool in enumerate(request.tools):
+        if not TOOL_NAME.fullmatch(tool.name):
+            raise InvalidRequest(
+                f"tools[{i}].name", f"{tool.name!r} is not 1-64 letters, digits, underscores or hyphens"
+            )
+        if tool.name in names:
+            raise InvalidRequest(f"tools[{i}].name", f"{tool.name!r} is defined twice")
+        names.add(tool.name)
+        try:
+            schema = json.loads(tool.parameters)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"tools[{i}].parameters", f"not valid JSON ({exc.msg})") from None
+        if not isinstance(schema, dict) or schema.get("type", "object") != "object":
+            raise InvalidRequest(f"tools[{i}].parameters", "must be the JSON schema of an object")
+    choice = request.tool_choice
+    if choice is None:
+        return
+    if choice.mode in ("required", "function") and not request.tools:
+        raise InvalidRequest("tool_choice", f"{choice.mode!r} needs tools, and the request has none")
+    if choice.mode == "function" and choice.name not in names:
+        raise InvalidRequest("tool_choice.name", f"{choice.name!r} is not one of the request's tools")
+
+
+def _validate_turns(request: ChatRequest) -> None:
+    for i, message in enumerate(request.messages):
+        if message.role == "tool" and not message.tool_call_id:
+            raise InvalidRequest(f"messages[{i}].tool_call_id", "a tool turn must say which call it answers")
+        if message.tool_calls and message.role != "assistant":
+            raise InvalidRequest(f"messages[{i}].tool_calls", "only assistant turns carry tool calls")
+        for j, call in enumerate(message.tool_calls):
+            try:
+                json.loads(call.arguments)
+            except json.JSONDecodeError as exc:
+                raise InvalidRequest(
+                    f"messages[{i}].tool_calls[{j}].arguments", f"not valid JSON ({exc.msg})"
+                ) from None

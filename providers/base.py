@@ -8,13 +8,21 @@ from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Self
 
-from llmservice.types import ChatRequest, Completion, ModelInfo, StreamEnd, StreamEvent, TokenDelta
+from llmservice.types import (
+    ChatRequest,
+    Completion,
+    ModelInfo,
+    StreamEvent,
+    TokenDelta,
+    ToolCallDelta,
+    assemble_tool_calls,
+)
 
 
 class Provider(abc.ABC):
     """A backend that runs models. Owned by the application's lifespan as an async context manager.
 
-    `stream` yields TokenDelta events and ends with exactly one StreamEnd; it raises
+    `stream` yields TokenDelta and ToolCallDelta events and ends with exactly one StreamEnd; it raises
     llmservice.errors types for everything that goes wrong. Closing the iterator early
     (the caller cancelled) must stop the work it started.
     """
@@ -47,12 +55,22 @@ class Provider(abc.ABC):
     async def complete(self, model: str, request: ChatRequest) -> Completion:
         """Generate a whole reply; by default, the stream collected."""
         parts: list[str] = []
+        calls: list[ToolCallDelta] = []
         async with contextlib.aclosing(self.stream(model, request)) as events:
             async for event in events:
                 if isinstance(event, TokenDelta):
                     parts.append(event.text)
-                elif isinstance(event, StreamEnd):
-                    return Completion("".join(parts), model, self.name, event.finish_reason, event.usage)
+                elif isinstance(event, ToolCallDelta):
+                    calls.append(event)
+                else:
+                    return Completion(
+                        "".join(parts),
+                        model,
+                        self.name,
+                        event.finish_reason,
+                        event.usage,
+                        assemble_tool_calls(calls),
+                    )
         raise RuntimeError(f"provider {self.name} ended a stream without StreamEnd")
 
     async def __aenter__(self) -> Self:

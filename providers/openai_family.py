@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
@@ -20,14 +21,19 @@ import openai
 from llmservice.errors import DeadlineExceeded, InvalidRequest, LLMServiceError, Unavailable
 from llmservice.settings import AzureOpenAISettings, OpenAICompatibleSettings, OpenAISettings
 from llmservice.types import (
+    Candidate,
     Capabilities,
     ChatRequest,
     Completion,
     FinishReason,
+    Message,
     ModelInfo,
     StreamEnd,
     StreamEvent,
     TokenDelta,
+    TokenSignal,
+    ToolCall,
+    ToolCallDelta,
     Usage,
 )
 
@@ -45,6 +51,7 @@ _FINISH = {
     "content_filter": FinishReason.CONTENT_FILTER,
 }
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml")
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs
 
 Settings = OpenAISettings | AzureOpenAISettings | OpenAICompatibleSettings
 
@@ -96,7 +103,8 @@ class OpenAIFamilyProvider(Provider):
             ids = []
         if self._default_model not in ids:
             ids.insert(0, self._default_model)
-        return [ModelInfo(i, self.name, capabilities=Capabilities(streaming=True)) for i in ids]
+        capabilities = Capabilities(streaming=True, tools=True, vision=True, signals=True)
+        return [ModelInfo(i, self.name, capabilities=capabilities) for i in ids]
 
     def validate(self, model: str, request: ChatRequest) -> None:
         s = request.sampling
@@ -109,7 +117,17 @@ class OpenAIFamilyProvider(Provider):
                 if value is not None:
                     raise InvalidRequest(field, f"provider {self.name} has no {field} parameter")
         if request.signals is not None:
-            raise InvalidRequest("signal_options", f"provider {self.name} does not report token signals yet")
+            if request.signals.sampler_stages or request.signals.full_distribution:
+                raise InvalidRequest(
+                    "signal_options",
+                    f"provider {self.name} reports top logprobs only: "
+                    "no sampler stages and no full distribution",
+                )
+            if request.signals.top_k > MAX_TOP_LOGPROBS:
+                raise InvalidRequest(
+                    "signal_options.top_k",
+                    f"provider {self.name} gives at most {MAX_TOP_LOGPROBS} top logprobs per token",
+                )
         if request.constraint is not None and request.constraint.kind == "grammar":
             raise InvalidRequest("response_format.grammar", f"provider {self.name} takes no GBNF grammar")
         for i, attachment in enumerate(request.attachments):
@@ -130,6 +148,8 @@ class OpenAIFamilyProvider(Provider):
         """One non-streaming call: servers that leave usage out of streams still report it here."""
         body = self._body(model, request)
         body.pop("stream_options")
+        body.pop("logprobs", None)  # a whole reply carries no per-token signals
+        body.pop("top_logprobs", None)
         body["stream"] = False
 
         async def call() -> Completion:
@@ -149,7 +169,12 @@ class OpenAIFamilyProvider(Provider):
                 Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens) if reply.usage else Usage()
             )
             finish = _FINISH.get(choice.finish_reason or "stop", FinishReason.STOP)
-            return Completion(choice.message.content or "", model, self.name, finish, usage)
+            calls = tuple(
+                ToolCall(c.id, c.function.name, c.function.arguments)
+                for c in choice.message.tool_calls or ()
+                if c.type == "function"
+            )
+            return Completion(choice.message.content or "", model, self.name, finish, usage, calls)
 
         return await call_with_retries(call, self.retry, deadline=request.deadline)
 
@@ -163,8 +188,8 @@ class OpenAIFamilyProvider(Provider):
                 if chunk.usage is not None:
                     usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
                 for choice in chunk.choices[:1]:
-                    if choice.delta.content:
-                        yield TokenDelta(choice.delta.content)
+                    for event in _deltas(choice):
+                        yield event
                     if choice.finish_reason:
                         finish = _FINISH.get(choice.finish_reason, FinishReason.STOP)
         except openai.APIError as exc:
@@ -183,9 +208,13 @@ class OpenAIFamilyProvider(Provider):
         body: dict[str, Any] = {
             "model": model,
             "messages": _messages(request),
+            **_tools(request),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if request.signals is not None:
+            body["logprobs"] = True
+            body["top_logprobs"] = request.signals.top_k
         optional = {
             "temperature": temperature,
             "top_p": s.top_p,
@@ -253,8 +282,82 @@ def _upstream_message(exc: openai.APIStatusError) -> str:
     return exc.response.reason_phrase
 
 
+def _deltas(choice: Any) -> list[StreamEvent]:
+    """The events in one streamed choice: text (with signals when logprobs came) and tool calls."""
+    events: list[StreamEvent] = []
+    delta = choice.delta
+    entries = choice.logprobs.content if choice.logprobs is not None and choice.logprobs.content else []
+    if delta.content:
+        if len(entries) > 1 and "".join(e.token for e in entries) == delta.content:
+            events.extend(TokenDelta(e.token, signal=_signal(e)) for e in entries)
+        else:
+            events.append(TokenDelta(delta.content, signal=_signal(entries[-1]) if entries else None))
+    for call in delta.tool_calls or ():
+        function = call.function
+        events.append(
+            ToolCallDelta(
+                call.index,
+                call.id or "",
+                (function.name or "") if function else "",
+                (function.arguments or "") if function else "",
+            )
+        )
+    return events
+
+
+def _signal(entry: Any) -> TokenSignal:
+    """What a token's logprob and top logprobs tell: exact where they can, marked as such."""
+    top = sorted(entry.top_logprobs or (), key=lambda t: -t.logprob)
+    probs = [math.exp(t.logprob) for t in top]
+    return TokenSignal(
+        confidence=math.exp(entry.logprob),
+        entropy=-sum(p * math.log2(p) for p in probs if p > 0),  # over the top-k: a lower bound
+        top_gap=probs[0] - probs[1] if len(probs) > 1 else (probs[0] if probs else 0.0),
+        top_k=tuple(Candidate(-1, t.token, p) for t, p in zip(top, probs, strict=True)),
+        source="upstream_logprobs",
+    )
+
+
+def _tools(request: ChatRequest) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if request.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": json.loads(t.parameters),
+                },
+            }
+            for t in request.tools
+        ]
+    choice = request.tool_choice
+    if choice is not None:
+        if choice.mode == "function":
+            body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+        else:
+            body["tool_choice"] = choice.mode
+    return body
+
+
+def _message(m: Message) -> dict[str, Any]:
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
+    if m.tool_calls:
+        return {
+            "role": "assistant",
+            "content": m.content or None,
+            "tool_calls": [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in m.tool_calls
+            ],
+        }
+    return {"role": m.role, "content": m.content}
+
+
 def _messages(request: ChatRequest) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in request.messages]
+    messages: list[dict[str, Any]] = [_message(m) for m in request.messages]
     if not request.attachments:
         return messages
     parts: list[dict[str, Any]] = []

@@ -6,6 +6,7 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice.errors import InvalidRequest
 from llmservice.types import (
     DEFAULT_SIGNAL_TOP_K,
+    NO_PARAMETERS,
     ROLES,
     Attachment,
     Candidate,
@@ -21,6 +22,10 @@ from llmservice.types import (
     StreamEnd,
     TokenDelta,
     TokenSignal,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
 )
 
 _FINISH = {
@@ -28,6 +33,12 @@ _FINISH = {
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
     FinishReason.CONTENT_FILTER: pb.FINISH_REASON_CONTENT_FILTER,
+}
+
+
+_SOURCES = {
+    "engine": pb.SIGNAL_SOURCE_ENGINE,
+    "upstream_logprobs": pb.SIGNAL_SOURCE_UPSTREAM_LOGPROBS,
 }
 
 
@@ -50,7 +61,27 @@ def decode_chat_request(msg: pb.LLMChatRequest) -> ChatRequest:
         priority=msg.priority,
         signals=_signal_options(msg),
         constraint=_constraint(msg),
+        tools=tuple(Tool(t.name, t.description, t.parameters_json or NO_PARAMETERS) for t in msg.tools),
+        tool_choice=_tool_choice(msg),
     )
+
+
+_TOOL_MODES = {
+    pb.ToolChoice.MODE_UNSPECIFIED: "auto",
+    pb.ToolChoice.MODE_AUTO: "auto",
+    pb.ToolChoice.MODE_NONE: "none",
+    pb.ToolChoice.MODE_REQUIRED: "required",
+    pb.ToolChoice.MODE_FUNCTION: "function",
+}
+
+
+def _tool_choice(msg: pb.LLMChatRequest) -> ToolChoice | None:
+    if not msg.HasField("tool_choice"):
+        return None
+    mode = _TOOL_MODES.get(msg.tool_choice.mode)
+    if mode is None:
+        raise InvalidRequest("tool_choice.mode", f"unknown mode {msg.tool_choice.mode}")
+    return ToolChoice(mode, msg.tool_choice.name)  # type: ignore[arg-type]
 
 
 def _signal_options(msg: pb.LLMChatRequest) -> SignalOptions | None:
@@ -77,7 +108,15 @@ def _constraint(msg: pb.LLMChatRequest) -> Constraint | None:
 def _messages(msg: pb.LLMChatRequest) -> tuple[Message, ...]:
     """`messages` when set; otherwise the deprecated system_prompt and user_prompt."""
     if msg.messages:
-        return tuple(Message(_role(i, m.role), m.content) for i, m in enumerate(msg.messages))
+        return tuple(
+            Message(
+                _role(i, m.role),
+                m.content,
+                tuple(ToolCall(c.id, c.name, c.arguments_json) for c in m.tool_calls),
+                m.tool_call_id,
+            )
+            for i, m in enumerate(msg.messages)
+        )
     legacy: list[Message] = []
     if msg.system_prompt:
         legacy.append(Message("system", msg.system_prompt))
@@ -105,6 +144,18 @@ def encode_completion(completion: Completion) -> pb.LLMChatResponse:
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
         finish_reason=_FINISH[completion.finish_reason],
+        tool_calls=[
+            pb.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments) for c in completion.tool_calls
+        ],
+    )
+
+
+def encode_tool_call(delta: ToolCallDelta, model: str) -> pb.LLMChatChunk:
+    return pb.LLMChatChunk(
+        model=model,
+        tool_call=pb.ToolCallDelta(
+            index=delta.index, id=delta.id, name=delta.name, arguments_json=delta.arguments
+        ),
     )
 
 
@@ -120,6 +171,7 @@ def _signal(s: TokenSignal) -> pb.TokenSignalProto:
         confidence=s.confidence,
         entropy=s.entropy,
         top_gap=s.top_gap,
+        source=_SOURCES[s.source],
         top_k=[_candidate(c) for c in s.top_k],
         sampler_stages=[
             pb.SamplerStageProto(

@@ -16,7 +16,7 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.core import LLMCore
 from llmservice.errors import Unavailable
-from llmservice.types import ChatRequest, StreamEnd
+from llmservice.types import ChatRequest, TokenDelta, ToolCallDelta
 
 from . import codec
 from .status import to_status
@@ -77,10 +77,12 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
                 # which cancels its work.
                 async with contextlib.aclosing(stream.events) as events:
                     async for event in events:
-                        if isinstance(event, StreamEnd):
-                            yield codec.encode_end(event, stream.model, stream.provider)
-                        else:
+                        if isinstance(event, TokenDelta):
                             yield codec.encode_token(event, stream.model)
+                        elif isinstance(event, ToolCallDelta):
+                            yield codec.encode_tool_call(event, stream.model)
+                        else:
+                            yield codec.encode_end(event, stream.model, stream.provider)
         except Exception as exc:
             await _abort(context, exc)
 

@@ -117,6 +117,13 @@ class LlamaCppProvider(Provider):
             raise NotFound(
                 f"model {model!r} is not served by provider {self.name}; it serves {self._model_id!r}"
             )
+        if request.tools or request.tool_choice is not None:
+            raise InvalidRequest("tools", f"model {model} on the local engine does not call tools")
+        for i, message in enumerate(request.messages):
+            if message.role == "tool" or message.tool_calls:
+                raise InvalidRequest(
+                    f"messages[{i}]", f"model {model} on the local engine has no tool turns to read"
+                )
         for i, attachment in enumerate(request.attachments):
             if not attachment.mime_type.startswith(_TEXT_TYPES):
                 raise InvalidRequest(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
 import threading
 import time
@@ -31,6 +32,7 @@ class Reply:
     error: str = ""  # the error message in OpenAI's body
     cut_after: int | None = None  # stream: drop the connection after this many deltas
     malformed: bool = False  # stream: one frame that is not JSON
+    tool_calls: list[tuple[str, str, str]] = field(default_factory=list)  # (id, name, arguments JSON)
 
 
 @dataclass
@@ -46,14 +48,38 @@ class FakeOpenAI:
         return self.url.removesuffix("/v1")
 
 
-def _chunk(delta: dict[str, object], finish: str | None = None) -> dict[str, object]:
+def _chunk(delta: dict[str, object], finish: str | None = None, logprobs: object = None) -> dict[str, object]:
     return {
         "id": "chatcmpl-1",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": "fake-model",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
     }
+
+
+def _logprobs(word: str, top: int) -> dict[str, object]:
+    """The chosen word at p = 0.8, then runners-up at 0.1, 0.05, ..."""
+    candidates = [(word, 0.8)] + [(f"alt{i}", 0.1 / 2**i) for i in range(top - 1)]
+    entries = [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in candidates]
+    return {"content": [{**entries[0], "top_logprobs": entries[:top]}], "refusal": None}
+
+
+def _tool_call_chunks(calls: list[tuple[str, str, str]]) -> list[dict[str, object]]:
+    """Each call as OpenAI streams it: id and name first, then the arguments in two pieces."""
+    chunks = []
+    for index, (call_id, name, arguments) in enumerate(calls):
+        head = {
+            "index": index,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
+        chunks.append(_chunk({"tool_calls": [head]}))
+        half = len(arguments) // 2
+        for piece in (arguments[:half], arguments[half:]):
+            chunks.append(_chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
+    return chunks
 
 
 def _app(fake: FakeOpenAI) -> Starlette:
@@ -67,6 +93,10 @@ def _app(fake: FakeOpenAI) -> Starlette:
             return JSONResponse({"error": error}, status_code=reply.status, headers=reply.headers)
         words = [w + " " for w in reply.text.split(" ")]
         words[-1] = words[-1].rstrip()
+        calls = [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+            for i, n, a in reply.tool_calls
+        ]
         if not body.get("stream"):
             return JSONResponse(
                 {
@@ -77,8 +107,12 @@ def _app(fake: FakeOpenAI) -> Starlette:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": reply.text},
-                            "finish_reason": "stop",
+                            "message": {
+                                "role": "assistant",
+                                "content": reply.text,
+                                "tool_calls": calls or None,
+                            },
+                            "finish_reason": "tool_calls" if calls else "stop",
                         }
                     ],
                     "usage": {
@@ -97,10 +131,14 @@ def _app(fake: FakeOpenAI) -> Starlette:
                     raise ConnectionResetError("cut midway on purpose")
                 if reply.malformed and i == 1:
                     yield b"data: {not json\r\n\r\n"
-                yield b"data: " + json.dumps(_chunk({"content": word})).encode() + b"\r\n\r\n"
+                logprobs = _logprobs(word, body.get("top_logprobs") or 1) if body.get("logprobs") else None
+                yield b"data: " + json.dumps(_chunk({"content": word}, None, logprobs)).encode() + b"\r\n\r\n"
                 yield b": ping\r\n\r\n"
                 await asyncio.sleep(0)
-            yield b"data: " + json.dumps(_chunk({}, "stop")).encode() + b"\r\n\r\n"
+            for frame in _tool_call_chunks(reply.tool_calls):
+                yield b"data: " + json.dumps(frame).encode() + b"\r\n\r\n"
+            finish = "tool_calls" if reply.tool_calls else "stop"
+            yield b"data: " + json.dumps(_chunk({}, finish)).encode() + b"\r\n\r\n"
             usage = {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}
             final = {**_chunk({}), "choices": [], "usage": usage}
             yield b"data: " + json.dumps(final).encode() + b"\r\n\r\n"

@@ -88,10 +88,24 @@ async def test_chat_and_stream_chat_agree_at_temperature_zero(stub: pb_grpc.LLMS
     assert last.completion_tokens == 0
 
 
-async def test_a_bad_request_is_invalid_argument(stub: pb_grpc.LLMServiceStub) -> None:
-    request = ask("Hi")
+async def test_upstream_logprobs_arrive_as_marked_signals(stub: pb_grpc.LLMServiceStub) -> None:
+    request = ask("Name a colour.")
     request.signal_options.top_k = 3
+    chunks = [c async for c in stub.StreamChat(request)]
+    signals = [c.signal for c in chunks if c.token]
+    assert signals
+    for signal in signals:
+        assert signal.source == pb.SIGNAL_SOURCE_UPSTREAM_LOGPROBS
+        assert 0 < signal.confidence <= 1
+        probs = [c.prob for c in signal.top_k]
+        assert probs == sorted(probs, reverse=True)
+        assert len(probs) == 3
+
+
+async def test_signals_logprobs_cannot_give_are_invalid_argument(stub: pb_grpc.LLMServiceStub) -> None:
+    request = ask("Hi")
+    request.signal_options.sampler_stages = True
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await stub.Chat(request)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "signal_options" in (raised.value.details() or "")
+    assert "sampler stages" in (raised.value.details() or "")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,7 +19,20 @@ from llmservice.errors import (
     Unavailable,
 )
 from llmservice.settings import AzureOpenAISettings, OpenAISettings
-from llmservice.types import ChatRequest, Message, Sampling, StreamEnd, StreamEvent, TokenDelta
+from llmservice.types import (
+    ChatRequest,
+    Message,
+    Sampling,
+    SignalOptions,
+    StreamEnd,
+    StreamEvent,
+    TokenDelta,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    assemble_tool_calls,
+)
 from providers.openai_family import OpenAIFamilyProvider, azure_openai_provider, openai_provider
 from providers.remote.retry import RetryPolicy
 
@@ -178,3 +193,78 @@ async def test_azure_speaks_to_the_deployment_with_its_api_key_header() -> None:
     assert fake.deployments == ["gpt-4o-eu"]
     assert fake.headers[0]["api-key"] == KEY
     assert "authorization" not in fake.headers[0]
+
+
+WEATHER = Tool(
+    "get_weather", "Weather for a city", '{"type": "object", "properties": {"city": {"type": "string"}}}'
+)
+
+
+async def test_tools_go_up_and_streamed_tool_calls_come_back() -> None:
+    request = ChatRequest(
+        (
+            Message("user", "Weather in Paris and Rome?"),
+            Message("assistant", "", (ToolCall("call_0", "get_weather", '{"city": "Oslo"}'),)),
+            Message("tool", "cold", tool_call_id="call_0"),
+        ),
+        tools=(WEATHER,),
+        tool_choice=ToolChoice("function", "get_weather"),
+    )
+    calls = [("call_1", "get_weather", '{"city": "Paris"}'), ("call_2", "get_weather", '{"city": "Rome"}')]
+    with fake_openai(Reply(text="Checking", tool_calls=calls)) as fake:
+        async with provider_for(fake) as provider:
+            events = await collect(provider, request)
+            completion = await provider.complete("fake-model", request)
+    sent = fake.requests[0]
+    assert sent["tools"] == [
+        {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                          "parameters": json.loads(WEATHER.parameters)}},
+    ]  # fmt: skip
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["messages"][1]["tool_calls"][0]["function"] == {
+        "name": "get_weather",
+        "arguments": '{"city": "Oslo"}',
+    }
+    assert sent["messages"][2] == {"role": "tool", "tool_call_id": "call_0", "content": "cold"}
+    deltas = [e for e in events if isinstance(e, ToolCallDelta)]
+    assert assemble_tool_calls(deltas) == tuple(ToolCall(*c) for c in calls)
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert end.finish_reason == "tool_calls"
+    assert completion.tool_calls == tuple(ToolCall(*c) for c in calls)
+    assert completion.finish_reason == "tool_calls"
+
+
+async def test_logprobs_become_token_signals_marked_as_upstream() -> None:
+    request = ChatRequest(HELLO.messages, signals=SignalOptions(top_k=3))
+    with fake_openai(Reply(text="one two")) as fake:
+        async with provider_for(fake) as provider:
+            events = await collect(provider, request)
+    assert (fake.requests[0]["logprobs"], fake.requests[0]["top_logprobs"]) == (True, 3)
+    tokens = [e for e in events if isinstance(e, TokenDelta)]
+    assert [t.text for t in tokens] == ["one ", "two"]
+    for token in tokens:
+        signal = token.signal
+        assert signal is not None
+        assert signal.source == "upstream_logprobs"
+        assert signal.confidence == pytest.approx(0.8)
+        assert [c.prob for c in signal.top_k] == pytest.approx([0.8, 0.1, 0.05])
+        assert signal.top_gap == pytest.approx(0.7)
+        exact_part = -sum(p * math.log2(p) for p in (0.8, 0.1, 0.05))
+        assert signal.entropy == pytest.approx(exact_part)  # the top-k's share: a lower bound
+        assert signal.stages == ()
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        (SignalOptions(sampler_stages=True), "signal_options"),
+        (SignalOptions(top_k=21), "signal_options.top_k"),
+    ],
+)
+async def test_signals_logprobs_cannot_give_are_refused(options: SignalOptions, field: str) -> None:
+    with fake_openai() as fake:
+        async with provider_for(fake) as provider:
+            with pytest.raises(InvalidRequest) as raised:
+                provider.validate("fake-model", ChatRequest(HELLO.messages, signals=options))
+    assert raised.value.field == field

@@ -55,6 +55,32 @@ FINISH_REASON_CONTENT_FILTER: FinishReason.ValueType  # 4
 """The provider withheld content."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _SignalSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SignalSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SignalSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SIGNAL_SOURCE_UNSPECIFIED: _SignalSource.ValueType  # 0
+    SIGNAL_SOURCE_ENGINE: _SignalSource.ValueType  # 1
+    """The full raw distribution: every field exact."""
+    SIGNAL_SOURCE_UPSTREAM_LOGPROBS: _SignalSource.ValueType  # 2
+    """A provider's top logprobs: confidence, top_gap and top_k are exact; entropy is
+    over the top-k candidates only (a lower bound), and there are no sampler stages.
+    """
+
+class SignalSource(_SignalSource, metaclass=_SignalSourceEnumTypeWrapper):
+    """SignalSource tells exact signals from what a provider's logprobs allow."""
+
+SIGNAL_SOURCE_UNSPECIFIED: SignalSource.ValueType  # 0
+SIGNAL_SOURCE_ENGINE: SignalSource.ValueType  # 1
+"""The full raw distribution: every field exact."""
+SIGNAL_SOURCE_UPSTREAM_LOGPROBS: SignalSource.ValueType  # 2
+"""A provider's top logprobs: confidence, top_gap and top_k are exact; entropy is
+over the top-k candidates only (a lower bound), and there are no sampler stages.
+"""
+Global___SignalSource: _TypeAlias = SignalSource  # noqa: Y015
+
 @_typing.final
 class ChatMessage(_message.Message):
     """ChatMessage is one turn of a conversation."""
@@ -63,22 +89,165 @@ class ChatMessage(_message.Message):
 
     ROLE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     role: _builtins.str
-    """One of "system", "user", "assistant"."""
+    """One of "system", "user", "assistant", "tool"."""
     content: _builtins.str
+    tool_call_id: _builtins.str
+    """On a tool turn: the id of the call this is the result of."""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """On an assistant turn: the tools it called."""
+
     def __init__(
         self,
         *,
         role: _builtins.str = ...,
         content: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        tool_call_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class Tool(_message.Message):
+    """Tool is a function the model may call. `parameters_json` is a JSON schema of an object."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    parameters_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        parameters_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters_json", b"parameters_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tool: _TypeAlias = Tool  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """ToolCall is a call the model made: arguments as a JSON object in text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    arguments_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class ToolChoice(_message.Message):
+    """ToolChoice says whether the model must, may or must not call a tool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Mode:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ToolChoice._Mode.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        MODE_UNSPECIFIED: ToolChoice._Mode.ValueType  # 0
+        """as MODE_AUTO"""
+        MODE_AUTO: ToolChoice._Mode.ValueType  # 1
+        MODE_NONE: ToolChoice._Mode.ValueType  # 2
+        MODE_REQUIRED: ToolChoice._Mode.ValueType  # 3
+        MODE_FUNCTION: ToolChoice._Mode.ValueType  # 4
+        """must call the tool named `name`"""
+
+    class Mode(_Mode, metaclass=_ModeEnumTypeWrapper): ...
+    MODE_UNSPECIFIED: ToolChoice.Mode.ValueType  # 0
+    """as MODE_AUTO"""
+    MODE_AUTO: ToolChoice.Mode.ValueType  # 1
+    MODE_NONE: ToolChoice.Mode.ValueType  # 2
+    MODE_REQUIRED: ToolChoice.Mode.ValueType  # 3
+    MODE_FUNCTION: ToolChoice.Mode.ValueType  # 4
+    """must call the tool named `name`"""
+
+    MODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    mode: Global___ToolChoice.Mode.ValueType
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        mode: Global___ToolChoice.Mode.ValueType = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
+
+@_typing.final
+class ToolCallDelta(_message.Message):
+    """ToolCallDelta is a piece of a tool call as it streams: the first piece of a call
+    carries its id and name, later pieces more of its arguments.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    arguments_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "id", b"id", "index", b"index", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallDelta: _TypeAlias = ToolCallDelta  # noqa: Y015
 
 @_typing.final
 class Attachment(_message.Message):
@@ -131,6 +300,8 @@ class LLMChatRequest(_message.Message):
     REPETITION_PENALTY_FIELD_NUMBER: _builtins.int
     SIGNAL_OPTIONS_FIELD_NUMBER: _builtins.int
     RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     system_prompt: _builtins.str
     """Deprecated: use `messages`. Used only when `messages` is empty."""
     user_prompt: _builtins.str
@@ -182,6 +353,12 @@ class LLMChatRequest(_message.Message):
     def response_format(self) -> Global___ResponseFormat:
         """Constrains the output to a JSON schema, any JSON object, or a grammar."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """Tools the model may call, and whether it must."""
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice: ...
     def __init__(
         self,
         *,
@@ -202,10 +379,12 @@ class LLMChatRequest(_message.Message):
         repetition_penalty: _builtins.float | None = ...,
         signal_options: Global___SignalOptions | None = ...,
         response_format: Global___ResponseFormat | None = ...,
+        tools: _abc.Iterable[Global___Tool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_p", b"_min_p", "_repetition_penalty", b"_repetition_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "min_p", b"min_p", "repetition_penalty", b"repetition_penalty", "response_format", b"response_format", "seed", b"seed", "signal_options", b"signal_options", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_p", b"_min_p", "_repetition_penalty", b"_repetition_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "min_p", b"min_p", "repetition_penalty", b"repetition_penalty", "response_format", b"response_format", "seed", b"seed", "signal_options", b"signal_options", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_p", b"_min_p", "_repetition_penalty", b"_repetition_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "attachments", b"attachments", "max_tokens", b"max_tokens", "messages", b"messages", "min_p", b"min_p", "model", b"model", "priority", b"priority", "provider", b"provider", "repetition_penalty", b"repetition_penalty", "response_format", b"response_format", "seed", b"seed", "signal_options", b"signal_options", "stop", b"stop", "system_prompt", b"system_prompt", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p", "user_prompt", b"user_prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_p", b"_min_p", "_repetition_penalty", b"_repetition_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "attachments", b"attachments", "max_tokens", b"max_tokens", "messages", b"messages", "min_p", b"min_p", "model", b"model", "priority", b"priority", "provider", b"provider", "repetition_penalty", b"repetition_penalty", "response_format", b"response_format", "seed", b"seed", "signal_options", b"signal_options", "stop", b"stop", "system_prompt", b"system_prompt", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_k", b"top_k", "top_p", b"top_p", "user_prompt", b"user_prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__min_p: _TypeAlias = _typing.Literal["min_p"]  # noqa: Y015
     _WhichOneofArgType__min_p: _TypeAlias = _typing.Literal["_min_p", b"_min_p"]  # noqa: Y015
@@ -311,6 +490,7 @@ class LLMChatResponse(_message.Message):
     TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     model: _builtins.str
     prompt_tokens: _builtins.int
@@ -319,6 +499,10 @@ class LLMChatResponse(_message.Message):
     finish_reason: Global___FinishReason.ValueType
     provider: _builtins.str
     """Provider that served the request."""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """Tools the model called (finish_reason is then FINISH_REASON_TOOL_CALLS)."""
+
     def __init__(
         self,
         *,
@@ -329,10 +513,11 @@ class LLMChatResponse(_message.Message):
         total_tokens: _builtins.int = ...,
         finish_reason: Global___FinishReason.ValueType = ...,
         provider: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "content", b"content", "finish_reason", b"finish_reason", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "content", b"content", "finish_reason", b"finish_reason", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "tool_calls", b"tool_calls", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -354,6 +539,7 @@ class LLMChatChunk(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOKEN_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """Text of this token. Empty when the token ends inside a multi-byte
     character; the next chunk then carries the whole character.
@@ -377,6 +563,10 @@ class LLMChatChunk(_message.Message):
     def signal(self) -> Global___TokenSignalProto:
         """Per-token signals, when asked for."""
 
+    @_builtins.property
+    def tool_call(self) -> Global___ToolCallDelta:
+        """A piece of a tool call, on chunks that carry no token text."""
+
     def __init__(
         self,
         *,
@@ -390,10 +580,11 @@ class LLMChatChunk(_message.Message):
         finish_reason: Global___FinishReason.ValueType = ...,
         provider: _builtins.str = ...,
         token_id: _builtins.int | None = ...,
+        tool_call: Global___ToolCallDelta | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_token_id", b"_token_id", "signal", b"signal", "token_id", b"token_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_token_id", b"_token_id", "signal", b"signal", "token_id", b"token_id", "tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_token_id", b"_token_id", "completion_tokens", b"completion_tokens", "done", b"done", "finish_reason", b"finish_reason", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "signal", b"signal", "token", b"token", "token_id", b"token_id", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_token_id", b"_token_id", "completion_tokens", b"completion_tokens", "done", b"done", "finish_reason", b"finish_reason", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "signal", b"signal", "token", b"token", "token_id", b"token_id", "tool_call", b"tool_call", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__token_id: _TypeAlias = _typing.Literal["token_id"]  # noqa: Y015
     _WhichOneofArgType__token_id: _TypeAlias = _typing.Literal["_token_id", b"_token_id"]  # noqa: Y015
@@ -413,12 +604,15 @@ class TokenSignalProto(_message.Message):
     TOP_K_FIELD_NUMBER: _builtins.int
     FULL_DISTRIBUTION_FIELD_NUMBER: _builtins.int
     SAMPLER_STAGES_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     confidence: _builtins.float
     """Probability of the chosen token under the raw softmax of the vocabulary."""
     entropy: _builtins.float
     """Shannon entropy in bits of the raw distribution."""
     top_gap: _builtins.float
     """p(top1) - p(top2) of the raw distribution."""
+    source: Global___SignalSource.ValueType
+    """Where these numbers come from, and so how far they go."""
     @_builtins.property
     def top_k(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenCandidateProto]:
         """The k most likely raw candidates, most likely first."""
@@ -440,10 +634,11 @@ class TokenSignalProto(_message.Message):
         top_k: _abc.Iterable[Global___TokenCandidateProto] | None = ...,
         full_distribution: _abc.Iterable[_builtins.float] | None = ...,
         sampler_stages: _abc.Iterable[Global___SamplerStageProto] | None = ...,
+        source: Global___SignalSource.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "entropy", b"entropy", "full_distribution", b"full_distribution", "sampler_stages", b"sampler_stages", "top_gap", b"top_gap", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "entropy", b"entropy", "full_distribution", b"full_distribution", "sampler_stages", b"sampler_stages", "source", b"source", "top_gap", b"top_gap", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
