@@ -41,7 +41,7 @@ install: $(PYSTAMP) $(NODESTAMP)
 $(PYSTAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,openai]'
+	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
 # npm install, not npm ci: npm ci rejects lock files that hold only this platform's

@@ -40,6 +40,13 @@ DOCUMENTED_ENV: dict[str, tuple[str, ...]] = {
     "AZURE_OPENAI_DEPLOYMENT": ("azure_openai", "deployment"),
     "AZURE_OPENAI_API_VERSION": ("azure_openai", "api_version"),
     "AZURE_OPENAI_TEMPERATURE": ("azure_openai", "temperature"),
+    "ANTHROPIC_API_KEY": ("anthropic", "api_key"),
+    "ANTHROPIC_MODEL": ("anthropic", "model"),
+    "ANTHROPIC_TEMPERATURE": ("anthropic", "temperature"),
+    "ANTHROPIC_MAX_TOKENS": ("anthropic", "max_tokens"),
+    "OLLAMA_MODEL": ("ollama", "model"),
+    "OLLAMA_BASE_URL": ("ollama", "base_url"),
+    "OLLAMA_TEMPERATURE": ("ollama", "temperature"),
 }
 
 
@@ -86,7 +93,7 @@ class LlamaCppSettings(_Section):
     max_tokens: int = Field(512, ge=1, description="used when a request sets none")
 
 
-class _Remote(_Section):
+class RemoteSettings(_Section):
     """What every remote backend has: a request timeout and a retry budget."""
 
     timeout_s: float = Field(120.0, gt=0, description="one upstream call, first byte to last")
@@ -94,7 +101,7 @@ class _Remote(_Section):
     max_attempts: int = Field(3, ge=1, description="tries per call, the first included")
 
 
-class OpenAISettings(_Remote):
+class OpenAISettings(RemoteSettings):
     api_key: SecretStr | None = None
     model: str = "gpt-4o-mini"
     base_url: str = "https://api.openai.com/v1"
@@ -104,7 +111,7 @@ class OpenAISettings(_Remote):
         return [] if self.api_key else ["api_key"]
 
 
-class AzureOpenAISettings(_Remote):
+class AzureOpenAISettings(RemoteSettings):
     api_key: SecretStr | None = None
     endpoint: str = Field("", description="https://NAME.openai.azure.com")
     deployment: str = Field("", description="the deployment name, used as the model id")
@@ -115,7 +122,7 @@ class AzureOpenAISettings(_Remote):
         return [name for name in ("api_key", "endpoint", "deployment") if not getattr(self, name)]
 
 
-class OpenAICompatibleSettings(_Remote):
+class OpenAICompatibleSettings(RemoteSettings):
     """Any server that speaks the OpenAI API: vLLM, LM Studio, HF TGI, OpenRouter, llama.cpp."""
 
     base_url: str = Field("", description="e.g. http://127.0.0.1:8000/v1")
@@ -125,6 +132,30 @@ class OpenAICompatibleSettings(_Remote):
 
     def missing(self) -> list[str]:
         return [] if self.base_url else ["base_url"]
+
+
+class AnthropicSettings(RemoteSettings):
+    api_key: SecretStr | None = None
+    model: str = "claude-sonnet-4-5"
+    base_url: str = "https://api.anthropic.com"
+    temperature: float | None = Field(None, ge=0, le=1)
+    max_tokens: int = Field(4096, ge=1, description="Anthropic requires one; used when a request sets none")
+    api_version: str = Field("2023-06-01", description="the anthropic-version header")
+
+    def missing(self) -> list[str]:
+        return [] if self.api_key else ["api_key"]
+
+
+class OllamaSettings(RemoteSettings):
+    """An Ollama server's native API (not its OpenAI-compatible one)."""
+
+    base_url: str = "http://127.0.0.1:11434"
+    model: str = Field("", description="default model; Ollama has none of its own")
+    temperature: float | None = Field(None, ge=0, le=2)
+    keep_alive: str = Field("5m", description="how long Ollama keeps a model loaded after a request")
+
+    def missing(self) -> list[str]:
+        return [] if self.model else ["model"]
 
 
 class Settings(BaseSettings):
@@ -142,6 +173,8 @@ class Settings(BaseSettings):
     openai: OpenAISettings = OpenAISettings()
     azure_openai: AzureOpenAISettings = AzureOpenAISettings()
     openai_compatible: OpenAICompatibleSettings = OpenAICompatibleSettings()
+    anthropic: AnthropicSettings = AnthropicSettings()
+    ollama: OllamaSettings = OllamaSettings()
 
     @classmethod
     def settings_customise_sources(

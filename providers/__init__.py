@@ -37,15 +37,22 @@ def _openai_compatible(settings: Settings) -> Provider:
     return openai_compatible_provider(settings.openai_compatible)
 
 
+def _anthropic(settings: Settings) -> Provider:
+    from .anthropic import AnthropicProvider
+
+    return AnthropicProvider(settings.anthropic)
+
+
 FACTORIES: dict[str, Callable[[Settings], Provider]] = {
     "llamacpp": _llamacpp,
     "openai": _openai,
     "azure_openai": _azure_openai,
     "openai_compatible": _openai_compatible,
+    "anthropic": _anthropic,
 }
 
 # Remote providers are built when their required settings are present (or when one is
 # the default, which then fails naming what is missing); the local engine only as default.
-REMOTE = ("openai", "azure_openai", "openai_compatible")
+REMOTE = ("openai", "azure_openai", "openai_compatible", "anthropic")
 
 __all__ = ["FACTORIES", "REMOTE", "Provider"]

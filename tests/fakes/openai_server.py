@@ -1,8 +1,8 @@
-"""A local server speaking the OpenAI Chat Completions wire format, driven by a script.
+"""A local server speaking OpenAI's Chat Completions wire format (and Azure OpenAI's paths).
 
-Each request to /v1/chat/completions takes the next `Reply` from `script` (the last one
-repeats): a success (streamed as SSE with CRLF line ends, comments and pings, or as one
-JSON body), an error status with OpenAI's error body and headers, or a stream cut midway.
+A scripted success streams as SSE with CRLF line ends, comments and pings, tool-call
+deltas and logprobs when asked, a usage-only last chunk and `[DONE]`; or comes as one
+JSON body. Errors carry OpenAI's error body and the scripted headers.
 """
 
 from __future__ import annotations
@@ -10,42 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .upstream import Reply, Upstream, serving
 
-@dataclass
-class Reply:
-    status: int = 200
-    text: str = "Hello there"
-    headers: dict[str, str] = field(default_factory=dict)
-    error: str = ""  # the error message in OpenAI's body
-    cut_after: int | None = None  # stream: drop the connection after this many deltas
-    malformed: bool = False  # stream: one frame that is not JSON
-    tool_calls: list[tuple[str, str, str]] = field(default_factory=list)  # (id, name, arguments JSON)
-
-
-@dataclass
-class FakeOpenAI:
-    url: str
-    script: list[Reply]
-    requests: list[dict[str, object]] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-    deployments: list[str] = field(default_factory=list)  # Azure: the deployment of each call
-
-    @property
-    def origin(self) -> str:
-        return self.url.removesuffix("/v1")
+__all__ = ["Reply", "fake_openai"]
 
 
 def _chunk(delta: dict[str, object], finish: str | None = None, logprobs: object = None) -> dict[str, object]:
@@ -82,17 +58,14 @@ def _tool_call_chunks(calls: list[tuple[str, str, str]]) -> list[dict[str, objec
     return chunks
 
 
-def _app(fake: FakeOpenAI) -> Starlette:
+def _app(fake: Upstream) -> Starlette:
     async def completions(request: Request) -> Response:
         body = await request.json()
-        fake.requests.append(body)
-        fake.headers.append(dict(request.headers))
-        reply = fake.script[min(len(fake.requests) - 1, len(fake.script) - 1)]
+        reply = fake.take(body, dict(request.headers), request.url.path)
         if reply.status != 200:
             error = {"message": reply.error, "type": "error", "param": None, "code": None}
             return JSONResponse({"error": error}, status_code=reply.status, headers=reply.headers)
-        words = [w + " " for w in reply.text.split(" ")]
-        words[-1] = words[-1].rstrip()
+        words = reply.words
         calls = [
             {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
             for i, n, a in reply.tool_calls
@@ -156,7 +129,6 @@ def _app(fake: FakeOpenAI) -> Starlette:
         if "api-version" not in request.query_params:
             error = {"code": "404", "message": "Resource not found"}
             return JSONResponse({"error": error}, status_code=404)
-        fake.deployments.append(request.path_params["deployment"])
         return await completions(request)
 
     return Starlette(
@@ -169,20 +141,7 @@ def _app(fake: FakeOpenAI) -> Starlette:
 
 
 @contextmanager
-def fake_openai(*script: Reply) -> Iterator[FakeOpenAI]:
-    """The server on a free loopback port, in a thread, for the block."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    fake = FakeOpenAI(f"http://127.0.0.1:{port}/v1", list(script) or [Reply()])
-    server = uvicorn.Server(uvicorn.Config(_app(fake), log_level="error", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield fake
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+def fake_openai(*script: Reply) -> Iterator[Upstream]:
+    """OpenAI at `url + "/v1"`; Azure OpenAI at `url` as its endpoint."""
+    with serving(_app, script) as upstream:
+        yield upstream

@@ -1,0 +1,281 @@
+"""The `anthropic` backend: Anthropic's Messages API.
+
+Spoken with httpx and httpx-sse rather than the official SDK: the Messages API is a
+handful of JSON shapes and named SSE events, both small libraries are already here
+(httpx for the OpenAI client, httpx-sse for the MCP client), and plain HTTP keeps
+retries, errors and redaction the same as for every other backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import httpx
+import httpx_sse
+
+from llmservice.errors import InvalidRequest, LLMServiceError, Unavailable
+from llmservice.settings import AnthropicSettings
+from llmservice.types import (
+    Capabilities,
+    ChatRequest,
+    Completion,
+    FinishReason,
+    Message,
+    ModelInfo,
+    StreamEnd,
+    StreamEvent,
+    TokenDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+from .base import Provider
+from .remote.http import make_client, raise_for_status, transport_errors
+from .remote.retry import RetryPolicy, call_with_retries, stream_with_retries
+
+log = logging.getLogger(__name__)
+
+_FINISH = {
+    "end_turn": FinishReason.STOP,
+    "stop_sequence": FinishReason.STOP,
+    "pause_turn": FinishReason.STOP,
+    "max_tokens": FinishReason.LENGTH,
+    "model_context_window_exceeded": FinishReason.LENGTH,
+    "tool_use": FinishReason.TOOL_CALLS,
+    "refusal": FinishReason.CONTENT_FILTER,
+}
+_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml")
+_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
+class AnthropicProvider(Provider):
+    name = "anthropic"
+
+    def __init__(self, settings: AnthropicSettings) -> None:
+        self._settings = settings
+        self._key = settings.api_key.get_secret_value() if settings.api_key else ""
+        self._client: httpx.AsyncClient | None = None
+        self.retry = RetryPolicy(attempts=settings.max_attempts)
+
+    @property
+    def default_model(self) -> str:
+        return self._settings.model
+
+    async def start(self) -> None:
+        self._client = make_client(
+            self._settings,
+            base_url=self._settings.base_url,
+            headers={"x-api-key": self._key, "anthropic-version": self._settings.api_version},
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def list_models(self) -> list[ModelInfo]:
+        ids = [self.default_model]
+        try:
+            async with transport_errors(self.name, [self._key]):
+                response = await self._ready().get("/v1/models", params={"limit": 100})
+            await raise_for_status(response, self.name, model="", secrets=[self._key])
+            ids += [m["id"] for m in response.json().get("data", []) if m.get("id") != self.default_model]
+        except LLMServiceError as exc:
+            log.warning("%s: cannot list upstream models: %s", self.name, exc.message)
+        capabilities = Capabilities(streaming=True, tools=True, vision=True)
+        return [ModelInfo(i, self.name, capabilities=capabilities) for i in ids]
+
+    def validate(self, model: str, request: ChatRequest) -> None:
+        s = request.sampling
+        unsupported = {
+            "seed": s.seed,
+            "min_p": s.min_p,
+            "repetition_penalty": s.repetition_penalty,
+            "signal_options": request.signals,
+            "response_format": request.constraint,
+        }
+        for field, value in unsupported.items():
+            if value is not None:
+                raise InvalidRequest(field, f"provider {self.name} has no such parameter")
+        if s.temperature is not None and s.temperature > 1:
+            raise InvalidRequest("temperature", f"provider {self.name} takes temperatures up to 1")
+        for i, attachment in enumerate(request.attachments):
+            if not attachment.mime_type.startswith(_TEXT_TYPES) and attachment.mime_type not in _IMAGE_TYPES:
+                raise InvalidRequest(
+                    f"attachments[{i}].mime_type",
+                    f"provider {self.name} cannot read {attachment.mime_type or 'an untyped'!r} attachments",
+                )
+
+    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
+        body = {**self._body(model, request), "stream": True}
+        async for event in stream_with_retries(
+            lambda: self._one_stream(body, model), self.retry, deadline=request.deadline
+        ):
+            yield event
+
+    async def complete(self, model: str, request: ChatRequest) -> Completion:
+        body = self._body(model, request)
+
+        async def call() -> Completion:
+            async with transport_errors(self.name, [self._key]):
+                response = await self._ready().post("/v1/messages", json=body)
+            await raise_for_status(response, self.name, model=model, secrets=[self._key])
+            data = response.json()
+            blocks = data.get("content") or []
+            text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+            calls = tuple(
+                ToolCall(b["id"], b["name"], json.dumps(b.get("input") or {}))
+                for b in blocks
+                if b.get("type") == "tool_use"
+            )
+            usage = data.get("usage") or {}
+            return Completion(
+                text,
+                model,
+                self.name,
+                _FINISH.get(data.get("stop_reason") or "end_turn", FinishReason.STOP),
+                Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0)),
+                calls,
+            )
+
+        return await call_with_retries(call, self.retry, deadline=request.deadline)
+
+    async def _one_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
+        client = self._ready()
+        finish: FinishReason | None = None
+        prompt_tokens = completion_tokens = 0
+        tool_index: dict[int, int] = {}  # content block index -> tool call index
+        async with (
+            transport_errors(self.name, [self._key]),
+            httpx_sse.aconnect_sse(client, "POST", "/v1/messages", json=body) as source,
+        ):
+            await raise_for_status(source.response, self.name, model=model, secrets=[self._key])
+            try:
+                async for sse in source.aiter_sse():
+                    if sse.event == "ping" or not sse.data:
+                        continue
+                    data = sse.json()
+                    match sse.event:
+                        case "message_start":
+                            usage = data["message"].get("usage") or {}
+                            prompt_tokens = usage.get("input_tokens", 0)
+                            completion_tokens = usage.get("output_tokens", 0)
+                        case "content_block_start":
+                            block = data["content_block"]
+                            if block.get("type") == "tool_use":
+                                index = tool_index[data["index"]] = len(tool_index)
+                                yield ToolCallDelta(index, block["id"], block["name"])
+                            elif block.get("text"):
+                                yield TokenDelta(block["text"])
+                        case "content_block_delta":
+                            delta = data["delta"]
+                            if delta.get("type") == "text_delta":
+                                yield TokenDelta(delta["text"])
+                            elif delta.get("type") == "input_json_delta" and data["index"] in tool_index:
+                                yield ToolCallDelta(
+                                    tool_index[data["index"]], arguments=delta["partial_json"]
+                                )
+                        case "message_delta":
+                            reason = data.get("delta", {}).get("stop_reason")
+                            finish = _FINISH.get(reason, FinishReason.STOP) if reason else finish
+                            completion_tokens = (data.get("usage") or {}).get(
+                                "output_tokens", completion_tokens
+                            )
+                        case "message_stop":
+                            break
+                        case "error":
+                            error = data.get("error") or {}
+                            raise Unavailable(
+                                f"provider {self.name} failed midway: {error.get('type', 'error')}: "
+                                f"{error.get('message', '')}"
+                            )
+            except (ValueError, KeyError, TypeError):
+                raise Unavailable(f"provider {self.name} sent a stream that could not be read") from None
+        if finish is None:
+            raise Unavailable(f"provider {self.name} ended the stream before it finished")
+        yield StreamEnd(finish, Usage(prompt_tokens, completion_tokens))
+
+    def _body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        s = request.sampling
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        body: dict[str, Any] = {
+            "model": model,
+            "max_tokens": s.max_tokens or self._settings.max_tokens,
+            "messages": _messages(request),
+        }
+        temperature = s.temperature if s.temperature is not None else self._settings.temperature
+        optional = {
+            "system": system or None,
+            "temperature": temperature,
+            "top_p": s.top_p,
+            "top_k": s.top_k,
+            "stop_sequences": list(s.stop) or None,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if request.tools:
+            body["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": json.loads(t.parameters)}
+                for t in request.tools
+            ]
+        choice = request.tool_choice
+        if choice is not None:
+            body["tool_choice"] = {
+                "auto": {"type": "auto"},
+                "none": {"type": "none"},
+                "required": {"type": "any"},
+                "function": {"type": "tool", "name": choice.name},
+            }[choice.mode]
+        return body
+
+    def _ready(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError(f"provider {self.name} used before start()")
+        return self._client
+
+
+def _messages(request: ChatRequest) -> list[dict[str, Any]]:
+    """Anthropic's turns: system text goes apart, tool results are user turns, runs merge."""
+    turns: list[dict[str, Any]] = []
+    last_user = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=-1)
+    for i, m in enumerate(request.messages):
+        if m.role == "system":
+            continue
+        blocks = _blocks(m)
+        if i == last_user:
+            blocks += _attachment_blocks(request)
+        role = "assistant" if m.role == "assistant" else "user"
+        if turns and turns[-1]["role"] == role:  # consecutive tool results share one user turn
+            turns[-1]["content"] += blocks
+        else:
+            turns.append({"role": role, "content": blocks})
+    if last_user < 0 and request.attachments:
+        turns.append({"role": "user", "content": _attachment_blocks(request)})
+    return turns
+
+
+def _blocks(m: Message) -> list[dict[str, Any]]:
+    if m.role == "tool":
+        return [{"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}]
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content else []
+    blocks += [
+        {"type": "tool_use", "id": c.id, "name": c.name, "input": json.loads(c.arguments)}
+        for c in m.tool_calls
+    ]
+    return blocks
+
+
+def _attachment_blocks(request: ChatRequest) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for i, a in enumerate(request.attachments):
+        if a.mime_type in _IMAGE_TYPES:
+            data = a.data.split(",", 1)[1] if a.data.startswith("data:") else a.data
+            blocks.append(
+                {"type": "image", "source": {"type": "base64", "media_type": a.mime_type, "data": data}}
+            )
+        else:
+            blocks.append({"type": "text", "text": f"[attachment {a.filename or i + 1}]\n{a.data}"})
+    return blocks

@@ -1,0 +1,68 @@
+"""Plain-HTTP plumbing for the backends that have no official async client worth its weight.
+
+One httpx client per backend (proxies from HTTPS_PROXY / NO_PROXY through `trust_env`),
+upstream error bodies turned into domain errors, and transport failures told apart:
+a timeout is DEADLINE_EXCEEDED, anything else UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import httpx
+
+from llmservice.errors import DeadlineExceeded, Unavailable
+from llmservice.settings import RemoteSettings
+
+from .http_errors import from_status, redact
+
+
+def make_client(settings: RemoteSettings, **kwargs: Any) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
+    return httpx.AsyncClient(timeout=timeout, trust_env=True, **kwargs)
+
+
+async def raise_for_status(
+    response: httpx.Response, provider: str, *, model: str, secrets: Iterable[str] = ()
+) -> None:
+    """Raise the domain error for a 4xx or 5xx answer, with the upstream's own message."""
+    if response.status_code < 400:
+        return
+    await response.aread()
+    message = error_message(response.content) or response.reason_phrase
+    raise from_status(provider, response.status_code, message, response.headers, model=model, secrets=secrets)
+
+
+def error_message(body: bytes) -> str:
+    """The message in an error body, whichever common shape it has."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.decode(errors="replace")[:500]
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])  # OpenAI, Anthropic
+        if isinstance(error, str):
+            return error  # Ollama
+        errors = data.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            return str(errors[0].get("message", ""))  # watsonx
+        if isinstance(data.get("message"), str):
+            return str(data["message"])  # AWS
+    return body.decode(errors="replace")[:500]
+
+
+@contextlib.asynccontextmanager
+async def transport_errors(provider: str, secrets: Iterable[str] = ()) -> AsyncIterator[None]:
+    """Map httpx's transport failures inside the block to domain errors."""
+    try:
+        yield
+    except httpx.TimeoutException:
+        raise DeadlineExceeded(f"provider {provider} did not answer in time") from None
+    except httpx.TransportError as exc:
+        detail = redact(str(exc) or type(exc).__name__, secrets)
+        raise Unavailable(f"provider {provider} is unreachable or cut the connection: {detail}") from None

@@ -1,0 +1,130 @@
+"""A local server speaking Anthropic's Messages API: named SSE events, its error bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .upstream import Reply, Upstream, serving
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\r\ndata: {json.dumps(data)}\r\n\r\n".encode()
+
+
+def _message(model: str, content: list[dict[str, Any]], usage: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+def _app(fake: Upstream) -> Starlette:
+    async def messages(request: Request) -> Response:
+        body = await request.json()
+        reply = fake.take(body, dict(request.headers), request.url.path)
+        if reply.status != 200:
+            error = {"type": _ERROR_TYPES.get(reply.status, "api_error"), "message": reply.error}
+            return JSONResponse(
+                {"type": "error", "error": error}, status_code=reply.status, headers=reply.headers
+            )
+        words = reply.words
+        usage = {"input_tokens": 5, "output_tokens": len(words)}
+        stop = "tool_use" if reply.tool_calls else "end_turn"
+        if not body.get("stream"):
+            content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}]
+            content += [
+                {"type": "tool_use", "id": i, "name": n, "input": json.loads(a)}
+                for i, n, a in reply.tool_calls
+            ]
+            message = _message(body["model"], content, usage)
+            return JSONResponse({**message, "stop_reason": stop})
+
+        async def events() -> AsyncIterator[bytes]:
+            message = _message(body["model"], [], {"input_tokens": 5, "output_tokens": 1})
+            yield _event("message_start", {"type": "message_start", "message": message})
+            text_block = {"type": "text", "text": ""}
+            yield _event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": text_block},
+            )
+            yield _event("ping", {"type": "ping"})
+            for i, word in enumerate(words):
+                if reply.cut_after is not None and i == reply.cut_after:
+                    raise ConnectionResetError("cut midway on purpose")
+                if reply.malformed and i == 1:
+                    yield b"event: content_block_delta\r\ndata: {not json\r\n\r\n"
+                delta = {"type": "text_delta", "text": word}
+                yield _event(
+                    "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+                )
+                await asyncio.sleep(0)
+            yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            for n, (call_id, name, arguments) in enumerate(reply.tool_calls, start=1):
+                block = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
+                yield _event(
+                    "content_block_start", {"type": "content_block_start", "index": n, "content_block": block}
+                )
+                half = len(arguments) // 2
+                for piece in (arguments[:half], arguments[half:]):
+                    delta = {"type": "input_json_delta", "partial_json": piece}
+                    yield _event(
+                        "content_block_delta", {"type": "content_block_delta", "index": n, "delta": delta}
+                    )
+                yield _event("content_block_stop", {"type": "content_block_stop", "index": n})
+            delta = {"stop_reason": stop, "stop_sequence": None}
+            end = {"type": "message_delta", "delta": delta, "usage": {"output_tokens": len(words)}}
+            yield _event("message_delta", end)
+            yield _event("message_stop", {"type": "message_stop"})
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=reply.headers)
+
+    async def models(request: Request) -> Response:
+        data = [
+            {
+                "type": "model",
+                "id": "claude-fake",
+                "display_name": "Claude Fake",
+                "created_at": "2025-01-01T00:00:00Z",
+            }
+        ]
+        return JSONResponse(
+            {"data": data, "has_more": False, "first_id": "claude-fake", "last_id": "claude-fake"}
+        )
+
+    return Starlette(
+        routes=[
+            Route("/v1/messages", messages, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+        ]
+    )
+
+
+@contextmanager
+def fake_anthropic(*script: Reply) -> Iterator[Upstream]:
+    with serving(_app, script) as upstream:
+        yield upstream

@@ -1,0 +1,72 @@
+"""What every fake upstream shares: the script of replies, the record of calls, the server.
+
+A test scripts the replies in provider-neutral terms (`Reply`); each fake renders
+them in its own provider's wire format. Each call takes the next reply; the last one
+repeats.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    text: str = "Hello there"
+    headers: dict[str, str] = field(default_factory=dict)
+    error: str = ""  # the error message, in the provider's error body
+    cut_after: int | None = None  # stream: drop the connection after this many words
+    malformed: bool = False  # stream: one frame that is not JSON
+    tool_calls: list[tuple[str, str, str]] = field(default_factory=list)  # (id, name, arguments JSON)
+
+    @property
+    def words(self) -> list[str]:
+        """The text in the pieces it streams as: words with their following space."""
+        words = [w + " " for w in self.text.split(" ")]
+        words[-1] = words[-1].rstrip()
+        return words
+
+
+@dataclass
+class Upstream:
+    url: str
+    script: list[Reply]
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+
+    def take(self, body: dict[str, Any], headers: dict[str, str], path: str) -> Reply:
+        """Record a call and return its scripted reply."""
+        self.requests.append(body)
+        self.headers.append(headers)
+        self.paths.append(path)
+        return self.script[min(len(self.requests) - 1, len(self.script) - 1)]
+
+
+@contextmanager
+def serving(make_app: Callable[[Upstream], Starlette], script: tuple[Reply, ...]) -> Iterator[Upstream]:
+    """The fake on a free loopback port, in a thread, for the block."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    upstream = Upstream(f"http://127.0.0.1:{sock.getsockname()[1]}", list(script) or [Reply()])
+    server = uvicorn.Server(uvicorn.Config(make_app(upstream), log_level="error", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield upstream
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
