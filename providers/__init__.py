@@ -43,16 +43,23 @@ def _anthropic(settings: Settings) -> Provider:
     return AnthropicProvider(settings.anthropic)
 
 
+def _ollama(settings: Settings) -> Provider:
+    from .ollama import OllamaProvider
+
+    return OllamaProvider(settings.ollama)
+
+
 FACTORIES: dict[str, Callable[[Settings], Provider]] = {
     "llamacpp": _llamacpp,
     "openai": _openai,
     "azure_openai": _azure_openai,
     "openai_compatible": _openai_compatible,
     "anthropic": _anthropic,
+    "ollama": _ollama,
 }
 
 # Remote providers are built when their required settings are present (or when one is
 # the default, which then fails naming what is missing); the local engine only as default.
-REMOTE = ("openai", "azure_openai", "openai_compatible", "anthropic")
+REMOTE = ("openai", "azure_openai", "openai_compatible", "anthropic", "ollama")
 
 __all__ = ["FACTORIES", "REMOTE", "Provider"]

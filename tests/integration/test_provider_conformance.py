@@ -24,7 +24,7 @@ from llmservice.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from llmservice.settings import AnthropicSettings, AzureOpenAISettings, OpenAISettings
+from llmservice.settings import AnthropicSettings, AzureOpenAISettings, OllamaSettings, OpenAISettings
 from llmservice.types import (
     ChatRequest,
     Message,
@@ -38,10 +38,12 @@ from llmservice.types import (
 )
 from providers.anthropic import AnthropicProvider
 from providers.base import Provider
+from providers.ollama import OllamaProvider
 from providers.openai_family import azure_openai_provider, openai_provider
 from providers.remote.retry import RetryPolicy
 
 from ..fakes.anthropic_server import fake_anthropic
+from ..fakes.ollama_server import fake_ollama
 from ..fakes.openai_server import fake_openai
 from ..fakes.upstream import Reply, Upstream
 
@@ -57,7 +59,7 @@ class Backend:
     name: str
     fake: Callable[..., AbstractContextManager[Upstream]]
     make: Callable[[Upstream], Provider]
-    key_header: tuple[str, str]  # where the key travels: header name, value
+    key_header: tuple[str, str] | None  # where the key travels (header, value); None: no key
 
 
 BACKENDS = [
@@ -84,6 +86,12 @@ BACKENDS = [
         fake_anthropic,
         lambda up: AnthropicProvider(AnthropicSettings(api_key=SecretStr(KEY), base_url=up.url, model="m")),
         ("x-api-key", KEY),
+    ),
+    Backend(
+        "ollama",
+        fake_ollama,
+        lambda up: OllamaProvider(OllamaSettings(base_url=up.url, model="m")),
+        None,
     ),
 ]
 
@@ -118,8 +126,9 @@ async def test_a_stream_arrives_whole(backend: Backend) -> None:
     assert isinstance(end, StreamEnd)
     assert end.finish_reason == "stop"
     assert (end.usage.prompt_tokens, end.usage.completion_tokens) == (5, 3)
-    name, value = backend.key_header
-    assert upstream.headers[0][name] == value
+    if backend.key_header is not None:
+        name, value = backend.key_header
+        assert upstream.headers[0][name] == value
 
 
 async def test_a_whole_reply(backend: Backend) -> None:
@@ -215,6 +224,7 @@ async def test_a_malformed_frame_is_an_error_not_a_crash(backend: Backend) -> No
             await collect(provider)
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.key_header], ids=lambda b: b.name)
 async def test_the_key_appears_in_no_error_and_no_log_line(
     backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:

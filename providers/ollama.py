@@ -1,0 +1,297 @@
+"""The `ollama` backend: an Ollama server's native API (chat, tags, pull, keep-alive).
+
+The native API rather than Ollama's OpenAI-compatible one, because only the native one
+pulls models with progress and loads or unloads them (`keep_alive`). Spoken with httpx:
+the API is newline-delimited JSON, and the official `ollama` client would add a second
+HTTP stack and hide the status codes we map.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from llmservice.errors import InvalidRequest, LLMServiceError, Unavailable
+from llmservice.settings import OllamaSettings
+from llmservice.types import (
+    Capabilities,
+    ChatRequest,
+    Completion,
+    FinishReason,
+    Message,
+    ModelInfo,
+    StreamEnd,
+    StreamEvent,
+    TokenDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    assemble_tool_calls,
+)
+
+from .base import Provider
+from .remote.http import make_client, raise_for_status, transport_errors
+from .remote.retry import RetryPolicy, call_with_retries, stream_with_retries
+
+log = logging.getLogger(__name__)
+
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
+_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml")
+
+
+@dataclass(frozen=True, slots=True)
+class PullProgress:
+    """One step of a pull: a status line, and bytes done of a layer when downloading."""
+
+    status: str
+    digest: str = ""
+    total: int = 0
+    completed: int = 0
+
+
+class OllamaProvider(Provider):
+    name = "ollama"
+
+    def __init__(self, settings: OllamaSettings) -> None:
+        self._settings = settings
+        self._client: httpx.AsyncClient | None = None
+        self.retry = RetryPolicy(attempts=settings.max_attempts)
+
+    @property
+    def default_model(self) -> str:
+        return self._settings.model
+
+    async def start(self) -> None:
+        self._client = make_client(self._settings, base_url=self._settings.base_url)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def list_models(self) -> list[ModelInfo]:
+        names = [self.default_model]
+        try:
+            async with transport_errors(self.name):
+                response = await self._ready().get("/api/tags")
+            await raise_for_status(response, self.name, model="")
+            names += [
+                m["name"] for m in response.json().get("models", []) if m.get("name") != self.default_model
+            ]
+            loaded = set(await self.loaded_models())
+        except LLMServiceError as exc:
+            log.warning("%s: cannot list models: %s", self.name, exc.message)
+            loaded = set()
+        capabilities = Capabilities(streaming=True, tools=True, vision=True)
+        return [ModelInfo(n, self.name, loaded=n in loaded, capabilities=capabilities) for n in names]
+
+    def validate(self, model: str, request: ChatRequest) -> None:
+        if request.signals is not None:
+            raise InvalidRequest("signal_options", f"provider {self.name} reports no token signals")
+        if request.constraint is not None and request.constraint.kind == "grammar":
+            raise InvalidRequest("response_format.grammar", f"provider {self.name} takes no GBNF grammar")
+        if request.tool_choice is not None and request.tool_choice.mode != "auto":
+            raise InvalidRequest(
+                "tool_choice", f"provider {self.name} always lets the model choose (auto only)"
+            )
+        for i, attachment in enumerate(request.attachments):
+            if not attachment.mime_type.startswith((*_TEXT_TYPES, "image/")):
+                raise InvalidRequest(
+                    f"attachments[{i}].mime_type",
+                    f"provider {self.name} cannot read {attachment.mime_type or 'an untyped'!r} attachments",
+                )
+
+    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
+        body = {**self._body(model, request), "stream": True}
+        async for event in stream_with_retries(
+            lambda: self._one_stream(body, model), self.retry, deadline=request.deadline
+        ):
+            yield event
+
+    async def complete(self, model: str, request: ChatRequest) -> Completion:
+        body = {**self._body(model, request), "stream": False}
+
+        async def call() -> Completion:
+            async with transport_errors(self.name):
+                response = await self._ready().post("/api/chat", json=body)
+            await raise_for_status(response, self.name, model=model)
+            data = response.json()
+            message = data.get("message") or {}
+            calls = assemble_tool_calls(_tool_call_deltas(message, 0))
+            return Completion(
+                message.get("content", ""), model, self.name, _finish(data, calls), _usage(data), calls
+            )
+
+        return await call_with_retries(call, self.retry, deadline=request.deadline)
+
+    async def _one_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
+        client = self._ready()
+        calls = 0
+        async with transport_errors(self.name), client.stream("POST", "/api/chat", json=body) as response:
+            await raise_for_status(response, self.name, model=model)
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                    message = data.get("message") or {}
+                except (ValueError, AttributeError):
+                    raise Unavailable(f"provider {self.name} sent a stream that could not be read") from None
+                if "error" in data:
+                    raise Unavailable(f"provider {self.name} failed midway: {data['error']}")
+                if message.get("content"):
+                    yield TokenDelta(message["content"])
+                for delta in _tool_call_deltas(message, calls):
+                    calls += 1
+                    yield delta
+                if data.get("done"):
+                    finish = (
+                        FinishReason.TOOL_CALLS
+                        if calls
+                        else _FINISH.get(str(data.get("done_reason")), FinishReason.STOP)
+                    )
+                    yield StreamEnd(finish, _usage(data))
+                    return
+        raise Unavailable(f"provider {self.name} ended the stream before it finished")
+
+    async def pull(self, model: str) -> AsyncIterator[PullProgress]:
+        """Pull a model into the Ollama server, reporting its progress."""
+        client = self._ready()
+        async with (
+            transport_errors(self.name),
+            client.stream(
+                "POST", "/api/pull", json={"model": model, "stream": True}, timeout=None
+            ) as response,
+        ):
+            await raise_for_status(response, self.name, model=model)
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                data = json.loads(line)
+                if "error" in data:
+                    raise Unavailable(f"provider {self.name} could not pull {model!r}: {data['error']}")
+                yield PullProgress(
+                    data.get("status", ""),
+                    data.get("digest", ""),
+                    data.get("total", 0),
+                    data.get("completed", 0),
+                )
+
+    async def load(self, model: str) -> None:
+        """Load a model now and keep it for the configured keep-alive."""
+        await self._keep_alive(model, self._settings.keep_alive)
+
+    async def unload(self, model: str) -> None:
+        """Unload a model now (keep-alive zero)."""
+        await self._keep_alive(model, 0)
+
+    async def loaded_models(self) -> list[str]:
+        async with transport_errors(self.name):
+            response = await self._ready().get("/api/ps")
+        await raise_for_status(response, self.name, model="")
+        return [m["name"] for m in response.json().get("models", [])]
+
+    async def _keep_alive(self, model: str, keep_alive: str | int) -> None:
+        async with transport_errors(self.name):
+            response = await self._ready().post(
+                "/api/generate", json={"model": model, "keep_alive": keep_alive}
+            )
+        await raise_for_status(response, self.name, model=model)
+
+    def _body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        s = request.sampling
+        temperature = s.temperature if s.temperature is not None else self._settings.temperature
+        options = {
+            "temperature": temperature,
+            "top_p": s.top_p,
+            "top_k": s.top_k,
+            "min_p": s.min_p,
+            "repeat_penalty": s.repetition_penalty,
+            "seed": s.seed,
+            "stop": list(s.stop) or None,
+            "num_predict": s.max_tokens,
+        }
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": _messages(request),
+            "options": {k: v for k, v in options.items() if v is not None},
+            "keep_alive": self._settings.keep_alive,
+        }
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": json.loads(t.parameters),
+                    },
+                }
+                for t in request.tools
+            ]
+        if request.constraint is not None:
+            c = request.constraint
+            body["format"] = "json" if c.kind == "json_object" else json.loads(c.text)
+        return body
+
+    def _ready(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError(f"provider {self.name} used before start()")
+        return self._client
+
+
+def _tool_call_deltas(message: dict[str, Any], first_index: int) -> list[ToolCallDelta]:
+    """Ollama sends each tool call whole, arguments as an object and often without an id."""
+    deltas = []
+    for offset, call in enumerate(message.get("tool_calls") or ()):
+        function = call.get("function") or {}
+        call_id = call.get("id") or f"call_{uuid.uuid4().hex[:12]}"
+        arguments = function.get("arguments") or {}
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+        deltas.append(ToolCallDelta(first_index + offset, call_id, function.get("name", ""), text))
+    return deltas
+
+
+def _finish(data: dict[str, Any], calls: tuple[ToolCall, ...]) -> FinishReason:
+    if calls:
+        return FinishReason.TOOL_CALLS
+    return _FINISH.get(str(data.get("done_reason")), FinishReason.STOP)
+
+
+def _usage(data: dict[str, Any]) -> Usage:
+    return Usage(data.get("prompt_eval_count", 0), data.get("eval_count", 0))
+
+
+def _message(m: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in m.tool_calls
+        ]
+    if m.role == "tool":
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def _messages(request: ChatRequest) -> list[dict[str, Any]]:
+    messages = [_message(m) for m in request.messages]
+    if not request.attachments:
+        return messages
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last_user is None:
+        messages.append({"role": "user", "content": ""})
+        last_user = len(messages) - 1
+    target = messages[last_user]
+    for i, a in enumerate(request.attachments):
+        if a.mime_type.startswith("image/"):
+            data = a.data.split(",", 1)[1] if a.data.startswith("data:") else a.data
+            target.setdefault("images", []).append(data)
+        else:
+            target["content"] += f"\n\n[attachment {a.filename or i + 1}]\n{a.data}"
+    return messages

@@ -1,0 +1,128 @@
+"""A local server speaking Ollama's native API: NDJSON chat, tags, ps, pull progress, keep-alive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .upstream import Reply, Upstream, serving
+
+CREATED = "2025-06-01T12:00:00.000000Z"
+
+
+def _line(data: dict[str, Any]) -> bytes:
+    return json.dumps(data).encode() + b"\n"
+
+
+def _done(model: str, reply: Reply, words: list[str]) -> dict[str, Any]:
+    return {
+        "model": model,
+        "created_at": CREATED,
+        "done": True,
+        "done_reason": "stop",
+        "total_duration": 1000,
+        "load_duration": 10,
+        "prompt_eval_count": 5,
+        "prompt_eval_duration": 100,
+        "eval_count": len(words),
+        "eval_duration": 800,
+    }
+
+
+def _app(fake: Upstream) -> Starlette:
+    loaded: set[str] = set()
+
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        reply = fake.take(body, dict(request.headers), request.url.path)
+        if reply.status != 200:
+            return JSONResponse({"error": reply.error}, status_code=reply.status, headers=reply.headers)
+        model, words = body["model"], reply.words
+        loaded.add(model)
+        calls = [
+            {"function": {"name": n, "arguments": json.loads(a)}, "id": i} for i, n, a in reply.tool_calls
+        ]
+        if not body.get("stream", True):
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+            if calls:
+                message["tool_calls"] = calls
+            return JSONResponse({**_done(model, reply, words), "message": message})
+
+        async def lines() -> AsyncIterator[bytes]:
+            for i, word in enumerate(words):
+                if reply.cut_after is not None and i == reply.cut_after:
+                    yield b'{"model": "' + model.encode() + b'", "message": {"role": "assis'
+                    raise ConnectionResetError("cut midway on purpose")
+                if reply.malformed and i == 1:
+                    yield b"{not json\n"
+                message = {"role": "assistant", "content": word}
+                yield _line({"model": model, "created_at": CREATED, "message": message, "done": False})
+                await asyncio.sleep(0)
+            if calls:
+                message = {"role": "assistant", "content": "", "tool_calls": calls}
+                yield _line({"model": model, "created_at": CREATED, "message": message, "done": False})
+            yield _line({**_done(model, reply, words), "message": {"role": "assistant", "content": ""}})
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson", headers=reply.headers)
+
+    async def tags(request: Request) -> Response:
+        models = [{"name": "llama3.2:1b", "model": "llama3.2:1b", "size": 1300000000, "digest": "abc"}]
+        return JSONResponse({"models": models})
+
+    async def ps(request: Request) -> Response:
+        return JSONResponse({"models": [{"name": m, "model": m} for m in sorted(loaded)]})
+
+    async def generate(request: Request) -> Response:
+        body = await request.json()
+        fake.take(body, dict(request.headers), request.url.path)
+        model = body["model"]
+        if body.get("keep_alive") in (0, "0", "0s"):
+            loaded.discard(model)
+            reason = "unload"
+        else:
+            loaded.add(model)
+            reason = "load"
+        return JSONResponse(
+            {"model": model, "created_at": CREATED, "response": "", "done": True, "done_reason": reason}
+        )
+
+    async def pull(request: Request) -> Response:
+        body = await request.json()
+        fake.take(body, dict(request.headers), request.url.path)
+        if body["model"] == "missing":
+            return JSONResponse({"error": "pull model manifest: file does not exist"}, status_code=500)
+
+        async def progress() -> AsyncIterator[bytes]:
+            yield _line({"status": "pulling manifest"})
+            for done in (0, 500, 1000):
+                yield _line(
+                    {"status": "pulling abc123", "digest": "sha256:abc123", "total": 1000, "completed": done}
+                )
+            for status in ("verifying sha256 digest", "writing manifest", "success"):
+                yield _line({"status": status})
+
+        return StreamingResponse(progress(), media_type="application/x-ndjson")
+
+    return Starlette(
+        routes=[
+            Route("/api/chat", chat, methods=["POST"]),
+            Route("/api/tags", tags, methods=["GET"]),
+            Route("/api/ps", ps, methods=["GET"]),
+            Route("/api/generate", generate, methods=["POST"]),
+            Route("/api/pull", pull, methods=["POST"]),
+        ]
+    )
+
+
+@contextmanager
+def fake_ollama(*script: Reply) -> Iterator[Upstream]:
+    with serving(_app, script) as upstream:
+        yield upstream
