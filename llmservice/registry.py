@@ -11,6 +11,7 @@ from typing import Self
 from providers import FACTORIES, REMOTE, Provider
 
 from .errors import NotFound
+from .routing import FallbackRoute
 from .settings import Settings, SettingsError, env_name
 from .types import ModelInfo
 
@@ -18,33 +19,64 @@ from .types import ModelInfo
 class ProviderRegistry:
     """The configured providers, started and closed together."""
 
-    def __init__(self, providers: Mapping[str, Provider], default: str) -> None:
+    def __init__(
+        self, providers: Mapping[str, Provider], default: str, routes: Mapping[str, Provider] | None = None
+    ) -> None:
         if default not in providers:
             raise SettingsError(f"provider {default!r} is the default but is not configured")
         self._providers = dict(providers)
+        self._routes = dict(routes or {})
         self.default = default
         self._stack = contextlib.AsyncExitStack()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProviderRegistry:
-        factory = FACTORIES.get(settings.provider)
-        if factory is None:
+        """The default provider, every remote one whose settings are present, the named
+        deployments of llm.toml, and the fallback routes over them."""
+        known = sorted(set(FACTORIES) | set(settings.deployments))
+        if settings.provider not in known:
             raise SettingsError(
-                f"provider {settings.provider!r} [env LLM_PROVIDER] is not a known provider; "
-                f"known: {', '.join(sorted(FACTORIES))}"
+                f"provider {settings.provider!r} [env LLM_PROVIDER] is not a known provider or deployment; "
+                f"known: {', '.join(known)}"
             )
-        names = [settings.provider]
-        for name in REMOTE:
-            missing = getattr(settings, name).missing()
-            if name == settings.provider and missing:
-                variables = ", ".join(env_name((name, key)) for key in missing)
-                raise SettingsError(f"provider {name} is the default but needs {variables}")
-            if not missing and name != settings.provider:
-                names.append(name)
-        return cls({name: FACTORIES[name](settings) for name in names}, settings.provider)
+        providers: dict[str, Provider] = {}
+        if settings.provider == "llamacpp":
+            providers["llamacpp"] = FACTORIES["llamacpp"](settings.llamacpp, "llamacpp")
+        for kind in REMOTE:
+            missing = getattr(settings, kind).missing()
+            if kind == settings.provider and missing:
+                variables = ", ".join(env_name((kind, key)) for key in missing)
+                raise SettingsError(f"provider {kind} is the default but needs {variables}")
+            if not missing:
+                providers[kind] = FACTORIES[kind](getattr(settings, kind), kind)
+        for name, deployment in settings.deployments.items():
+            if name in FACTORIES:
+                raise SettingsError(f"deployments.{name}: that is the name of a provider; pick another")
+            section = deployment.with_key()
+            missing = section.missing()
+            if missing:
+                raise SettingsError(f"deployments.{name} needs {', '.join(missing)}")
+            providers[name] = FACTORIES[deployment.provider](section, name)
+        routes: dict[str, Provider] = {}
+        for model, members in settings.routes.items():
+            unknown = [m for m in members if m not in providers]
+            if unknown or not members:
+                raise SettingsError(
+                    f"routes.{model}: {', '.join(map(repr, unknown)) or 'no deployments'}; "
+                    f"configured: {', '.join(sorted(providers))}"
+                )
+            routes[model] = FallbackRoute(
+                model, [providers[m] for m in members], cooldown_s=settings.routing.cooldown_s
+            )
+        return cls(providers, settings.provider, routes)
 
     def resolve(self, provider: str, model: str) -> tuple[Provider, str]:
-        """The provider and model id that serve a request; empty names mean the defaults."""
+        """The provider and model id that serve a request; empty names mean the defaults.
+
+        A model that names a route goes to the route when no provider is named.
+        """
+        if not provider and model in self._routes:
+            return self._routes[model], model
         name = provider or self.default
         found = self._providers.get(name)
         if found is None:
@@ -59,6 +91,8 @@ class ProviderRegistry:
             for info in await provider.list_models():
                 is_default = name == self.default and info.id == provider.default_model
                 models.append(replace(info, is_default=True) if is_default else info)
+        for route in self._routes.values():
+            models += await route.list_models()
         return models
 
     async def __aenter__(self) -> Self:

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError
 from pydantic_settings import (
@@ -158,6 +158,61 @@ class OllamaSettings(RemoteSettings):
         return [] if self.model else ["model"]
 
 
+# A named deployment in llm.toml: one provider's settings under a name of its own, so a
+# provider can be configured several times (two Azure regions, say):
+#   [deployments.gpt-eu]
+#   provider = "azure_openai"
+#   endpoint = "https://eu.example.openai.azure.com"
+#   deployment = "gpt-4o"
+#   api_key_env = "AZURE_EU_KEY"      # secrets come from the environment, not the file
+
+
+class _Deployment(BaseModel):
+    api_key_env: str = Field("", description="environment variable holding this deployment's key")
+
+    def with_key(self) -> Any:
+        """These settings, with the key read from `api_key_env` when one is named."""
+        if not self.api_key_env:
+            return self
+        if self.api_key_env not in os.environ:
+            raise SettingsError(f"environment variable {self.api_key_env} (api_key_env) is not set")
+        return self.model_copy(update={"api_key": SecretStr(os.environ[self.api_key_env])})
+
+
+class OpenAIDeployment(OpenAISettings, _Deployment):
+    provider: Literal["openai"]
+
+
+class AzureOpenAIDeployment(AzureOpenAISettings, _Deployment):
+    provider: Literal["azure_openai"]
+
+
+class OpenAICompatibleDeployment(OpenAICompatibleSettings, _Deployment):
+    provider: Literal["openai_compatible"]
+
+
+class AnthropicDeployment(AnthropicSettings, _Deployment):
+    provider: Literal["anthropic"]
+
+
+class OllamaDeployment(OllamaSettings, _Deployment):
+    provider: Literal["ollama"]
+
+
+Deployment = Annotated[
+    OpenAIDeployment
+    | AzureOpenAIDeployment
+    | OpenAICompatibleDeployment
+    | AnthropicDeployment
+    | OllamaDeployment,
+    Field(discriminator="provider"),
+]
+
+
+class RoutingSettings(_Section):
+    cooldown_s: float = Field(30.0, ge=0, description="how long a failing deployment is skipped")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -175,6 +230,10 @@ class Settings(BaseSettings):
     openai_compatible: OpenAICompatibleSettings = OpenAICompatibleSettings()
     anthropic: AnthropicSettings = AnthropicSettings()
     ollama: OllamaSettings = OllamaSettings()
+    deployments: dict[str, Deployment] = Field(default_factory=dict)
+    # A model name served by an ordered list of deployments: the first that works answers.
+    routes: dict[str, list[str]] = Field(default_factory=dict)
+    routing: RoutingSettings = RoutingSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -175,6 +175,7 @@ class StreamEnd:
 
     finish_reason: FinishReason
     usage: Usage
+    provider: str = ""  # who served it, when not the provider the request went to (a route's deployment)
 
 
 StreamEvent = TokenDelta | ToolCallDelta | StreamEnd

@@ -1,55 +1,56 @@
 """Provider backends, each behind the `Provider` interface and built by name.
 
-`FACTORIES` is the one place that knows which names exist; the registry builds the
-configured ones from settings. Providers never import the HTTP shim.
+`FACTORIES` is the one place that knows which kinds exist: each builds a provider from
+its settings section and the name it serves under (the kind itself, or a deployment's
+name from llm.toml). The registry decides which to build. Providers never import the
+HTTP shim.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from llmservice.settings import Settings
+from typing import Any
 
 from .base import Provider
 
 
-def _llamacpp(settings: Settings) -> Provider:
+def _llamacpp(settings: Any, name: str) -> Provider:
     from .llamacpp import LlamaCppProvider  # imported on use: it loads llama.cpp's shared library
 
-    return LlamaCppProvider(settings.llamacpp)
+    return LlamaCppProvider(settings)
 
 
-def _openai(settings: Settings) -> Provider:
+def _openai(settings: Any, name: str) -> Provider:
     from .openai_family import openai_provider
 
-    return openai_provider(settings.openai)
+    return openai_provider(settings, name)
 
 
-def _azure_openai(settings: Settings) -> Provider:
+def _azure_openai(settings: Any, name: str) -> Provider:
     from .openai_family import azure_openai_provider
 
-    return azure_openai_provider(settings.azure_openai)
+    return azure_openai_provider(settings, name)
 
 
-def _openai_compatible(settings: Settings) -> Provider:
+def _openai_compatible(settings: Any, name: str) -> Provider:
     from .openai_family import openai_compatible_provider
 
-    return openai_compatible_provider(settings.openai_compatible)
+    return openai_compatible_provider(settings, name)
 
 
-def _anthropic(settings: Settings) -> Provider:
+def _anthropic(settings: Any, name: str) -> Provider:
     from .anthropic import AnthropicProvider
 
-    return AnthropicProvider(settings.anthropic)
+    return AnthropicProvider(settings, name)
 
 
-def _ollama(settings: Settings) -> Provider:
+def _ollama(settings: Any, name: str) -> Provider:
     from .ollama import OllamaProvider
 
-    return OllamaProvider(settings.ollama)
+    return OllamaProvider(settings, name)
 
 
-FACTORIES: dict[str, Callable[[Settings], Provider]] = {
+FACTORIES: dict[str, Callable[[Any, str], Provider]] = {
     "llamacpp": _llamacpp,
     "openai": _openai,
     "azure_openai": _azure_openai,

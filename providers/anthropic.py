@@ -55,7 +55,8 @@ _IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 class AnthropicProvider(Provider):
     name = "anthropic"
 
-    def __init__(self, settings: AnthropicSettings) -> None:
+    def __init__(self, settings: AnthropicSettings, name: str = "anthropic") -> None:
+        self.name = name
         self._settings = settings
         self._key = settings.api_key.get_secret_value() if settings.api_key else ""
         self._client: httpx.AsyncClient | None = None

@@ -58,7 +58,8 @@ class PullProgress:
 class OllamaProvider(Provider):
     name = "ollama"
 
-    def __init__(self, settings: OllamaSettings) -> None:
+    def __init__(self, settings: OllamaSettings, name: str = "ollama") -> None:
+        self.name = name
         self._settings = settings
         self._client: httpx.AsyncClient | None = None
         self.retry = RetryPolicy(attempts=settings.max_attempts)

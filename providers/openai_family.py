@@ -376,10 +376,10 @@ def _messages(request: ChatRequest) -> list[dict[str, Any]]:
     return messages
 
 
-def openai_provider(settings: OpenAISettings) -> OpenAIFamilyProvider:
+def openai_provider(settings: OpenAISettings, name: str = "openai") -> OpenAIFamilyProvider:
     key = settings.api_key.get_secret_value() if settings.api_key else ""
     return OpenAIFamilyProvider(
-        "openai",
+        name,
         settings,
         lambda http: openai.AsyncOpenAI(
             api_key=key, base_url=settings.base_url, max_retries=0, http_client=http
@@ -389,10 +389,10 @@ def openai_provider(settings: OpenAISettings) -> OpenAIFamilyProvider:
     )
 
 
-def azure_openai_provider(settings: AzureOpenAISettings) -> OpenAIFamilyProvider:
+def azure_openai_provider(settings: AzureOpenAISettings, name: str = "azure_openai") -> OpenAIFamilyProvider:
     key = settings.api_key.get_secret_value() if settings.api_key else ""
     return OpenAIFamilyProvider(
-        "azure_openai",
+        name,
         settings,
         lambda http: openai.AsyncAzureOpenAI(
             api_key=key,
@@ -407,10 +407,12 @@ def azure_openai_provider(settings: AzureOpenAISettings) -> OpenAIFamilyProvider
     )
 
 
-def openai_compatible_provider(settings: OpenAICompatibleSettings) -> OpenAIFamilyProvider:
+def openai_compatible_provider(
+    settings: OpenAICompatibleSettings, name: str = "openai_compatible"
+) -> OpenAIFamilyProvider:
     key = settings.api_key.get_secret_value() if settings.api_key else "none"
     return OpenAIFamilyProvider(
-        "openai_compatible",
+        name,
         settings,
         lambda http: openai.AsyncOpenAI(
             api_key=key, base_url=settings.base_url, max_retries=0, http_client=http

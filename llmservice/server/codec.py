@@ -198,7 +198,7 @@ def encode_end(end: StreamEnd, model: str, provider: str) -> pb.LLMChatChunk:
     return pb.LLMChatChunk(
         done=True,
         model=model,
-        provider=provider,
+        provider=end.provider or provider,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
