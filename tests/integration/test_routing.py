@@ -106,7 +106,7 @@ async def test_when_every_deployment_fails_the_caller_hears_it() -> None:
         settings,
     ):
         async with route_of(settings, Clock()) as route:
-            with pytest.raises(Unavailable, match="every deployment of gpt-4o failed.*us busy"):
+            with pytest.raises(Unavailable, match=r"every deployment of gpt-4o failed.*us busy"):
                 await route.complete("gpt-4o", HELLO)
 
 
