@@ -44,6 +44,11 @@ DOCUMENTED_ENV: dict[str, tuple[str, ...]] = {
     "ANTHROPIC_MODEL": ("anthropic", "model"),
     "ANTHROPIC_TEMPERATURE": ("anthropic", "temperature"),
     "ANTHROPIC_MAX_TOKENS": ("anthropic", "max_tokens"),
+    "WATSONX_APIKEY": ("watsonx", "api_key"),
+    "WATSONX_URL": ("watsonx", "url"),
+    "WATSONX_PROJECT_ID": ("watsonx", "project_id"),
+    "WATSONX_MODEL_ID": ("watsonx", "model"),
+    "WATSONX_TEMPERATURE": ("watsonx", "temperature"),
     "OLLAMA_MODEL": ("ollama", "model"),
     "OLLAMA_BASE_URL": ("ollama", "base_url"),
     "OLLAMA_TEMPERATURE": ("ollama", "temperature"),
@@ -146,6 +151,19 @@ class AnthropicSettings(RemoteSettings):
         return [] if self.api_key else ["api_key"]
 
 
+class WatsonxSettings(RemoteSettings):
+    api_key: SecretStr | None = None
+    url: str = Field("", description="the region's endpoint, e.g. https://us-south.ml.cloud.ibm.com")
+    project_id: str = ""
+    model: str = "ibm/granite-3-8b-instruct"
+    temperature: float | None = Field(None, ge=0, le=2)
+    iam_url: str = Field("https://iam.cloud.ibm.com", description="where the API key becomes a token")
+    api_version: str = Field("2024-10-08", description="the version query parameter")
+
+    def missing(self) -> list[str]:
+        return [name for name in ("api_key", "url", "project_id") if not getattr(self, name)]
+
+
 class OllamaSettings(RemoteSettings):
     """An Ollama server's native API (not its OpenAI-compatible one)."""
 
@@ -199,6 +217,10 @@ class OllamaDeployment(OllamaSettings, _Deployment):
     provider: Literal["ollama"]
 
 
+class WatsonxDeployment(WatsonxSettings, _Deployment):
+    provider: Literal["watsonx"]
+
+
 Deployment = Annotated[
     OpenAIDeployment
     | AzureOpenAIDeployment
@@ -230,6 +252,7 @@ class Settings(BaseSettings):
     openai_compatible: OpenAICompatibleSettings = OpenAICompatibleSettings()
     anthropic: AnthropicSettings = AnthropicSettings()
     ollama: OllamaSettings = OllamaSettings()
+    watsonx: WatsonxSettings = WatsonxSettings()
     deployments: dict[str, Deployment] = Field(default_factory=dict)
     # A model name served by an ordered list of deployments: the first that works answers.
     routes: dict[str, list[str]] = Field(default_factory=dict)

@@ -50,6 +50,12 @@ def _ollama(settings: Any, name: str) -> Provider:
     return OllamaProvider(settings, name)
 
 
+def _watsonx(settings: Any, name: str) -> Provider:
+    from .watsonx import WatsonxProvider
+
+    return WatsonxProvider(settings, name)
+
+
 FACTORIES: dict[str, Callable[[Any, str], Provider]] = {
     "llamacpp": _llamacpp,
     "openai": _openai,
@@ -57,10 +63,11 @@ FACTORIES: dict[str, Callable[[Any, str], Provider]] = {
     "openai_compatible": _openai_compatible,
     "anthropic": _anthropic,
     "ollama": _ollama,
+    "watsonx": _watsonx,
 }
 
 # Remote providers are built when their required settings are present (or when one is
 # the default, which then fails naming what is missing); the local engine only as default.
-REMOTE = ("openai", "azure_openai", "openai_compatible", "anthropic", "ollama")
+REMOTE = ("openai", "azure_openai", "openai_compatible", "anthropic", "ollama", "watsonx")
 
 __all__ = ["FACTORIES", "REMOTE", "Provider"]

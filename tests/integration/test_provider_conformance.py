@@ -24,7 +24,13 @@ from llmservice.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from llmservice.settings import AnthropicSettings, AzureOpenAISettings, OllamaSettings, OpenAISettings
+from llmservice.settings import (
+    AnthropicSettings,
+    AzureOpenAISettings,
+    OllamaSettings,
+    OpenAISettings,
+    WatsonxSettings,
+)
 from llmservice.types import (
     ChatRequest,
     Message,
@@ -41,11 +47,13 @@ from providers.base import Provider
 from providers.ollama import OllamaProvider
 from providers.openai_family import azure_openai_provider, openai_provider
 from providers.remote.retry import RetryPolicy
+from providers.watsonx import WatsonxProvider
 
 from ..fakes.anthropic_server import fake_anthropic
 from ..fakes.ollama_server import fake_ollama
 from ..fakes.openai_server import fake_openai
 from ..fakes.upstream import Reply, Upstream
+from ..fakes.watsonx_server import fake_watsonx
 
 KEY = "sk-test-LEAKCANARY-0123456789abcdef"
 HELLO = ChatRequest((Message("user", "Say hello."),))
@@ -86,6 +94,14 @@ BACKENDS = [
         fake_anthropic,
         lambda up: AnthropicProvider(AnthropicSettings(api_key=SecretStr(KEY), base_url=up.url, model="m")),
         ("x-api-key", KEY),
+    ),
+    Backend(
+        "watsonx",
+        lambda *script: fake_watsonx(*script, api_key=KEY),
+        lambda up: WatsonxProvider(
+            WatsonxSettings(api_key=SecretStr(KEY), url=up.url, iam_url=up.url, project_id="p1", model="m")
+        ),
+        ("authorization", "Bearer tok-0"),
     ),
     Backend(
         "ollama",

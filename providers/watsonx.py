@@ -1,0 +1,315 @@
+"""The `watsonx` backend: IBM watsonx.ai's chat API, with IAM token exchange and refresh.
+
+Spoken with httpx and httpx-sse: IBM's SDK (ibm-watsonx-ai) is synchronous and pulls in
+pandas and more; the API itself is an OpenAI-like JSON chat plus one token exchange.
+The API key is exchanged at IAM for a bearer token, which is reused until a minute
+before it expires, and fetched anew when the service says it has expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import httpx_sse
+
+from llmservice.errors import InvalidRequest, LLMServiceError, ProviderAuthFailed, Unavailable
+from llmservice.settings import WatsonxSettings
+from llmservice.types import (
+    Capabilities,
+    ChatRequest,
+    Completion,
+    FinishReason,
+    Message,
+    ModelInfo,
+    StreamEnd,
+    StreamEvent,
+    TokenDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+from .base import Provider
+from .remote.http import error_message, make_client, raise_for_status, transport_errors
+from .remote.retry import RetryPolicy, call_with_retries, stream_with_retries
+
+log = logging.getLogger(__name__)
+
+_FINISH = {
+    "stop": FinishReason.STOP,
+    "eos_token": FinishReason.STOP,
+    "stop_sequence": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "max_tokens": FinishReason.LENGTH,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "content_filter": FinishReason.CONTENT_FILTER,
+}
+_REFRESH_MARGIN_S = 60.0  # fetch a new token this long before the old one expires
+_GRANT = "urn:ibm:params:oauth:grant-type:apikey"
+
+
+class WatsonxProvider(Provider):
+    def __init__(
+        self, settings: WatsonxSettings, name: str = "watsonx", *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        self._key = settings.api_key.get_secret_value() if settings.api_key else ""
+        self._client: httpx.AsyncClient | None = None
+        self._token = ""
+        self._expires = 0.0
+        self._token_lock = asyncio.Lock()
+        self._clock = clock
+        self.tokens_fetched = 0
+        self.retry = RetryPolicy(attempts=settings.max_attempts)
+
+    @property
+    def default_model(self) -> str:
+        return self._settings.model
+
+    async def start(self) -> None:
+        self._client = make_client(self._settings)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def list_models(self) -> list[ModelInfo]:
+        ids = [self.default_model]
+        try:
+            async with transport_errors(self.name, [self._key]):
+                response = await self._ready().get(
+                    f"{self._settings.url}/ml/v1/foundation_model_specs",
+                    params={
+                        "version": self._settings.api_version,
+                        "filters": "function_text_chat",
+                        "limit": 200,
+                    },
+                )
+            await raise_for_status(response, self.name, model="", secrets=[self._key])
+            ids += [
+                m["model_id"] for m in response.json().get("resources", []) if m.get("model_id") != ids[0]
+            ]
+        except LLMServiceError as exc:
+            log.warning("%s: cannot list models: %s", self.name, exc.message)
+        return [ModelInfo(i, self.name, capabilities=Capabilities(streaming=True, tools=True)) for i in ids]
+
+    def validate(self, model: str, request: ChatRequest) -> None:
+        s = request.sampling
+        unsupported = {
+            "top_k": s.top_k,
+            "min_p": s.min_p,
+            "repetition_penalty": s.repetition_penalty,
+            "signal_options": request.signals,
+        }
+        for field, value in unsupported.items():
+            if value is not None:
+                raise InvalidRequest(field, f"provider {self.name} has no such chat parameter")
+        if request.constraint is not None and request.constraint.kind == "grammar":
+            raise InvalidRequest("response_format.grammar", f"provider {self.name} takes no GBNF grammar")
+        if request.attachments:
+            raise InvalidRequest("attachments", f"provider {self.name} takes no attachments here")
+
+    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
+        body = self._body(model, request)
+        async for event in stream_with_retries(
+            lambda: self._one_stream(body, model), self.retry, deadline=request.deadline
+        ):
+            yield event
+
+    async def complete(self, model: str, request: ChatRequest) -> Completion:
+        body = self._body(model, request)
+
+        async def call() -> Completion:
+            response = await self._send(
+                lambda client, headers: client.post(self._endpoint("chat"), json=body, headers=headers)
+            )
+            await raise_for_status(response, self.name, model=model, secrets=[self._key])
+            data = response.json()
+            choice = (data.get("choices") or [{}])[0]
+            message = choice.get("message") or {}
+            calls = tuple(
+                ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "{}")
+                for c in message.get("tool_calls") or ()
+            )
+            usage = data.get("usage") or {}
+            finish = _FINISH.get(choice.get("finish_reason") or "stop", FinishReason.STOP)
+            return Completion(
+                message.get("content") or "",
+                model,
+                self.name,
+                finish,
+                Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+                calls,
+            )
+
+        return await call_with_retries(call, self.retry, deadline=request.deadline)
+
+    async def _one_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
+        finish: FinishReason | None = None
+        usage = Usage()
+        for attempt in range(2):  # a second time only with a fresh token
+            headers = await self._auth(force=attempt > 0)
+            async with (
+                transport_errors(self.name, [self._key]),
+                httpx_sse.aconnect_sse(
+                    self._ready(), "POST", self._endpoint("chat_stream"), json=body, headers=headers
+                ) as source,
+            ):
+                if attempt == 0 and await _expired(source.response):
+                    continue
+                await raise_for_status(source.response, self.name, model=model, secrets=[self._key])
+                try:
+                    async for sse in source.aiter_sse():
+                        if not sse.data:
+                            continue
+                        data = sse.json()
+                        if data.get("usage"):
+                            usage = Usage(
+                                data["usage"].get("prompt_tokens", 0),
+                                data["usage"].get("completion_tokens", 0),
+                            )
+                        for choice in (data.get("choices") or [])[:1]:
+                            for event in _choice_events(choice):
+                                yield event
+                            if choice.get("finish_reason"):
+                                finish = _FINISH.get(choice["finish_reason"], FinishReason.STOP)
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    raise Unavailable(f"provider {self.name} sent a stream that could not be read") from None
+            break
+        if finish is None:
+            raise Unavailable(f"provider {self.name} ended the stream before it finished")
+        yield StreamEnd(finish, usage)
+
+    async def _send(self, request: Callable[[httpx.AsyncClient, dict[str, str]], Any]) -> httpx.Response:
+        """Send with the current token; once more with a fresh one if it had expired."""
+        response: httpx.Response = httpx.Response(500)
+        for attempt in range(2):
+            headers = await self._auth(force=attempt > 0)
+            async with transport_errors(self.name, [self._key]):
+                response = await request(self._ready(), headers)
+            if not await _expired(response):
+                break
+        return response
+
+    async def _auth(self, *, force: bool = False) -> dict[str, str]:
+        async with self._token_lock:
+            if force or not self._token or self._clock() >= self._expires - _REFRESH_MARGIN_S:
+                await self._fetch_token()
+        return {"Authorization": f"Bearer {self._token}"}
+
+    async def _fetch_token(self) -> None:
+        async with transport_errors(self.name, [self._key]):
+            response = await self._ready().post(
+                f"{self._settings.iam_url}/identity/token",
+                data={"grant_type": _GRANT, "apikey": self._key},
+                headers={"Accept": "application/json"},
+            )
+        if response.status_code in (400, 401, 403):  # IAM answers an unknown key with 400
+            raise ProviderAuthFailed(
+                f"provider {self.name}: IBM Cloud IAM rejected the service's API key "
+                f"(HTTP {response.status_code})"
+            )
+        await raise_for_status(response, self.name, model="", secrets=[self._key])
+        data = response.json()
+        self._token = data["access_token"]
+        self._expires = float(data.get("expiration") or self._clock() + float(data.get("expires_in", 3600)))
+        self.tokens_fetched += 1
+
+    def _endpoint(self, kind: str) -> str:
+        return f"{self._settings.url}/ml/v1/text/{kind}?version={self._settings.api_version}"
+
+    def _body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        s = request.sampling
+        temperature = s.temperature if s.temperature is not None else self._settings.temperature
+        body: dict[str, Any] = {
+            "model_id": model,
+            "project_id": self._settings.project_id,
+            "messages": [_message(m) for m in request.messages],
+        }
+        optional = {
+            "temperature": temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+            "seed": s.seed,
+            "stop": list(s.stop) or None,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": json.loads(t.parameters),
+                    },
+                }
+                for t in request.tools
+            ]
+        choice = request.tool_choice
+        if choice is not None:
+            if choice.mode == "function":
+                body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+            else:
+                body["tool_choice_option"] = choice.mode
+        if request.constraint is not None:
+            c = request.constraint
+            body["response_format"] = (
+                {"type": "json_object"}
+                if c.kind == "json_object"
+                else {
+                    "type": "json_schema",
+                    "json_schema": {"name": "response", "schema": json.loads(c.text)},
+                }
+            )
+        return body
+
+    def _ready(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError(f"provider {self.name} used before start()")
+        return self._client
+
+
+async def _expired(response: httpx.Response) -> bool:
+    """A 401 that says the token expired (as opposed to a key that is no good)."""
+    if response.status_code != 401:
+        return False
+    await response.aread()
+    return "expired" in error_message(response.content)
+
+
+def _choice_events(choice: dict[str, Any]) -> list[StreamEvent]:
+    """Text and tool-call pieces of one streamed choice (watsonx's chunks follow OpenAI's)."""
+    delta = choice.get("delta") or {}
+    events: list[StreamEvent] = [TokenDelta(delta["content"])] if delta.get("content") else []
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") or {}
+        events.append(
+            ToolCallDelta(
+                call.get("index", 0),
+                call.get("id") or "",
+                function.get("name") or "",
+                function.get("arguments") or "",
+            )
+        )
+    return events
+
+
+def _message(m: Message) -> dict[str, Any]:
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    return out

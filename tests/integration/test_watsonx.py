@@ -1,0 +1,90 @@
+"""watsonx: the IAM token is fetched once, refreshed before it expires and when refused."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import SecretStr
+
+from llmservice.errors import ProviderAuthFailed
+from llmservice.settings import WatsonxSettings
+from llmservice.types import ChatRequest, Message
+from providers.watsonx import WatsonxProvider
+
+from ..fakes.upstream import Upstream
+from ..fakes.watsonx_server import Tokens, fake_watsonx
+
+KEY = "wx-api-key-0123456789"
+HELLO = ChatRequest((Message("user", "Hi"),))
+
+
+class Clock:
+    def __init__(self) -> None:
+        import time
+
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextlib.asynccontextmanager
+async def watsonx(
+    tokens: Tokens, clock: Clock | None = None, key: str = KEY
+) -> AsyncIterator[tuple[WatsonxProvider, Upstream]]:
+    with fake_watsonx(api_key=KEY, tokens=tokens) as upstream:
+        settings = WatsonxSettings(
+            api_key=SecretStr(key),
+            url=upstream.url,
+            iam_url=upstream.url,
+            project_id="proj-1",
+            model="ibm/granite",
+        )
+        provider = WatsonxProvider(settings, clock=clock or Clock())
+        async with provider:
+            yield provider, upstream
+
+
+async def test_one_token_serves_many_calls_and_the_request_names_the_project() -> None:
+    tokens = Tokens(KEY)
+    async with watsonx(tokens) as (provider, upstream):
+        for _ in range(3):
+            await provider.complete("ibm/granite", HELLO)
+        [e async for e in provider.stream("ibm/granite", HELLO)]
+    assert tokens.issued == 1
+    assert {r["project_id"] for r in upstream.requests} == {"proj-1"}
+    assert {r["model_id"] for r in upstream.requests} == {"ibm/granite"}
+
+
+async def test_a_token_is_refreshed_a_minute_before_it_expires() -> None:
+    tokens, clock = Tokens(KEY, ttl_s=3600), Clock()
+    async with watsonx(tokens, clock) as (provider, _):
+        await provider.complete("ibm/granite", HELLO)
+        clock.now += 3600 - 61
+        await provider.complete("ibm/granite", HELLO)
+        clock.now += 2
+        await provider.complete("ibm/granite", HELLO)
+    assert tokens.issued == 2
+
+
+async def test_a_token_the_service_calls_expired_is_replaced_and_the_call_goes_through() -> None:
+    tokens = Tokens(KEY)
+    async with watsonx(tokens) as (provider, _):
+        await provider.complete("ibm/granite", HELLO)
+        tokens.expire_all()
+        completion = await provider.complete("ibm/granite", HELLO)
+        tokens.expire_all()
+        streamed = [e async for e in provider.stream("ibm/granite", HELLO)]
+    assert completion.text == "Hello there"
+    assert streamed
+    assert tokens.issued == 3
+
+
+async def test_an_unknown_api_key_is_a_rejected_credential_without_the_key() -> None:
+    async with watsonx(Tokens(KEY), key="wx-wrong-key-9876543210") as (provider, _):
+        with pytest.raises(ProviderAuthFailed) as raised:
+            await provider.complete("ibm/granite", HELLO)
+    assert "IAM rejected" in raised.value.message
+    assert "wx-wrong" not in raised.value.message
