@@ -49,6 +49,10 @@ DOCUMENTED_ENV: dict[str, tuple[str, ...]] = {
     "WATSONX_PROJECT_ID": ("watsonx", "project_id"),
     "WATSONX_MODEL_ID": ("watsonx", "model"),
     "WATSONX_TEMPERATURE": ("watsonx", "temperature"),
+    "AWS_BEDROCK_MODEL_ID": ("aws_bedrock", "model"),
+    "AWS_BEDROCK_REGION": ("aws_bedrock", "region"),
+    "AWS_BEDROCK_TEMPERATURE": ("aws_bedrock", "temperature"),
+    "AWS_BEDROCK_MAX_TOKENS": ("aws_bedrock", "max_tokens"),
     "OLLAMA_MODEL": ("ollama", "model"),
     "OLLAMA_BASE_URL": ("ollama", "base_url"),
     "OLLAMA_TEMPERATURE": ("ollama", "temperature"),
@@ -164,6 +168,22 @@ class WatsonxSettings(RemoteSettings):
         return [name for name in ("api_key", "url", "project_id") if not getattr(self, name)]
 
 
+class BedrockSettings(RemoteSettings):
+    """AWS Bedrock's Converse API. Credentials come from the standard AWS chain
+    (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_PROFILE, roles)."""
+
+    model: str = Field(
+        "", description="a model or inference profile id, e.g. anthropic.claude-3-haiku-20240307-v1:0"
+    )
+    region: str = ""
+    temperature: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    endpoint_url: str = Field("", description="overrides https://bedrock-runtime.REGION.amazonaws.com")
+
+    def missing(self) -> list[str]:
+        return [name for name in ("model", "region") if not getattr(self, name)]
+
+
 class OllamaSettings(RemoteSettings):
     """An Ollama server's native API (not its OpenAI-compatible one)."""
 
@@ -221,6 +241,10 @@ class WatsonxDeployment(WatsonxSettings, _Deployment):
     provider: Literal["watsonx"]
 
 
+class BedrockDeployment(BedrockSettings, _Deployment):
+    provider: Literal["aws_bedrock"]
+
+
 Deployment = Annotated[
     OpenAIDeployment
     | AzureOpenAIDeployment
@@ -253,6 +277,7 @@ class Settings(BaseSettings):
     anthropic: AnthropicSettings = AnthropicSettings()
     ollama: OllamaSettings = OllamaSettings()
     watsonx: WatsonxSettings = WatsonxSettings()
+    aws_bedrock: BedrockSettings = BedrockSettings()
     deployments: dict[str, Deployment] = Field(default_factory=dict)
     # A model name served by an ordered list of deployments: the first that works answers.
     routes: dict[str, list[str]] = Field(default_factory=dict)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from llmservice.settings import SettingsError
+
 from .base import Provider
 
 
@@ -56,6 +58,17 @@ def _watsonx(settings: Any, name: str) -> Provider:
     return WatsonxProvider(settings, name)
 
 
+def _aws_bedrock(settings: Any, name: str) -> Provider:
+    try:
+        from .bedrock import BedrockProvider
+    except ImportError as exc:  # botocore comes with the optional extra
+        raise SettingsError(
+            f"provider aws_bedrock needs the bedrock extra: pip install 'llmservice[bedrock]' ({exc})"
+        ) from None
+
+    return BedrockProvider(settings, name)
+
+
 FACTORIES: dict[str, Callable[[Any, str], Provider]] = {
     "llamacpp": _llamacpp,
     "openai": _openai,
@@ -64,10 +77,11 @@ FACTORIES: dict[str, Callable[[Any, str], Provider]] = {
     "anthropic": _anthropic,
     "ollama": _ollama,
     "watsonx": _watsonx,
+    "aws_bedrock": _aws_bedrock,
 }
 
 # Remote providers are built when their required settings are present (or when one is
 # the default, which then fails naming what is missing); the local engine only as default.
-REMOTE = ("openai", "azure_openai", "openai_compatible", "anthropic", "ollama", "watsonx")
+REMOTE = ("openai", "azure_openai", "openai_compatible", "anthropic", "ollama", "watsonx", "aws_bedrock")
 
 __all__ = ["FACTORIES", "REMOTE", "Provider"]

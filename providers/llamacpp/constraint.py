@@ -13,14 +13,39 @@ from llmservice.types import Constraint
 # constrain nothing. Any other keyword (minimum, multipleOf, uniqueItems, ...) would be
 # silently ignored by it, so a schema using one is refused instead.
 _ENFORCED = {
-    "type", "format", "$ref", "oneOf", "anyOf", "allOf", "const", "enum", "properties",
-    "additionalProperties", "required", "items", "prefixItems", "minItems", "maxItems",
-    "pattern", "minLength", "maxLength", "$defs", "definitions",
-}  # fmt: skip
+    "type",
+    "format",
+    "$ref",
+    "oneOf",
+    "anyOf",
+    "allOf",
+    "const",
+    "enum",
+    "properties",
+    "additionalProperties",
+    "required",
+    "items",
+    "prefixItems",
+    "minItems",
+    "maxItems",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "$defs",
+    "definitions",
+}
 _ANNOTATIONS = {
-    "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated", "readOnly",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$schema",
+    "$id",
+    "$comment",
+    "deprecated",
+    "readOnly",
     "writeOnly",
-}  # fmt: skip
+}
 _SUBSCHEMA_MAPS = {"properties", "$defs", "definitions"}
 _SUBSCHEMA_LISTS = {"oneOf", "anyOf", "allOf", "prefixItems"}
 

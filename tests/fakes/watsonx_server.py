@@ -60,18 +60,27 @@ def _app(fake: Upstream, tokens: Tokens) -> Starlette:
         form = urllib.parse.parse_qs((await request.body()).decode())
         if form.get("grant_type") != [GRANT] or form.get("apikey") != [tokens.api_key]:
             return JSONResponse(
-                {"errorCode": "BXNIM0415E", "errorMessage": "Provided API key could not be found.",
-                 "context": {"requestId": "r1"}},
+                {
+                    "errorCode": "BXNIM0415E",
+                    "errorMessage": "Provided API key could not be found.",
+                    "context": {"requestId": "r1"},
+                },
                 status_code=400,
-            )  # fmt: skip
+            )
         value = f"tok-{next(tokens.counter)}"
         expiry = time.time() + tokens.ttl_s
         tokens.live[value] = expiry
         tokens.issued += 1
         return JSONResponse(
-            {"access_token": value, "refresh_token": "not_supported", "token_type": "Bearer",
-             "expires_in": int(tokens.ttl_s), "expiration": int(expiry), "scope": "ibm openid"}
-        )  # fmt: skip
+            {
+                "access_token": value,
+                "refresh_token": "not_supported",
+                "token_type": "Bearer",
+                "expires_in": int(tokens.ttl_s),
+                "expiration": int(expiry),
+                "scope": "ibm openid",
+            }
+        )
 
     def authorised(request: Request) -> bool:
         value = request.headers.get("authorization", "").removeprefix("Bearer ")
@@ -102,9 +111,14 @@ def _app(fake: Upstream, tokens: Tokens) -> Starlette:
             if calls:
                 message["tool_calls"] = calls
             return JSONResponse(
-                {"id": "chatcmpl-wx", "model_id": model, "created": int(time.time()),
-                 "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage}
-            )  # fmt: skip
+                {
+                    "id": "chatcmpl-wx",
+                    "model_id": model,
+                    "created": int(time.time()),
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                    "usage": usage,
+                }
+            )
 
         async def events() -> AsyncIterator[bytes]:
             n = itertools.count(1)

@@ -1,0 +1,153 @@
+"""A local server speaking AWS Bedrock's Converse and ConverseStream APIs.
+
+It checks each request's SigV4 signature the way AWS does (recomputed with botocore
+from the request it received and the credentials it knows), answers in Bedrock's
+JSON, streams in AWS's binary event-stream framing, and fails with Bedrock's error
+headers and bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import struct
+import zlib
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .upstream import Reply, Upstream, serving
+
+_ERRORS = {
+    400: "ValidationException",
+    401: "UnrecognizedClientException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+}
+
+
+def frame(headers: dict[str, str], payload: bytes) -> bytes:
+    """One message of AWS's event-stream encoding: prelude, CRCs, string headers, payload."""
+    encoded = b"".join(
+        struct.pack(">B", len(k)) + k.encode() + b"\x07" + struct.pack(">H", len(v.encode())) + v.encode()
+        for k, v in headers.items()
+    )
+    total = 12 + len(encoded) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(encoded))
+    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + encoded + payload
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
+def event(kind: str, payload: dict[str, Any]) -> bytes:
+    headers = {":event-type": kind, ":content-type": "application/json", ":message-type": "event"}
+    return frame(headers, json.dumps(payload).encode())
+
+
+def _signature_ok(
+    request: Request, body: bytes, credentials: botocore.credentials.Credentials, region: str
+) -> bool:
+    authorization = request.headers.get("authorization", "")
+    match = re.match(
+        r"AWS4-HMAC-SHA256 Credential=([^/]+)/\d{8}/([^/]+)/bedrock/aws4_request, "
+        r"SignedHeaders=([^,]+), Signature=([0-9a-f]+)",
+        authorization,
+    )
+    if not match or match[1] != credentials.access_key or match[2] != region:
+        return False
+    signed = {h: request.headers[h] for h in match[3].split(";") if h in request.headers}
+    url = f"http://{request.headers['host']}{request.scope['raw_path'].decode()}"  # as sent, %-escapes kept
+    copy = botocore.awsrequest.AWSRequest(method=request.method, url=url, data=body, headers=signed)
+    copy.context["timestamp"] = request.headers["x-amz-date"]
+    auth = botocore.auth.SigV4Auth(credentials, "bedrock", region)
+    canonical = auth.canonical_request(copy)
+    return bool(auth.signature(auth.string_to_sign(copy, canonical), copy) == match[4])
+
+
+def _app(fake: Upstream, credentials: botocore.credentials.Credentials, region: str) -> Starlette:
+    async def converse(request: Request) -> Response:
+        body_bytes = await request.body()
+        if not _signature_ok(request, body_bytes, credentials, region):
+            message = "The request signature we calculated does not match the signature you provided."
+            return JSONResponse(
+                {"message": message},
+                status_code=403,
+                headers={"x-amzn-ErrorType": "InvalidSignatureException:http://internal.amazon.com/"},
+            )
+        body = json.loads(body_bytes)
+        reply = fake.take(body, dict(request.headers), request.url.path)
+        if reply.status != 200:
+            kind = _ERRORS.get(reply.status, "InternalServerException")
+            headers = {
+                "x-amzn-ErrorType": f"{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/",
+                **reply.headers,
+            }
+            return JSONResponse({"message": reply.error}, status_code=reply.status, headers=headers)
+        words = reply.words
+        stop = "tool_use" if reply.tool_calls else "end_turn"
+        usage = {"inputTokens": 5, "outputTokens": len(words), "totalTokens": 5 + len(words)}
+        if request.url.path.endswith("/converse"):
+            content: list[dict[str, Any]] = [{"text": reply.text}]
+            content += [
+                {"toolUse": {"toolUseId": i, "name": n, "input": json.loads(a)}}
+                for i, n, a in reply.tool_calls
+            ]
+            return JSONResponse(
+                {
+                    "output": {"message": {"role": "assistant", "content": content}},
+                    "stopReason": stop,
+                    "usage": usage,
+                    "metrics": {"latencyMs": 12},
+                }
+            )
+
+        async def frames() -> AsyncIterator[bytes]:
+            yield event("messageStart", {"role": "assistant"})
+            for i, word in enumerate(words):
+                if reply.cut_after is not None and i == reply.cut_after:
+                    yield event("contentBlockDelta", {"delta": {"text": "x"}, "contentBlockIndex": 0})[:20]
+                    raise ConnectionResetError("cut midway on purpose")
+                if reply.malformed and i == 1:
+                    yield b"\x00\x00\x00\x10garbage-bytes!!"
+                yield event("contentBlockDelta", {"delta": {"text": word}, "contentBlockIndex": 0})
+                await asyncio.sleep(0)
+            yield event("contentBlockStop", {"contentBlockIndex": 0})
+            for n, (call_id, name, arguments) in enumerate(reply.tool_calls, start=1):
+                yield event(
+                    "contentBlockStart",
+                    {"start": {"toolUse": {"toolUseId": call_id, "name": name}}, "contentBlockIndex": n},
+                )
+                for piece in (arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :]):
+                    yield event(
+                        "contentBlockDelta", {"delta": {"toolUse": {"input": piece}}, "contentBlockIndex": n}
+                    )
+                yield event("contentBlockStop", {"contentBlockIndex": n})
+            yield event("messageStop", {"stopReason": stop})
+            yield event("metadata", {"usage": usage, "metrics": {"latencyMs": 12}})
+
+        return StreamingResponse(frames(), media_type="application/vnd.amazon.eventstream")
+
+    return Starlette(
+        routes=[
+            Route("/model/{model}/converse", converse, methods=["POST"]),
+            Route("/model/{model}/converse-stream", converse, methods=["POST"]),
+        ]
+    )
+
+
+@contextmanager
+def fake_bedrock(*script: Reply, access_key: str, secret_key: str, region: str) -> Iterator[Upstream]:
+    credentials = botocore.credentials.Credentials(access_key, secret_key)
+    with serving(lambda up: _app(up, credentials, region), script) as upstream:
+        yield upstream
