@@ -141,7 +141,7 @@ def _app(fake: Upstream) -> Starlette:
 
 
 @contextmanager
-def fake_openai(*script: Reply) -> Iterator[Upstream]:
+def fake_openai(*script: Reply, tls: tuple[str, str] | None = None) -> Iterator[Upstream]:
     """OpenAI at `url + "/v1"`; Azure OpenAI at `url` as its endpoint."""
-    with serving(_app, script) as upstream:
+    with serving(_app, script, tls=tls) as upstream:
         yield upstream

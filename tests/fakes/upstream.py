@@ -7,6 +7,7 @@ repeats.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -28,6 +29,7 @@ class Reply:
     cut_after: int | None = None  # stream: drop the connection after this many words
     malformed: bool = False  # stream: one frame that is not JSON
     tool_calls: list[tuple[str, str, str]] = field(default_factory=list)  # (id, name, arguments JSON)
+    delay_s: float = 0.0  # wait this long before answering
 
     @property
     def words(self) -> list[str]:
@@ -46,7 +48,7 @@ class Upstream:
     paths: list[str] = field(default_factory=list)
 
     def take(self, body: dict[str, Any], headers: dict[str, str], path: str) -> Reply:
-        """Record a call and return its scripted reply."""
+        """Record a call and return its scripted reply (after its delay: fakes `await` this)."""
         self.requests.append(body)
         self.headers.append(headers)
         self.paths.append(path)
@@ -54,12 +56,22 @@ class Upstream:
 
 
 @contextmanager
-def serving(make_app: Callable[[Upstream], Starlette], script: tuple[Reply, ...]) -> Iterator[Upstream]:
-    """The fake on a free loopback port, in a thread, for the block."""
+def serving(
+    make_app: Callable[[Upstream], Starlette],
+    script: tuple[Reply, ...],
+    *,
+    tls: tuple[str, str] | None = None,
+) -> Iterator[Upstream]:
+    """The fake on a free loopback port, in a thread, for the block; HTTPS with `tls` (cert, key)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    upstream = Upstream(f"http://127.0.0.1:{sock.getsockname()[1]}", list(script) or [Reply()])
-    server = uvicorn.Server(uvicorn.Config(make_app(upstream), log_level="error", lifespan="off"))
+    scheme = "https" if tls else "http"
+    upstream = Upstream(f"{scheme}://127.0.0.1:{sock.getsockname()[1]}", list(script) or [Reply()])
+    app = make_app(upstream)
+    tls_options = {"ssl_certfile": tls[0], "ssl_keyfile": tls[1]} if tls else {}
+    server = uvicorn.Server(
+        uvicorn.Config(_delayed(app, upstream), log_level="error", lifespan="off", **tls_options)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
@@ -70,3 +82,16 @@ def serving(make_app: Callable[[Upstream], Starlette], script: tuple[Reply, ...]
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+def _delayed(app: Starlette, upstream: Upstream) -> Any:
+    """The app, answering each call after the delay of the reply it is about to take."""
+
+    async def asgi(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            delay = upstream.script[min(len(upstream.requests), len(upstream.script) - 1)].delay_s
+            if delay:
+                await asyncio.sleep(delay)
+        await app(scope, receive, send)
+
+    return asgi

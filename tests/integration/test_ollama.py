@@ -26,17 +26,31 @@ async def ollama() -> AsyncIterator[tuple[OllamaProvider, Upstream]]:
 async def test_sampling_goes_into_options_and_the_keep_alive_along() -> None:
     request = ChatRequest(
         (Message("user", "Hi"),),
-        sampling=Sampling(temperature=0.2, top_p=0.8, top_k=30, min_p=0.05, repetition_penalty=1.1,
-                          seed=3, stop=("END",), max_tokens=9),
+        sampling=Sampling(
+            temperature=0.2,
+            top_p=0.8,
+            top_k=30,
+            min_p=0.05,
+            repetition_penalty=1.1,
+            seed=3,
+            stop=("END",),
+            max_tokens=9,
+        ),
         constraint=Constraint("json_object"),
-    )  # fmt: skip
+    )
     async with ollama() as (provider, upstream):
         await provider.complete("llama3.2:1b", request)
     sent = upstream.requests[0]
     assert sent["options"] == {
-        "temperature": 0.2, "top_p": 0.8, "top_k": 30, "min_p": 0.05, "repeat_penalty": 1.1,
-        "seed": 3, "stop": ["END"], "num_predict": 9,
-    }  # fmt: skip
+        "temperature": 0.2,
+        "top_p": 0.8,
+        "top_k": 30,
+        "min_p": 0.05,
+        "repeat_penalty": 1.1,
+        "seed": 3,
+        "stop": ["END"],
+        "num_predict": 9,
+    }
     assert (sent["format"], sent["keep_alive"], sent["stream"]) == ("json", "5m", False)
 
 

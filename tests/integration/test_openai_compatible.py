@@ -29,10 +29,24 @@ async def upstream() -> AsyncIterator[str]:
         port = s.getsockname()[1]
     model = bundled_model_path(LlamaCppSettings().cache_dir)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", ALIAS,
-        "--chat_format", "gemma", "--n_ctx", "2048", "--host", "127.0.0.1", "--port", str(port),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--model_alias",
+        ALIAS,
+        "--chat_format",
+        "gemma",
+        "--n_ctx",
+        "2048",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         async with httpx.AsyncClient() as client, asyncio.timeout(60):

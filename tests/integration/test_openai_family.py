@@ -70,8 +70,12 @@ async def test_sampling_parameters_reach_the_upstream() -> None:
     sent = fake.requests[0]
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     assert (sent["temperature"], sent["top_p"], sent["max_tokens"], sent["stop"], sent["seed"]) == (
-        0.3, 0.9, 7, ["END"], 4,
-    )  # fmt: skip
+        0.3,
+        0.9,
+        7,
+        ["END"],
+        4,
+    )
 
 
 async def test_a_parameter_openai_lacks_is_refused() -> None:
@@ -116,9 +120,15 @@ async def test_tools_go_up_and_streamed_tool_calls_come_back() -> None:
             completion = await provider.complete("fake-model", request)
     sent = fake.requests[0]
     assert sent["tools"] == [
-        {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
-                                          "parameters": json.loads(WEATHER.parameters)}},
-    ]  # fmt: skip
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": json.loads(WEATHER.parameters),
+            },
+        },
+    ]
     assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
     assert sent["messages"][1]["tool_calls"][0]["function"] == {
         "name": "get_weather",

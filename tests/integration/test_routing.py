@@ -65,8 +65,10 @@ async def route_of(settings: Settings, clock: Clock) -> AsyncIterator[FallbackRo
 async def test_a_failing_deployment_falls_back_and_cools_down() -> None:
     clock = Clock()
     with two_regions([Reply(status=503, error="down"), Reply(text="eu again")], [Reply(text="from us")]) as (
-        eu, us, settings,
-    ):  # fmt: skip
+        eu,
+        us,
+        settings,
+    ):
         async with route_of(settings, clock) as route:
             first = [e async for e in route.stream("gpt-4o", HELLO)]
             during = await route.complete("gpt-4o", HELLO)
