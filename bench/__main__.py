@@ -2,8 +2,8 @@
 
 import sys
 
-from . import decode_throughput, engine_vs_llama_server
+from . import decode_throughput, engine_vs_llama_server, gateway_overhead
 
-for bench in (decode_throughput, engine_vs_llama_server):
+for bench in (decode_throughput, engine_vs_llama_server, gateway_overhead):
     sys.argv = [bench.__name__]
     bench.main()

@@ -180,11 +180,22 @@ def aggregate_rate(streams: list[Stream]) -> float:
 async def service_running(threads: int) -> AsyncIterator[pb_grpc.LLMServiceStub]:
     """`llmservice serve` in its own process, as llama-server runs in its own."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "llmservice", "serve", "--grpc-port", "0",
-        "--set", f"llamacpp.n_ctx={N_CTX}", "--set", f"llamacpp.n_threads={threads}",
-        "--set", f"llamacpp.n_slots={SLOTS}", "--set", "log_level=WARNING",
+        sys.executable,
+        "-m",
+        "llmservice",
+        "serve",
+        "--grpc-port",
+        "0",
+        "--set",
+        f"llamacpp.n_ctx={N_CTX}",
+        "--set",
+        f"llamacpp.n_threads={threads}",
+        "--set",
+        f"llamacpp.n_slots={SLOTS}",
+        "--set",
+        "log_level=WARNING",
         stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     assert proc.stdout is not None
     try:
         while line := (await proc.stdout.readline()).decode():

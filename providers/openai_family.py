@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import httpx_sse
 import openai
 
 from llmservice.errors import DeadlineExceeded, InvalidRequest, LLMServiceError, Unavailable
@@ -52,6 +53,11 @@ _FINISH = {
 }
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml")
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs
+# Requests go through the client's generic `post` (its documented way to reach any
+# endpoint): it still does auth, Azure's deployment URLs, and raises the client's
+# error types, but skips its typed request transform and response models, which cost
+# more than a millisecond per call (bench/gateway_overhead.py). Replies are read as JSON.
+_PATH = "/chat/completions"
 
 Settings = OpenAISettings | AzureOpenAISettings | OpenAICompatibleSettings
 
@@ -153,51 +159,67 @@ class OpenAIFamilyProvider(Provider):
         body["stream"] = False
 
         async def call() -> Completion:
-            client = self._ready()
             try:
-                reply = await client.chat.completions.create(**body)
+                response = await self._ready().post(_PATH, body=body, cast_to=httpx.Response)
+                reply = response.json()
             except openai.APIError as exc:
                 raise self._error(exc, model) from None
             except httpx.TransportError as exc:
                 raise Unavailable(
                     f"provider {self.name} cut the reply midway ({type(exc).__name__})"
                 ) from None
-            if not reply.choices:
+            except ValueError:
+                raise Unavailable(f"provider {self.name} sent a reply that could not be read") from None
+            choices = reply.get("choices") or []
+            if not choices:
                 raise Unavailable(f"provider {self.name} answered with no choices")
-            choice = reply.choices[0]
-            usage = (
-                Usage(reply.usage.prompt_tokens, reply.usage.completion_tokens) if reply.usage else Usage()
-            )
-            finish = _FINISH.get(choice.finish_reason or "stop", FinishReason.STOP)
+            message = choices[0].get("message") or {}
+            usage = reply.get("usage") or {}
             calls = tuple(
-                ToolCall(c.id, c.function.name, c.function.arguments)
-                for c in choice.message.tool_calls or ()
-                if c.type == "function"
+                ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "{}")
+                for c in message.get("tool_calls") or ()
+                if c.get("type", "function") == "function"
             )
-            return Completion(choice.message.content or "", model, self.name, finish, usage, calls)
+            return Completion(
+                message.get("content") or "",
+                model,
+                self.name,
+                _FINISH.get(choices[0].get("finish_reason") or "stop", FinishReason.STOP),
+                Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0),
+                calls,
+            )
 
         return await call_with_retries(call, self.retry, deadline=request.deadline)
 
     async def _one_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
-        client = self._ready()
         finish: FinishReason | None = None
         usage = Usage()
+        response: httpx.Response | None = None
         try:
-            chunks = await client.chat.completions.create(**body)
-            async for chunk in chunks:
-                if chunk.usage is not None:
-                    usage = Usage(chunk.usage.prompt_tokens or 0, chunk.usage.completion_tokens or 0)
-                for choice in chunk.choices[:1]:
+            response = await self._ready().post(_PATH, body=body, cast_to=httpx.Response, stream=True)
+            async for sse in httpx_sse.EventSource(response).aiter_sse():
+                if sse.data == "[DONE]":
+                    break
+                if not sse.data:
+                    continue
+                chunk = json.loads(sse.data)
+                if chunk.get("usage"):
+                    u = chunk["usage"]
+                    usage = Usage(u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0)
+                for choice in (chunk.get("choices") or [])[:1]:
                     for event in _deltas(choice):
                         yield event
-                    if choice.finish_reason:
-                        finish = _FINISH.get(choice.finish_reason, FinishReason.STOP)
+                    if choice.get("finish_reason"):
+                        finish = _FINISH.get(choice["finish_reason"], FinishReason.STOP)
         except openai.APIError as exc:
             raise self._error(exc, model) from None
         except httpx.TransportError as exc:  # the connection broke while the stream was read
             raise Unavailable(f"provider {self.name} cut the stream midway ({type(exc).__name__})") from None
-        except ValueError:  # a frame that is not JSON, or JSON of the wrong shape
+        except (ValueError, KeyError, TypeError, AttributeError):  # a frame that is not the JSON expected
             raise Unavailable(f"provider {self.name} sent a stream that could not be read") from None
+        finally:
+            if response is not None:
+                await response.aclose()
         if finish is None:
             raise Unavailable(f"provider {self.name} ended the stream before it finished")
         yield StreamEnd(finish, usage)
@@ -224,9 +246,7 @@ class OpenAIFamilyProvider(Provider):
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         extra = {"top_k": s.top_k, "min_p": s.min_p, "repeat_penalty": s.repetition_penalty}
-        extra = {k: v for k, v in extra.items() if v is not None}
-        if extra:
-            body["extra_body"] = extra
+        body.update({k: v for k, v in extra.items() if v is not None})  # OpenAI-compatible servers' own
         if request.constraint is not None:
             if request.constraint.kind == "json_object":
                 body["response_format"] = {"type": "json_object"}
@@ -282,38 +302,39 @@ def _upstream_message(exc: openai.APIStatusError) -> str:
     return exc.response.reason_phrase
 
 
-def _deltas(choice: Any) -> list[StreamEvent]:
+def _deltas(choice: dict[str, Any]) -> list[StreamEvent]:
     """The events in one streamed choice: text (with signals when logprobs came) and tool calls."""
     events: list[StreamEvent] = []
-    delta = choice.delta
-    entries = choice.logprobs.content if choice.logprobs is not None and choice.logprobs.content else []
-    if delta.content:
-        if len(entries) > 1 and "".join(e.token for e in entries) == delta.content:
-            events.extend(TokenDelta(e.token, signal=_signal(e)) for e in entries)
+    delta = choice.get("delta") or {}
+    entries = (choice.get("logprobs") or {}).get("content") or []
+    content = delta.get("content")
+    if content:
+        if len(entries) > 1 and "".join(e["token"] for e in entries) == content:
+            events.extend(TokenDelta(e["token"], signal=_signal(e)) for e in entries)
         else:
-            events.append(TokenDelta(delta.content, signal=_signal(entries[-1]) if entries else None))
-    for call in delta.tool_calls or ():
-        function = call.function
+            events.append(TokenDelta(content, signal=_signal(entries[-1]) if entries else None))
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") or {}
         events.append(
             ToolCallDelta(
-                call.index,
-                call.id or "",
-                (function.name or "") if function else "",
-                (function.arguments or "") if function else "",
+                call.get("index", 0),
+                call.get("id") or "",
+                function.get("name") or "",
+                function.get("arguments") or "",
             )
         )
     return events
 
 
-def _signal(entry: Any) -> TokenSignal:
+def _signal(entry: dict[str, Any]) -> TokenSignal:
     """What a token's logprob and top logprobs tell: exact where they can, marked as such."""
-    top = sorted(entry.top_logprobs or (), key=lambda t: -t.logprob)
-    probs = [math.exp(t.logprob) for t in top]
+    top = sorted(entry.get("top_logprobs") or (), key=lambda t: -t["logprob"])
+    probs = [math.exp(t["logprob"]) for t in top]
     return TokenSignal(
-        confidence=math.exp(entry.logprob),
+        confidence=math.exp(entry["logprob"]),
         entropy=-sum(p * math.log2(p) for p in probs if p > 0),  # over the top-k: a lower bound
         top_gap=probs[0] - probs[1] if len(probs) > 1 else (probs[0] if probs else 0.0),
-        top_k=tuple(Candidate(-1, t.token, p) for t, p in zip(top, probs, strict=True)),
+        top_k=tuple(Candidate(-1, t["token"], p) for t, p in zip(top, probs, strict=True)),
         source="upstream_logprobs",
     )
 

@@ -1,0 +1,203 @@
+"""What the service adds over calling an upstream directly: Chat latency and StreamChat time to first token.
+
+The upstream is a local OpenAI-compatible server answering after a fixed delay, in its
+own process; the service (`llmservice serve`, provider openai_compatible) runs in
+another. The direct side calls the upstream with the official OpenAI client, the way
+the service itself does; the other side calls the service over gRPC. Rounds
+alternate between the two, at 1 caller and at 32 concurrent callers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import grpc
+import httpx
+import openai
+
+from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
+from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+
+from .engine_vs_llama_server import free_port
+from .report import publish
+
+DELAY_MS = 20.0
+CALLS_PER_CALLER = {1: 200, 32: 20}
+MESSAGES = [{"role": "user", "content": "What is the answer?"}]
+
+
+@contextlib.contextmanager
+def upstream_running() -> Iterator[str]:
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.fixed_delay_upstream",
+        "--port",
+        str(port),
+        "--delay-ms",
+        str(DELAY_MS),
+    ]
+    proc = subprocess.Popen(argv)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def service_running(upstream: str) -> AsyncIterator[pb_grpc.LLMServiceStub]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "llmservice",
+        "serve",
+        "--grpc-port",
+        "0",
+        "--set",
+        "provider=openai_compatible",
+        "--set",
+        f"openai_compatible.base_url={upstream}",
+        "--set",
+        "openai_compatible.model=fixed",
+        "--set",
+        "log_level=WARNING",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        while line := (await proc.stdout.readline()).decode():
+            if line.startswith("llmservice: ready"):
+                break
+        else:
+            raise RuntimeError("llmservice serve exited before it was ready")
+        port = int(line.rsplit(":", 1)[1])
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield pb_grpc.LLMServiceStub(channel)
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def timed(call: Callable[[], Awaitable[None]]) -> float:
+    start = time.perf_counter()
+    await call()
+    return (time.perf_counter() - start) * 1000
+
+
+async def sample(call: Callable[[], Awaitable[None]], callers: int) -> list[float]:
+    """Each caller makes its calls one after another; all callers at once."""
+
+    async def caller() -> list[float]:
+        return [await timed(call) for _ in range(CALLS_PER_CALLER[callers])]
+
+    runs = await asyncio.gather(*(caller() for _ in range(callers)))
+    return [ms for run in runs for ms in run]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+async def measure(rounds: int) -> dict[str, object]:
+    rows: list[list[str]] = []
+    figures: dict[str, float] = {}
+    with upstream_running() as upstream:
+        direct = openai.AsyncOpenAI(
+            api_key="none",
+            base_url=upstream,
+            max_retries=0,
+            http_client=httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)),
+        )
+        async with service_running(upstream) as stub:
+
+            async def direct_chat() -> None:
+                await direct.chat.completions.create(model="fixed", messages=MESSAGES)  # type: ignore[arg-type]
+
+            async def direct_ttft() -> None:
+                stream = await direct.chat.completions.create(model="fixed", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+                async for _ in stream:
+                    break
+                await stream.close()
+
+            request = pb.LLMChatRequest(
+                messages=[pb.ChatMessage(role="user", content=MESSAGES[0]["content"])]
+            )
+
+            async def service_chat() -> None:
+                await stub.Chat(request)
+
+            async def service_ttft() -> None:
+                call = stub.StreamChat(request)
+                async for _ in call:
+                    break
+                call.cancel()
+
+            for callers in (1, 32):
+                for label, d_call, s_call in (
+                    ("Chat latency", direct_chat, service_chat),
+                    ("StreamChat time to first token", direct_ttft, service_ttft),
+                ):
+                    await sample(d_call, callers)  # warm both paths
+                    await sample(s_call, callers)
+                    d_all: list[float] = []
+                    s_all: list[float] = []
+                    for _ in range(rounds):
+                        d_all += await sample(d_call, callers)
+                        s_all += await sample(s_call, callers)
+                    d50, s50 = pct(d_all, 0.5), pct(s_all, 0.5)
+                    d95, s95 = pct(d_all, 0.95), pct(s_all, 0.95)
+                    key = f"{'chat' if label.startswith('Chat') else 'ttft'}_{callers}"
+                    figures[f"{key}_added_p50_ms"] = s50 - d50
+                    rows.append(
+                        [
+                            f"{label}, {callers} caller{'s' if callers > 1 else ''}, p50 / p95 ms",
+                            f"{d50:.2f} / {d95:.2f}",
+                            f"{s50:.2f} / {s95:.2f}",
+                            f"{s50 - d50:+.2f} / {s95 - d95:+.2f}",
+                        ]
+                    )
+        await direct.close()
+    met = figures["chat_1_added_p50_ms"] <= 1.0 and figures["ttft_1_added_p50_ms"] <= 1.0
+    return {
+        "title": "Gateway overhead over a direct upstream call",
+        "description": (__doc__ or "").strip().splitlines()[0],
+        "setup": (
+            f"local OpenAI-compatible upstream answering after {DELAY_MS:g} ms, {rounds} alternating "
+            f"rounds, {CALLS_PER_CALLER[1]} sequential calls per round at 1 caller and "
+            f"{CALLS_PER_CALLER[32]} per caller at 32"
+        ),
+        "columns": ["direct (openai client)", "through llmservice (gRPC)", "added p50 / p95"],
+        "rows": rows,
+        "verdict": (
+            f"Target: p50 added <= 1 ms at 1 caller. Measured {figures['chat_1_added_p50_ms']:.2f} ms "
+            f"(Chat) and {figures['ttft_1_added_p50_ms']:.2f} ms (time to first token): "
+            f"{'met' if met else 'NOT met'}."
+        ),
+        "figures": figures,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    publish("gateway_overhead", asyncio.run(measure(args.rounds)))
+
+
+if __name__ == "__main__":
+    main()
