@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -33,9 +33,8 @@ from llmservice.types import (
     Usage,
 )
 
-from .base import Provider
+from .remote.base import RemoteProvider
 from .remote.http import make_client, raise_for_status, transport_errors
-from .remote.retry import RetryPolicy, call_with_retries, stream_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +47,15 @@ _FINISH = {
     "tool_use": FinishReason.TOOL_CALLS,
     "refusal": FinishReason.CONTENT_FILTER,
 }
-_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml")
 _IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
 
-class AnthropicProvider(Provider):
-    name = "anthropic"
-
+class AnthropicProvider(RemoteProvider):
     def __init__(self, settings: AnthropicSettings, name: str = "anthropic") -> None:
-        self.name = name
+        super().__init__(name, settings)
         self._settings = settings
         self._key = settings.api_key.get_secret_value() if settings.api_key else ""
         self._client: httpx.AsyncClient | None = None
-        self.retry = RetryPolicy(attempts=settings.max_attempts)
 
     @property
     def default_model(self) -> str:
@@ -92,60 +87,46 @@ class AnthropicProvider(Provider):
 
     def validate(self, model: str, request: ChatRequest) -> None:
         s = request.sampling
-        unsupported = {
-            "seed": s.seed,
-            "min_p": s.min_p,
-            "repetition_penalty": s.repetition_penalty,
-            "signal_options": request.signals,
-            "response_format": request.constraint,
-        }
-        for field, value in unsupported.items():
-            if value is not None:
-                raise InvalidRequest(field, f"provider {self.name} has no such parameter")
+        self.refuse(
+            seed=s.seed,
+            min_p=s.min_p,
+            repetition_penalty=s.repetition_penalty,
+            signal_options=request.signals,
+            response_format=request.constraint,
+        )
         if s.temperature is not None and s.temperature > 1:
             raise InvalidRequest("temperature", f"provider {self.name} takes temperatures up to 1")
-        for i, attachment in enumerate(request.attachments):
-            if not attachment.mime_type.startswith(_TEXT_TYPES) and attachment.mime_type not in _IMAGE_TYPES:
-                raise InvalidRequest(
-                    f"attachments[{i}].mime_type",
-                    f"provider {self.name} cannot read {attachment.mime_type or 'an untyped'!r} attachments",
-                )
+        self.check_attachments(request, images=_IMAGE_TYPES)
 
-    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        body = {**self._body(model, request), "stream": True}
-        async for event in stream_with_retries(
-            lambda: self._one_stream(body, model), self.retry, deadline=request.deadline
-        ):
-            yield event
+    def _stream_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        return {**self._body(model, request), "stream": True}
 
-    async def complete(self, model: str, request: ChatRequest) -> Completion:
-        body = self._body(model, request)
+    def _complete_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        return self._body(model, request)
 
-        async def call() -> Completion:
-            async with transport_errors(self.name, [self._key]):
-                response = await self._ready().post("/v1/messages", json=body)
-            await raise_for_status(response, self.name, model=model, secrets=[self._key])
-            data = response.json()
-            blocks = data.get("content") or []
-            text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
-            calls = tuple(
-                ToolCall(b["id"], b["name"], json.dumps(b.get("input") or {}))
-                for b in blocks
-                if b.get("type") == "tool_use"
-            )
-            usage = data.get("usage") or {}
-            return Completion(
-                text,
-                model,
-                self.name,
-                _FINISH.get(data.get("stop_reason") or "end_turn", FinishReason.STOP),
-                Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0)),
-                calls,
-            )
+    async def _call(self, body: dict[str, Any], model: str) -> Completion:
+        async with transport_errors(self.name, [self._key]):
+            response = await self._ready().post("/v1/messages", json=body)
+        await raise_for_status(response, self.name, model=model, secrets=[self._key])
+        data = response.json()
+        blocks = data.get("content") or []
+        text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+        calls = tuple(
+            ToolCall(b["id"], b["name"], json.dumps(b.get("input") or {}))
+            for b in blocks
+            if b.get("type") == "tool_use"
+        )
+        usage = data.get("usage") or {}
+        return Completion(
+            text,
+            model,
+            self.name,
+            _FINISH.get(data.get("stop_reason") or "end_turn", FinishReason.STOP),
+            Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0)),
+            calls,
+        )
 
-        return await call_with_retries(call, self.retry, deadline=request.deadline)
-
-    async def _one_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
+    async def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
         client = self._ready()
         finish: FinishReason | None = None
         prompt_tokens = completion_tokens = 0

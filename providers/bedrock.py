@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import botocore.auth
@@ -38,10 +38,9 @@ from llmservice.types import (
     Usage,
 )
 
-from .base import Provider
+from .remote.base import RemoteProvider, attachment_text, base64_data
 from .remote.http import error_message, make_client, transport_errors
 from .remote.http_errors import from_status
-from .remote.retry import RetryPolicy, call_with_retries, stream_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +54,15 @@ _FINISH = {
     "content_filtered": FinishReason.CONTENT_FILTER,
 }
 _IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
-_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml")
 
 
-class BedrockProvider(Provider):
+class BedrockProvider(RemoteProvider):
     def __init__(self, settings: BedrockSettings, name: str = "aws_bedrock") -> None:
-        self.name = name
+        super().__init__(name, settings)
         self._settings = settings
         self._endpoint = settings.endpoint_url or f"https://bedrock-runtime.{settings.region}.amazonaws.com"
         self._session = botocore.session.get_session()
         self._client: httpx.AsyncClient | None = None
-        self.retry = RetryPolicy(attempts=settings.max_attempts)
 
     @property
     def default_model(self) -> str:
@@ -97,68 +94,49 @@ class BedrockProvider(Provider):
 
     def validate(self, model: str, request: ChatRequest) -> None:
         s = request.sampling
-        unsupported = {
-            "seed": s.seed,
-            "top_k": s.top_k,
-            "min_p": s.min_p,
-            "repetition_penalty": s.repetition_penalty,
-            "signal_options": request.signals,
-            "response_format": request.constraint,
-        }
-        for field, value in unsupported.items():
-            if value is not None:
-                raise InvalidRequest(field, f"provider {self.name} (Converse API) has no such parameter")
+        self.refuse(
+            "no such parameter in the Converse API",
+            seed=s.seed,
+            top_k=s.top_k,
+            min_p=s.min_p,
+            repetition_penalty=s.repetition_penalty,
+            signal_options=request.signals,
+            response_format=request.constraint,
+        )
         if request.tool_choice is not None and request.tool_choice.mode == "none":
             raise InvalidRequest(
                 "tool_choice", f"provider {self.name} cannot forbid tool calls; send no tools"
             )
-        for i, a in enumerate(request.attachments):
-            if not a.mime_type.startswith(_TEXT_TYPES) and a.mime_type not in _IMAGE_FORMATS:
-                raise InvalidRequest(
-                    f"attachments[{i}].mime_type",
-                    f"provider {self.name} cannot read {a.mime_type or 'an untyped'!r} attachments",
-                )
+        self.check_attachments(request, images=tuple(_IMAGE_FORMATS))
 
-    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        body = self._body(request)
-        async for event in stream_with_retries(
-            lambda: self._one_stream(body, model), self.retry, deadline=request.deadline
-        ):
-            yield event
+    def _stream_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        return self._body(request)
 
-    async def complete(self, model: str, request: ChatRequest) -> Completion:
-        body = self._body(request)
+    def _complete_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        return self._body(request)
 
-        async def call() -> Completion:
-            url, headers, data = self._signed(model, "converse", body)
-            async with transport_errors(self.name, self._secrets()):
-                response = await self._ready().post(url, content=data, headers=headers)
-            await self._raise_for_status(response, model)
-            reply = response.json()
-            blocks = (reply.get("output") or {}).get("message", {}).get("content") or []
-            text = "".join(b["text"] for b in blocks if "text" in b)
-            calls = tuple(
-                ToolCall(
-                    b["toolUse"]["toolUseId"],
-                    b["toolUse"]["name"],
-                    json.dumps(b["toolUse"].get("input") or {}),
-                )
-                for b in blocks
-                if "toolUse" in b
-            )
-            usage = reply.get("usage") or {}
-            return Completion(
-                text,
-                model,
-                self.name,
-                _FINISH.get(reply.get("stopReason") or "end_turn", FinishReason.STOP),
-                Usage(usage.get("inputTokens", 0), usage.get("outputTokens", 0)),
-                calls,
-            )
+    async def _call(self, body: dict[str, Any], model: str) -> Completion:
+        url, headers, data = self._signed(model, "converse", body)
+        async with transport_errors(self.name, self._secrets()):
+            response = await self._ready().post(url, content=data, headers=headers)
+        await self._raise_for_status(response, model)
+        reply = response.json()
+        blocks = (reply.get("output") or {}).get("message", {}).get("content") or []
+        calls = tuple(
+            ToolCall(use["toolUseId"], use["name"], json.dumps(use.get("input") or {}))
+            for use in (b["toolUse"] for b in blocks if "toolUse" in b)
+        )
+        usage = reply.get("usage") or {}
+        return Completion(
+            "".join(b["text"] for b in blocks if "text" in b),
+            model,
+            self.name,
+            _FINISH.get(reply.get("stopReason") or "end_turn", FinishReason.STOP),
+            Usage(usage.get("inputTokens", 0), usage.get("outputTokens", 0)),
+            calls,
+        )
 
-        return await call_with_retries(call, self.retry, deadline=request.deadline)
-
-    async def _one_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
+    async def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
         url, headers, data = self._signed(model, "converse-stream", body)
         finish: FinishReason | None = None
         usage = Usage()
@@ -326,8 +304,9 @@ def _attachments(request: ChatRequest) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     for i, a in enumerate(request.attachments):
         if a.mime_type in _IMAGE_FORMATS:
-            data = a.data.split(",", 1)[1] if a.data.startswith("data:") else a.data
-            blocks.append({"image": {"format": _IMAGE_FORMATS[a.mime_type], "source": {"bytes": data}}})
+            blocks.append(
+                {"image": {"format": _IMAGE_FORMATS[a.mime_type], "source": {"bytes": base64_data(a)}}}
+            )
         else:
-            blocks.append({"text": f"[attachment {a.filename or i + 1}]\n{a.data}"})
+            blocks.append({"text": attachment_text(a, i)})
     return blocks

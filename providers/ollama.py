@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,14 +35,13 @@ from llmservice.types import (
     assemble_tool_calls,
 )
 
-from .base import Provider
+from .remote import openai_shapes
+from .remote.base import RemoteProvider, attachment_text, base64_data
 from .remote.http import make_client, raise_for_status, transport_errors
-from .remote.retry import RetryPolicy, call_with_retries, stream_with_retries
 
 log = logging.getLogger(__name__)
 
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
-_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,14 +54,11 @@ class PullProgress:
     completed: int = 0
 
 
-class OllamaProvider(Provider):
-    name = "ollama"
-
+class OllamaProvider(RemoteProvider):
     def __init__(self, settings: OllamaSettings, name: str = "ollama") -> None:
-        self.name = name
+        super().__init__(name, settings)
         self._settings = settings
         self._client: httpx.AsyncClient | None = None
-        self.retry = RetryPolicy(attempts=settings.max_attempts)
 
     @property
     def default_model(self) -> str:
@@ -101,37 +97,26 @@ class OllamaProvider(Provider):
             raise InvalidRequest(
                 "tool_choice", f"provider {self.name} always lets the model choose (auto only)"
             )
-        for i, attachment in enumerate(request.attachments):
-            if not attachment.mime_type.startswith((*_TEXT_TYPES, "image/")):
-                raise InvalidRequest(
-                    f"attachments[{i}].mime_type",
-                    f"provider {self.name} cannot read {attachment.mime_type or 'an untyped'!r} attachments",
-                )
+        self.check_attachments(request, images=("image/",))
 
-    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        body = {**self._body(model, request), "stream": True}
-        async for event in stream_with_retries(
-            lambda: self._one_stream(body, model), self.retry, deadline=request.deadline
-        ):
-            yield event
+    def _stream_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        return {**self._body(model, request), "stream": True}
 
-    async def complete(self, model: str, request: ChatRequest) -> Completion:
-        body = {**self._body(model, request), "stream": False}
+    def _complete_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        return {**self._body(model, request), "stream": False}
 
-        async def call() -> Completion:
-            async with transport_errors(self.name):
-                response = await self._ready().post("/api/chat", json=body)
-            await raise_for_status(response, self.name, model=model)
-            data = response.json()
-            message = data.get("message") or {}
-            calls = assemble_tool_calls(_tool_call_deltas(message, 0))
-            return Completion(
-                message.get("content", ""), model, self.name, _finish(data, calls), _usage(data), calls
-            )
+    async def _call(self, body: dict[str, Any], model: str) -> Completion:
+        async with transport_errors(self.name):
+            response = await self._ready().post("/api/chat", json=body)
+        await raise_for_status(response, self.name, model=model)
+        data = response.json()
+        message = data.get("message") or {}
+        calls = assemble_tool_calls(_tool_call_deltas(message, 0))
+        return Completion(
+            message.get("content", ""), model, self.name, _finish(data, calls), _usage(data), calls
+        )
 
-        return await call_with_retries(call, self.retry, deadline=request.deadline)
-
-    async def _one_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
+    async def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
         client = self._ready()
         calls = 0
         async with transport_errors(self.name), client.stream("POST", "/api/chat", json=body) as response:
@@ -225,17 +210,7 @@ class OllamaProvider(Provider):
             "keep_alive": self._settings.keep_alive,
         }
         if request.tools:
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": t.name,
-                        "description": t.description,
-                        "parameters": json.loads(t.parameters),
-                    },
-                }
-                for t in request.tools
-            ]
+            body["tools"] = openai_shapes.function_tools(request)
         if request.constraint is not None:
             c = request.constraint
             body["format"] = "json" if c.kind == "json_object" else json.loads(c.text)
@@ -291,8 +266,7 @@ def _messages(request: ChatRequest) -> list[dict[str, Any]]:
     target = messages[last_user]
     for i, a in enumerate(request.attachments):
         if a.mime_type.startswith("image/"):
-            data = a.data.split(",", 1)[1] if a.data.startswith("data:") else a.data
-            target.setdefault("images", []).append(data)
+            target.setdefault("images", []).append(base64_data(a))
         else:
-            target["content"] += f"\n\n[attachment {a.filename or i + 1}]\n{a.data}"
+            target["content"] += "\n\n" + attachment_text(a, i)
     return messages

@@ -1,18 +1,21 @@
 """The OpenAI family: `openai`, `azure_openai` and `openai_compatible`.
 
 All three go through the official `openai` client: it follows the API as it changes
-(Azure's deployments and api-version included), is async, and parses the SSE stream.
-Its own retries are off: retries are `providers.remote.retry`'s, so every backend
-retries the same way and never once a token has reached the caller. Its HTTP client is
-httpx with `trust_env`, so HTTPS_PROXY and NO_PROXY are honoured.
+(Azure's deployments and api-version included), does the auth, and raises typed
+errors. Requests go through its generic `post` (its documented way to reach any
+endpoint), which keeps all that but skips its typed request transform and response
+models: those cost more than a millisecond per call (bench/gateway_overhead.py), so
+replies are read as JSON and streams through httpx-sse. Its own retries are off:
+retries are `providers.remote`'s, the same for every backend and never once a token
+has reached the caller. Its HTTP client is httpx with `trust_env`, so HTTPS_PROXY and
+NO_PROXY are honoured.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -22,25 +25,20 @@ import openai
 from llmservice.errors import DeadlineExceeded, InvalidRequest, LLMServiceError, Unavailable
 from llmservice.settings import AzureOpenAISettings, OpenAICompatibleSettings, OpenAISettings
 from llmservice.types import (
-    Candidate,
     Capabilities,
     ChatRequest,
     Completion,
     FinishReason,
-    Message,
     ModelInfo,
     StreamEnd,
     StreamEvent,
-    TokenDelta,
-    TokenSignal,
     ToolCall,
-    ToolCallDelta,
     Usage,
 )
 
-from .base import Provider
+from .remote import openai_shapes
+from .remote.base import RemoteProvider, attachment_text
 from .remote.http_errors import from_status, redact
-from .remote.retry import RetryPolicy, call_with_retries, stream_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +49,13 @@ _FINISH = {
     "function_call": FinishReason.TOOL_CALLS,
     "content_filter": FinishReason.CONTENT_FILTER,
 }
-_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml")
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs
-# Requests go through the client's generic `post` (its documented way to reach any
-# endpoint): it still does auth, Azure's deployment URLs, and raises the client's
-# error types, but skips its typed request transform and response models, which cost
-# more than a millisecond per call (bench/gateway_overhead.py). Replies are read as JSON.
 _PATH = "/chat/completions"
 
 Settings = OpenAISettings | AzureOpenAISettings | OpenAICompatibleSettings
 
 
-class OpenAIFamilyProvider(Provider):
+class OpenAIFamilyProvider(RemoteProvider):
     """One OpenAI-style upstream: a client, a default model, and what it accepts."""
 
     def __init__(
@@ -74,14 +67,13 @@ class OpenAIFamilyProvider(Provider):
         default_model: str,
         extra_sampling: bool,
     ) -> None:
-        self.name = name
+        super().__init__(name, settings)
         self._settings = settings
         self._make_client = make_client
         self._default_model = default_model
         self._extra_sampling = extra_sampling  # top_k, min_p, repetition penalty go in the body
         self._client: openai.AsyncOpenAI | None = None
         self._secrets = [settings.api_key.get_secret_value()] if settings.api_key else []
-        self.retry = RetryPolicy(attempts=settings.max_attempts)
 
     @property
     def default_model(self) -> str:
@@ -115,13 +107,7 @@ class OpenAIFamilyProvider(Provider):
     def validate(self, model: str, request: ChatRequest) -> None:
         s = request.sampling
         if not self._extra_sampling:
-            for field, value in (
-                ("top_k", s.top_k),
-                ("min_p", s.min_p),
-                ("repetition_penalty", s.repetition_penalty),
-            ):
-                if value is not None:
-                    raise InvalidRequest(field, f"provider {self.name} has no {field} parameter")
+            self.refuse(top_k=s.top_k, min_p=s.min_p, repetition_penalty=s.repetition_penalty)
         if request.signals is not None:
             if request.signals.sampler_stages or request.signals.full_distribution:
                 raise InvalidRequest(
@@ -136,62 +122,49 @@ class OpenAIFamilyProvider(Provider):
                 )
         if request.constraint is not None and request.constraint.kind == "grammar":
             raise InvalidRequest("response_format.grammar", f"provider {self.name} takes no GBNF grammar")
-        for i, attachment in enumerate(request.attachments):
-            if not attachment.mime_type.startswith((*_TEXT_TYPES, "image/")):
-                raise InvalidRequest(
-                    f"attachments[{i}].mime_type",
-                    f"provider {self.name} cannot read {attachment.mime_type or 'an untyped'!r} attachments",
-                )
+        self.check_attachments(request, images=("image/",))
 
-    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        body = self._body(model, request)
-        async for event in stream_with_retries(
-            lambda: self._one_stream(body, model), self.retry, deadline=request.deadline
-        ):
-            yield event
+    def _stream_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        body = {**self._body(model, request), "stream": True, "stream_options": {"include_usage": True}}
+        if request.signals is not None:
+            body["logprobs"] = True
+            body["top_logprobs"] = request.signals.top_k
+        return body
 
-    async def complete(self, model: str, request: ChatRequest) -> Completion:
-        """One non-streaming call: servers that leave usage out of streams still report it here."""
-        body = self._body(model, request)
-        body.pop("stream_options")
-        body.pop("logprobs", None)  # a whole reply carries no per-token signals
-        body.pop("top_logprobs", None)
-        body["stream"] = False
+    def _complete_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        """A whole reply: usage always comes back (some servers leave it out of streams)."""
+        return {**self._body(model, request), "stream": False}
 
-        async def call() -> Completion:
-            try:
-                response = await self._ready().post(_PATH, body=body, cast_to=httpx.Response)
-                reply = response.json()
-            except openai.APIError as exc:
-                raise self._error(exc, model) from None
-            except httpx.TransportError as exc:
-                raise Unavailable(
-                    f"provider {self.name} cut the reply midway ({type(exc).__name__})"
-                ) from None
-            except ValueError:
-                raise Unavailable(f"provider {self.name} sent a reply that could not be read") from None
-            choices = reply.get("choices") or []
-            if not choices:
-                raise Unavailable(f"provider {self.name} answered with no choices")
-            message = choices[0].get("message") or {}
-            usage = reply.get("usage") or {}
-            calls = tuple(
-                ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "{}")
-                for c in message.get("tool_calls") or ()
-                if c.get("type", "function") == "function"
-            )
-            return Completion(
-                message.get("content") or "",
-                model,
-                self.name,
-                _FINISH.get(choices[0].get("finish_reason") or "stop", FinishReason.STOP),
-                Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0),
-                calls,
-            )
+    async def _call(self, body: dict[str, Any], model: str) -> Completion:
+        try:
+            response = await self._ready().post(_PATH, body=body, cast_to=httpx.Response)
+            reply = response.json()
+        except openai.APIError as exc:
+            raise self._error(exc, model) from None
+        except httpx.TransportError as exc:
+            raise Unavailable(f"provider {self.name} cut the reply midway ({type(exc).__name__})") from None
+        except ValueError:
+            raise Unavailable(f"provider {self.name} sent a reply that could not be read") from None
+        choices = reply.get("choices") or []
+        if not choices:
+            raise Unavailable(f"provider {self.name} answered with no choices")
+        message = choices[0].get("message") or {}
+        usage = reply.get("usage") or {}
+        calls = tuple(
+            ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "{}")
+            for c in message.get("tool_calls") or ()
+            if c.get("type", "function") == "function"
+        )
+        return Completion(
+            message.get("content") or "",
+            model,
+            self.name,
+            _FINISH.get(choices[0].get("finish_reason") or "stop", FinishReason.STOP),
+            Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0),
+            calls,
+        )
 
-        return await call_with_retries(call, self.retry, deadline=request.deadline)
-
-    async def _one_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
+    async def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
         finish: FinishReason | None = None
         usage = Usage()
         response: httpx.Response | None = None
@@ -207,7 +180,7 @@ class OpenAIFamilyProvider(Provider):
                     u = chunk["usage"]
                     usage = Usage(u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0)
                 for choice in (chunk.get("choices") or [])[:1]:
-                    for event in _deltas(choice):
+                    for event in openai_shapes.choice_events(choice):
                         yield event
                     if choice.get("finish_reason"):
                         finish = _FINISH.get(choice["finish_reason"], FinishReason.STOP)
@@ -226,27 +199,23 @@ class OpenAIFamilyProvider(Provider):
 
     def _body(self, model: str, request: ChatRequest) -> dict[str, Any]:
         s = request.sampling
-        temperature = s.temperature if s.temperature is not None else self._settings.temperature
-        body: dict[str, Any] = {
-            "model": model,
-            "messages": _messages(request),
-            **_tools(request),
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if request.signals is not None:
-            body["logprobs"] = True
-            body["top_logprobs"] = request.signals.top_k
+        body: dict[str, Any] = {"model": model, "messages": _messages(request)}
+        if request.tools:
+            body["tools"] = openai_shapes.function_tools(request)
+        if request.tool_choice is not None:
+            body["tool_choice"] = openai_shapes.tool_choice(request.tool_choice)
         optional = {
-            "temperature": temperature,
+            "temperature": s.temperature if s.temperature is not None else self._settings.temperature,
             "top_p": s.top_p,
             "max_tokens": s.max_tokens,
             "seed": s.seed,
             "stop": list(s.stop) or None,
+            # OpenAI-compatible servers' own (vLLM, llama.cpp): validate refuses them for OpenAI.
+            "top_k": s.top_k,
+            "min_p": s.min_p,
+            "repeat_penalty": s.repetition_penalty,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
-        extra = {"top_k": s.top_k, "min_p": s.min_p, "repeat_penalty": s.repetition_penalty}
-        body.update({k: v for k, v in extra.items() if v is not None})  # OpenAI-compatible servers' own
         if request.constraint is not None:
             if request.constraint.kind == "json_object":
                 body["response_format"] = {"type": "json_object"}
@@ -278,12 +247,9 @@ class OpenAIFamilyProvider(Provider):
                 secrets=self._secrets,
             )
         if isinstance(exc, openai.APIConnectionError):
-            return Unavailable(
-                f"provider {self.name} is unreachable: {redact(str(exc.__cause__ or exc), self._secrets)}"
-            )
-        return Unavailable(
-            f"provider {self.name} sent a stream that could not be read: {redact(exc.message, self._secrets)}"
-        )
+            detail = redact(str(exc.__cause__ or exc), self._secrets)
+            return Unavailable(f"provider {self.name} is unreachable: {detail}")
+        return Unavailable(f"provider {self.name} failed: {redact(exc.message, self._secrets)}")
 
     def _ready(self) -> openai.AsyncOpenAI:
         if self._client is None:
@@ -302,83 +268,8 @@ def _upstream_message(exc: openai.APIStatusError) -> str:
     return exc.response.reason_phrase
 
 
-def _deltas(choice: dict[str, Any]) -> list[StreamEvent]:
-    """The events in one streamed choice: text (with signals when logprobs came) and tool calls."""
-    events: list[StreamEvent] = []
-    delta = choice.get("delta") or {}
-    entries = (choice.get("logprobs") or {}).get("content") or []
-    content = delta.get("content")
-    if content:
-        if len(entries) > 1 and "".join(e["token"] for e in entries) == content:
-            events.extend(TokenDelta(e["token"], signal=_signal(e)) for e in entries)
-        else:
-            events.append(TokenDelta(content, signal=_signal(entries[-1]) if entries else None))
-    for call in delta.get("tool_calls") or ():
-        function = call.get("function") or {}
-        events.append(
-            ToolCallDelta(
-                call.get("index", 0),
-                call.get("id") or "",
-                function.get("name") or "",
-                function.get("arguments") or "",
-            )
-        )
-    return events
-
-
-def _signal(entry: dict[str, Any]) -> TokenSignal:
-    """What a token's logprob and top logprobs tell: exact where they can, marked as such."""
-    top = sorted(entry.get("top_logprobs") or (), key=lambda t: -t["logprob"])
-    probs = [math.exp(t["logprob"]) for t in top]
-    return TokenSignal(
-        confidence=math.exp(entry["logprob"]),
-        entropy=-sum(p * math.log2(p) for p in probs if p > 0),  # over the top-k: a lower bound
-        top_gap=probs[0] - probs[1] if len(probs) > 1 else (probs[0] if probs else 0.0),
-        top_k=tuple(Candidate(-1, t["token"], p) for t, p in zip(top, probs, strict=True)),
-        source="upstream_logprobs",
-    )
-
-
-def _tools(request: ChatRequest) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    if request.tools:
-        body["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.name,
-                    "description": t.description,
-                    "parameters": json.loads(t.parameters),
-                },
-            }
-            for t in request.tools
-        ]
-    choice = request.tool_choice
-    if choice is not None:
-        if choice.mode == "function":
-            body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
-        else:
-            body["tool_choice"] = choice.mode
-    return body
-
-
-def _message(m: Message) -> dict[str, Any]:
-    if m.role == "tool":
-        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
-    if m.tool_calls:
-        return {
-            "role": "assistant",
-            "content": m.content or None,
-            "tool_calls": [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                for c in m.tool_calls
-            ],
-        }
-    return {"role": m.role, "content": m.content}
-
-
 def _messages(request: ChatRequest) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = [_message(m) for m in request.messages]
+    messages = [openai_shapes.message(m) for m in request.messages]
     if not request.attachments:
         return messages
     parts: list[dict[str, Any]] = []
@@ -387,7 +278,7 @@ def _messages(request: ChatRequest) -> list[dict[str, Any]]:
             url = a.data if a.data.startswith("data:") else f"data:{a.mime_type};base64,{a.data}"
             parts.append({"type": "image_url", "image_url": {"url": url}})
         else:
-            parts.append({"type": "text", "text": f"[attachment {a.filename or i + 1}]\n{a.data}"})
+            parts.append({"type": "text", "text": attachment_text(a, i)})
     last_user = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=None)
     if last_user is None:
         messages.append({"role": "user", "content": parts})
@@ -441,6 +332,3 @@ def openai_compatible_provider(
         default_model=settings.model,
         extra_sampling=True,
     )
-
-
-__all__ = ["OpenAIFamilyProvider", "azure_openai_provider", "openai_compatible_provider", "openai_provider"]

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -25,19 +25,16 @@ from llmservice.types import (
     ChatRequest,
     Completion,
     FinishReason,
-    Message,
     ModelInfo,
     StreamEnd,
     StreamEvent,
-    TokenDelta,
     ToolCall,
-    ToolCallDelta,
     Usage,
 )
 
-from .base import Provider
+from .remote import openai_shapes
+from .remote.base import RemoteProvider
 from .remote.http import error_message, make_client, raise_for_status, transport_errors
-from .remote.retry import RetryPolicy, call_with_retries, stream_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +51,11 @@ _REFRESH_MARGIN_S = 60.0  # fetch a new token this long before the old one expir
 _GRANT = "urn:ibm:params:oauth:grant-type:apikey"
 
 
-class WatsonxProvider(Provider):
+class WatsonxProvider(RemoteProvider):
     def __init__(
         self, settings: WatsonxSettings, name: str = "watsonx", *, clock: Callable[[], float] = time.time
     ) -> None:
-        self.name = name
+        super().__init__(name, settings)
         self._settings = settings
         self._key = settings.api_key.get_secret_value() if settings.api_key else ""
         self._client: httpx.AsyncClient | None = None
@@ -67,7 +64,6 @@ class WatsonxProvider(Provider):
         self._token_lock = asyncio.Lock()
         self._clock = clock
         self.tokens_fetched = 0
-        self.retry = RetryPolicy(attempts=settings.max_attempts)
 
     @property
     def default_model(self) -> str:
@@ -103,56 +99,47 @@ class WatsonxProvider(Provider):
 
     def validate(self, model: str, request: ChatRequest) -> None:
         s = request.sampling
-        unsupported = {
-            "top_k": s.top_k,
-            "min_p": s.min_p,
-            "repetition_penalty": s.repetition_penalty,
-            "signal_options": request.signals,
-        }
-        for field, value in unsupported.items():
-            if value is not None:
-                raise InvalidRequest(field, f"provider {self.name} has no such chat parameter")
+        self.refuse(
+            "no such chat parameter",
+            top_k=s.top_k,
+            min_p=s.min_p,
+            repetition_penalty=s.repetition_penalty,
+            signal_options=request.signals,
+        )
         if request.constraint is not None and request.constraint.kind == "grammar":
             raise InvalidRequest("response_format.grammar", f"provider {self.name} takes no GBNF grammar")
         if request.attachments:
             raise InvalidRequest("attachments", f"provider {self.name} takes no attachments here")
 
-    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        body = self._body(model, request)
-        async for event in stream_with_retries(
-            lambda: self._one_stream(body, model), self.retry, deadline=request.deadline
-        ):
-            yield event
+    def _stream_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        return self._body(model, request)
 
-    async def complete(self, model: str, request: ChatRequest) -> Completion:
-        body = self._body(model, request)
+    def _complete_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        return self._body(model, request)
 
-        async def call() -> Completion:
-            response = await self._send(
-                lambda client, headers: client.post(self._endpoint("chat"), json=body, headers=headers)
-            )
-            await raise_for_status(response, self.name, model=model, secrets=[self._key])
-            data = response.json()
-            choice = (data.get("choices") or [{}])[0]
-            message = choice.get("message") or {}
-            calls = tuple(
-                ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "{}")
-                for c in message.get("tool_calls") or ()
-            )
-            usage = data.get("usage") or {}
-            finish = _FINISH.get(choice.get("finish_reason") or "stop", FinishReason.STOP)
-            return Completion(
-                message.get("content") or "",
-                model,
-                self.name,
-                finish,
-                Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
-                calls,
-            )
+    async def _call(self, body: dict[str, Any], model: str) -> Completion:
+        response = await self._send(
+            lambda client, headers: client.post(self._endpoint("chat"), json=body, headers=headers)
+        )
+        await raise_for_status(response, self.name, model=model, secrets=[self._key])
+        data = response.json()
+        choice = (data.get("choices") or [{}])[0]
+        message = choice.get("message") or {}
+        calls = tuple(
+            ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "{}")
+            for c in message.get("tool_calls") or ()
+        )
+        usage = data.get("usage") or {}
+        return Completion(
+            message.get("content") or "",
+            model,
+            self.name,
+            _FINISH.get(choice.get("finish_reason") or "stop", FinishReason.STOP),
+            Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            calls,
+        )
 
-        return await call_with_retries(call, self.retry, deadline=request.deadline)
-
-    async def _one_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
+    async def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
         finish: FinishReason | None = None
         usage = Usage()
         for attempt in range(2):  # a second time only with a fresh token
@@ -177,7 +164,7 @@ class WatsonxProvider(Provider):
                                 data["usage"].get("completion_tokens", 0),
                             )
                         for choice in (data.get("choices") or [])[:1]:
-                            for event in _choice_events(choice):
+                            for event in openai_shapes.choice_events(choice):
                                 yield event
                             if choice.get("finish_reason"):
                                 finish = _FINISH.get(choice["finish_reason"], FinishReason.STOP)
@@ -232,7 +219,7 @@ class WatsonxProvider(Provider):
         body: dict[str, Any] = {
             "model_id": model,
             "project_id": self._settings.project_id,
-            "messages": [_message(m) for m in request.messages],
+            "messages": [openai_shapes.message(m) for m in request.messages],
         }
         optional = {
             "temperature": temperature,
@@ -243,23 +230,11 @@ class WatsonxProvider(Provider):
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         if request.tools:
-            body["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": t.name,
-                        "description": t.description,
-                        "parameters": json.loads(t.parameters),
-                    },
-                }
-                for t in request.tools
-            ]
+            body["tools"] = openai_shapes.function_tools(request)
         choice = request.tool_choice
-        if choice is not None:
-            if choice.mode == "function":
-                body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
-            else:
-                body["tool_choice_option"] = choice.mode
+        if choice is not None:  # watsonx names a function in tool_choice, a mode in tool_choice_option
+            key = "tool_choice" if choice.mode == "function" else "tool_choice_option"
+            body[key] = openai_shapes.tool_choice(choice)
         if request.constraint is not None:
             c = request.constraint
             body["response_format"] = (
@@ -284,32 +259,3 @@ async def _expired(response: httpx.Response) -> bool:
         return False
     await response.aread()
     return "expired" in error_message(response.content)
-
-
-def _choice_events(choice: dict[str, Any]) -> list[StreamEvent]:
-    """Text and tool-call pieces of one streamed choice (watsonx's chunks follow OpenAI's)."""
-    delta = choice.get("delta") or {}
-    events: list[StreamEvent] = [TokenDelta(delta["content"])] if delta.get("content") else []
-    for call in delta.get("tool_calls") or ():
-        function = call.get("function") or {}
-        events.append(
-            ToolCallDelta(
-                call.get("index", 0),
-                call.get("id") or "",
-                function.get("name") or "",
-                function.get("arguments") or "",
-            )
-        )
-    return events
-
-
-def _message(m: Message) -> dict[str, Any]:
-    if m.role == "tool":
-        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
-    out: dict[str, Any] = {"role": m.role, "content": m.content}
-    if m.tool_calls:
-        out["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in m.tool_calls
-        ]
-    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -102,3 +103,23 @@ async def test_list_models_covers_every_configured_backend() -> None:
     assert seen[("anthropic", "claude-fake")].capabilities.tools
     assert seen[("openai", "fake-model")].capabilities.signals
     assert not seen[("anthropic", "claude-fake")].capabilities.signals
+
+
+async def test_when_a_backend_is_at_its_concurrency_limit_priority_decides_who_goes_next() -> None:
+    with fake_openai(Reply(text="first", delay_s=0.5), Reply(text="next")) as upstream:
+        settings = OpenAISettings(
+            api_key=SecretStr("k"), base_url=upstream.url + "/v1", model="m", max_concurrency=1
+        )
+        async with openai_provider(settings) as provider:
+
+            async def ask(text: str, priority: int) -> None:
+                await provider.complete("m", ChatRequest((Message("user", text),), priority=priority))
+
+            holder = asyncio.create_task(ask("holder", 5))
+            await asyncio.sleep(0.1)  # the one slot is taken
+            background = asyncio.create_task(ask("background", 10))
+            await asyncio.sleep(0.05)
+            interactive = asyncio.create_task(ask("interactive", 0))
+            await asyncio.gather(holder, background, interactive)
+    order = [r["messages"][0]["content"] for r in upstream.requests]
+    assert order == ["holder", "interactive", "background"]
