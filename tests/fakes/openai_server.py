@@ -97,6 +97,16 @@ def _app(fake: Upstream) -> Starlette:
             )
 
         async def frames() -> AsyncIterator[bytes]:
+            finished = False
+            try:
+                async for frame in _frames():
+                    yield frame
+                finished = True
+            finally:
+                if not finished:
+                    fake.abandoned += 1
+
+        async def _frames() -> AsyncIterator[bytes]:
             yield b": a comment the client must skip\r\n\r\n"
             yield b"data: " + json.dumps(_chunk({"role": "assistant", "content": ""})).encode() + b"\r\n\r\n"
             for i, word in enumerate(words):
@@ -107,7 +117,7 @@ def _app(fake: Upstream) -> Starlette:
                 logprobs = _logprobs(word, body.get("top_logprobs") or 1) if body.get("logprobs") else None
                 yield b"data: " + json.dumps(_chunk({"content": word}, None, logprobs)).encode() + b"\r\n\r\n"
                 yield b": ping\r\n\r\n"
-                await asyncio.sleep(0)
+                await asyncio.sleep(reply.pace_s)
             for frame in _tool_call_chunks(reply.tool_calls):
                 yield b"data: " + json.dumps(frame).encode() + b"\r\n\r\n"
             finish = "tool_calls" if reply.tool_calls else "stop"

@@ -30,6 +30,7 @@ class Reply:
     malformed: bool = False  # stream: one frame that is not JSON
     tool_calls: list[tuple[str, str, str]] = field(default_factory=list)  # (id, name, arguments JSON)
     delay_s: float = 0.0  # wait this long before answering
+    pace_s: float = 0.0  # stream: wait this long between words
 
     @property
     def words(self) -> list[str]:
@@ -46,6 +47,7 @@ class Upstream:
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    abandoned: int = 0  # streams the client went away from before their end
 
     def take(self, body: dict[str, Any], headers: dict[str, str], path: str) -> Reply:
         """Record a call and return its scripted reply (after its delay: fakes `await` this)."""

@@ -25,6 +25,7 @@ from ..fakes.ollama_server import fake_ollama
 from ..fakes.openai_server import fake_openai
 from ..fakes.proxy import forward_proxy
 from ..fakes.upstream import Reply
+from .conftest import eventually
 
 HI = [pb.ChatMessage(role="user", content="Hi")]
 
@@ -123,3 +124,23 @@ async def test_when_a_backend_is_at_its_concurrency_limit_priority_decides_who_g
             await asyncio.gather(holder, background, interactive)
     order = [r["messages"][0]["content"] for r in upstream.requests]
     assert order == ["holder", "interactive", "background"]
+
+
+async def test_a_caller_who_goes_away_stops_the_upstream_stream() -> None:
+    text = " ".join(f"w{i}" for i in range(40))
+    with fake_openai(Reply(text=text, pace_s=0.05)) as upstream:
+        settings = Settings(
+            provider="openai",
+            server=ServerSettings(grpc_port=0),
+            openai=OpenAISettings(api_key=SecretStr("k"), base_url=upstream.url + "/v1", model="m"),
+        )
+        async with service(settings) as stub:
+            call = stub.StreamChat(pb.LLMChatRequest(messages=HI))
+            seen = 0
+            async for chunk in call:
+                seen += bool(chunk.token)
+                if seen == 2:
+                    break
+            call.cancel()
+            await eventually(lambda: upstream.abandoned == 1, timeout_s=5)
+    assert len(upstream.requests) == 1
