@@ -156,7 +156,7 @@ class OpenAIFamilyProvider(RemoteProvider):
             if c.get("type", "function") == "function"
         )
         return Completion(
-            message.get("content") or "",
+            openai_shapes.text_of(message.get("content")),
             model,
             self.name,
             _FINISH.get(choices[0].get("finish_reason") or "stop", FinishReason.STOP),

@@ -131,7 +131,7 @@ class WatsonxProvider(RemoteProvider):
         )
         usage = data.get("usage") or {}
         return Completion(
-            message.get("content") or "",
+            openai_shapes.text_of(message.get("content")),
             model,
             self.name,
             _FINISH.get(choice.get("finish_reason") or "stop", FinishReason.STOP),

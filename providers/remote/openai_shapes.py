@@ -59,7 +59,7 @@ def choice_events(choice: dict[str, Any]) -> list[StreamEvent]:
     events: list[StreamEvent] = []
     delta = choice.get("delta") or {}
     entries = (choice.get("logprobs") or {}).get("content") or []
-    content = delta.get("content")
+    content = text_of(delta.get("content"))
     if content:
         if len(entries) > 1 and "".join(e["token"] for e in entries) == content:
             events.extend(TokenDelta(e["token"], signal=logprob_signal(e)) for e in entries)
@@ -76,6 +76,17 @@ def choice_events(choice: dict[str, Any]) -> list[StreamEvent]:
             )
         )
     return events
+
+
+def text_of(content: str | list[Any] | None) -> str:
+    """Message or delta content as text: a string, or an array of parts (some servers send those)."""
+    if not content:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(
+        part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+    )
 
 
 def logprob_signal(entry: dict[str, Any]) -> TokenSignal:

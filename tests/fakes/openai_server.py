@@ -82,7 +82,9 @@ def _app(fake: Upstream) -> Starlette:
                             "index": 0,
                             "message": {
                                 "role": "assistant",
-                                "content": reply.text,
+                                "content": [{"type": "text", "text": reply.text}]
+                                if reply.array_content
+                                else reply.text,
                                 "tool_calls": calls or None,
                             },
                             "finish_reason": "tool_calls" if calls else "stop",
@@ -115,7 +117,11 @@ def _app(fake: Upstream) -> Starlette:
                 if reply.malformed and i == 1:
                     yield b"data: {not json\r\n\r\n"
                 logprobs = _logprobs(word, body.get("top_logprobs") or 1) if body.get("logprobs") else None
-                yield b"data: " + json.dumps(_chunk({"content": word}, None, logprobs)).encode() + b"\r\n\r\n"
+                content: object = [{"type": "text", "text": word}] if reply.array_content else word
+                data = json.dumps(
+                    _chunk({"content": content}, None, logprobs), indent=1 if reply.multiline else None
+                )
+                yield b"".join(b"data: " + line.encode() + b"\r\n" for line in data.splitlines()) + b"\r\n"
                 yield b": ping\r\n\r\n"
                 await asyncio.sleep(reply.pace_s)
             for frame in _tool_call_chunks(reply.tool_calls):

@@ -31,6 +31,8 @@ class Reply:
     tool_calls: list[tuple[str, str, str]] = field(default_factory=list)  # (id, name, arguments JSON)
     delay_s: float = 0.0  # wait this long before answering
     pace_s: float = 0.0  # stream: wait this long between words
+    multiline: bool = False  # stream: each event's JSON split over several `data:` lines
+    array_content: bool = False  # content as an array of parts rather than a string
 
     @property
     def words(self) -> list[str]:

@@ -177,3 +177,17 @@ async def test_signals_logprobs_cannot_give_are_refused(options: SignalOptions, 
             with pytest.raises(InvalidRequest) as raised:
                 provider.validate("fake-model", ChatRequest(HELLO.messages, signals=options))
     assert raised.value.field == field
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [Reply(text="split over lines", multiline=True), Reply(text="as content parts", array_content=True)],
+    ids=["multi-line data", "array-shaped content"],
+)
+async def test_streams_and_replies_in_every_shape_the_api_allows(reply: Reply) -> None:
+    with fake_openai(reply) as fake:
+        async with provider_for(fake) as provider:
+            events = await collect(provider)
+            completion = await provider.complete("fake-model", HELLO)
+    assert "".join(e.text for e in events if isinstance(e, TokenDelta)) == reply.text
+    assert completion.text == reply.text

@@ -119,10 +119,27 @@ def test_documented_provider_variables_land_in_their_sections(monkeypatch: pytes
         "AZURE_OPENAI_DEPLOYMENT": "gpt-4o-eu",
         "AZURE_OPENAI_API_VERSION": "2025-01-01",
         "AZURE_OPENAI_TEMPERATURE": "0.2",
+        "ANTHROPIC_API_KEY": "sk-ant",
+        "ANTHROPIC_MODEL": "claude-x",
+        "ANTHROPIC_TEMPERATURE": "0.3",
+        "ANTHROPIC_MAX_TOKENS": "100",
+        "AWS_BEDROCK_MODEL_ID": "anthropic.claude-3-haiku-20240307-v1:0",
+        "AWS_BEDROCK_REGION": "eu-west-1",
+        "AWS_BEDROCK_TEMPERATURE": "0.4",
+        "AWS_BEDROCK_MAX_TOKENS": "200",
+        "WATSONX_APIKEY": "wx-key",
+        "WATSONX_URL": "https://us-south.ml.cloud.ibm.com",
+        "WATSONX_PROJECT_ID": "proj",
+        "WATSONX_MODEL_ID": "ibm/granite",
+        "WATSONX_TEMPERATURE": "0.6",
+        "OLLAMA_MODEL": "llama3.2:1b",
+        "OLLAMA_BASE_URL": "http://127.0.0.1:11434",
+        "OLLAMA_TEMPERATURE": "0.7",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     settings = load_settings()
+    assert set(values) == set(DOCUMENTED_ENV) - {"LLM_PROVIDER"}  # every documented variable is checked
     for name, path in DOCUMENTED_ENV.items():
         if name not in values:
             continue
