@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 
+from .auth import AuthPolicy
 from .core import LLMCore
 from .registry import ProviderRegistry
 from .server import GrpcServer, start_server
@@ -28,7 +29,10 @@ async def running_service(
     the default model is loaded.
     """
     registry = registry or ProviderRegistry.from_settings(settings)
-    server = await start_server(LLMCore(registry), settings.server.host, settings.server.grpc_port)
+    auth = AuthPolicy.from_settings(settings.auth)
+    if auth.open:
+        log.warning("no API keys configured: open local mode, every caller may use every model")
+    server = await start_server(LLMCore(registry), settings.server.host, settings.server.grpc_port, auth)
     if on_listening:
         on_listening(server.port)
     try:

@@ -8,6 +8,7 @@ This is the only module that reads the process environment.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -71,6 +72,33 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
     drain_grace_s: float = Field(10.0, ge=0, description="how long SIGTERM waits for in-flight calls")
+
+
+class PrincipalSettings(_Section):
+    """One caller: the key it presents (by its SHA-256, or read from a variable) and its models."""
+
+    key_sha256: str = Field("", description="hex SHA-256 of the API key (so the file holds no key)")
+    key_env: str = Field("", description="or: the environment variable that holds the key")
+    models: list[str] = Field(
+        default_factory=lambda: ["*"], description="model patterns it may use: 'gpt-4o', 'openai/*', '*'"
+    )
+
+    def key_digest(self) -> str:
+        if self.key_env:
+            if self.key_env not in os.environ:
+                raise SettingsError(f"environment variable {self.key_env} (key_env) is not set")
+            return hashlib.sha256(os.environ[self.key_env].encode()).hexdigest()
+        if not self.key_sha256:
+            raise SettingsError("a principal needs key_sha256 or key_env")
+        if len(self.key_sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in self.key_sha256):
+            raise SettingsError("key_sha256 must be 64 hex digits (sha256sum of the key)")
+        return self.key_sha256.lower()
+
+
+class AuthSettings(_Section):
+    """API keys and what each caller may use. No principals: open local mode."""
+
+    principals: dict[str, PrincipalSettings] = Field(default_factory=dict)
 
 
 class LlamaCppSettings(_Section):
@@ -284,6 +312,7 @@ class Settings(BaseSettings):
     # A model name served by an ordered list of deployments: the first that works answers.
     routes: dict[str, list[str]] = Field(default_factory=dict)
     routing: RoutingSettings = RoutingSettings()
+    auth: AuthSettings = AuthSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -15,6 +15,7 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice._pb.protocol import llm_service_pb2 as protocol_pb
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
+from llmservice.auth import AuthPolicy
 from llmservice.core import LLMCore
 
 from .servicer import LLMServicer
@@ -56,10 +57,10 @@ class GrpcServer:
         await self.server.stop(0)
 
 
-async def start_server(core: LLMCore, host: str, port: int) -> GrpcServer:
+async def start_server(core: LLMCore, host: str, port: int, auth: AuthPolicy | None = None) -> GrpcServer:
     """Start serving on host:port (0 picks a free port); health says NOT_SERVING until set_serving."""
     server = grpc.aio.server()
-    servicer = LLMServicer(core)
+    servicer = LLMServicer(core, auth or AuthPolicy({}))
     pb_grpc.add_LLMServiceServicer_to_server(servicer, server)
     protocol_grpc.add_LLMServiceServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()

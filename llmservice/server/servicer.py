@@ -14,6 +14,7 @@ import grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
+from llmservice.auth import AuthPolicy
 from llmservice.core import LLMCore
 from llmservice.errors import Unavailable
 from llmservice.types import ChatRequest, TokenDelta, ToolCallDelta
@@ -25,8 +26,9 @@ from .status import to_status
 class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
     """Implements llmservice.v1.LLMService; protocol.LLMService is its Chat and StreamChat."""
 
-    def __init__(self, core: LLMCore) -> None:
+    def __init__(self, core: LLMCore, auth: AuthPolicy) -> None:
         self._core = core
+        self._auth = auth
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -60,7 +62,8 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
     ) -> pb.LLMChatResponse:
         try:
             with self._tracked():
-                completion = await self._core.complete(_decode(request, context))
+                principal = self._auth.authenticate(context.invocation_metadata() or ())
+                completion = await self._core.complete(_decode(request, context), principal)
         except Exception as exc:
             await _abort(context, exc)
         return codec.encode_completion(completion)
@@ -72,7 +75,8 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
     ) -> AsyncIterator[pb.LLMChatChunk]:
         try:
             with self._tracked():
-                stream = self._core.stream(_decode(request, context))
+                principal = self._auth.authenticate(context.invocation_metadata() or ())
+                stream = self._core.stream(_decode(request, context), principal)
                 # aclosing: when the caller goes away, the provider's generator is closed at once,
                 # which cancels its work.
                 async with contextlib.aclosing(stream.events) as events:
@@ -92,7 +96,8 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         context: grpc.aio.ServicerContext[pb.ListModelsRequest, pb.ListModelsResponse],
     ) -> pb.ListModelsResponse:
         try:
-            return codec.encode_models(await self._core.list_models())
+            principal = self._auth.authenticate(context.invocation_metadata() or ())
+            return codec.encode_models(await self._core.list_models(principal))
         except Exception as exc:
             await _abort(context, exc)
 
