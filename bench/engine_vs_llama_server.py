@@ -186,6 +186,8 @@ async def service_running(threads: int) -> AsyncIterator[pb_grpc.LLMServiceStub]
         "serve",
         "--grpc-port",
         "0",
+        "--http-port",
+        "-1",
         "--set",
         f"llamacpp.n_ctx={N_CTX}",
         "--set",

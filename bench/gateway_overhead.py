@@ -67,6 +67,8 @@ async def service_running(upstream: str) -> AsyncIterator[pb_grpc.LLMServiceStub
         "serve",
         "--grpc-port",
         "0",
+        "--http-port",
+        "-1",
         "--set",
         "provider=openai_compatible",
         "--set",

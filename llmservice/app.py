@@ -57,7 +57,13 @@ async def serve(settings: Settings) -> None:
             f"llmservice: gRPC listening on {host}:{port} (NOT_SERVING until the model is loaded)", flush=True
         )
 
-    async with running_service(settings, listening) as server:
+    async with running_service(settings, listening) as server, contextlib.AsyncExitStack() as shim:
+        if settings.server.http_port >= 0:
+            from gateway_shim.server import running_shim  # the shim is a client of this service
+
+            target = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{server.port}"
+            http_port = await shim.enter_async_context(running_shim(target, host, settings.server.http_port))
+            print(f"llmservice: HTTP shim (OpenAI API) on http://{host}:{http_port}", flush=True)
         print(f"llmservice: ready, SERVING on {host}:{server.port}", flush=True)
         await stop.wait()
         print(f"llmservice: draining (up to {settings.server.drain_grace_s:g} s)", flush=True)

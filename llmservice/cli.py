@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML settings file (default: ./llm.toml when present)")
     serve.add_argument("--grpc-port", type=int, help="port to listen on; 0 picks a free one and prints it")
     serve.add_argument(
+        "--http-port",
+        type=int,
+        help="the HTTP shim's port (default 8000); 0 picks a free one, -1 runs no shim",
+    )
+    serve.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -39,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         help="override a setting, e.g. --set llamacpp.n_ctx=8192 (repeatable)",
     )
     serve.set_defaults(run=_serve)
+
+    shim = commands.add_parser("shim", help="run the HTTP shim alone, in front of a running service")
+    shim.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the service")
+    shim.add_argument("--host", default="127.0.0.1")
+    shim.add_argument("--http-port", type=int, default=8000, help="0 picks a free port and prints it")
+    shim.set_defaults(run=_shim)
 
     chat = commands.add_parser("chat", help="stream a reply from a running service")
     chat.add_argument("prompt")
@@ -59,9 +70,29 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.grpc_port is not None:
         overrides.append(f"server.grpc_port={args.grpc_port}")
+    if args.http_port is not None:
+        overrides.append(f"server.http_port={args.http_port}")
     settings = load_settings(args.config, overrides)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(settings))
+    return 0
+
+
+def _shim(args: argparse.Namespace) -> int:
+    import signal
+
+    from gateway_shim.server import running_shim
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        async with running_shim(args.target, args.host, args.http_port) as port:
+            print(f"llmservice: HTTP shim on http://{args.host}:{port} for {args.target}", flush=True)
+            await stop.wait()
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run())
     return 0
 
 

@@ -71,6 +71,9 @@ class _Section(BaseModel):
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+    http_port: int = Field(
+        8000, ge=-1, le=65535, description="the HTTP shim's; 0 picks a free one, -1: no shim"
+    )
     drain_grace_s: float = Field(10.0, ge=0, description="how long SIGTERM waits for in-flight calls")
 
 

@@ -28,6 +28,8 @@ async def start_serve(*args: str) -> tuple[asyncio.subprocess.Process, int]:
         "serve",
         "--grpc-port",
         "0",
+        "--http-port",
+        "-1",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
@@ -117,3 +119,53 @@ async def test_cli_chat_reports_errors(service: Service) -> None:
     code, _, err = await cli("chat", "hi", "--target", service.target, "--model", "nope")
     assert code == 1
     assert b"NOT_FOUND" in err
+
+
+async def test_serve_runs_the_http_shim_beside_grpc_and_shim_runs_alone() -> None:
+    import httpx
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "llmservice",
+        "serve",
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    shim: asyncio.subprocess.Process | None = None
+    assert proc.stdout is not None
+    try:
+        http_url = ""
+        while line := (await asyncio.wait_for(proc.stdout.readline(), 120)).decode():
+            if line.startswith("llmservice: HTTP shim"):
+                http_url = line.split(" on ", 1)[1].strip()
+            if line.startswith("llmservice: ready"):
+                grpc_port = int(line.rsplit(":", 1)[1])
+                break
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{http_url}/v1/models")).json()["object"] == "list"
+            shim = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "llmservice",
+                "shim",
+                "--target",
+                f"127.0.0.1:{grpc_port}",
+                "--http-port",
+                "0",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            assert shim.stdout is not None
+            line = (await asyncio.wait_for(shim.stdout.readline(), 60)).decode()
+            alone = line.split(" on ", 1)[1].split(" for ", 1)[0]
+            assert (await http.get(f"{alone}/v1/models")).json()["object"] == "list"
+    finally:
+        for p in (shim, proc):
+            if p is not None and p.returncode is None:
+                p.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(p.wait(), 60) == 0

@@ -1,0 +1,53 @@
+"""The shim's FastAPI app: one gRPC channel to the service, owned by the app's lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+
+from .errors import APIError, invalid
+from .openai.router import router
+from .openai.serving import OpenAIServing
+
+
+def create_app(target: str) -> FastAPI:
+    """The app, talking to the LLMService at `target` (host:port) over one channel."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            app.state.openai = OpenAIServing(pb_grpc.LLMServiceStub(channel))
+            yield
+
+    app = FastAPI(
+        title="llmservice HTTP shim",
+        summary="The OpenAI API on top of the LLMService gRPC service",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.include_router(router(), prefix="/v1")
+    app.include_router(router(), include_in_schema=False)
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    return app
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, APIError)
+    return exc.response()
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 becomes OpenAI's 400, naming the first offending parameter."""
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or "body"
+    return invalid(param, str(first.get("msg", "invalid"))).response()

@@ -1,0 +1,42 @@
+"""Running the shim with uvicorn inside an asyncio program (the service's, or its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import uvicorn
+
+from .app import create_app
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the program that runs us owns SIGTERM and SIGINT and tells us when to stop
+
+
+@contextlib.asynccontextmanager
+async def running_shim(target: str, host: str, port: int) -> AsyncIterator[int]:
+    """Serve the shim for `target` on host:port (0: a free port) for the block; yields the port."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(
+        create_app(target), log_level="warning", access_log=False, timeout_graceful_shutdown=5
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # raises why it could not start
+                raise RuntimeError("the HTTP shim stopped before it started")
+            await asyncio.sleep(0.01)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()

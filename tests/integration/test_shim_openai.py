@@ -1,0 +1,155 @@
+"""The OpenAI API on the shim, driven by the official openai client, on the bundled model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import openai
+import pytest
+
+from gateway_shim.server import running_shim
+
+from .conftest import Service
+
+HELLO = [{"role": "user", "content": "Name three colours."}]
+
+
+@pytest.fixture(scope="module")
+async def base_url(service: Service) -> AsyncIterator[str]:
+    async with running_shim(service.target, "127.0.0.1", 0) as port:
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture
+async def client(base_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(api_key="unused", base_url=base_url, max_retries=0) as client:
+        yield client
+
+
+async def test_chat_streamed_and_whole_agree_at_temperature_zero(client: openai.AsyncOpenAI) -> None:
+    whole = await client.chat.completions.create(model="", messages=HELLO, temperature=0, max_tokens=16)  # type: ignore[arg-type]
+    stream = await client.chat.completions.create(
+        model="",
+        messages=HELLO,
+        temperature=0,
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},  # type: ignore[arg-type]
+    )
+    chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert whole.choices[0].message.content == text
+    assert whole.choices[0].finish_reason == "length"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "length"
+    ]
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 16  # type: ignore[union-attr]
+
+
+async def test_the_sync_client_works_too(base_url: str) -> None:
+    def call() -> str:
+        with openai.OpenAI(api_key="unused", base_url=base_url, max_retries=0) as client:
+            reply = client.chat.completions.create(model="", messages=HELLO, max_tokens=4)  # type: ignore[arg-type]
+            return reply.choices[0].message.content or ""
+
+    assert await asyncio.to_thread(call)  # a sync client in a thread: the service runs on this loop
+
+
+async def test_models_list_and_one(client: openai.AsyncOpenAI, service: Service) -> None:
+    models = [m async for m in client.models.list()]
+    default = service.engine.default_model
+    assert default in [m.id for m in models]
+    assert (await client.models.retrieve(default)).owned_by == "llamacpp"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("no-such-model")
+
+
+async def test_an_unknown_model_fails_before_any_stream_byte(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as raised:
+        await client.chat.completions.create(model="no-such-model", messages=HELLO, stream=True)  # type: ignore[arg-type]
+    assert "no-such-model" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"made_up": 1}, "made_up"),
+        ({"temperature": 5}, "temperature"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ],
+)
+async def test_what_is_not_honoured_is_a_400_naming_it(
+    client: openai.AsyncOpenAI, extra: dict[str, object], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        await client.chat.completions.create(model="", messages=HELLO, max_tokens=4, extra_body=extra)  # type: ignore[arg-type]
+    assert raised.value.body["param"] == param  # type: ignore[index]
+
+
+async def test_logprobs_come_from_token_signals(client: openai.AsyncOpenAI) -> None:
+    whole = await client.chat.completions.create(
+        model="",
+        messages=HELLO,
+        max_tokens=5,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,  # type: ignore[arg-type]
+    )
+    entries = whole.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert entries
+    assert len(entries) == 5
+    for entry in entries:
+        assert entry.logprob <= 0
+        assert len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
+        assert entry.top_logprobs[0].token == entry.token  # greedy: the chosen token is the best one
+
+
+async def test_a_json_schema_response_format_gives_matching_json(client: openai.AsyncOpenAI) -> None:
+    schema = {"type": "object", "properties": {"colour": {"type": "string"}}, "required": ["colour"]}
+    reply = await client.chat.completions.create(
+        model="",
+        messages=HELLO,
+        max_tokens=40,
+        temperature=0,  # type: ignore[arg-type]
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+    )
+    data = json.loads(reply.choices[0].message.content or "")
+    assert isinstance(data["colour"], str)
+
+
+async def test_a_client_that_disconnects_stops_generation(base_url: str, service: Service) -> None:
+    body = {"messages": HELLO, "max_tokens": 400, "stream": True}
+    async with (
+        httpx.AsyncClient() as http,
+        http.stream("POST", f"{base_url}/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        async for _ in response.aiter_lines():
+            break
+    before = service.tokens_generated
+    await asyncio.sleep(0.5)
+    settled = service.tokens_generated
+    await asyncio.sleep(0.5)
+    assert service.tokens_generated == settled  # nothing more is generated for the gone client
+    assert settled - before < 100
+
+
+async def test_the_openapi_document_is_served(base_url: str) -> None:
+    async with httpx.AsyncClient() as http:
+        doc = (await http.get(base_url.removesuffix("/v1") + "/openapi.json")).json()
+    assert "/v1/chat/completions" in doc["paths"]
+    assert "/v1/models" in doc["paths"]
+
+
+async def test_routes_answer_without_the_v1_prefix_too(base_url: str) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(base_url.removesuffix("/v1") + "/models")
+    assert response.status_code == 200
+    assert response.json()["object"] == "list"
