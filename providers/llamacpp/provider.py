@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 
 from llmservice.errors import InvalidRequest, NotFound
 from llmservice.scheduler import Scheduler
@@ -14,6 +16,7 @@ from llmservice.settings import LlamaCppSettings, SettingsError, env_name
 from llmservice.types import Capabilities, ChatRequest, Message, ModelInfo, StreamEnd, StreamEvent
 
 from ..base import Provider
+from . import tools
 from .constraint import grammar_for
 from .engine import Delivery, Engine, Job
 from .model import LlamaModel
@@ -108,7 +111,7 @@ class LlamaCppProvider(Provider):
                 self.name,
                 n_ctx,
                 loaded=self._engine is not None,
-                capabilities=Capabilities(streaming=True, signals=True),
+                capabilities=Capabilities(streaming=True, tools=True, signals=True),
             )
         ]
 
@@ -117,13 +120,14 @@ class LlamaCppProvider(Provider):
             raise NotFound(
                 f"model {model!r} is not served by provider {self.name}; it serves {self._model_id!r}"
             )
-        if request.tools or request.tool_choice is not None:
-            raise InvalidRequest("tools", f"model {model} on the local engine does not call tools")
-        for i, message in enumerate(request.messages):
-            if message.role == "tool" or message.tool_calls:
-                raise InvalidRequest(
-                    f"messages[{i}]", f"model {model} on the local engine has no tool turns to read"
-                )
+        if request.tools and request.constraint is not None:
+            raise InvalidRequest(
+                "response_format", "the local engine constrains replies to tool calls already"
+            )
+        if request.tools and request.signals is not None:
+            raise InvalidRequest(
+                "signal_options", "with tools the reply is held back whole: no per-token signals"
+            )
         for i, attachment in enumerate(request.attachments):
             if not attachment.mime_type.startswith(_TEXT_TYPES):
                 raise InvalidRequest(
@@ -136,8 +140,25 @@ class LlamaCppProvider(Provider):
                 check_grammar(self._model, grammar_for(request.constraint))
             except (GrammarError, ValueError) as exc:
                 raise InvalidRequest(f"response_format.{request.constraint.kind}", str(exc)) from None
+        if request.tools and self._model is not None:
+            constraint = tools.with_tools(request).constraint
+            assert constraint is not None
+            try:
+                check_grammar(self._model, grammar_for(constraint))
+            except (GrammarError, ValueError) as exc:
+                raise InvalidRequest("tools", f"a tool's parameters cannot be enforced: {exc}") from None
 
     async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
+        if request.tools and (request.tool_choice is None or request.tool_choice.mode != "none"):
+            events = tools.call_tools(lambda r: self._generate(model, r), request)
+        else:
+            plain = replace(request, messages=tools.plain_turns(request.messages), tools=(), tool_choice=None)
+            events = self._generate(model, plain)
+        async with contextlib.aclosing(events) as running:
+            async for event in running:
+                yield event
+
+    async def _generate(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         engine, scheduler = self._ready()
         prompt = self._tokenize(_with_attachments(request))
         if len(prompt) >= engine.n_ctx:

@@ -81,7 +81,7 @@ async def test_an_unknown_model_fails_before_any_stream_byte(client: openai.Asyn
         ({"frequency_penalty": 0.5}, "frequency_penalty"),
         ({"made_up": 1}, "made_up"),
         ({"temperature": 5}, "temperature"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"logit_bias": {"1": 2}}, "logit_bias"),
     ],
 )
 async def test_what_is_not_honoured_is_a_400_naming_it(
@@ -153,3 +153,76 @@ async def test_routes_answer_without_the_v1_prefix_too(base_url: str) -> None:
         response = await http.get(base_url.removesuffix("/v1") + "/models")
     assert response.status_code == 200
     assert response.json()["object"] == "list"
+
+
+async def test_the_bundled_model_calls_a_tool_through_the_openai_client(client: openai.AsyncOpenAI) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "The weather in a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    whole = await client.chat.completions.create(
+        model="",
+        messages=ask,
+        tools=tools,
+        tool_choice="required",
+        temperature=0,
+        max_tokens=60,  # type: ignore[arg-type]
+    )
+    call = whole.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert whole.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert isinstance(json.loads(call.function.arguments)["city"], str)  # type: ignore[union-attr]
+    stream = await client.chat.completions.create(
+        model="",
+        messages=ask,
+        tools=tools,
+        tool_choice="required",
+        temperature=0,
+        max_tokens=60,
+        stream=True,  # type: ignore[arg-type]
+    )
+    chunks = [c async for c in stream]
+    pieces = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or ())]
+    assert pieces[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert "".join(p.function.arguments or "" for p in pieces) == call.function.arguments  # type: ignore[union-attr]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+async def test_a_tool_result_goes_back_and_the_model_answers(client: openai.AsyncOpenAI) -> None:
+    messages = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 degrees"},
+    ]
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    reply = await client.chat.completions.create(
+        model="",
+        messages=messages,
+        tools=tools,
+        tool_choice="none",
+        temperature=0,
+        max_tokens=20,  # type: ignore[arg-type]
+    )
+    assert reply.choices[0].message.tool_calls is None
+    assert reply.choices[0].message.content
