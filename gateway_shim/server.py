@@ -21,7 +21,10 @@ class _Server(uvicorn.Server):
 @contextlib.asynccontextmanager
 async def running_shim(target: str, host: str, port: int) -> AsyncIterator[int]:
     """Serve the shim for `target` on host:port (0: a free port) for the block; yields the port."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
+    # and without it a reused connection waits ~40 ms (Nagle and delayed ACKs) per reply.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     config = uvicorn.Config(
