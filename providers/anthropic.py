@@ -13,7 +13,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import httpx_sse
 
 from llmservice.errors import InvalidRequest, LLMServiceError, Unavailable
@@ -33,8 +32,8 @@ from llmservice.types import (
     Usage,
 )
 
-from .remote.base import RemoteProvider
-from .remote.http import make_client, raise_for_status, transport_errors
+from .remote.base import HttpProvider, attachment_text, base64_data
+from .remote.http import raise_for_status, transport_errors
 
 log = logging.getLogger(__name__)
 
@@ -50,28 +49,17 @@ _FINISH = {
 _IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
 
-class AnthropicProvider(RemoteProvider):
+class AnthropicProvider(HttpProvider):
     def __init__(self, settings: AnthropicSettings, name: str = "anthropic") -> None:
-        super().__init__(name, settings)
+        key = settings.api_key.get_secret_value() if settings.api_key else ""
+        headers = {"x-api-key": key, "anthropic-version": settings.api_version}
+        super().__init__(name, settings, base_url=settings.base_url, headers=headers)
         self._settings = settings
-        self._key = settings.api_key.get_secret_value() if settings.api_key else ""
-        self._client: httpx.AsyncClient | None = None
+        self._key = key
 
     @property
     def default_model(self) -> str:
         return self._settings.model
-
-    async def start(self) -> None:
-        self._client = make_client(
-            self._settings,
-            base_url=self._settings.base_url,
-            headers={"x-api-key": self._key, "anthropic-version": self._settings.api_version},
-        )
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     async def list_models(self) -> list[ModelInfo]:
         ids = [self.default_model]
@@ -213,11 +201,6 @@ class AnthropicProvider(RemoteProvider):
             }[choice.mode]
         return body
 
-    def _ready(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError(f"provider {self.name} used before start()")
-        return self._client
-
 
 def _messages(request: ChatRequest) -> list[dict[str, Any]]:
     """Anthropic's turns: system text goes apart, tool results are user turns, runs merge."""
@@ -254,10 +237,8 @@ def _attachment_blocks(request: ChatRequest) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     for i, a in enumerate(request.attachments):
         if a.mime_type in _IMAGE_TYPES:
-            data = a.data.split(",", 1)[1] if a.data.startswith("data:") else a.data
-            blocks.append(
-                {"type": "image", "source": {"type": "base64", "media_type": a.mime_type, "data": data}}
-            )
+            source = {"type": "base64", "media_type": a.mime_type, "data": base64_data(a)}
+            blocks.append({"type": "image", "source": source})
         else:
-            blocks.append({"type": "text", "text": f"[attachment {a.filename or i + 1}]\n{a.data}"})
+            blocks.append({"type": "text", "text": attachment_text(a, i)})
     return blocks

@@ -17,6 +17,7 @@ from typing import Any
 
 import botocore.auth
 import botocore.awsrequest
+import botocore.credentials
 import botocore.eventstream
 import botocore.session
 import httpx
@@ -38,8 +39,8 @@ from llmservice.types import (
     Usage,
 )
 
-from .remote.base import RemoteProvider, attachment_text, base64_data
-from .remote.http import error_message, make_client, transport_errors
+from .remote.base import HttpProvider, attachment_text, base64_data
+from .remote.http import error_message, transport_errors
 from .remote.http_errors import from_status
 
 log = logging.getLogger(__name__)
@@ -56,30 +57,27 @@ _FINISH = {
 _IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
 
 
-class BedrockProvider(RemoteProvider):
+class BedrockProvider(HttpProvider):
     def __init__(self, settings: BedrockSettings, name: str = "aws_bedrock") -> None:
         super().__init__(name, settings)
         self._settings = settings
         self._endpoint = settings.endpoint_url or f"https://bedrock-runtime.{settings.region}.amazonaws.com"
-        self._session = botocore.session.get_session()
-        self._client: httpx.AsyncClient | None = None
+        self._credentials: botocore.credentials.Credentials | None = None
 
     @property
     def default_model(self) -> str:
         return self._settings.model
 
     async def start(self) -> None:
-        if self._session.get_credentials() is None:
+        # Found once through the AWS chain; refreshable ones (roles, SSO) renew themselves
+        # when asked for frozen credentials.
+        self._credentials = botocore.session.get_session().get_credentials()
+        if self._credentials is None:
             raise ProviderAuthFailed(
                 f"provider {self.name} found no AWS credentials (AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or a role)"
             )
-        self._client = make_client(self._settings)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await super().start()
 
     async def list_models(self) -> list[ModelInfo]:
         # Listing needs the control-plane API (bedrock, not bedrock-runtime) and its own
@@ -175,8 +173,10 @@ class BedrockProvider(RemoteProvider):
         request = botocore.awsrequest.AWSRequest(
             method="POST", url=url, data=data, headers={"Content-Type": "application/json"}
         )
-        credentials = self._session.get_credentials().get_frozen_credentials()
-        botocore.auth.SigV4Auth(credentials, "bedrock", self._settings.region).add_auth(request)
+        if self._credentials is None:
+            raise RuntimeError(f"provider {self.name} used before start()")
+        frozen = self._credentials.get_frozen_credentials()
+        botocore.auth.SigV4Auth(frozen, "bedrock", self._settings.region).add_auth(request)
         return url, dict(request.headers.items()), data
 
     async def _raise_for_status(self, response: httpx.Response, model: str) -> None:
@@ -196,10 +196,9 @@ class BedrockProvider(RemoteProvider):
         )
 
     def _secrets(self) -> list[str]:
-        credentials = self._session.get_credentials()
-        if credentials is None:
+        if self._credentials is None:
             return []
-        frozen = credentials.get_frozen_credentials()
+        frozen = self._credentials.get_frozen_credentials()
         return [s for s in (frozen.secret_key, frozen.token) if s]
 
     def _body(self, request: ChatRequest) -> dict[str, Any]:
@@ -239,11 +238,6 @@ class BedrockProvider(RemoteProvider):
                 }[choice.mode]
             body["toolConfig"] = tool_config
         return body
-
-    def _ready(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError(f"provider {self.name} used before start()")
-        return self._client
 
 
 def _decode(message: Any) -> tuple[str, dict[str, Any]]:

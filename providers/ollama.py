@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from llmservice.errors import InvalidRequest, LLMServiceError, Unavailable
 from llmservice.settings import OllamaSettings
 from llmservice.types import (
@@ -36,8 +34,8 @@ from llmservice.types import (
 )
 
 from .remote import openai_shapes
-from .remote.base import RemoteProvider, attachment_text, base64_data
-from .remote.http import make_client, raise_for_status, transport_errors
+from .remote.base import HttpProvider, attachment_text, base64_data
+from .remote.http import raise_for_status, transport_errors
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +52,14 @@ class PullProgress:
     completed: int = 0
 
 
-class OllamaProvider(RemoteProvider):
+class OllamaProvider(HttpProvider):
     def __init__(self, settings: OllamaSettings, name: str = "ollama") -> None:
-        super().__init__(name, settings)
+        super().__init__(name, settings, base_url=settings.base_url)
         self._settings = settings
-        self._client: httpx.AsyncClient | None = None
 
     @property
     def default_model(self) -> str:
         return self._settings.model
-
-    async def start(self) -> None:
-        self._client = make_client(self._settings, base_url=self._settings.base_url)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     async def list_models(self) -> list[ModelInfo]:
         names = [self.default_model]
@@ -215,11 +204,6 @@ class OllamaProvider(RemoteProvider):
             c = request.constraint
             body["format"] = "json" if c.kind == "json_object" else json.loads(c.text)
         return body
-
-    def _ready(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError(f"provider {self.name} used before start()")
-        return self._client
 
 
 def _tool_call_deltas(message: dict[str, Any], first_index: int) -> list[ToolCallDelta]:

@@ -33,8 +33,8 @@ from llmservice.types import (
 )
 
 from .remote import openai_shapes
-from .remote.base import RemoteProvider
-from .remote.http import error_message, make_client, raise_for_status, transport_errors
+from .remote.base import HttpProvider
+from .remote.http import error_message, raise_for_status, transport_errors
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,13 @@ _REFRESH_MARGIN_S = 60.0  # fetch a new token this long before the old one expir
 _GRANT = "urn:ibm:params:oauth:grant-type:apikey"
 
 
-class WatsonxProvider(RemoteProvider):
+class WatsonxProvider(HttpProvider):
     def __init__(
         self, settings: WatsonxSettings, name: str = "watsonx", *, clock: Callable[[], float] = time.time
     ) -> None:
         super().__init__(name, settings)
         self._settings = settings
         self._key = settings.api_key.get_secret_value() if settings.api_key else ""
-        self._client: httpx.AsyncClient | None = None
         self._token = ""
         self._expires = 0.0
         self._token_lock = asyncio.Lock()
@@ -68,14 +67,6 @@ class WatsonxProvider(RemoteProvider):
     @property
     def default_model(self) -> str:
         return self._settings.model
-
-    async def start(self) -> None:
-        self._client = make_client(self._settings)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
     async def list_models(self) -> list[ModelInfo]:
         ids = [self.default_model]
@@ -246,11 +237,6 @@ class WatsonxProvider(RemoteProvider):
                 }
             )
         return body
-
-    def _ready(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError(f"provider {self.name} used before start()")
-        return self._client
 
 
 async def _expired(response: httpx.Response) -> bool:

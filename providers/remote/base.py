@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any
+
+import httpx
 
 from llmservice.errors import InvalidRequest
 from llmservice.scheduler import Scheduler
@@ -19,6 +21,7 @@ from llmservice.settings import RemoteSettings
 from llmservice.types import Attachment, ChatRequest, Completion, StreamEvent
 
 from ..base import Provider
+from .http import make_client
 from .retry import RetryPolicy, call_with_retries, stream_with_retries
 
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml")
@@ -77,6 +80,30 @@ class RemoteProvider(Provider):
                     f"attachments[{i}].mime_type",
                     f"provider {self.name} cannot read {a.mime_type or 'an untyped'!r} attachments",
                 )
+
+
+class HttpProvider(RemoteProvider):
+    """A remote backend spoken over plain HTTP: one httpx client, opened by start, closed by aclose."""
+
+    def __init__(
+        self, name: str, settings: RemoteSettings, *, base_url: str = "", headers: Mapping[str, str] = {}
+    ) -> None:
+        super().__init__(name, settings)
+        self._client_settings, self._base_url, self._headers = settings, base_url, dict(headers)
+        self._client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        self._client = make_client(self._client_settings, base_url=self._base_url, headers=self._headers)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _ready(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError(f"provider {self.name} used before start()")
+        return self._client
 
 
 def attachment_text(a: Attachment, index: int) -> str:

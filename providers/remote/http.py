@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
 
 import httpx
 
@@ -20,9 +19,11 @@ from llmservice.settings import RemoteSettings
 from .http_errors import from_status, redact
 
 
-def make_client(settings: RemoteSettings, **kwargs: Any) -> httpx.AsyncClient:
+def make_client(
+    settings: RemoteSettings, *, base_url: str = "", headers: dict[str, str] | None = None
+) -> httpx.AsyncClient:
     timeout = httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
-    return httpx.AsyncClient(timeout=timeout, trust_env=True, **kwargs)
+    return httpx.AsyncClient(timeout=timeout, trust_env=True, base_url=base_url, headers=headers)
 
 
 async def raise_for_status(
