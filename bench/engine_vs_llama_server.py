@@ -17,7 +17,6 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from providers.llamacpp.model_file import bundled_model_path
 from . import llama_server
 from .decode_throughput import prompt_tokens, user_text_for
 from .report import publish
+from .serve_process import llmservice_serve, pct
 
 N_CTX = 4096
 SLOTS = 4
@@ -179,38 +179,12 @@ def aggregate_rate(streams: list[Stream]) -> float:
 @contextlib.asynccontextmanager
 async def service_running(threads: int) -> AsyncIterator[pb_grpc.LLMServiceStub]:
     """`llmservice serve` in its own process, as llama-server runs in its own."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "llmservice",
-        "serve",
-        "--grpc-port",
-        "0",
-        "--http-port",
-        "-1",
-        "--set",
-        f"llamacpp.n_ctx={N_CTX}",
-        "--set",
-        f"llamacpp.n_threads={threads}",
-        "--set",
-        f"llamacpp.n_slots={SLOTS}",
-        "--set",
-        "log_level=WARNING",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    try:
-        while line := (await proc.stdout.readline()).decode():
-            if line.startswith("llmservice: ready"):
-                break
-        else:
-            raise RuntimeError("llmservice serve exited before it was ready")
-        port = int(line.rsplit(":", 1)[1])
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield pb_grpc.LLMServiceStub(channel)
-    finally:
-        proc.terminate()
-        await proc.wait()
+    settings = (f"llamacpp.n_ctx={N_CTX}", f"llamacpp.n_threads={threads}", f"llamacpp.n_slots={SLOTS}")
+    async with (
+        llmservice_serve(*settings) as served,
+        grpc.aio.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel,
+    ):
+        yield pb_grpc.LLMServiceStub(channel)
 
 
 async def measure(rounds: int, threads: int) -> dict[str, object]:
@@ -301,18 +275,20 @@ async def measure(rounds: int, threads: int) -> dict[str, object]:
                 await asyncio.gather(*background, return_exceptions=True)
     idle_p50 = statistics.median(idle)
 
-    def pct(values: list[float], q: float) -> float:
-        return sorted(values)[min(int(q * len(values)), len(values) - 1)] * 1000
-
     prio_ratio = statistics.median(busy_priority) / idle_p50
     rows.append(
-        ["interactive TTFT p50 / p95 ms, idle", "", f"{pct(idle, 0.5):.0f} / {pct(idle, 0.95):.0f}", ""]
+        [
+            "interactive TTFT p50 / p95 ms, idle",
+            "",
+            f"{pct(idle, 0.5) * 1000:.0f} / {pct(idle, 0.95) * 1000:.0f}",
+            "",
+        ]
     )
     rows.append(
         [
             f"same, beside {SLOTS} background streams, priority 0",
             "",
-            f"{pct(busy_priority, 0.5):.0f} / {pct(busy_priority, 0.95):.0f}",
+            f"{pct(busy_priority, 0.5) * 1000:.0f} / {pct(busy_priority, 0.95) * 1000:.0f}",
             f"{prio_ratio:.2f}x idle (target <= 1.5x)",
         ]
     )
@@ -320,7 +296,7 @@ async def measure(rounds: int, threads: int) -> dict[str, object]:
         [
             f"same, beside {SLOTS} background streams, FIFO (all priority 10)",
             "",
-            f"{pct(busy_fifo, 0.5):.0f} / {pct(busy_fifo, 0.95):.0f}",
+            f"{pct(busy_fifo, 0.5) * 1000:.0f} / {pct(busy_fifo, 0.95) * 1000:.0f}",
             f"{statistics.median(busy_fifo) / idle_p50:.2f}x idle",
         ]
     )

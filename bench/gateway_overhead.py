@@ -26,6 +26,7 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 
 from .engine_vs_llama_server import free_port
 from .report import publish
+from .serve_process import llmservice_serve, pct
 
 DELAY_MS = 20.0
 CALLS_PER_CALLER = {1: 200, 32: 20}
@@ -60,38 +61,16 @@ def upstream_running() -> Iterator[str]:
 
 @contextlib.asynccontextmanager
 async def service_running(upstream: str) -> AsyncIterator[pb_grpc.LLMServiceStub]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "llmservice",
-        "serve",
-        "--grpc-port",
-        "0",
-        "--http-port",
-        "-1",
-        "--set",
+    settings = (
         "provider=openai_compatible",
-        "--set",
         f"openai_compatible.base_url={upstream}",
-        "--set",
         "openai_compatible.model=fixed",
-        "--set",
-        "log_level=WARNING",
-        stdout=asyncio.subprocess.PIPE,
     )
-    assert proc.stdout is not None
-    try:
-        while line := (await proc.stdout.readline()).decode():
-            if line.startswith("llmservice: ready"):
-                break
-        else:
-            raise RuntimeError("llmservice serve exited before it was ready")
-        port = int(line.rsplit(":", 1)[1])
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield pb_grpc.LLMServiceStub(channel)
-    finally:
-        proc.terminate()
-        await proc.wait()
+    async with (
+        llmservice_serve(*settings) as served,
+        grpc.aio.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel,
+    ):
+        yield pb_grpc.LLMServiceStub(channel)
 
 
 async def timed(call: Callable[[], Awaitable[None]]) -> float:
@@ -108,11 +87,6 @@ async def sample(call: Callable[[], Awaitable[None]], callers: int) -> list[floa
 
     runs = await asyncio.gather(*(caller() for _ in range(callers)))
     return [ms for run in runs for ms in run]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
 async def measure(rounds: int) -> dict[str, object]:

@@ -13,16 +13,16 @@ import argparse
 import asyncio
 import contextlib
 import json
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 
 from .engine_vs_llama_server import free_port
-from .gateway_overhead import DELAY_MS, pct, upstream_running
+from .gateway_overhead import DELAY_MS, upstream_running
 from .litellm_proxy import VERSION, litellm_running
 from .report import publish
+from .serve_process import llmservice_serve, pct
 
 BODY = {"model": "fixed", "messages": [{"role": "user", "content": "What is the answer?"}]}
 CALLS = {1: 150, 32: 15}
@@ -30,39 +30,13 @@ CALLS = {1: 150, 32: 15}
 
 @contextlib.asynccontextmanager
 async def shim_running(upstream: str) -> AsyncIterator[str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "llmservice",
-        "serve",
-        "--grpc-port",
-        "0",
-        "--http-port",
-        "0",
-        "--set",
+    settings = (
         "provider=openai_compatible",
-        "--set",
         f"openai_compatible.base_url={upstream}",
-        "--set",
         "openai_compatible.model=fixed",
-        "--set",
-        "log_level=WARNING",
-        stdout=asyncio.subprocess.PIPE,
     )
-    assert proc.stdout is not None
-    url = ""
-    try:
-        while line := (await proc.stdout.readline()).decode():
-            if line.startswith("llmservice: HTTP shim"):
-                url = line.split(" on ", 1)[1].strip()
-            if line.startswith("llmservice: ready"):
-                break
-        if not url:
-            raise RuntimeError("llmservice serve did not start its HTTP shim")
-        yield f"{url}/v1"
-    finally:
-        proc.terminate()
-        await proc.wait()
+    async with llmservice_serve(*settings, http=True) as served:
+        yield f"{served.http_url}/v1"
 
 
 def caller(http: httpx.AsyncClient, url: str, stream: bool) -> Callable[[], Awaitable[None]]:
