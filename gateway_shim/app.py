@@ -9,6 +9,7 @@ import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 
@@ -36,12 +37,24 @@ def create_app(target: str) -> FastAPI:
     app.include_router(router(), include_in_schema=False)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
     return app
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
     return exc.response()
+
+
+_HTTP_ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error"}
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """The router's own answers (no such route, wrong method) in OpenAI's shape too."""
+    assert isinstance(exc, HTTPException)
+    kind = _HTTP_ERROR_TYPES.get(exc.status_code, "invalid_request_error")
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    return APIError(exc.status_code, message, kind).response(exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

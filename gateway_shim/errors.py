@@ -53,9 +53,11 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        headers = {"Retry-After": self.retry_after} if self.retry_after else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        headers = dict(headers or {})
+        if self.retry_after:
+            headers["Retry-After"] = self.retry_after
+        return JSONResponse(self.body(), status_code=self.status, headers=headers or None)
 
 
 def invalid(param: str, message: str) -> APIError:

@@ -155,6 +155,19 @@ async def test_routes_answer_without_the_v1_prefix_too(base_url: str) -> None:
     assert response.json()["object"] == "list"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/v1/nowhere", 404), ("DELETE", "/v1/chat/completions", 405), ("GET", "/v1/models/%0A0", 404)],
+)
+async def test_router_errors_are_in_openais_shape(base_url: str, method: str, path: str, status: int) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.request(method, base_url.removesuffix("/v1") + path)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["type"] in {"not_found_error", "invalid_request_error"}
+    assert error["message"]
+
+
 async def test_the_bundled_model_calls_a_tool_through_the_openai_client(client: openai.AsyncOpenAI) -> None:
     tools = [
         {
