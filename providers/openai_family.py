@@ -7,8 +7,9 @@ endpoint), which keeps all that but skips its typed request transform and respon
 models: those cost more than a millisecond per call (bench/gateway_overhead.py), so
 replies are read as JSON and streams through httpx-sse. Its own retries are off:
 retries are `providers.remote`'s, the same for every backend and never once a token
-has reached the caller. Its HTTP client is httpx with `trust_env`, so HTTPS_PROXY and
-NO_PROXY are honoured.
+has reached the caller. Its HTTP client is `providers.remote.http`'s, like every
+backend's: httpx's API on aiohttp's connection pool, with `trust_env`, so HTTPS_PROXY and NO_PROXY
+are honoured.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from llmservice.types import (
 
 from .remote import openai_shapes
 from .remote.base import RemoteProvider, attachment_text
+from .remote.http import make_client
 from .remote.http_errors import from_status, redact
 
 log = logging.getLogger(__name__)
@@ -80,8 +82,7 @@ class OpenAIFamilyProvider(RemoteProvider):
         return self._default_model
 
     async def start(self) -> None:
-        timeout = httpx.Timeout(self._settings.timeout_s, connect=self._settings.connect_timeout_s)
-        self._client = self._make_client(httpx.AsyncClient(timeout=timeout, trust_env=True))
+        self._client = self._make_client(make_client(self._settings))
         if not self._default_model:  # an OpenAI-compatible server that names its own model
             models = await self._upstream_models()
             if not models:

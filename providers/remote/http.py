@@ -1,8 +1,9 @@
-"""Plain-HTTP plumbing for the backends that have no official async client worth its weight.
+"""HTTP plumbing shared by every remote backend.
 
-One httpx client per backend (proxies from HTTPS_PROXY / NO_PROXY through `trust_env`),
-upstream error bodies turned into domain errors, and transport failures told apart:
-a timeout is DEADLINE_EXCEEDED, anything else UNAVAILABLE.
+One httpx client per backend, on aiohttp's connection pool (`aiohttp_transport`),
+proxies from HTTPS_PROXY / NO_PROXY through `trust_env`; upstream error bodies turned
+into domain errors, and transport failures told apart: a timeout is
+DEADLINE_EXCEEDED, anything else UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import httpx
 from llmservice.errors import DeadlineExceeded, Unavailable
 from llmservice.settings import RemoteSettings
 
+from .aiohttp_transport import AiohttpClient
 from .http_errors import from_status, redact
 
 
@@ -23,7 +25,8 @@ def make_client(
     settings: RemoteSettings, *, base_url: str = "", headers: dict[str, str] | None = None
 ) -> httpx.AsyncClient:
     timeout = httpx.Timeout(settings.timeout_s, connect=settings.connect_timeout_s)
-    return httpx.AsyncClient(timeout=timeout, trust_env=True, base_url=base_url, headers=headers)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=settings.max_concurrency)
+    return AiohttpClient(timeout=timeout, limits=limits, trust_env=True, base_url=base_url, headers=headers)
 
 
 async def raise_for_status(

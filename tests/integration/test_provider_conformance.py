@@ -256,6 +256,17 @@ async def test_a_stream_cut_midway_fails_and_is_not_retried(backend: Backend) ->
     assert len(upstream.requests) == 1
 
 
+async def test_an_upstream_that_is_gone_is_unavailable_not_a_timeout(backend: Backend) -> None:
+    with backend.fake() as upstream:
+        provider = backend.make(upstream)
+        provider.retry = RetryPolicy(attempts=2, base_s=0.01)  # type: ignore[attr-defined]
+    async with provider:  # its port is closed now: connections are refused
+        with pytest.raises(Unavailable, match=backend.name):
+            await provider.complete("m", HELLO)
+        with pytest.raises(Unavailable, match=backend.name):
+            await collect(provider)
+
+
 async def test_a_malformed_frame_is_an_error_not_a_crash(backend: Backend) -> None:
     async with running(backend, Reply(text="one two three", malformed=True)) as (provider, _):
         with pytest.raises(Unavailable, match="could not be read"):
