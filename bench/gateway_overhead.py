@@ -23,6 +23,7 @@ import openai
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from providers.remote.aiohttp_transport import AiohttpClient
 
 from .engine_vs_llama_server import free_port
 from .report import publish
@@ -97,7 +98,7 @@ async def measure(rounds: int) -> dict[str, object]:
             api_key="none",
             base_url=upstream,
             max_retries=0,
-            http_client=httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)),
+            http_client=AiohttpClient(timeout=30),  # the service's own HTTP client
         )
         async with service_running(upstream) as stub:
 

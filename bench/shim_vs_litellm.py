@@ -2,8 +2,9 @@
 
 One local OpenAI-compatible upstream answers after a fixed delay; the shim (with the
 service behind it, provider openai_compatible) and the LiteLLM proxy each run in their
-own process in front of it. One httpx client drives all three the same way (direct,
-through the shim, through LiteLLM), rounds alternating: latency of whole replies, time
+own process in front of it. One aiohttp session drives all three the same way (direct,
+through the shim, through LiteLLM; httpx's own pool cannot drive 32 concurrent clients
+without stalling), rounds alternating: latency of whole replies, time
 to the first content token of streams, at 1 and 32 concurrent clients, and requests/s.
 """
 
@@ -16,7 +17,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpx
+import aiohttp
 
 from .engine_vs_llama_server import free_port
 from .gateway_overhead import DELAY_MS, upstream_running
@@ -39,15 +40,17 @@ async def shim_running(upstream: str) -> AsyncIterator[str]:
         yield f"{served.http_url}/v1"
 
 
-def caller(http: httpx.AsyncClient, url: str, stream: bool) -> Callable[[], Awaitable[None]]:
+def caller(http: aiohttp.ClientSession, url: str, stream: bool) -> Callable[[], Awaitable[None]]:
     async def whole() -> None:
-        response = await http.post(f"{url}/chat/completions", json=BODY)
-        response.raise_for_status()
+        async with http.post(f"{url}/chat/completions", json=BODY) as response:
+            response.raise_for_status()
+            await response.read()
 
     async def first_token() -> None:
-        async with http.stream("POST", f"{url}/chat/completions", json={**BODY, "stream": True}) as response:
+        async with http.post(f"{url}/chat/completions", json={**BODY, "stream": True}) as response:
             response.raise_for_status()
-            async for line in response.aiter_lines():
+            async for raw in response.content:  # one line at a time
+                line = raw.decode()
                 choices = json.loads(line[6:])["choices"] if line.startswith("data: {") else []
                 if choices and choices[0]["delta"].get("content"):
                     return
@@ -78,9 +81,7 @@ async def measure(rounds: int) -> dict[str, object]:
     with upstream_running() as upstream, litellm_running(upstream, free_port()) as litellm:
         async with (
             shim_running(upstream) as shim,
-            httpx.AsyncClient(
-                timeout=60, limits=httpx.Limits(max_connections=100, max_keepalive_connections=100)
-            ) as http,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
         ):
             sides = {"direct": upstream, "shim": shim, "litellm": litellm}
             for clients in (1, 32):

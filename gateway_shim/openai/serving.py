@@ -159,21 +159,16 @@ async def _frames(
         }
         return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
+    # The role frame goes out with the first token's, in one write.
+    role = frame(
+        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+    )
     try:
-        yield frame(
-            [
-                {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ]
-        )
         while chunk is not grpc.aio.EOF:
             if chunk.done:
                 finish = codec.FINISH.get(chunk.finish_reason, "stop")
-                yield frame([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}])
+                yield role + frame([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}])
+                role = b""
                 if include_usage:
                     yield frame([], usage=codec.usage(chunk.prompt_tokens, chunk.completion_tokens))
                 break
@@ -186,9 +181,12 @@ async def _frames(
             if chunk.HasField("tool_call"):
                 delta["tool_calls"] = [_call_delta(chunk.tool_call)]
             if delta:
-                yield frame([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}])
+                yield role + frame(
+                    [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}]
+                )
+                role = b""
             chunk = await call.read()
-        yield b"data: [DONE]\n\n"
+        yield role + b"data: [DONE]\n\n"
     except grpc.aio.AioRpcError as exc:  # failed midway: say so in the stream itself
         yield b"data: " + json.dumps(from_grpc(exc).body()).encode() + b"\n\n"
     finally:
