@@ -8,18 +8,18 @@ PYSTAMP   := $(VENV)/.installed
 NODESTAMP := node_modules/.installed
 BUF    := PATH="$(CURDIR)/$(BIN):$$PATH" node_modules/.bin/buf
 
-.PHONY: run test test-unit test-integration proto proto-check lint bench install clean
+.PHONY: run test test-unit test-integration proto proto-check lint bench install clean system-packages
 
 run: $(PYSTAMP)  ## serve the bundled model on :50051 (ARGS="--grpc-port 0 --set k=v" to change)
 	$(BIN)/llmservice serve $(ARGS)
 
-test: $(PYSTAMP) $(NODESTAMP)  ## every test layer (PYTEST_ARGS="-m unit" to pick one)
+test: $(PYSTAMP) $(NODESTAMP) system-packages  ## every test layer (PYTEST_ARGS="-m unit" to pick one)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(PYSTAMP)
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
-test-integration: $(PYSTAMP) $(NODESTAMP)
+test-integration: $(PYSTAMP) $(NODESTAMP) system-packages
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 
 proto: $(PYSTAMP) $(NODESTAMP)  ## regenerate llmservice/_pb from protos/
@@ -49,6 +49,13 @@ $(PYSTAMP): pyproject.toml
 $(NODESTAMP): package.json package-lock.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
+
+# System packages the tests start: redis-server (Debian's). Installed with apt when missing.
+system-packages:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (apt)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
 clean:
 	rm -rf $(VENV) node_modules

@@ -12,6 +12,7 @@ from .auth import AuthPolicy
 from .core import LLMCore
 from .registry import ProviderRegistry
 from .server import GrpcServer, start_server
+from .sessions import SessionManager
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,13 @@ async def running_service(
     auth = AuthPolicy.from_settings(settings.auth)
     if auth.open:
         log.warning("no API keys configured: open local mode, every caller may use every model")
-    server = await start_server(LLMCore(registry), settings.server.host, settings.server.grpc_port, auth)
+    core = LLMCore(registry)
+    sessions = SessionManager(core, settings.llmchat, settings.cache)
+    server = await start_server(core, settings.server.host, settings.server.grpc_port, auth, sessions)
     if on_listening:
         on_listening(server.port)
     try:
-        async with registry:
+        async with registry, sessions:
             await server.set_serving(True)
             yield server
             await server.drain(settings.server.drain_grace_s)

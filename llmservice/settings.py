@@ -57,6 +57,18 @@ DOCUMENTED_ENV: dict[str, tuple[str, ...]] = {
     "OLLAMA_MODEL": ("ollama", "model"),
     "OLLAMA_BASE_URL": ("ollama", "base_url"),
     "OLLAMA_TEMPERATURE": ("ollama", "temperature"),
+    "CACHE_TYPE": ("cache", "type"),
+    "REDIS_URL": ("cache", "redis_url"),
+    "LLMCHAT_CHAT_HISTORY_TTL": ("llmchat", "chat_history_ttl"),
+    "LLMCHAT_CHAT_HISTORY_MAX_MESSAGES": ("llmchat", "chat_history_max_messages"),
+    "LLMCHAT_SESSION_TTL": ("llmchat", "session_ttl"),
+    "LLMCHAT_SESSION_LOCK_TTL": ("llmchat", "session_lock_ttl"),
+    "LLMCHAT_SESSION_LOCK_RETRIES": ("llmchat", "session_lock_retries"),
+    "LLMCHAT_SESSION_LOCK_WAIT": ("llmchat", "session_lock_wait"),
+    "LLMCHAT_TURN_TIMEOUT": ("llmchat", "turn_timeout_s"),
+    "LLMCHAT_TOOL_TIMEOUT": ("llmchat", "tool_timeout_s"),
+    "LLMCHAT_MAX_STEPS": ("llmchat", "max_steps"),
+    "LLMCHAT_SECRET_KEY": ("llmchat", "secret_key"),
 }
 
 
@@ -292,6 +304,46 @@ class RoutingSettings(_Section):
     cooldown_s: float = Field(30.0, ge=0, description="how long a failing deployment is skipped")
 
 
+class CacheSettings(_Section):
+    type: Literal["auto", "memory", "redis"] = Field(
+        "auto", description="where chat sessions and history live; auto: Redis when redis_url is set"
+    )
+    redis_url: str = Field("", description="e.g. redis://127.0.0.1:6379/0")
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.type == "redis" or (self.type == "auto" and bool(self.redis_url))
+
+
+class LLMChatSettings(_Section):
+    """Chat sessions (/llmchat): history, multi-worker ownership, the agent loop, and safety."""
+
+    chat_history_ttl: int = Field(
+        3600, ge=1, description="seconds a conversation is kept after its last turn"
+    )
+    chat_history_max_messages: int = Field(50, ge=2, description="messages kept per conversation")
+    session_ttl: int = Field(
+        300, ge=1, description="seconds a worker's ownership of a session lasts unrenewed"
+    )
+    session_lock_ttl: int = Field(30, ge=1, description="seconds the lock around building a session lasts")
+    session_lock_retries: int = Field(10, ge=0)
+    session_lock_wait: float = Field(0.2, ge=0, description="seconds between tries for that lock")
+    turn_timeout_s: float = Field(120.0, gt=0, description="a whole turn, tools included")
+    tool_timeout_s: float = Field(30.0, gt=0, description="one tool call")
+    connect_timeout_s: float = Field(
+        15.0, gt=0, description="connecting to an MCP server and listing its tools"
+    )
+    max_steps: int = Field(8, ge=1, description="model calls per turn before the loop gives up on tools")
+    # MCP servers a session may launch as a subprocess (transport stdio): name -> argv.
+    stdio_servers: dict[str, list[str]] = Field(default_factory=dict)
+    # Hosts or networks (CIDR) an MCP server URL may point at even though they are loopback,
+    # private or link-local: for local development. Metadata endpoints stay refused.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Encrypts session secrets (MCP tokens, LLM keys) kept in Redis; every worker needs the
+    # same one. Unset: a random key per process (sessions then cannot move between workers).
+    secret_key: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -316,6 +368,8 @@ class Settings(BaseSettings):
     routes: dict[str, list[str]] = Field(default_factory=dict)
     routing: RoutingSettings = RoutingSettings()
     auth: AuthSettings = AuthSettings()
+    cache: CacheSettings = CacheSettings()
+    llmchat: LLMChatSettings = LLMChatSettings()
 
     @classmethod
     def settings_customise_sources(

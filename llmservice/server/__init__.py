@@ -11,19 +11,24 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from llmservice._pb.llmservice.v1 import chat_session_pb2 as session_pb
+from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as session_grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice._pb.protocol import llm_service_pb2 as protocol_pb
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.auth import AuthPolicy
 from llmservice.core import LLMCore
+from llmservice.sessions import SessionManager
 
 from .servicer import LLMServicer
+from .session_servicer import ChatSessionServicer
 
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["LLMService"].full_name,
     protocol_pb.DESCRIPTOR.services_by_name["LLMService"].full_name,
 )
+SESSION_SERVICE_NAME = session_pb.DESCRIPTOR.services_by_name["ChatSessionService"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -57,16 +62,27 @@ class GrpcServer:
         await self.server.stop(0)
 
 
-async def start_server(core: LLMCore, host: str, port: int, auth: AuthPolicy | None = None) -> GrpcServer:
+async def start_server(
+    core: LLMCore,
+    host: str,
+    port: int,
+    auth: AuthPolicy | None = None,
+    sessions: SessionManager | None = None,
+) -> GrpcServer:
     """Start serving on host:port (0 picks a free port); health says NOT_SERVING until set_serving."""
     server = grpc.aio.server()
-    servicer = LLMServicer(core, auth or AuthPolicy({}))
+    auth = auth or AuthPolicy({})
+    servicer = LLMServicer(core, auth)
     pb_grpc.add_LLMServiceServicer_to_server(servicer, server)
     protocol_grpc.add_LLMServiceServicer_to_server(servicer, server)
+    names: tuple[str, ...] = SERVICE_NAMES
+    if sessions is not None:
+        session_grpc.add_ChatSessionServiceServicer_to_server(ChatSessionServicer(sessions, auth), server)
+        names = (*names, SESSION_SERVICE_NAME)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
     bound = server.add_insecure_port(f"{host}:{port}")

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
@@ -20,7 +20,7 @@ from llmservice.errors import Unavailable
 from llmservice.types import ChatRequest, TokenDelta, ToolCallDelta
 
 from . import codec
-from .status import to_status
+from .status import abort
 
 
 class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
@@ -65,7 +65,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
                 principal = self._auth.authenticate(context.invocation_metadata() or ())
                 completion = await self._core.complete(_decode(request, context), principal)
         except Exception as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
         return codec.encode_completion(completion)
 
     async def StreamChat(
@@ -88,7 +88,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
                         else:
                             yield codec.encode_end(event, stream.model, stream.provider)
         except Exception as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
 
     async def ListModels(
         self,
@@ -99,7 +99,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
             principal = self._auth.authenticate(context.invocation_metadata() or ())
             return codec.encode_models(await self._core.list_models(principal))
         except Exception as exc:
-            await _abort(context, exc)
+            await abort(context, exc)
 
 
 def _decode(request: pb.LLMChatRequest, context: grpc.aio.ServicerContext[Any, Any]) -> ChatRequest:
@@ -109,11 +109,3 @@ def _decode(request: pb.LLMChatRequest, context: grpc.aio.ServicerContext[Any, A
     if remaining is None:
         return decoded
     return dataclasses.replace(decoded, deadline=time.monotonic() + remaining)
-
-
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
-    code, details, trailers = to_status(exc)
-    if trailers:
-        context.set_trailing_metadata(trailers)
-    await context.abort(code, details)
-    raise AssertionError("context.abort returned")  # it raises; this tells the type checker

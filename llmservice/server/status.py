@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, NoReturn
 
 import grpc
 
@@ -33,3 +34,12 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str
         return code, exc.message, trailers
     log.error("internal error while serving a call", exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error; see the service log", ()
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
+    """End the call with the status for `exc` (and its retry hint in the trailers)."""
+    code, details, trailers = to_status(exc)
+    if trailers:
+        context.set_trailing_metadata(trailers)
+    await context.abort(code, details)
+    raise AssertionError("context.abort returned")  # it raises; this tells the type checker

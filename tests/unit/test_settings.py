@@ -135,6 +135,18 @@ def test_documented_provider_variables_land_in_their_sections(monkeypatch: pytes
         "OLLAMA_MODEL": "llama3.2:1b",
         "OLLAMA_BASE_URL": "http://127.0.0.1:11434",
         "OLLAMA_TEMPERATURE": "0.7",
+        "CACHE_TYPE": "redis",
+        "REDIS_URL": "redis://127.0.0.1:6390/1",
+        "LLMCHAT_CHAT_HISTORY_TTL": "60",
+        "LLMCHAT_CHAT_HISTORY_MAX_MESSAGES": "10",
+        "LLMCHAT_SESSION_TTL": "30",
+        "LLMCHAT_SESSION_LOCK_TTL": "5",
+        "LLMCHAT_SESSION_LOCK_RETRIES": "3",
+        "LLMCHAT_SESSION_LOCK_WAIT": "0.1",
+        "LLMCHAT_TURN_TIMEOUT": "50.0",
+        "LLMCHAT_TOOL_TIMEOUT": "5.0",
+        "LLMCHAT_MAX_STEPS": "4",
+        "LLMCHAT_SECRET_KEY": "s3cret",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)

@@ -1,0 +1,123 @@
+"""The agent loop: the model asks for tools, the tools run, their results go back, until
+the model answers or the step limit is reached.
+
+Providers with native tool calling use it; the local engine gets the catalogue in its
+prompt and a JSON-schema grammar (providers.llamacpp.tools), so the loop is the same for
+every provider. Each step's events are yielded as they happen; the messages the turn
+adds (tool steps included) are collected in `added`, for the history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from llmservice.auth import Principal
+from llmservice.core import LLMCore
+from llmservice.types import (
+    ChatRequest,
+    Message,
+    TokenDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    assemble_tool_calls,
+)
+
+from .mcp_client import ToolOutcome
+
+RunTool = Callable[[str, dict[str, Any]], Awaitable[ToolOutcome]]
+
+
+@dataclass(frozen=True)
+class TurnToken:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolStarted:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ToolInvocation:
+    id: str
+    name: str
+    arguments: str
+    result: str
+    is_error: bool
+    elapsed_ms: float
+
+
+@dataclass(frozen=True)
+class TurnFinal:
+    response: str
+    tool_invocations: tuple[ToolInvocation, ...]
+    elapsed_ms: float
+
+
+TurnEvent = TurnToken | ToolStarted | ToolInvocation | TurnFinal
+
+
+async def run_turn(
+    core: LLMCore,
+    principal: Principal,
+    request: ChatRequest,
+    run_tool: RunTool,
+    *,
+    max_steps: int,
+    added: list[Message],
+) -> AsyncGenerator[TurnEvent]:
+    """Run one turn of `request` (history and the new user message in `messages`, the
+    session's tools in `tools`). A ToolInvocation says a tool ended; `is_error` if it failed."""
+    started = time.monotonic()
+    invocations: list[ToolInvocation] = []
+    base = request.messages
+    for step in range(max_steps + 1):
+        last = step == max_steps  # out of steps: the model must answer now
+        choice = ToolChoice("none") if last and request.tools else request.tool_choice
+        stream = core.stream(replace(request, messages=base + tuple(added), tool_choice=choice), principal)
+        text: list[str] = []
+        deltas: list[ToolCallDelta] = []
+        async with contextlib.aclosing(stream.events) as events:
+            async for event in events:
+                if isinstance(event, TokenDelta):
+                    text.append(event.text)
+                    yield TurnToken(event.text)
+                elif isinstance(event, ToolCallDelta):
+                    deltas.append(event)
+        calls = assemble_tool_calls(deltas)
+        if not calls:
+            answer = "".join(text)
+            added.append(Message("assistant", answer))
+            yield TurnFinal(answer, tuple(invocations), (time.monotonic() - started) * 1000)
+            return
+        added.append(Message("assistant", "".join(text), calls))
+        for call in calls:
+            yield ToolStarted(call.id, call.name, call.arguments)
+            invocation = await _invoke(call, run_tool)
+            invocations.append(invocation)
+            added.append(Message("tool", invocation.result, tool_call_id=call.id))
+            yield invocation
+    raise AssertionError("unreachable: the last step allows no tools")
+
+
+async def _invoke(call: ToolCall, run_tool: RunTool) -> ToolInvocation:
+    began = time.monotonic()
+    try:
+        arguments = json.loads(call.arguments or "{}")
+        if not isinstance(arguments, dict):
+            raise ValueError("arguments are not a JSON object")
+    except ValueError as exc:
+        outcome = ToolOutcome(f"tool {call.name}: the model's arguments are not valid JSON ({exc})", True)
+    else:
+        outcome = await run_tool(call.name, arguments)
+    return ToolInvocation(
+        call.id, call.name, call.arguments, outcome.text, outcome.is_error, (time.monotonic() - began) * 1000
+    )

@@ -1,0 +1,268 @@
+"""Chat sessions: connect a user to an MCP server and an LLM, run turns, disconnect.
+
+The state any worker needs (the session record, the history) lives in Redis, or in
+memory; the live MCP connection lives in the worker serving the session, rebuilt from
+the record when a turn lands on a worker that has none (or an older one). Each turn
+runs the agent loop under the turn timeout and adds what it said and did to the history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from llmservice.auth import Principal
+from llmservice.core import LLMCore
+from llmservice.errors import DeadlineExceeded, InvalidRequest, PermissionDenied
+from llmservice.settings import CacheSettings, LLMChatSettings
+from llmservice.types import ChatRequest, Message, Sampling
+
+from . import fallback
+from .agent import TurnEvent, run_turn
+from .history import ChatHistoryManager
+from .mcp_client import McpConnection, ServerSpec, Transport
+from .ownership import Ownership
+from .records import LLMChoice, SecretBox, SessionRecord, SessionRecords
+from .safety import UrlPolicy
+
+log = logging.getLogger(__name__)
+
+TRANSPORTS: tuple[Transport, ...] = ("streamable_http", "sse", "stdio")
+LLM_CONFIG_KEYS = ("model", "temperature", "max_tokens", "top_p", "seed", "system_prompt")
+
+
+@dataclass(frozen=True)
+class Connected:
+    user_id: str
+    provider: str
+    tools: tuple[str, ...]
+
+
+@dataclass
+class _Live:
+    session_id: str
+    connection: McpConnection
+
+
+class SessionManager:
+    def __init__(
+        self, core: LLMCore, settings: LLMChatSettings, cache: CacheSettings, worker_id: str | None = None
+    ) -> None:
+        self._core, self._settings = core, settings
+        self._redis = (
+            fallback.connect(cache.redis_url or "redis://127.0.0.1:6379/0") if cache.uses_redis else None
+        )
+        box = SecretBox(settings.secret_key.get_secret_value() if settings.secret_key else None)
+        if self._redis is not None and settings.secret_key is None:
+            log.warning("llmchat.secret_key is not set: sessions cannot move between workers")
+        self.history = ChatHistoryManager(
+            self._redis, settings.chat_history_max_messages, settings.chat_history_ttl
+        )
+        self.records = SessionRecords(self._redis, box, settings.chat_history_ttl)
+        worker = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.ownership = Ownership(self._redis, settings, worker)
+        self._urls = UrlPolicy(settings.allowed_hosts)
+        self._live: dict[str, _Live] = {}
+
+    async def __aenter__(self) -> SessionManager:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for user_id in list(self._live):
+            await self._drop(user_id)
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def connect(
+        self,
+        principal: Principal,
+        user_id: str,
+        server: Mapping[str, Any],
+        llm: Mapping[str, Any],
+        streaming: bool = True,
+    ) -> Connected:
+        _check_user_id(user_id)
+        existing = await self.records.get(user_id)
+        if existing is not None and existing.principal != principal.name:
+            raise PermissionDenied(f"session {user_id!r} belongs to another caller")
+        spec = await self._server_spec(server)
+        choice = await self._llm_choice(principal, llm)
+        connection = McpConnection(
+            spec,
+            connect_timeout_s=self._settings.connect_timeout_s,
+            tool_timeout_s=self._settings.tool_timeout_s,
+        )
+        tools = await connection.open()
+        record = SessionRecord(user_id, principal.name, spec, choice, streaming, tuple(t.name for t in tools))
+        await self._drop(user_id)
+        self._live[user_id] = _Live(record.session_id, connection)
+        await self.records.put(record)
+        await self.ownership.claim(user_id)
+        return Connected(user_id, choice.provider, record.tools)
+
+    async def disconnect(self, principal: Principal, user_id: str) -> bool:
+        """End the session and forget its history; False if there was none."""
+        record = await self._own_record(principal, user_id, required=False)
+        await self._drop(user_id)
+        if record is None:
+            return False
+        await self.records.delete(user_id)
+        await self.history.clear(user_id)
+        await self.ownership.release(user_id)
+        return True
+
+    async def status(self, principal: Principal, user_id: str) -> bool:
+        return await self._own_record(principal, user_id, required=False) is not None
+
+    async def config(self, principal: Principal, user_id: str) -> dict[str, Any]:
+        record = await self._own_record(principal, user_id, required=True)
+        assert record is not None
+        return record.masked()
+
+    async def chat(self, principal: Principal, user_id: str, message: str) -> AsyncGenerator[TurnEvent]:
+        """Check everything, then return the turn's events (errors come before the first)."""
+        if not message.strip():
+            raise InvalidRequest("message", "is empty")
+        record = await self._own_record(principal, user_id, required=True)
+        assert record is not None
+        connection = await self._connection(record)
+        return self._turn(principal, record, connection, message)
+
+    async def _turn(
+        self, principal: Principal, record: SessionRecord, connection: McpConnection, message: str
+    ) -> AsyncGenerator[TurnEvent]:
+        history = await self.history.read(record.user_id)
+        llm = record.llm
+        system = (Message("system", llm.system_prompt),) if llm.system_prompt else ()
+        request = ChatRequest(
+            system + tuple(history) + (Message("user", message),),
+            model=llm.model,
+            provider=llm.provider,
+            sampling=Sampling(
+                temperature=llm.temperature, top_p=llm.top_p, max_tokens=llm.max_tokens, seed=llm.seed
+            ),
+            tools=connection.tools,
+        )
+        added: list[Message] = []  # what the turn says and does, after the user's message
+        loop = run_turn(
+            self._core, principal, request, connection.call, max_steps=self._settings.max_steps, added=added
+        )
+        try:
+            async with asyncio.timeout(self._settings.turn_timeout_s), contextlib.aclosing(loop) as events:
+                async for event in events:
+                    yield event
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the turn took longer than {self._settings.turn_timeout_s:g} s (llmchat.turn_timeout_s)"
+            ) from None
+        finally:
+            # What was said and done is kept even when the turn failed midway.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.history.append(record.user_id, [Message("user", message), *added]))
+                await self.records.touch(record)
+                await self.ownership.claim(record.user_id)
+
+    async def _connection(self, record: SessionRecord) -> McpConnection:
+        """This worker's live connection for the session, built from the record if need be."""
+        live = self._live.get(record.user_id)
+        if live is not None and live.session_id == record.session_id and live.connection.alive:
+            return live.connection
+        async with self.ownership.building(record.user_id):
+            live = self._live.get(record.user_id)
+            if live is not None and live.session_id == record.session_id and live.connection.alive:
+                return live.connection
+            await self._drop(record.user_id)
+            connection = McpConnection(
+                record.server,
+                connect_timeout_s=self._settings.connect_timeout_s,
+                tool_timeout_s=self._settings.tool_timeout_s,
+            )
+            await connection.open()
+            self._live[record.user_id] = _Live(record.session_id, connection)
+            await self.ownership.claim(record.user_id)
+            log.info("session %s: connection rebuilt on worker %s", record.user_id, self.ownership.worker_id)
+            return connection
+
+    async def _own_record(
+        self, principal: Principal, user_id: str, *, required: bool
+    ) -> SessionRecord | None:
+        _check_user_id(user_id)
+        record = await self.records.get(user_id)
+        if record is None:
+            if required:
+                raise InvalidRequest("user_id", f"no session for {user_id!r}; connect first")
+            return None
+        if record.principal != principal.name:
+            raise PermissionDenied(f"session {user_id!r} belongs to another caller")
+        return record
+
+    async def _drop(self, user_id: str) -> None:
+        live = self._live.pop(user_id, None)
+        if live is not None:
+            await live.connection.aclose()
+
+    async def _server_spec(self, server: Mapping[str, Any]) -> ServerSpec:
+        url = str(server.get("url") or "").strip()
+        transport = server.get("transport") or "streamable_http"
+        token = str(server.get("auth_token") or "")
+        if transport not in TRANSPORTS:
+            raise InvalidRequest("server.transport", f"{transport!r} is not one of {', '.join(TRANSPORTS)}")
+        if not url:
+            raise InvalidRequest("server.url", "is required")
+        if transport == "stdio":
+            argv = self._settings.stdio_servers.get(url)
+            if not argv:
+                known = ", ".join(sorted(self._settings.stdio_servers)) or "none are configured"
+                raise InvalidRequest(
+                    "server.url", f"stdio server {url!r} is not in llmchat.stdio_servers ({known})"
+                )
+            return ServerSpec(url, "stdio", "", tuple(argv))
+        await self._urls.check(url)
+        return ServerSpec(url, transport, token)
+
+    async def _llm_choice(self, principal: Principal, llm: Mapping[str, Any]) -> LLMChoice:
+        config = dict(llm.get("config") or {})
+        unknown = sorted(set(config) - set(LLM_CONFIG_KEYS))
+        if unknown:
+            raise InvalidRequest(
+                f"llm.config.{unknown[0]}",
+                f"is not a session setting (those are: {', '.join(LLM_CONFIG_KEYS)})",
+            )
+        models = await self._core.list_models(principal)
+        providers = sorted({m.provider for m in models})
+        provider = str(llm.get("provider") or (models[0].provider if models else ""))
+        if provider not in providers:
+            raise InvalidRequest(
+                "llm.provider", f"{provider!r} is not configured here ({', '.join(providers)})"
+            )
+        try:
+            choice = LLMChoice(provider, **{k: v for k, v in config.items() if v not in (None, "")})
+        except TypeError as exc:
+            raise InvalidRequest("llm.config", str(exc)) from None
+        for name, kind in (
+            ("temperature", (int, float)),
+            ("top_p", (int, float)),
+            ("max_tokens", int),
+            ("seed", int),
+        ):
+            value = getattr(choice, name)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+                raise InvalidRequest(f"llm.config.{name}", f"must be a number, not {value!r}")
+        if choice.model and choice.model not in {m.id for m in models if m.provider == provider}:
+            raise InvalidRequest("llm.config.model", f"provider {provider} has no model {choice.model!r}")
+        return choice
+
+
+def _check_user_id(user_id: str) -> None:
+    if not user_id or len(user_id) > 200 or any(c.isspace() or not c.isprintable() for c in user_id):
+        raise InvalidRequest("user_id", "must be 1 to 200 printable characters without spaces")

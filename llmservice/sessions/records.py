@@ -1,0 +1,187 @@
+"""What a session is, as any worker can rebuild it: the MCP server, the LLM choice, the owner.
+
+Kept in Redis (memory otherwise or while Redis is down), with the secrets in it (the MCP
+server's auth_token) encrypted with `llmchat.secret_key`, so Redis never holds them in
+clear; they are never returned either (`masked`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from cryptography.fernet import Fernet, InvalidToken
+
+from llmservice.errors import Unavailable
+
+from .fallback import RedisOrMemory
+from .mcp_client import ServerSpec
+
+KEY = "llmchat:session:{}"
+
+
+@dataclass(frozen=True)
+class LLMChoice:
+    provider: str
+    model: str = ""
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    system_prompt: str = ""
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    user_id: str
+    principal: str  # who connected it: only they may use it
+    server: ServerSpec
+    llm: LLMChoice
+    streaming: bool = True
+    tools: tuple[str, ...] = ()
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # a new one per connect
+    created: float = field(default_factory=time.time)
+
+    def masked(self) -> dict[str, Any]:
+        server = {"url": self.server.url, "transport": self.server.transport}
+        server["auth_token"] = "********" if self.server.auth_token else ""
+        llm = {k: v for k, v in asdict(self.llm).items() if k != "provider" and v not in (None, "")}
+        return {
+            "user_id": self.user_id,
+            "server": server,
+            "llm": {"provider": self.llm.provider, "config": llm},
+            "streaming": self.streaming,
+            "tools": list(self.tools),
+        }
+
+
+class SecretBox:
+    """Encrypts what must not sit in Redis in clear (Fernet: AES-CBC with an HMAC)."""
+
+    def __init__(self, key: str | None) -> None:
+        material = key.encode() if key else secrets.token_bytes(32)
+        self._fernet = Fernet(base64.urlsafe_b64encode(hashlib.sha256(material).digest()))
+
+    def seal(self, text: str) -> str:
+        return self._fernet.encrypt(text.encode()).decode() if text else ""
+
+    def open(self, token: str) -> str:
+        if not token:
+            return ""
+        try:
+            return self._fernet.decrypt(token.encode()).decode()
+        except InvalidToken:
+            raise Unavailable(
+                "this worker cannot read the session's secrets: "
+                "every worker needs the same llmchat.secret_key (LLMCHAT_SECRET_KEY); connect again"
+            ) from None
+
+
+def dump(record: SessionRecord, box: SecretBox) -> str:
+    body = asdict(record)
+    body["server"]["auth_token"] = box.seal(record.server.auth_token)
+    return json.dumps(body)
+
+
+def load(text: str, box: SecretBox) -> SessionRecord:
+    body = json.loads(text)
+    server = body.pop("server")
+    server["auth_token"] = box.open(server["auth_token"])
+    server["argv"] = tuple(server["argv"])
+    return SessionRecord(
+        **{
+            **body,
+            "server": ServerSpec(**server),
+            "llm": LLMChoice(**body["llm"]),
+            "tools": tuple(body["tools"]),
+        }
+    )
+
+
+class RecordStore(Protocol):
+    async def get(self, user_id: str) -> SessionRecord | None: ...
+    async def put(self, record: SessionRecord) -> None: ...
+    async def delete(self, user_id: str) -> None: ...
+
+
+class MemoryRecords:
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl, self._clock = ttl_s, clock
+        self._records: dict[str, tuple[SessionRecord, float]] = {}
+
+    async def get(self, user_id: str) -> SessionRecord | None:
+        held = self._records.get(user_id)
+        if held is None or held[1] <= self._clock():
+            self._records.pop(user_id, None)
+            return None
+        return held[0]
+
+    async def put(self, record: SessionRecord) -> None:
+        self._records[record.user_id] = (record, self._clock() + self._ttl)
+
+    async def delete(self, user_id: str) -> None:
+        self._records.pop(user_id, None)
+
+    def take_all(self) -> list[SessionRecord]:
+        out = [record for record, _ in self._records.values()]
+        self._records.clear()
+        return out
+
+
+class RedisRecords:
+    def __init__(self, client: aioredis.Redis, box: SecretBox, ttl_s: int) -> None:
+        self._redis, self._box, self._ttl = client, box, ttl_s
+
+    async def get(self, user_id: str) -> SessionRecord | None:
+        text = await self._redis.get(KEY.format(user_id))
+        return load(str(text), self._box) if text else None
+
+    async def put(self, record: SessionRecord) -> None:
+        await self._redis.set(KEY.format(record.user_id), dump(record, self._box), ex=self._ttl)
+
+    async def delete(self, user_id: str) -> None:
+        await self._redis.delete(KEY.format(user_id))
+
+
+class SessionRecords:
+    """Session records in Redis when configured, in memory otherwise or while Redis is down."""
+
+    def __init__(self, redis_client: aioredis.Redis | None, box: SecretBox, ttl_s: int) -> None:
+        self.memory = MemoryRecords(ttl_s)
+        self.redis = RedisRecords(redis_client, box, ttl_s) if redis_client is not None else None
+        self._stores: RedisOrMemory[RecordStore] = RedisOrMemory(
+            "chat sessions", self.redis, self.memory, self._hand_back
+        )
+
+    async def get(self, user_id: str) -> SessionRecord | None:
+        return await self._stores.run(lambda s: s.get(user_id))
+
+    async def put(self, record: SessionRecord) -> None:
+        await self._stores.run(lambda s: s.put(record))
+
+    async def touch(self, record: SessionRecord) -> None:
+        """Keep a session in use from expiring."""
+        await self.put(replace(record))
+
+    async def delete(self, user_id: str) -> None:
+        await self._stores.run(lambda s: s.delete(user_id))
+        await self.memory.delete(user_id)
+
+    async def _hand_back(self, memory: RecordStore, redis_store: RecordStore) -> None:
+        assert isinstance(memory, MemoryRecords)
+        pending = memory.take_all()
+        try:
+            while pending:
+                await redis_store.put(pending[0])
+                pending.pop(0)
+        finally:
+            for record in pending:
+                await memory.put(record)
