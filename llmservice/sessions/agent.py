@@ -78,9 +78,12 @@ async def run_turn(
     session's tools in `tools`). A ToolInvocation says a tool ended; `is_error` if it failed."""
     started = time.monotonic()
     invocations: list[ToolInvocation] = []
+    made: set[tuple[str, str]] = set()  # (name, arguments) of every call run this turn
     base = request.messages
+    answer_now = False
     for step in range(max_steps + 1):
-        last = step == max_steps  # out of steps: the model must answer now
+        # Out of steps, or asking again for calls already made: the model must answer now.
+        last = step == max_steps or answer_now
         choice = ToolChoice("none") if last and request.tools else request.tool_choice
         stream = core.stream(replace(request, messages=base + tuple(added), tool_choice=choice), principal)
         text: list[str] = []
@@ -98,14 +101,25 @@ async def run_turn(
             added.append(Message("assistant", answer))
             yield TurnFinal(answer, tuple(invocations), (time.monotonic() - started) * 1000)
             return
+        if all((c.name, _canonical(c.arguments)) in made for c in calls):
+            answer_now = True  # a model that repeats itself has what the tools can give
+            continue
         added.append(Message("assistant", "".join(text), calls))
         for call in calls:
+            made.add((call.name, _canonical(call.arguments)))
             yield ToolStarted(call.id, call.name, call.arguments)
             invocation = await _invoke(call, run_tool)
             invocations.append(invocation)
             added.append(Message("tool", invocation.result, tool_call_id=call.id))
             yield invocation
     raise AssertionError("unreachable: the last step allows no tools")
+
+
+def _canonical(arguments: str) -> str:
+    try:
+        return json.dumps(json.loads(arguments or "{}"), sort_keys=True)
+    except ValueError:
+        return arguments
 
 
 async def _invoke(call: ToolCall, run_tool: RunTool) -> ToolInvocation:

@@ -1,6 +1,6 @@
 """A small MCP server written with the `mcp` SDK, for the chat-session tests.
 
-`python -m tests.mcp_servers.demo_server --port N [--token T] [--transport sse]`
+`python -m tests.mcp_servers.demo_server --port N [--token T] [--transport sse] [--only TOOL]`
 serves streamable HTTP at /mcp (or SSE at /sse). With a token, every request must
 carry `Authorization: Bearer T` or gets a 401. Tools: `add`, `get_weather`, `slow`
 (sleeps), and `fail`, which always fails on purpose.
@@ -68,7 +68,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--token", default="")
     parser.add_argument("--transport", choices=("streamable_http", "sse"), default="streamable_http")
+    parser.add_argument("--only", action="append", help="offer only this tool (repeatable)")
     args = parser.parse_args()
+    for name in ("add", "get_weather", "slow", "fail"):
+        if args.only and name not in args.only:
+            server.remove_tool(name)
     app: ASGIApp = server.sse_app() if args.transport == "sse" else server.streamable_http_app()
     if args.token:
         app = BearerOnly(app, args.token)

@@ -1,0 +1,294 @@
+"""Chat sessions over gRPC: real Redis, real MCP servers, the bundled model calling tools."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from llmservice._pb.llmservice.v1 import chat_session_pb2 as pb
+from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as pb_grpc
+from llmservice.app import running_service
+from llmservice.registry import ProviderRegistry
+from llmservice.settings import Settings
+
+from ..servers import MCP_TOKEN, RedisServer, demo_mcp_server, redis_server
+
+KEY_A, KEY_B = "key-alice-123", "key-bob-456"
+MAX_MESSAGES = 8
+
+
+def as_(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+ALICE, BOB = as_(KEY_A), as_(KEY_B)
+LLM = pb.LLMConfig(provider="llamacpp", temperature=0, max_tokens=48)
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mcp_url() -> Iterator[str]:
+    with demo_mcp_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def failing_mcp_url() -> Iterator[str]:
+    with demo_mcp_server(only=("fail",)) as url:
+        yield url
+
+
+def session_settings(redis_url: str) -> Settings:
+    digest = {k: hashlib.sha256(k.encode()).hexdigest() for k in (KEY_A, KEY_B)}
+    return Settings.model_validate(
+        {
+            "server": {"grpc_port": 0},
+            "auth": {
+                "principals": {"alice": {"key_sha256": digest[KEY_A]}, "bob": {"key_sha256": digest[KEY_B]}}
+            },
+            "cache": {"redis_url": redis_url},
+            "llmchat": {
+                "allowed_hosts": ["127.0.0.1"],
+                "stdio_servers": {"time": [sys.executable, "-m", "mcp_server_time"]},
+                "max_steps": 2,
+                "chat_history_max_messages": MAX_MESSAGES,
+                "chat_history_ttl": 600,
+                "tool_timeout_s": 5,
+                "secret_key": "test-secret",
+            },
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+async def sessions(redis: RedisServer) -> AsyncIterator[pb_grpc.ChatSessionServiceStub]:
+    settings = session_settings(redis.url)
+    async with (
+        running_service(settings, registry=ProviderRegistry.from_settings(settings)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        yield pb_grpc.ChatSessionServiceStub(channel)
+
+
+@pytest.fixture
+async def store(redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+def server(url: str, token: str = MCP_TOKEN, transport: str = "streamable_http") -> pb.McpServer:
+    return pb.McpServer(url=url, transport=transport, auth_token=token)
+
+
+async def test_connect_lists_the_tools(sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str) -> None:
+    reply = await sessions.Connect(
+        pb.ConnectRequest(user_id="u-connect", server=server(mcp_url), llm=LLM, streaming=True),
+        metadata=ALICE,
+    )
+    assert (reply.status, reply.user_id, reply.provider) == ("connected", "u-connect", "llamacpp")
+    assert set(reply.tools) == {"add", "get_weather", "slow", "fail"}
+    assert reply.tool_count == 4
+    status = await sessions.GetStatus(pb.GetStatusRequest(user_id="u-connect"), metadata=ALICE)
+    assert status.connected
+
+
+async def test_a_stdio_server_from_the_configuration(sessions: pb_grpc.ChatSessionServiceStub) -> None:
+    reply = await sessions.Connect(
+        pb.ConnectRequest(user_id="u-stdio", server=pb.McpServer(url="time", transport="stdio"), llm=LLM),
+        metadata=ALICE,
+    )
+    assert "get_current_time" in reply.tools
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await sessions.Connect(
+            pb.ConnectRequest(
+                user_id="u-stdio", server=pb.McpServer(url="/bin/sh", transport="stdio"), llm=LLM
+            ),
+            metadata=ALICE,
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "llmchat.stdio_servers" in (raised.value.details() or "")
+
+
+async def test_the_bundled_model_calls_a_tool_and_final_comes_last(
+    sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str, store: aioredis.Redis
+) -> None:
+    await sessions.Connect(
+        pb.ConnectRequest(user_id="u-tools", server=server(mcp_url), llm=LLM), metadata=ALICE
+    )
+    events = [
+        e
+        async for e in sessions.StreamChat(
+            pb.StreamChatRequest(user_id="u-tools", message="What is 2 plus 3?"), metadata=ALICE
+        )
+    ]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[-1] == "final"
+    assert kinds.count("final") == 1
+    assert "tool_start" in kinds
+    assert "tool_end" in kinds
+    assert kinds.index("tool_start") < kinds.index("tool_end")
+    final = events[-1].final
+    assert final.tool_used
+    assert final.tools
+    assert final.tool_invocations[0].result
+    assert final.response == "".join(e.token for e in events if e.WhichOneof("event") == "token")
+    started = next(e.tool_start for e in events if e.WhichOneof("event") == "tool_start")
+    assert started.name == final.tool_invocations[0].name
+    # The turn's tool steps are in the history, in Redis, with its TTL.
+    lines = [json.loads(line) for line in await store.lrange("llmchat:history:u-tools", 0, -1)]
+    assert lines[0] == {"role": "user", "content": "What is 2 plus 3?"}
+    assert any(line.get("tool_calls") for line in lines)
+    assert any(line["role"] == "tool" for line in lines)
+    assert lines[-1]["role"] == "assistant"
+    assert 0 < await store.ttl("llmchat:history:u-tools") <= 600
+
+
+async def test_a_failing_tool_is_a_tool_error_and_the_turn_goes_on(
+    sessions: pb_grpc.ChatSessionServiceStub, failing_mcp_url: str
+) -> None:
+    await sessions.Connect(
+        pb.ConnectRequest(user_id="u-fail", server=server(failing_mcp_url), llm=LLM), metadata=ALICE
+    )
+    reply = await sessions.Chat(
+        pb.ChatRequest(user_id="u-fail", message="Call the fail tool."), metadata=ALICE
+    )
+    assert reply.tool_used
+    assert reply.tool_invocations[0].name == "fail"
+    assert reply.tool_invocations[0].is_error
+    events = [
+        e
+        async for e in sessions.StreamChat(
+            pb.StreamChatRequest(user_id="u-fail", message="Again."), metadata=ALICE
+        )
+    ]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert "tool_error" in kinds
+    assert kinds[-1] == "final"
+
+
+async def test_history_is_trimmed_and_starts_at_a_user_turn(
+    sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str, store: aioredis.Redis
+) -> None:
+    await sessions.Connect(
+        pb.ConnectRequest(user_id="u-trim", server=server(mcp_url), llm=LLM), metadata=ALICE
+    )
+    for i in range(3):
+        await sessions.Chat(pb.ChatRequest(user_id="u-trim", message=f"Add {i} and 1."), metadata=ALICE)
+    assert await store.llen("llmchat:history:u-trim") == MAX_MESSAGES
+
+
+async def test_a_wrong_token_is_a_clear_401(sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await sessions.Connect(
+            pb.ConnectRequest(user_id="u-token", server=server(mcp_url, token="wrong"), llm=LLM),
+            metadata=ALICE,
+        )
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert mcp_url in (raised.value.details() or "")
+    assert "wrong" not in (raised.value.details() or "")
+
+
+async def test_an_unreachable_server_is_unavailable(sessions: pb_grpc.ChatSessionServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await sessions.Connect(
+            pb.ConnectRequest(user_id="u-gone", server=server("http://127.0.0.1:9/mcp"), llm=LLM),
+            metadata=ALICE,
+        )
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "http://[fe80::1]/mcp",
+        "http://10.1.2.3/mcp",
+        "file:///etc/passwd",
+    ],
+)
+async def test_denied_server_urls_are_refused(sessions: pb_grpc.ChatSessionServiceStub, url: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await sessions.Connect(
+            pb.ConnectRequest(user_id="u-ssrf", server=server(url), llm=LLM), metadata=ALICE
+        )
+    assert raised.value.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_another_callers_session_is_refused(
+    sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str
+) -> None:
+    await sessions.Connect(
+        pb.ConnectRequest(user_id="u-alice", server=server(mcp_url), llm=LLM), metadata=ALICE
+    )
+    calls = [
+        sessions.Chat(pb.ChatRequest(user_id="u-alice", message="hi"), metadata=BOB),
+        sessions.GetConfig(pb.GetConfigRequest(user_id="u-alice"), metadata=BOB),
+        sessions.Disconnect(pb.DisconnectRequest(user_id="u-alice"), metadata=BOB),
+        sessions.Connect(pb.ConnectRequest(user_id="u-alice", server=server(mcp_url), llm=LLM), metadata=BOB),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await sessions.GetStatus(pb.GetStatusRequest(user_id="u-alice"))
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_bad_turns_are_400s(sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await sessions.Chat(pb.ChatRequest(user_id="u-nobody", message="hi"), metadata=ALICE)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "connect first" in (raised.value.details() or "")
+    await sessions.Connect(
+        pb.ConnectRequest(user_id="u-empty", server=server(mcp_url), llm=LLM), metadata=ALICE
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await sessions.Chat(pb.ChatRequest(user_id="u-empty", message="  "), metadata=ALICE)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_config_masks_secrets_and_redis_holds_none_in_clear(
+    sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str, store: aioredis.Redis
+) -> None:
+    await sessions.Connect(
+        pb.ConnectRequest(user_id="u-config", server=server(mcp_url), llm=LLM), metadata=ALICE
+    )
+    config = await sessions.GetConfig(pb.GetConfigRequest(user_id="u-config"), metadata=ALICE)
+    assert config.server.url == mcp_url
+    assert config.server.auth_token == "********"
+    assert config.llm.provider == "llamacpp"
+    assert config.llm.max_tokens == 48
+    keys = [k async for k in store.scan_iter("llmchat:*")]
+    for key in keys:
+        if await store.type(key) == "string":
+            assert MCP_TOKEN not in await store.get(key)
+        elif await store.type(key) == "list":
+            assert all(MCP_TOKEN not in line for line in await store.lrange(key, 0, -1))
+
+
+async def test_disconnect_forgets_the_session_and_its_history(
+    sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str, store: aioredis.Redis
+) -> None:
+    await sessions.Connect(
+        pb.ConnectRequest(user_id="u-bye", server=server(mcp_url), llm=LLM), metadata=ALICE
+    )
+    await sessions.Chat(pb.ChatRequest(user_id="u-bye", message="Add 1 and 1."), metadata=ALICE)
+    assert await store.exists("llmchat:history:u-bye")
+    reply = await sessions.Disconnect(pb.DisconnectRequest(user_id="u-bye"), metadata=ALICE)
+    assert reply.was_connected
+    assert not await store.exists("llmchat:history:u-bye", "llmchat:session:u-bye")
+    status = await sessions.GetStatus(pb.GetStatusRequest(user_id="u-bye"), metadata=ALICE)
+    assert not status.connected
