@@ -11,9 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as session_grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 
 from .errors import APIError, invalid
+from .llmchat.router import router as llmchat_router
+from .llmchat.serving import LLMChatServing
 from .openai.router import router
 from .openai.serving import OpenAIServing
 
@@ -24,17 +27,21 @@ def create_app(target: str) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with grpc.aio.insecure_channel(target) as channel:
-            app.state.openai = OpenAIServing(pb_grpc.LLMServiceStub(channel))
+            llm = pb_grpc.LLMServiceStub(channel)
+            app.state.openai = OpenAIServing(llm)
+            app.state.llmchat = LLMChatServing(session_grpc.ChatSessionServiceStub(channel), llm)
             yield
 
     app = FastAPI(
         title="llmservice HTTP shim",
-        summary="The OpenAI API on top of the LLMService gRPC service",
+        summary="The OpenAI API and the /llmchat session API on top of the llmservice gRPC services",
         version="1",
         lifespan=lifespan,
     )
     app.include_router(router(), prefix="/v1")
     app.include_router(router(), include_in_schema=False)
+    app.include_router(llmchat_router(), prefix="/llmchat")
+    app.include_router(llmchat_router(), prefix="/v1/llmchat", include_in_schema=False)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
+from ..caller import caller_metadata
 from . import protocol as oa
 from .serving import OpenAIServing
 
@@ -25,15 +26,15 @@ def router() -> APIRouter:
         request: Request,
         x_priority: Annotated[str | None, Header()] = None,
     ) -> Response:
-        return await _serving(request).chat(body, _metadata(request), x_priority)
+        return await _serving(request).chat(body, caller_metadata(request), x_priority)
 
     @api.get("/models", response_model=oa.ModelList, summary="List the models the caller may use")
     async def list_models(request: Request) -> dict[str, Any]:
-        return {"object": "list", "data": await _serving(request).models(_metadata(request))}
+        return {"object": "list", "data": await _serving(request).models(caller_metadata(request))}
 
     @api.get("/models/{model_id:path}", response_model=oa.Model, summary="One model")
     async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-        return await _serving(request).model(model_id, _metadata(request))
+        return await _serving(request).model(model_id, caller_metadata(request))
 
     return api
 
@@ -41,9 +42,3 @@ def router() -> APIRouter:
 def _serving(request: Request) -> OpenAIServing:
     serving: OpenAIServing = request.app.state.openai
     return serving
-
-
-def _metadata(request: Request) -> tuple[tuple[str, str], ...]:
-    """The caller's credentials, passed to the service as they came: the service decides."""
-    authorization = request.headers.get("authorization")
-    return (("authorization", authorization),) if authorization else ()

@@ -67,8 +67,10 @@ def shim_url() -> Iterator[str]:
 def test_no_request_makes_the_shim_fail(shim_url: str) -> None:
     api = schemathesis.openapi.from_url(f"{shim_url}/openapi.json")
     operations = [result.ok() for result in api.get_all_operations()]
-    assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/models", "/v1/models/{model_id}"}
-    for operation in operations:
+    assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/models", "/llmchat/chat"}
+    # Connect resolves the host it is given: random host names would send DNS queries
+    # off this machine. Its bad input is covered by test_shim_llmchat instead.
+    for operation in [op for op in operations if op.path != "/llmchat/connect"]:
 
         @given(case=operation.as_strategy())
         @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)

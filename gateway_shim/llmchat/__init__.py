@@ -1,0 +1,1 @@
+"""The /llmchat session API: one route per ChatSessionService call."""

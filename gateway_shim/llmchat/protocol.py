@@ -1,0 +1,99 @@
+"""The /llmchat wire format, as pydantic models. Unknown fields are refused by name."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class McpServer(_Strict):
+    url: str = Field(description="http(s) URL, or for stdio the name of a configured command")
+    transport: Literal["streamable_http", "sse", "stdio"] = "streamable_http"
+    auth_token: str | None = Field(
+        None, description="sent as a Bearer token to this server only; never returned"
+    )
+
+
+class LLMSettings(_Strict):
+    model: str = ""
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+    system_prompt: str = ""
+
+
+class LLMChoice(_Strict):
+    provider: str = Field(
+        "", description="a provider as listed by /llmchat/gateway/models; empty: the default"
+    )
+    config: LLMSettings = LLMSettings()
+
+
+class ConnectRequest(_Strict):
+    user_id: str
+    server: McpServer
+    llm: LLMChoice = LLMChoice()
+    streaming: bool = True
+
+
+class ConnectResponse(BaseModel):
+    status: Literal["connected"]
+    user_id: str
+    provider: str
+    tool_count: int
+    tools: list[str]
+
+
+class ChatRequest(_Strict):
+    user_id: str
+    message: str
+    streaming: bool = False
+
+
+class ToolInvocation(BaseModel):
+    id: str
+    name: str
+    arguments: dict[str, Any] | str
+    result: str
+    is_error: bool
+    elapsed_ms: float
+
+
+class ChatResponse(BaseModel):
+    user_id: str
+    response: str
+    tool_used: bool
+    tools: list[str]
+    tool_invocations: list[ToolInvocation]
+    elapsed_ms: float
+
+
+class DisconnectRequest(_Strict):
+    user_id: str
+
+
+class DisconnectResponse(BaseModel):
+    user_id: str
+    status: Literal["disconnected"]
+    was_connected: bool
+
+
+class StatusResponse(BaseModel):
+    user_id: str
+    connected: bool
+
+
+class ModelInfo(BaseModel):
+    id: str
+    provider: str
+    capabilities: list[str]
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]

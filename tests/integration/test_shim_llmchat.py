@@ -1,0 +1,155 @@
+"""The /llmchat API over HTTP, through the shim, onto ChatSessionService (memory history)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway_shim.server import running_shim
+from llmservice.app import running_service
+from llmservice.registry import ProviderRegistry
+from llmservice.settings import Settings
+
+from ..servers import MCP_TOKEN, demo_mcp_server
+
+KEY_A, KEY_B = "key-alice-123", "key-bob-456"
+ALICE = {"authorization": f"Bearer {KEY_A}"}
+BOB = {"authorization": f"Bearer {KEY_B}"}
+LLM = {"provider": "llamacpp", "config": {"temperature": 0, "max_tokens": 48}}
+
+
+def settings(**llmchat: Any) -> Settings:
+    digest = {k: hashlib.sha256(k.encode()).hexdigest() for k in (KEY_A, KEY_B)}
+    return Settings.model_validate(
+        {
+            "server": {"grpc_port": 0},
+            "auth": {
+                "principals": {"alice": {"key_sha256": digest[KEY_A]}, "bob": {"key_sha256": digest[KEY_B]}}
+            },
+            "llmchat": {"allowed_hosts": ["127.0.0.1"], "max_steps": 2, **llmchat},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def mcp_url() -> Iterator[str]:
+    with demo_mcp_server() as url:
+        yield url
+
+
+async def shim_for(config: Settings) -> AsyncIterator[str]:
+    async with (
+        running_service(config, registry=ProviderRegistry.from_settings(config)) as server,
+        running_shim(f"127.0.0.1:{server.port}", "127.0.0.1", 0) as port,
+    ):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+async def base() -> AsyncIterator[str]:
+    async for url in shim_for(settings()):
+        yield url
+
+
+@pytest.fixture
+async def http(base: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+        yield client
+
+
+async def connect(http: httpx.AsyncClient, user_id: str, url: str, **extra: Any) -> httpx.Response:
+    body = {"user_id": user_id, "server": {"url": url, "auth_token": MCP_TOKEN}, "llm": LLM, **extra}
+    return await http.post("/llmchat/connect", json=body, headers=ALICE)
+
+
+def frames(text: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+async def test_connect_chat_streamed_and_whole_then_disconnect(http: httpx.AsyncClient, mcp_url: str) -> None:
+    reply = await connect(http, "web-1", mcp_url)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["status"] == "connected"
+    assert body["tool_count"] == len(body["tools"]) == 4
+    streamed = await http.post(
+        "/llmchat/chat",
+        json={"user_id": "web-1", "message": "What is 2 plus 3?", "streaming": True},
+        headers=ALICE,
+    )
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    events = frames(streamed.text)
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "final"
+    assert kinds.index("tool_start") < kinds.index("tool_end") < kinds.index("final")
+    final = events[-1][1]
+    assert final["tool_used"] is True
+    assert final["response"] == "".join(data["text"] for kind, data in events if kind == "token")
+    assert set(final) == {"user_id", "response", "tool_used", "tools", "tool_invocations", "elapsed_ms"}
+    whole = await http.post(
+        "/v1/llmchat/chat", json={"user_id": "web-1", "message": "Add 4 and 5."}, headers=ALICE
+    )
+    assert whole.status_code == 200
+    assert set(whole.json()) == set(final)
+    status = await http.get("/llmchat/status/web-1", headers=ALICE)
+    assert status.json() == {"user_id": "web-1", "connected": True}
+    config = (await http.get("/llmchat/config/web-1", headers=ALICE)).json()
+    assert config["server"]["auth_token"] == "********"
+    assert MCP_TOKEN not in json.dumps(config)
+    bye = await http.post("/llmchat/disconnect", json={"user_id": "web-1"}, headers=ALICE)
+    assert bye.json() == {"user_id": "web-1", "status": "disconnected", "was_connected": True}
+    assert (await http.get("/llmchat/status/web-1", headers=ALICE)).json()["connected"] is False
+
+
+async def test_gateway_models(http: httpx.AsyncClient) -> None:
+    models = (await http.get("/llmchat/gateway/models", headers=ALICE)).json()["models"]
+    assert any(m["provider"] == "llamacpp" and "tools" in m["capabilities"] for m in models)
+
+
+async def test_the_documented_errors(http: httpx.AsyncClient, mcp_url: str) -> None:
+    assert (await connect(http, "web-2", mcp_url)).status_code == 200
+
+    async def status_of(method: str, path: str, body: Any = None, headers: Any = ALICE) -> int:
+        response = await http.request(method, path, json=body, headers=headers)
+        assert set(response.json()["error"]) >= {"message", "type"}
+        return response.status_code
+
+    assert await status_of("POST", "/llmchat/chat", {"user_id": "web-2", "message": ""}) == 400
+    assert await status_of("POST", "/llmchat/chat", {"user_id": "nobody", "message": "hi"}) == 400
+    assert await status_of("POST", "/llmchat/chat", {"user_id": "web-2", "message": "hi"}, headers={}) == 401
+    assert await status_of("POST", "/llmchat/chat", {"user_id": "web-2", "message": "hi"}, headers=BOB) == 403
+    assert await status_of("GET", "/llmchat/config/web-2", headers=BOB) == 403
+    gone = {"user_id": "web-3", "server": {"url": "http://127.0.0.1:9/mcp"}, "llm": LLM}
+    assert await status_of("POST", "/llmchat/connect", gone) == 503
+    bad_token = {"user_id": "web-3", "server": {"url": mcp_url, "auth_token": "nope"}, "llm": LLM}
+    assert await status_of("POST", "/llmchat/connect", bad_token) == 401
+    metadata = {"user_id": "web-3", "server": {"url": "http://169.254.169.254/"}, "llm": LLM}
+    assert await status_of("POST", "/llmchat/connect", metadata) == 403
+    unknown = {
+        "user_id": "web-3",
+        "server": {"url": mcp_url},
+        "llm": {"provider": "llamacpp", "config": {"topk": 3}},
+    }
+    response = await http.post("/llmchat/connect", json=unknown, headers=ALICE)
+    assert response.status_code == 400
+    assert "topk" in response.json()["error"]["message"]
+
+
+async def test_a_turn_past_its_timeout_is_a_504(mcp_url: str) -> None:
+    async for url in shim_for(settings(turn_timeout_s=0.05)):
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            assert (await connect(http, "web-slow", mcp_url)).status_code == 200
+            whole = await http.post(
+                "/llmchat/chat", json={"user_id": "web-slow", "message": "Add 1 and 2."}, headers=ALICE
+            )
+            assert whole.status_code == 504
+            assert "turn_timeout" in whole.json()["error"]["message"]
