@@ -106,3 +106,42 @@ def demo_mcp_server(
         yield f"http://127.0.0.1:{port}/{'sse' if transport == 'sse' else 'mcp'}"
     finally:
         stop(proc)
+
+
+@dataclass
+class ServeProcess:
+    proc: subprocess.Popen[str]
+    grpc_port: int
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+@contextlib.contextmanager
+def llmservice_serve(*settings: str) -> Iterator[ServeProcess]:
+    """`llmservice serve` as a process of its own (no HTTP shim), once it says it is ready."""
+    argv = [sys.executable, "-m", "llmservice", "serve", "--grpc-port", "0", "--http-port", "-1"]
+    for setting in settings:
+        argv += ["--set", setting]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    try:
+        deadline = time.monotonic() + 120
+        port = 0
+        while time.monotonic() < deadline and (line := proc.stdout.readline()):
+            if line.startswith("llmservice: ready"):
+                port = int(line.rsplit(":", 1)[1])
+                break
+        if not port:
+            raise RuntimeError("llmservice serve did not become ready")
+        yield ServeProcess(proc, port)  # type: ignore[arg-type]
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stdout.close()

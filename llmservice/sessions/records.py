@@ -160,11 +160,24 @@ class SessionRecords:
         self._stores: RedisOrMemory[RecordStore] = RedisOrMemory(
             "chat sessions", self.redis, self.memory, self._hand_back
         )
+        # The records this worker has read or written: while Redis is down, a session it
+        # already serves goes on from here instead of looking disconnected.
+        self._seen: dict[str, SessionRecord] = {}
 
     async def get(self, user_id: str) -> SessionRecord | None:
-        return await self._stores.run(lambda s: s.get(user_id))
+        record = await self._stores.run(lambda s: s.get(user_id))
+        if record is None and self.redis is not None and not self._stores.redis_up:
+            record = self._seen.get(user_id)
+            if record is not None:
+                await self.memory.put(record)  # handed back to Redis when it returns
+        if record is not None:
+            self._seen[user_id] = record
+        else:
+            self._seen.pop(user_id, None)
+        return record
 
     async def put(self, record: SessionRecord) -> None:
+        self._seen[record.user_id] = record
         await self._stores.run(lambda s: s.put(record))
 
     async def touch(self, record: SessionRecord) -> None:
@@ -172,6 +185,7 @@ class SessionRecords:
         await self.put(replace(record))
 
     async def delete(self, user_id: str) -> None:
+        self._seen.pop(user_id, None)
         await self._stores.run(lambda s: s.delete(user_id))
         await self.memory.delete(user_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sys
@@ -15,6 +16,7 @@ from llmservice._pb.llmservice.v1 import chat_session_pb2 as pb
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as pb_grpc
 from llmservice.app import running_service
 from llmservice.registry import ProviderRegistry
+from llmservice.sessions.fallback import RETRY_AFTER_S
 from llmservice.settings import Settings
 
 from ..servers import MCP_TOKEN, RedisServer, demo_mcp_server, redis_server
@@ -60,7 +62,11 @@ def session_settings(redis_url: str) -> Settings:
             "cache": {"redis_url": redis_url},
             "llmchat": {
                 "allowed_hosts": ["127.0.0.1"],
-                "stdio_servers": {"time": [sys.executable, "-m", "mcp_server_time"]},
+                "stdio_servers": {
+                    "time": [sys.executable, "-m", "mcp_server_time"],
+                    # From package.json: `make test` installs it with npm.
+                    "everything": ["npx", "--no-install", "@modelcontextprotocol/server-everything", "stdio"],
+                },
                 "max_steps": 2,
                 "chat_history_max_messages": MAX_MESSAGES,
                 "chat_history_ttl": 600,
@@ -119,6 +125,27 @@ async def test_a_stdio_server_from_the_configuration(sessions: pb_grpc.ChatSessi
         )
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "llmchat.stdio_servers" in (raised.value.details() or "")
+
+
+async def test_the_reference_server_everything_over_npx(sessions: pb_grpc.ChatSessionServiceStub) -> None:
+    reply = await sessions.Connect(
+        pb.ConnectRequest(
+            user_id="u-every", server=pb.McpServer(url="everything", transport="stdio"), llm=LLM
+        ),
+        metadata=ALICE,
+    )
+    assert {"echo", "get-sum"} <= set(reply.tools)
+
+
+async def test_an_sse_server_with_a_token(sessions: pb_grpc.ChatSessionServiceStub) -> None:
+    with demo_mcp_server(transport="sse") as url:
+        reply = await sessions.Connect(
+            pb.ConnectRequest(user_id="u-sse", server=server(url, transport="sse"), llm=LLM), metadata=ALICE
+        )
+        assert reply.tool_count == 4
+        answer = await sessions.Chat(pb.ChatRequest(user_id="u-sse", message="Add 1 and 1."), metadata=ALICE)
+        assert answer.tool_used
+        await sessions.Disconnect(pb.DisconnectRequest(user_id="u-sse"), metadata=ALICE)
 
 
 async def test_the_bundled_model_calls_a_tool_and_final_comes_last(
@@ -292,3 +319,43 @@ async def test_disconnect_forgets_the_session_and_its_history(
     assert not await store.exists("llmchat:history:u-bye", "llmchat:session:u-bye")
     status = await sessions.GetStatus(pb.GetStatusRequest(user_id="u-bye"), metadata=ALICE)
     assert not status.connected
+
+
+async def test_concurrent_turns_lose_no_history(
+    sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str, store: aioredis.Redis
+) -> None:
+    await sessions.Connect(
+        pb.ConnectRequest(user_id="u-race", server=server(mcp_url), llm=LLM), metadata=ALICE
+    )
+    asks = ["Add 1 and 2.", "Add 3 and 4."]
+    await asyncio.gather(
+        *(sessions.Chat(pb.ChatRequest(user_id="u-race", message=a), metadata=ALICE) for a in asks)
+    )
+    lines = [json.loads(line) for line in await store.lrange("llmchat:history:u-race", 0, -1)]
+    assert sorted(line["content"] for line in lines if line["role"] == "user") == asks
+    assert sum(1 for line in lines if line["role"] == "assistant" and not line.get("tool_calls")) == 2
+
+
+async def test_redis_killed_mid_session_then_restarted(
+    sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str, redis: RedisServer, store: aioredis.Redis
+) -> None:
+    """Runs last in this module: it takes the module's Redis away and brings it back empty."""
+    await sessions.Connect(
+        pb.ConnectRequest(user_id="u-outage", server=server(mcp_url), llm=LLM), metadata=ALICE
+    )
+    redis.kill()
+    try:
+        during = await sessions.Chat(
+            pb.ChatRequest(user_id="u-outage", message="Add 5 and 6."), metadata=ALICE
+        )
+        assert during.response is not None  # the session goes on, history in memory
+        status = await sessions.GetStatus(pb.GetStatusRequest(user_id="u-outage"), metadata=ALICE)
+        assert status.connected
+    finally:
+        redis.start()  # back, but empty: it keeps nothing on disk here
+    await asyncio.sleep(RETRY_AFTER_S + 0.2)  # the service tries Redis again after this pause
+    await sessions.Chat(pb.ChatRequest(user_id="u-outage", message="Add 7 and 8."), metadata=ALICE)
+    lines = [json.loads(line) for line in await store.lrange("llmchat:history:u-outage", 0, -1)]
+    users = [line["content"] for line in lines if line["role"] == "user"]
+    assert users == ["Add 5 and 6.", "Add 7 and 8."]  # what was said during the outage was handed back
+    assert await store.exists("llmchat:session:u-outage")

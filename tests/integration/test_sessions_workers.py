@@ -1,0 +1,55 @@
+"""Two service processes sharing one Redis: a session connected on one goes on on the other,
+even once the first is gone."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import grpc
+import redis
+
+from llmservice._pb.llmservice.v1 import chat_session_pb2 as pb
+from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as pb_grpc
+
+from ..servers import MCP_TOKEN, demo_mcp_server, llmservice_serve, redis_server
+
+LLM = pb.LLMConfig(provider="llamacpp", temperature=0, max_tokens=32)
+
+
+def settings(redis_url: str) -> Iterator[str]:
+    yield f"cache.redis_url={redis_url}"
+    yield "llmchat.secret_key=shared-by-every-worker"
+    yield 'llmchat.allowed_hosts=["127.0.0.1"]'
+    yield "llmchat.max_steps=2"
+    yield "log_level=WARNING"
+
+
+async def test_a_session_moves_between_workers_and_survives_its_first() -> None:
+    with redis_server() as store, demo_mcp_server() as mcp_url:
+        config = list(settings(store.url))
+        with llmservice_serve(*config) as first, llmservice_serve(*config) as second:
+            async with (
+                grpc.aio.insecure_channel(first.target) as a,
+                grpc.aio.insecure_channel(second.target) as b,
+            ):
+                on_first, on_second = pb_grpc.ChatSessionServiceStub(a), pb_grpc.ChatSessionServiceStub(b)
+                server = pb.McpServer(url=mcp_url, auth_token=MCP_TOKEN)
+                connected = await on_first.Connect(pb.ConnectRequest(user_id="w-1", server=server, llm=LLM))
+                assert connected.tool_count == 4
+                owner = redis.Redis.from_url(store.url, decode_responses=True)
+                first_owner = owner.get("llmchat:owner:w-1")
+                # The second worker has no connection for this session: it builds one from Redis.
+                reply = await on_second.Chat(pb.ChatRequest(user_id="w-1", message="Add 2 and 2."))
+                assert reply.tool_used
+                assert owner.get("llmchat:owner:w-1") not in (None, first_owner)  # it took ownership
+                first.proc.kill()
+                first.proc.wait()
+                again = await on_second.Chat(pb.ChatRequest(user_id="w-1", message="Add 3 and 3."))
+                assert again.response is not None
+                lines = [json.loads(line) for line in owner.lrange("llmchat:history:w-1", 0, -1)]
+                assert [line["content"] for line in lines if line["role"] == "user"] == [
+                    "Add 2 and 2.",
+                    "Add 3 and 3.",
+                ]
+                owner.close()

@@ -1,0 +1,111 @@
+"""Chat-session parts that need no server: URL policy, memory history, the Redis fallback."""
+
+from __future__ import annotations
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from llmservice.errors import InvalidRequest, PermissionDenied
+from llmservice.sessions.fallback import RETRY_AFTER_S, RedisOrMemory
+from llmservice.sessions.history import MemoryHistory, from_a_user_turn
+from llmservice.sessions.mcp_client import ServerSpec
+from llmservice.sessions.records import LLMChoice, SecretBox, SessionRecord, dump, load
+from llmservice.sessions.safety import UrlPolicy
+from llmservice.types import Message, ToolCall
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest",
+        "http://[fd00:ec2::254]/",
+        "http://metadata.google.internal/",
+        "http://[fe80::1]/mcp",
+        "http://127.0.0.1:8080/mcp",
+        "http://192.168.1.10/mcp",
+        "http://[::ffff:10.0.0.1]/mcp",
+        "http://0.0.0.0/mcp",
+    ],
+)
+async def test_denied_addresses(url: str) -> None:
+    with pytest.raises(PermissionDenied):
+        await UrlPolicy([]).check(url)
+
+
+async def test_the_allow_list_admits_local_hosts_but_never_metadata() -> None:
+    policy = UrlPolicy(["127.0.0.1", "10.0.0.0/8", "169.254.0.0/16"])
+    await policy.check("http://127.0.0.1:8080/mcp")
+    await policy.check("https://10.2.3.4/mcp")
+    with pytest.raises(PermissionDenied, match="metadata"):
+        await policy.check("http://169.254.169.254/")
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://host/x", "http:///nohost", "not a url"])
+async def test_only_http_urls(url: str) -> None:
+    with pytest.raises(InvalidRequest):
+        await UrlPolicy([]).check(url)
+
+
+async def test_memory_history_trims_expires_and_starts_at_a_user_turn() -> None:
+    now = [0.0]
+    history = MemoryHistory(max_messages=4, ttl_s=10, clock=lambda: now[0])
+    call = ToolCall("c1", "add", "{}")
+    await history.append(
+        "u",
+        [Message("user", "q1"), Message("assistant", "", (call,)), Message("tool", "2", tool_call_id="c1")],
+    )
+    await history.append("u", [Message("assistant", "a1"), Message("user", "q2"), Message("assistant", "a2")])
+    # Six lines, four kept: the oldest left is a tool result, so reading starts at q2.
+    assert [m.content for m in await history.read("u")] == ["q2", "a2"]
+    now[0] = 11
+    assert await history.read("u") == []
+
+
+def test_a_trimmed_tool_step_is_not_read() -> None:
+    orphan = [Message("tool", "x", tool_call_id="c"), Message("assistant", "a"), Message("user", "q")]
+    assert from_a_user_turn(orphan) == [Message("user", "q")]
+
+
+async def test_the_fallback_uses_memory_while_redis_is_down_and_hands_back() -> None:
+    now = [0.0]
+    log: list[str] = []
+
+    class Down:
+        up = False
+
+        async def op(self) -> str:
+            if not self.up:
+                raise RedisConnectionError("refused")
+            return "redis"
+
+    class Memory:
+        async def op(self) -> str:
+            return "memory"
+
+    redis_store = Down()
+
+    async def recover(memory: object, redis: object) -> None:
+        log.append("handed back")
+
+    stores = RedisOrMemory("test", redis_store, Memory(), recover, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert await stores.run(lambda s: s.op()) == "memory"
+    assert not stores.redis_up
+    redis_store.up = True
+    assert await stores.run(lambda s: s.op()) == "memory"  # not tried again before the pause
+    now[0] = RETRY_AFTER_S + 0.1
+    assert await stores.run(lambda s: s.op()) == "redis"
+    assert log == ["handed back"]
+    assert stores.redis_up
+
+
+def test_records_keep_secrets_sealed() -> None:
+    record = SessionRecord(
+        "u", "alice", ServerSpec("http://h/mcp", "sse", "tok-123"), LLMChoice("llamacpp", "m")
+    )
+    box = SecretBox("key")
+    text = dump(record, box)
+    assert "tok-123" not in text
+    assert load(text, box) == record
+    assert record.masked()["server"]["auth_token"] == "********"
+    with pytest.raises(Exception, match="secret_key"):
+        load(text, SecretBox("another key"))
