@@ -70,14 +70,40 @@ class SessionManager:
         self.ownership = Ownership(self._redis, settings, worker)
         self._urls = UrlPolicy(settings.allowed_hosts)
         self._live: dict[str, _Live] = {}
+        self._janitor: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SessionManager:
+        if self._redis is not None:
+            self._janitor = asyncio.create_task(self._sweep_forever(), name="llmchat janitor")
         return self
 
     async def __aexit__(self, *_: object) -> None:
         await self.aclose()
 
+    async def sweep(self) -> None:
+        """Close this worker's connections for sessions it no longer owns or that ended elsewhere."""
+        for user_id, live in list(self._live.items()):
+            record = await self.records.get(user_id)
+            owner = await self.ownership.owner(user_id)
+            me = self.ownership.worker_id
+            stale = record is None or record.session_id != live.session_id or owner not in (None, me)
+            if stale and self._live.get(user_id) is live:
+                del self._live[user_id]
+                await live.connection.aclose()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.session_ttl / 2)
+            try:
+                await self.sweep()
+            except Exception:  # the janitor must outlive any one bad sweep
+                log.exception("llmchat: sweeping idle session connections failed")
+
     async def aclose(self) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
         for user_id in list(self._live):
             await self._drop(user_id)
         if self._redis is not None:

@@ -3,7 +3,11 @@ even once the first is gone."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -53,3 +57,32 @@ async def test_a_session_moves_between_workers_and_survives_its_first() -> None:
                     "Add 3 and 3.",
                 ]
                 owner.close()
+
+
+def children(pid: int, needle: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid), "-f", needle], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+async def test_a_worker_that_lost_a_session_closes_its_connection() -> None:
+    with redis_server() as store:
+        config = [
+            *settings(store.url),
+            "llmchat.session_ttl=2",  # the janitor sweeps every second
+            f'llmchat.stdio_servers={{"time": ["{sys.executable}", "-m", "mcp_server_time"]}}',
+        ]
+        with llmservice_serve(*config) as first, llmservice_serve(*config) as second:
+            async with (
+                grpc.aio.insecure_channel(first.target) as a,
+                grpc.aio.insecure_channel(second.target) as b,
+            ):
+                on_first, on_second = pb_grpc.ChatSessionServiceStub(a), pb_grpc.ChatSessionServiceStub(b)
+                time_server = pb.McpServer(url="time", transport="stdio")
+                await on_first.Connect(pb.ConnectRequest(user_id="w-2", server=time_server, llm=LLM))
+                assert children(first.proc.pid, "mcp_server_time")  # the first runs the MCP server
+                await on_second.Chat(pb.ChatRequest(user_id="w-2", message="What time is it?"))
+                assert children(second.proc.pid, "mcp_server_time")  # now the second does too
+                deadline = time.monotonic() + 15
+                while children(first.proc.pid, "mcp_server_time") and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.2)
+                assert not children(first.proc.pid, "mcp_server_time")  # and the first let its own go
