@@ -13,9 +13,10 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmservice.auth import Principal
@@ -49,6 +50,7 @@ class Connected:
 class _Live:
     session_id: str
     connection: McpConnection
+    last_used: float = field(default_factory=time.monotonic)
 
 
 class SessionManager:
@@ -81,8 +83,15 @@ class SessionManager:
         await self.aclose()
 
     async def sweep(self) -> None:
-        """Close this worker's connections for sessions it no longer owns or that ended elsewhere."""
+        """Close this worker's connections for sessions it no longer owns or that ended elsewhere.
+
+        A connection used within the last session_ttl is left alone: a turn may be running
+        on it, or this worker may be about to claim the session it just rebuilt.
+        """
+        idle_since = time.monotonic() - self._settings.session_ttl
         for user_id, live in list(self._live.items()):
+            if live.last_used > idle_since:
+                continue
             record = await self.records.get(user_id)
             owner = await self.ownership.owner(user_id)
             me = self.ownership.worker_id
@@ -192,6 +201,8 @@ class SessionManager:
                 f"the turn took longer than {self._settings.turn_timeout_s:g} s (llmchat.turn_timeout_s)"
             ) from None
         finally:
+            if (live := self._live.get(record.user_id)) is not None:
+                live.last_used = time.monotonic()
             # What was said and done is kept even when the turn failed midway.
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.history.append(record.user_id, [Message("user", message), *added]))
@@ -202,10 +213,12 @@ class SessionManager:
         """This worker's live connection for the session, built from the record if need be."""
         live = self._live.get(record.user_id)
         if live is not None and live.session_id == record.session_id and live.connection.alive:
+            live.last_used = time.monotonic()
             return live.connection
         async with self.ownership.building(record.user_id):
             live = self._live.get(record.user_id)
             if live is not None and live.session_id == record.session_id and live.connection.alive:
+                live.last_used = time.monotonic()
                 return live.connection
             await self._drop(record.user_id)
             connection = McpConnection(
