@@ -52,7 +52,10 @@ class ProviderRegistry:
         for name, deployment in settings.deployments.items():
             if name in FACTORIES:
                 raise SettingsError(f"deployments.{name}: that is the name of a provider; pick another")
-            section = deployment.with_key()
+            try:
+                section = deployment.with_key()
+            except SettingsError as exc:
+                raise SettingsError(f"deployments.{name}: {exc}") from None
             missing = section.missing()
             if missing:
                 raise SettingsError(f"deployments.{name} needs {', '.join(missing)}")

@@ -257,6 +257,8 @@ class _Deployment(BaseModel):
         """These settings, with the key read from `api_key_env` when one is named."""
         if not self.api_key_env:
             return self
+        if "api_key" not in type(self).model_fields:  # Bedrock: credentials come from the AWS chain
+            raise SettingsError("api_key_env: this provider takes no API key")
         if self.api_key_env not in os.environ:
             raise SettingsError(f"environment variable {self.api_key_env} (api_key_env) is not set")
         return self.model_copy(update={"api_key": SecretStr(os.environ[self.api_key_env])})
@@ -295,7 +297,9 @@ Deployment = Annotated[
     | AzureOpenAIDeployment
     | OpenAICompatibleDeployment
     | AnthropicDeployment
-    | OllamaDeployment,
+    | OllamaDeployment
+    | WatsonxDeployment
+    | BedrockDeployment,
     Field(discriminator="provider"),
 ]
 

@@ -191,3 +191,114 @@ def test_every_remote_provider_with_its_settings_is_served(monkeypatch: pytest.M
     )
     assert registry.resolve("", "")[0].name == "openai"
     assert registry.resolve("openai_compatible", "")[0].name == "openai_compatible"
+
+
+# Two named deployments of every remote provider kind, as llm.toml holds them.
+DEPLOYMENTS_TOML = """
+provider = "gpt-eu"
+[deployments.gpt-eu]
+provider = "openai"
+api_key_env = "GPT_EU_KEY"
+[deployments.gpt-us]
+provider = "openai"
+api_key = "sk-us"
+base_url = "http://127.0.0.1:9/v1"
+[deployments.azure-eu]
+provider = "azure_openai"
+api_key = "k"
+endpoint = "https://eu.example.openai.azure.com"
+deployment = "gpt-4o"
+[deployments.azure-us]
+provider = "azure_openai"
+api_key = "k"
+endpoint = "https://us.example.openai.azure.com"
+deployment = "gpt-4o-mini"
+[deployments.vllm-a]
+provider = "openai_compatible"
+base_url = "http://127.0.0.1:9/v1"
+model = "a"
+[deployments.vllm-b]
+provider = "openai_compatible"
+base_url = "http://127.0.0.1:10/v1"
+model = "b"
+[deployments.claude-eu]
+provider = "anthropic"
+api_key = "k"
+[deployments.claude-us]
+provider = "anthropic"
+api_key = "k"
+model = "claude-x"
+[deployments.ollama-a]
+provider = "ollama"
+model = "llama3.2:1b"
+[deployments.ollama-b]
+provider = "ollama"
+model = "qwen3:0.6b"
+base_url = "http://127.0.0.1:11435"
+[deployments.granite-us]
+provider = "watsonx"
+api_key_env = "WX_US_KEY"
+url = "https://us-south.ml.cloud.ibm.com"
+project_id = "p-us"
+[deployments.granite-eu]
+provider = "watsonx"
+api_key = "k"
+url = "https://eu-de.ml.cloud.ibm.com"
+project_id = "p-eu"
+model = "ibm/granite-3-2b-instruct"
+[deployments.bedrock-eu]
+provider = "aws_bedrock"
+model = "anthropic.claude-3-haiku-20240307-v1:0"
+region = "eu-west-1"
+[deployments.bedrock-us]
+provider = "aws_bedrock"
+model = "amazon.nova-lite-v1:0"
+region = "us-east-1"
+"""
+
+
+def test_several_named_deployments_of_every_provider_load_and_are_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from providers import REMOTE
+
+    pytest.importorskip("botocore")
+    config = tmp_path / "llm.toml"
+    config.write_text(DEPLOYMENTS_TOML)
+    monkeypatch.setenv("GPT_EU_KEY", "sk-eu")
+    monkeypatch.setenv("WX_US_KEY", "wx-us")
+    settings = load_settings(config)
+    kinds = [d.provider for d in settings.deployments.values()]
+    assert sorted(kinds) == sorted(REMOTE * 2)  # every remote kind, twice
+    assert settings.deployments["granite-eu"].model == "ibm/granite-3-2b-instruct"
+    assert settings.deployments["bedrock-us"].region == "us-east-1"
+    registry = ProviderRegistry.from_settings(settings)
+    for name in settings.deployments:
+        assert registry.resolve(name, "")[0].name == name
+    assert registry.resolve("bedrock-us", "")[1] == "amazon.nova-lite-v1:0"
+    assert registry.resolve("granite-us", "")[1] == "ibm/granite-3-8b-instruct"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[deployments.wx]\nprovider = "watsonx"\napi_key = "k"\nurl = "https://x"\n',
+            "deployments.wx needs project_id",
+        ),
+        ('[deployments.br]\nprovider = "aws_bedrock"\nmodel = "m"\n', "deployments.br needs region"),
+        (
+            '[deployments.br]\nprovider = "aws_bedrock"\nmodel = "m"\nregion = "r"\napi_key_env = "K"\n',
+            "deployments.br: api_key_env: this provider takes no API key",
+        ),
+        ('[deployments.wx]\nprovider = "watsonx"\nregion = "r"\n', r"deployments\.wx\.watsonx\.region"),
+    ],
+)
+def test_incomplete_watsonx_and_bedrock_deployments_fail_naming_the_setting(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    pytest.importorskip("botocore")
+    config = tmp_path / "llm.toml"
+    config.write_text(text)
+    with pytest.raises(SettingsError, match=message):
+        ProviderRegistry.from_settings(load_settings(config))
