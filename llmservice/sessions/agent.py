@@ -18,13 +18,13 @@ from typing import Any
 
 from llmservice.auth import Principal
 from llmservice.core import LLMCore
+from llmservice.errors import Unavailable
 from llmservice.types import (
     ChatRequest,
     Message,
     TokenDelta,
     ToolCall,
     ToolCallDelta,
-    ToolChoice,
     assemble_tool_calls,
 )
 
@@ -81,11 +81,12 @@ async def run_turn(
     made: set[tuple[str, str]] = set()  # (name, arguments) of every call run this turn
     base = request.messages
     answer_now = False
-    for step in range(max_steps + 1):
+    for step in range(max_steps):
         # Out of steps, or asking again for calls already made: the model must answer now.
-        last = step == max_steps or answer_now
-        choice = ToolChoice("none") if last and request.tools else request.tool_choice
-        stream = core.stream(replace(request, messages=base + tuple(added), tool_choice=choice), principal)
+        last = step == max_steps - 1 or answer_now
+        messages = base + tuple(added)
+        step_request = _answer_only(request, messages) if last else replace(request, messages=messages)
+        stream = core.stream(step_request, principal)
         text: list[str] = []
         deltas: list[ToolCallDelta] = []
         async with contextlib.aclosing(stream.events) as events:
@@ -96,7 +97,12 @@ async def run_turn(
                 elif isinstance(event, ToolCallDelta):
                     deltas.append(event)
         calls = assemble_tool_calls(deltas)
-        if not calls:
+        if last or not calls:
+            if calls and not text:  # asked for tools it was not offered, and said nothing
+                raise Unavailable(
+                    f"the model gave no answer after {step + 1} model calls "
+                    "(llmchat.max_steps); it kept asking for tools"
+                )
             answer = "".join(text)
             added.append(Message("assistant", answer))
             yield TurnFinal(answer, tuple(invocations), (time.monotonic() - started) * 1000)
@@ -112,7 +118,29 @@ async def run_turn(
             invocations.append(invocation)
             added.append(Message("tool", invocation.result, tool_call_id=call.id))
             yield invocation
-    raise AssertionError("unreachable: the last step allows no tools")
+
+
+def _answer_only(request: ChatRequest, messages: tuple[Message, ...]) -> ChatRequest:
+    """The last step: no tools offered, so no provider can call one (and none is asked to
+    refuse tool_choice "none"); the tool steps so far go as plain turns, which every
+    provider takes without a tool catalogue."""
+    return replace(request, messages=plain_turns(messages), tools=(), tool_choice=None)
+
+
+def plain_turns(messages: tuple[Message, ...]) -> tuple[Message, ...]:
+    """Tool calls and their results written out as ordinary assistant and user turns."""
+    out: list[Message] = []
+    names: dict[str, str] = {}
+    for m in messages:
+        if m.tool_calls:
+            names.update({c.id: c.name for c in m.tool_calls})
+            asked = "; ".join(f"{c.name}({c.arguments or '{}'})" for c in m.tool_calls)
+            out.append(Message("assistant", f"{m.content}\n[called {asked}]".strip()))
+        elif m.role == "tool":
+            out.append(Message("user", f"Result of {names.get(m.tool_call_id, 'the tool')}: {m.content}"))
+        else:
+            out.append(m)
+    return tuple(out)
 
 
 def _canonical(arguments: str) -> str:
