@@ -183,6 +183,13 @@ class OpenAICompatibleSettings(RemoteSettings):
     api_key: SecretStr | None = Field(None, description="sent as a Bearer token when set")
     model: str = Field("", description="default model; empty asks the server for its first model")
     temperature: float | None = Field(None, ge=0, le=2)
+    flavour: Literal["generic", "llamacpp", "vllm", "lmstudio", "openrouter", "tgi"] = Field(
+        "generic",
+        description=(
+            "which server it is: decides the names top_k, min_p and the repetition penalty go by; "
+            "generic refuses them, since an unknown server may drop them silently"
+        ),
+    )
 
     def missing(self) -> list[str]:
         return [] if self.base_url else ["base_url"]

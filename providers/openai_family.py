@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
 import httpx_sse
 import openai
 
-from llmservice.errors import DeadlineExceeded, InvalidRequest, LLMServiceError, Unavailable
+from llmservice.errors import DeadlineExceeded, InvalidRequest, LLMServiceError, NotFound, Unavailable
 from llmservice.settings import AzureOpenAISettings, OpenAICompatibleSettings, OpenAISettings
 from llmservice.types import (
     Capabilities,
@@ -54,6 +54,21 @@ _FINISH = {
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs
 _PATH = "/chat/completions"
 
+# Sampling parameters beyond OpenAI's, by the name each kind of server reads them under
+# (llama.cpp and LM Studio say repeat_penalty, vLLM and OpenRouter repetition_penalty).
+# A server not named here gets none of them: validate refuses them rather than send a
+# field it may drop without a word. TGI's chat endpoint takes OpenAI's parameters only.
+_COMMON = {"top_k": "top_k", "min_p": "min_p"}
+EXTRAS: dict[str, dict[str, str]] = {
+    "generic": {},
+    "llamacpp": {**_COMMON, "repetition_penalty": "repeat_penalty"},
+    "lmstudio": {**_COMMON, "repetition_penalty": "repeat_penalty"},
+    "vllm": {**_COMMON, "repetition_penalty": "repetition_penalty"},
+    "openrouter": {**_COMMON, "repetition_penalty": "repetition_penalty"},
+    "tgi": {},
+}
+_EXTRA_FIELDS = ("top_k", "min_p", "repetition_penalty")
+
 Settings = OpenAISettings | AzureOpenAISettings | OpenAICompatibleSettings
 
 
@@ -67,13 +82,17 @@ class OpenAIFamilyProvider(RemoteProvider):
         make_client: Callable[[httpx.AsyncClient], openai.AsyncOpenAI],
         *,
         default_model: str,
-        extra_sampling: bool,
+        extras: Mapping[str, str] = {},
+        no_extras: str = "has no such parameter",
+        only_default_model: bool = False,
     ) -> None:
         super().__init__(name, settings)
         self._settings = settings
         self._make_client = make_client
         self._default_model = default_model
-        self._extra_sampling = extra_sampling  # top_k, min_p, repetition penalty go in the body
+        self._extras = dict(extras)  # domain sampling field -> the name the upstream reads
+        self._no_extras = no_extras  # why a sampling field not in extras is refused
+        self._only_default_model = only_default_model  # Azure: the URL names the one deployment
         self._client: openai.AsyncOpenAI | None = None
         self._secrets = [settings.api_key.get_secret_value()] if settings.api_key else []
 
@@ -95,20 +114,25 @@ class OpenAIFamilyProvider(RemoteProvider):
             self._client = None
 
     async def list_models(self) -> list[ModelInfo]:
-        try:
-            ids = await self._upstream_models()
-        except LLMServiceError as exc:
-            log.warning("%s: cannot list upstream models: %s", self.name, exc.message)
-            ids = []
+        ids: list[str] = []
+        if not self._only_default_model:
+            try:
+                ids = await self._upstream_models()
+            except LLMServiceError as exc:
+                log.warning("%s: cannot list upstream models: %s", self.name, exc.message)
         if self._default_model not in ids:
             ids.insert(0, self._default_model)
         capabilities = Capabilities(streaming=True, tools=True, vision=True, signals=True)
         return [ModelInfo(i, self.name, capabilities=capabilities) for i in ids]
 
     def validate(self, model: str, request: ChatRequest) -> None:
-        s = request.sampling
-        if not self._extra_sampling:
-            self.refuse(top_k=s.top_k, min_p=s.min_p, repetition_penalty=s.repetition_penalty)
+        if self._only_default_model and model != self._default_model:
+            raise NotFound(
+                f"provider {self.name} serves deployment {self._default_model!r} only, not {model!r}"
+            )
+        for field in _EXTRA_FIELDS:
+            if getattr(request.sampling, field) is not None and field not in self._extras:
+                raise InvalidRequest(field, f"provider {self.name} {self._no_extras}")
         if request.signals is not None:
             if request.signals.sampler_stages or request.signals.full_distribution:
                 raise InvalidRequest(
@@ -211,10 +235,8 @@ class OpenAIFamilyProvider(RemoteProvider):
             "max_tokens": s.max_tokens,
             "seed": s.seed,
             "stop": list(s.stop) or None,
-            # OpenAI-compatible servers' own (vLLM, llama.cpp): validate refuses them for OpenAI.
-            "top_k": s.top_k,
-            "min_p": s.min_p,
-            "repeat_penalty": s.repetition_penalty,
+            # the server's own, under its names; validate refused those it lacks
+            **{wire: getattr(s, field) for field, wire in self._extras.items()},
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         if request.constraint is not None:
@@ -298,7 +320,6 @@ def openai_provider(settings: OpenAISettings, name: str = "openai") -> OpenAIFam
             api_key=key, base_url=settings.base_url, max_retries=0, http_client=http
         ),
         default_model=settings.model,
-        extra_sampling=False,
     )
 
 
@@ -316,7 +337,7 @@ def azure_openai_provider(settings: AzureOpenAISettings, name: str = "azure_open
             http_client=http,
         ),
         default_model=settings.deployment,
-        extra_sampling=False,
+        only_default_model=True,
     )
 
 
@@ -331,5 +352,14 @@ def openai_compatible_provider(
             api_key=key, base_url=settings.base_url, max_retries=0, http_client=http
         ),
         default_model=settings.model,
-        extra_sampling=True,
+        extras=EXTRAS[settings.flavour],
+        no_extras=_no_extras(settings, name),
     )
+
+
+def _no_extras(settings: OpenAICompatibleSettings, name: str) -> str:
+    """Why an OpenAI-compatible server is not sent a sampling parameter beyond OpenAI's."""
+    if settings.flavour != "generic":
+        return f"takes no such parameter (flavour {settings.flavour!r})"
+    setting = "openai_compatible.flavour" if name == "openai_compatible" else f"deployments.{name}.flavour"
+    return f"takes it only when {setting} names the kind of server (vllm, llamacpp, ...)"

@@ -68,7 +68,7 @@ async def stub(upstream: str) -> AsyncIterator[pb_grpc.LLMServiceStub]:
     settings = Settings(
         provider="openai_compatible",
         server=ServerSettings(grpc_port=0),
-        openai_compatible=OpenAICompatibleSettings(base_url=upstream),
+        openai_compatible=OpenAICompatibleSettings(base_url=upstream, flavour="llamacpp"),
     )
     async with (
         running_service(settings, registry=ProviderRegistry.from_settings(settings)) as server,
@@ -123,3 +123,13 @@ async def test_signals_logprobs_cannot_give_are_invalid_argument(stub: pb_grpc.L
         await stub.Chat(request)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "sampler stages" in (raised.value.details() or "")
+
+
+async def test_llama_cpp_server_takes_the_repetition_penalty_by_its_own_name(
+    stub: pb_grpc.LLMServiceStub,
+) -> None:
+    request = ask("Name a colour.")
+    request.repetition_penalty = 1.3
+    request.top_k = 20
+    reply = await stub.Chat(request)
+    assert reply.content

@@ -15,8 +15,9 @@ from pydantic import SecretStr
 
 from llmservice.errors import (
     InvalidRequest,
+    NotFound,
 )
-from llmservice.settings import AzureOpenAISettings, OpenAISettings
+from llmservice.settings import AzureOpenAISettings, OpenAICompatibleSettings, OpenAISettings
 from llmservice.types import (
     ChatRequest,
     Message,
@@ -31,7 +32,12 @@ from llmservice.types import (
     ToolChoice,
     assemble_tool_calls,
 )
-from providers.openai_family import OpenAIFamilyProvider, azure_openai_provider, openai_provider
+from providers.openai_family import (
+    OpenAIFamilyProvider,
+    azure_openai_provider,
+    openai_compatible_provider,
+    openai_provider,
+)
 from providers.remote.retry import RetryPolicy
 
 from ..fakes.openai_server import Reply, fake_openai
@@ -83,6 +89,67 @@ async def test_a_parameter_openai_lacks_is_refused() -> None:
         async with provider_for(fake) as provider:
             with pytest.raises(InvalidRequest, match="top_k"):
                 provider.validate("fake-model", ChatRequest(HELLO.messages, sampling=Sampling(top_k=5)))
+
+
+@pytest.mark.parametrize("field", ["top_k", "min_p", "repetition_penalty"])
+async def test_openai_and_azure_refuse_the_sampling_parameters_they_lack(field: str) -> None:
+    request = ChatRequest(HELLO.messages, sampling=Sampling(**{field: 0.5 if field != "top_k" else 5}))
+    with fake_openai() as fake:
+        azure = AzureOpenAISettings(api_key=SecretStr(KEY), endpoint=fake.url, deployment="fake-model")
+        async with provider_for(fake) as openai, azure_openai_provider(azure) as az:
+            for provider in (openai, az):
+                with pytest.raises(InvalidRequest) as raised:
+                    provider.validate("fake-model", request)
+                assert raised.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("flavour", "sent"),
+    [
+        ("vllm", {"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2}),
+        ("openrouter", {"top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2}),
+        ("llamacpp", {"top_k": 5, "min_p": 0.1, "repeat_penalty": 1.2}),
+        ("lmstudio", {"top_k": 5, "min_p": 0.1, "repeat_penalty": 1.2}),
+    ],
+)
+async def test_each_server_flavour_gets_the_repetition_penalty_under_its_own_name(
+    flavour: str, sent: dict[str, float]
+) -> None:
+    request = ChatRequest(HELLO.messages, sampling=Sampling(top_k=5, min_p=0.1, repetition_penalty=1.2))
+    with fake_openai() as fake:
+        settings = OpenAICompatibleSettings(base_url=fake.url + "/v1", model="fake-model", flavour=flavour)  # type: ignore[arg-type]
+        async with openai_compatible_provider(settings) as provider:
+            provider.validate("fake-model", request)
+            await collect(provider, request)
+            await provider.complete("fake-model", request)
+    for body in fake.requests:
+        extras = {k: body[k] for k in ("top_k", "min_p", "repetition_penalty", "repeat_penalty") if k in body}
+        assert extras == sent
+
+
+@pytest.mark.parametrize("flavour", ["generic", "tgi"])
+async def test_a_server_of_unknown_or_plain_flavour_is_sent_no_extras_they_are_refused(flavour: str) -> None:
+    with fake_openai() as fake:
+        settings = OpenAICompatibleSettings(base_url=fake.url + "/v1", model="fake-model", flavour=flavour)  # type: ignore[arg-type]
+        async with openai_compatible_provider(settings) as provider:
+            with pytest.raises(InvalidRequest) as raised:
+                provider.validate(
+                    "fake-model", ChatRequest(HELLO.messages, sampling=Sampling(repetition_penalty=1.1))
+                )
+    assert raised.value.field == "repetition_penalty"
+    if flavour == "generic":
+        assert "openai_compatible.flavour" in raised.value.message
+
+
+async def test_azure_serves_its_deployment_and_no_other_model() -> None:
+    with fake_openai() as fake:
+        settings = AzureOpenAISettings(api_key=SecretStr(KEY), endpoint=fake.url, deployment="gpt-4o-eu")
+        async with azure_openai_provider(settings) as provider:
+            provider.validate("gpt-4o-eu", HELLO)
+            with pytest.raises(NotFound, match="gpt-4o-mini"):
+                provider.validate("gpt-4o-mini", HELLO)
+            assert [m.id for m in await provider.list_models()] == ["gpt-4o-eu"]
+    assert fake.paths == []  # the listing did not offer the upstream's base models
 
 
 async def test_azure_speaks_to_the_deployment_with_its_api_key_header() -> None:
