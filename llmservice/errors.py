@@ -13,6 +13,7 @@ Nothing maps errors by message text.
     ├── ProviderAuthFailed           FAILED_PRECONDITION provider rejected credentials
     ├── Unavailable                  UNAVAILABLE        provider down, service draining
     ├── DeadlineExceeded             DEADLINE_EXCEEDED  deadline or provider timeout
+    │   └── ProviderTimeout                                 before the answer began: retried
     └── Cancelled                    CANCELLED          the caller went away
 """
 
@@ -62,6 +63,11 @@ class Unavailable(LLMServiceError):
 
 class DeadlineExceeded(LLMServiceError):
     """The request's deadline passed, or a provider timed out."""
+
+
+class ProviderTimeout(DeadlineExceeded):
+    """A provider timed out before its answer began (no connection in time, HTTP 504 or 408):
+    another try may work, so it is retried like a 5xx."""
 
 
 class Cancelled(LLMServiceError):

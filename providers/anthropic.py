@@ -33,7 +33,8 @@ from llmservice.types import (
 )
 
 from .remote.base import HttpProvider, attachment_text, base64_data
-from .remote.http import raise_for_status, transport_errors
+from .remote.http import raise_for_status, transport_errors, unreadable
+from .remote.http_errors import failed_midway
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,17 @@ class AnthropicProvider(HttpProvider):
     def default_model(self) -> str:
         return self._settings.model
 
+    def secrets(self) -> list[str]:
+        return [self._key]
+
     async def list_models(self) -> list[ModelInfo]:
         ids = [self.default_model]
         try:
             async with transport_errors(self.name, [self._key]):
                 response = await self._ready().get("/v1/models", params={"limit": 100})
             await raise_for_status(response, self.name, model="", secrets=[self._key])
-            ids += [m["id"] for m in response.json().get("data", []) if m.get("id") != self.default_model]
+            with unreadable(self.name, "a model list"):
+                ids += [m["id"] for m in response.json().get("data", []) if m["id"] != self.default_model]
         except LLMServiceError as exc:
             log.warning("%s: cannot list upstream models: %s", self.name, exc.message)
         capabilities = Capabilities(streaming=True, tools=True, vision=True)
@@ -96,7 +101,10 @@ class AnthropicProvider(HttpProvider):
         async with transport_errors(self.name, [self._key]):
             response = await self._ready().post("/v1/messages", json=body)
         await raise_for_status(response, self.name, model=model, secrets=[self._key])
-        data = response.json()
+        with unreadable(self.name):
+            return self._completion(response.json(), model)
+
+    def _completion(self, data: dict[str, Any], model: str) -> Completion:
         blocks = data.get("content") or []
         text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
         calls = tuple(
@@ -124,7 +132,7 @@ class AnthropicProvider(HttpProvider):
             httpx_sse.aconnect_sse(client, "POST", "/v1/messages", json=body) as source,
         ):
             await raise_for_status(source.response, self.name, model=model, secrets=[self._key])
-            try:
+            with unreadable(self.name, "a stream"):
                 async for sse in source.aiter_sse():
                     if sse.event == "ping" or not sse.data:
                         continue
@@ -157,14 +165,13 @@ class AnthropicProvider(HttpProvider):
                             )
                         case "message_stop":
                             break
-                        case "error":
+                        case "error":  # e.g. overloaded_error; its message is the upstream's own words
                             error = data.get("error") or {}
-                            raise Unavailable(
-                                f"provider {self.name} failed midway: {error.get('type', 'error')}: "
-                                f"{error.get('message', '')}"
+                            raise failed_midway(
+                                self.name,
+                                f"{error.get('type', 'error')}: {error.get('message', '')}",
+                                [self._key],
                             )
-            except (ValueError, KeyError, TypeError):
-                raise Unavailable(f"provider {self.name} sent a stream that could not be read") from None
         if finish is None:
             raise Unavailable(f"provider {self.name} ended the stream before it finished")
         yield StreamEnd(finish, Usage(prompt_tokens, completion_tokens))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import botocore.auth
@@ -40,8 +40,8 @@ from llmservice.types import (
 )
 
 from .remote.base import HttpProvider, attachment_text, base64_data
-from .remote.http import error_message, transport_errors
-from .remote.http_errors import from_status
+from .remote.http import error_message, transport_errors, unreadable
+from .remote.http_errors import failed_midway, from_status
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +115,13 @@ class BedrockProvider(HttpProvider):
 
     async def _call(self, body: dict[str, Any], model: str) -> Completion:
         url, headers, data = self._signed(model, "converse", body)
-        async with transport_errors(self.name, self._secrets()):
+        async with transport_errors(self.name, self.secrets()):
             response = await self._ready().post(url, content=data, headers=headers)
         await self._raise_for_status(response, model)
-        reply = response.json()
+        with unreadable(self.name):
+            return self._completion(response.json(), model)
+
+    def _completion(self, reply: dict[str, Any], model: str) -> Completion:
         blocks = (reply.get("output") or {}).get("message", {}).get("content") or []
         calls = tuple(
             ToolCall(use["toolUseId"], use["name"], json.dumps(use.get("input") or {}))
@@ -140,28 +143,26 @@ class BedrockProvider(HttpProvider):
         usage = Usage()
         tool_index: dict[int, int] = {}
         async with (
-            transport_errors(self.name, self._secrets()),
+            transport_errors(self.name, self.secrets()),
             self._ready().stream("POST", url, content=data, headers=headers) as response,
         ):
             await self._raise_for_status(response, model)
             buffer = botocore.eventstream.EventStreamBuffer()
             async for chunk in response.aiter_bytes():
-                try:
-                    buffer.add_data(chunk)
-                    messages = list(buffer)
-                except botocore.eventstream.ParserError:
-                    raise Unavailable(f"provider {self.name} sent a stream that could not be read") from None
-                for message in messages:
-                    kind, payload = _decode(message)
-                    if kind == "exception":
-                        raise Unavailable(f"provider {self.name} failed midway: {payload.get('message', '')}")
-                    for event in _events(kind, payload, tool_index):
+                buffer.add_data(chunk)
+                for message in _frames(buffer, self.name):
+                    with unreadable(self.name, "a stream"):
+                        kind, payload = _decode(message)
+                        if kind == "exception":
+                            raise failed_midway(self.name, str(payload.get("message", "")), self.secrets())
+                        events = _events(kind, payload, tool_index)
+                        if kind == "messageStop":
+                            finish = _FINISH.get(payload.get("stopReason", ""), FinishReason.STOP)
+                        elif kind == "metadata":
+                            u = payload.get("usage") or {}
+                            usage = Usage(u.get("inputTokens", 0), u.get("outputTokens", 0))
+                    for event in events:
                         yield event
-                    if kind == "messageStop":
-                        finish = _FINISH.get(payload.get("stopReason", ""), FinishReason.STOP)
-                    elif kind == "metadata":
-                        u = payload.get("usage") or {}
-                        usage = Usage(u.get("inputTokens", 0), u.get("outputTokens", 0))
         if finish is None:
             raise Unavailable(f"provider {self.name} ended the stream before it finished")
         yield StreamEnd(finish, usage)
@@ -192,10 +193,10 @@ class BedrockProvider(HttpProvider):
         if response.status_code == 424:  # ModelErrorException: the model failed, not the request
             raise Unavailable(f"provider {self.name} failed: {message}")
         raise from_status(
-            self.name, response.status_code, message, response.headers, model=model, secrets=self._secrets()
+            self.name, response.status_code, message, response.headers, model=model, secrets=self.secrets()
         )
 
-    def _secrets(self) -> list[str]:
+    def secrets(self) -> list[str]:
         if self._credentials is None:
             return []
         frozen = self._credentials.get_frozen_credentials()
@@ -238,6 +239,14 @@ class BedrockProvider(HttpProvider):
                 }[choice.mode]
             body["toolConfig"] = tool_config
         return body
+
+
+def _frames(buffer: botocore.eventstream.EventStreamBuffer, provider: str) -> Iterator[Any]:
+    """The whole event-stream messages in the buffer, one at a time."""
+    try:
+        yield from buffer
+    except botocore.eventstream.ParserError:
+        raise Unavailable(f"provider {provider} sent a stream that could not be read") from None
 
 
 def _decode(message: Any) -> tuple[str, dict[str, Any]]:

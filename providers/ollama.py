@@ -35,7 +35,8 @@ from llmservice.types import (
 
 from .remote import openai_shapes
 from .remote.base import HttpProvider, attachment_text, base64_data
-from .remote.http import raise_for_status, transport_errors
+from .remote.http import raise_for_status, transport_errors, unreadable
+from .remote.http_errors import failed_midway
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,10 @@ class OllamaProvider(HttpProvider):
             async with transport_errors(self.name):
                 response = await self._ready().get("/api/tags")
             await raise_for_status(response, self.name, model="")
-            names += [
-                m["name"] for m in response.json().get("models", []) if m.get("name") != self.default_model
-            ]
+            with unreadable(self.name, "a model list"):
+                names += [
+                    m["name"] for m in response.json().get("models", []) if m["name"] != self.default_model
+                ]
             loaded = set(await self.loaded_models())
         except LLMServiceError as exc:
             log.warning("%s: cannot list models: %s", self.name, exc.message)
@@ -98,12 +100,15 @@ class OllamaProvider(HttpProvider):
         async with transport_errors(self.name):
             response = await self._ready().post("/api/chat", json=body)
         await raise_for_status(response, self.name, model=model)
-        data = response.json()
-        message = data.get("message") or {}
-        calls = assemble_tool_calls(_tool_call_deltas(message, 0))
-        return Completion(
-            message.get("content", ""), model, self.name, _finish(data, calls), _usage(data), calls
-        )
+        with unreadable(self.name):
+            data = response.json()
+            if "error" in data:
+                raise failed_midway(self.name, str(data["error"]))
+            message = data.get("message") or {}
+            calls = assemble_tool_calls(_tool_call_deltas(message, 0))
+            return Completion(
+                message.get("content", ""), model, self.name, _finish(data, calls), _usage(data), calls
+            )
 
     async def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
         client = self._ready()
@@ -113,25 +118,21 @@ class OllamaProvider(HttpProvider):
             async for line in response.aiter_lines():
                 if not line.strip():
                     continue
-                try:
+                with unreadable(self.name, "a stream"):
                     data = json.loads(line)
+                    if "error" in data:
+                        raise failed_midway(self.name, str(data["error"]))
                     message = data.get("message") or {}
-                except (ValueError, AttributeError):
-                    raise Unavailable(f"provider {self.name} sent a stream that could not be read") from None
-                if "error" in data:
-                    raise Unavailable(f"provider {self.name} failed midway: {data['error']}")
-                if message.get("content"):
-                    yield TokenDelta(message["content"])
-                for delta in _tool_call_deltas(message, calls):
-                    calls += 1
-                    yield delta
-                if data.get("done"):
-                    finish = (
-                        FinishReason.TOOL_CALLS
-                        if calls
-                        else _FINISH.get(str(data.get("done_reason")), FinishReason.STOP)
-                    )
-                    yield StreamEnd(finish, _usage(data))
+                    events: list[StreamEvent] = []
+                    if message.get("content"):
+                        events.append(TokenDelta(message["content"]))
+                    events += _tool_call_deltas(message, calls)
+                    end = StreamEnd(_stream_finish(data, calls), _usage(data)) if data.get("done") else None
+                for event in events:
+                    calls += isinstance(event, ToolCallDelta)
+                    yield event
+                if end is not None:
+                    yield end
                     return
         raise Unavailable(f"provider {self.name} ended the stream before it finished")
 
@@ -148,15 +149,17 @@ class OllamaProvider(HttpProvider):
             async for line in response.aiter_lines():
                 if not line.strip():
                     continue
-                data = json.loads(line)
-                if "error" in data:
-                    raise Unavailable(f"provider {self.name} could not pull {model!r}: {data['error']}")
-                yield PullProgress(
-                    data.get("status", ""),
-                    data.get("digest", ""),
-                    data.get("total", 0),
-                    data.get("completed", 0),
-                )
+                with unreadable(self.name, "pull progress"):
+                    data = json.loads(line)
+                    if "error" in data:
+                        raise failed_midway(self.name, f"could not pull {model!r}: {data['error']}")
+                    progress = PullProgress(
+                        str(data.get("status", "")),
+                        str(data.get("digest", "")),
+                        int(data.get("total", 0)),
+                        int(data.get("completed", 0)),
+                    )
+                yield progress
 
     async def load(self, model: str) -> None:
         """Load a model now and keep it for the configured keep-alive."""
@@ -170,7 +173,8 @@ class OllamaProvider(HttpProvider):
         async with transport_errors(self.name):
             response = await self._ready().get("/api/ps")
         await raise_for_status(response, self.name, model="")
-        return [m["name"] for m in response.json().get("models", [])]
+        with unreadable(self.name, "a model list"):
+            return [str(m["name"]) for m in response.json().get("models", [])]
 
     async def _keep_alive(self, model: str, keep_alive: str | int) -> None:
         async with transport_errors(self.name):
@@ -216,6 +220,12 @@ def _tool_call_deltas(message: dict[str, Any], first_index: int) -> list[ToolCal
         text = arguments if isinstance(arguments, str) else json.dumps(arguments)
         deltas.append(ToolCallDelta(first_index + offset, call_id, function.get("name", ""), text))
     return deltas
+
+
+def _stream_finish(data: dict[str, Any], calls: int) -> FinishReason:
+    if calls or (data.get("message") or {}).get("tool_calls"):
+        return FinishReason.TOOL_CALLS
+    return _FINISH.get(str(data.get("done_reason")), FinishReason.STOP)
 
 
 def _finish(data: dict[str, Any], calls: tuple[ToolCall, ...]) -> FinishReason:

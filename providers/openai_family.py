@@ -23,7 +23,14 @@ import httpx
 import httpx_sse
 import openai
 
-from llmservice.errors import DeadlineExceeded, InvalidRequest, LLMServiceError, NotFound, Unavailable
+from llmservice.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    LLMServiceError,
+    NotFound,
+    ProviderTimeout,
+    Unavailable,
+)
 from llmservice.settings import AzureOpenAISettings, OpenAICompatibleSettings, OpenAISettings
 from llmservice.types import (
     Capabilities,
@@ -40,7 +47,7 @@ from llmservice.types import (
 from .remote import openai_shapes
 from .remote.base import RemoteProvider, attachment_text
 from .remote.http import make_client
-from .remote.http_errors import from_status, redact
+from .remote.http_errors import failed_midway, from_status, redact
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +106,9 @@ class OpenAIFamilyProvider(RemoteProvider):
     @property
     def default_model(self) -> str:
         return self._default_model
+
+    def secrets(self) -> list[str]:
+        return self._secrets
 
     async def start(self) -> None:
         self._client = self._make_client(make_client(self._settings))
@@ -166,10 +176,20 @@ class OpenAIFamilyProvider(RemoteProvider):
             reply = response.json()
         except openai.APIError as exc:
             raise self._error(exc, model) from None
+        except httpx.TimeoutException:
+            raise DeadlineExceeded(f"provider {self.name} stopped answering midway") from None
         except httpx.TransportError as exc:
             raise Unavailable(f"provider {self.name} cut the reply midway ({type(exc).__name__})") from None
         except ValueError:
             raise Unavailable(f"provider {self.name} sent a reply that could not be read") from None
+        try:
+            return self._completion(reply, model)
+        except (KeyError, TypeError, AttributeError):  # JSON, but not the shape of a reply
+            raise Unavailable(f"provider {self.name} sent a reply that could not be read") from None
+
+    def _completion(self, reply: dict[str, Any], model: str) -> Completion:
+        if "error" in reply:  # some servers answer 200 with an error object
+            raise self._error_object(reply["error"], model)
         choices = reply.get("choices") or []
         if not choices:
             raise Unavailable(f"provider {self.name} answered with no choices")
@@ -201,6 +221,8 @@ class OpenAIFamilyProvider(RemoteProvider):
                 if not sse.data:
                     continue
                 chunk = json.loads(sse.data)
+                if "error" in chunk:  # the upstream failed after it began (vLLM, OpenRouter, ...)
+                    raise self._error_object(chunk["error"], model)
                 if chunk.get("usage"):
                     u = chunk["usage"]
                     usage = Usage(u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0)
@@ -211,6 +233,8 @@ class OpenAIFamilyProvider(RemoteProvider):
                         finish = _FINISH.get(choice["finish_reason"], FinishReason.STOP)
         except openai.APIError as exc:
             raise self._error(exc, model) from None
+        except httpx.TimeoutException:  # no byte for the read timeout: the upstream stalled
+            raise DeadlineExceeded(f"provider {self.name} stopped answering midway") from None
         except httpx.TransportError as exc:  # the connection broke while the stream was read
             raise Unavailable(f"provider {self.name} cut the stream midway ({type(exc).__name__})") from None
         except (ValueError, KeyError, TypeError, AttributeError):  # a frame that is not the JSON expected
@@ -257,8 +281,19 @@ class OpenAIFamilyProvider(RemoteProvider):
             raise self._error(exc, "") from None
         return [m.id for m in page.data]
 
+    def _error_object(self, error: object, model: str) -> LLMServiceError:
+        """An `{"error": ...}` object in a 200 reply or a stream: by its HTTP-like code if it has one."""
+        message = error.get("message") if isinstance(error, dict) else error
+        code = error.get("code") if isinstance(error, dict) else None
+        text = message if isinstance(message, str) else "an error without a message"
+        if isinstance(code, int) and 400 <= code < 600:
+            return from_status(self.name, code, text, {}, model=model, secrets=self._secrets)
+        return failed_midway(self.name, text, self._secrets)
+
     def _error(self, exc: openai.APIError, model: str) -> LLMServiceError:
         if isinstance(exc, openai.APITimeoutError):
+            if isinstance(exc.__cause__, httpx.ConnectTimeout):
+                return ProviderTimeout(f"provider {self.name} did not accept a connection in time")
             return DeadlineExceeded(f"provider {self.name} did not answer in time")
         if isinstance(exc, openai.APIStatusError):
             return from_status(

@@ -3,7 +3,8 @@
 Spoken with httpx and httpx-sse: IBM's SDK (ibm-watsonx-ai) is synchronous and pulls in
 pandas and more; the API itself is an OpenAI-like JSON chat plus one token exchange.
 The API key is exchanged at IAM for a bearer token, which is reused until a minute
-before it expires, and fetched anew when the service says it has expired.
+before it expires, and fetched anew when the service says it has expired (a 401
+whose error code is `authentication_token_expired`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from llmservice.types import (
 
 from .remote import openai_shapes
 from .remote.base import HttpProvider
-from .remote.http import error_message, raise_for_status, transport_errors
+from .remote.http import raise_for_status, transport_errors, unreadable
+from .remote.http_errors import failed_midway
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ _FINISH = {
 }
 _REFRESH_MARGIN_S = 60.0  # fetch a new token this long before the old one expires
 _GRANT = "urn:ibm:params:oauth:grant-type:apikey"
+_TOKEN_EXPIRED = "authentication_token_expired"  # watsonx's error code for a stale bearer token
 
 
 class WatsonxProvider(HttpProvider):
@@ -68,6 +71,9 @@ class WatsonxProvider(HttpProvider):
     def default_model(self) -> str:
         return self._settings.model
 
+    def secrets(self) -> list[str]:
+        return [s for s in (self._key, self._token) if s]
+
     async def list_models(self) -> list[ModelInfo]:
         ids = [self.default_model]
         try:
@@ -81,9 +87,10 @@ class WatsonxProvider(HttpProvider):
                     },
                 )
             await raise_for_status(response, self.name, model="", secrets=[self._key])
-            ids += [
-                m["model_id"] for m in response.json().get("resources", []) if m.get("model_id") != ids[0]
-            ]
+            with unreadable(self.name, "a model list"):
+                ids += [
+                    m["model_id"] for m in response.json().get("resources", []) if m["model_id"] != ids[0]
+                ]
         except LLMServiceError as exc:
             log.warning("%s: cannot list models: %s", self.name, exc.message)
         return [ModelInfo(i, self.name, capabilities=Capabilities(streaming=True, tools=True)) for i in ids]
@@ -113,7 +120,10 @@ class WatsonxProvider(HttpProvider):
             lambda client, headers: client.post(self._endpoint("chat"), json=body, headers=headers)
         )
         await raise_for_status(response, self.name, model=model, secrets=[self._key])
-        data = response.json()
+        with unreadable(self.name):
+            return self._completion(response.json(), model)
+
+    def _completion(self, data: dict[str, Any], model: str) -> Completion:
         choice = (data.get("choices") or [{}])[0]
         message = choice.get("message") or {}
         calls = tuple(
@@ -144,11 +154,13 @@ class WatsonxProvider(HttpProvider):
                 if attempt == 0 and await _expired(source.response):
                     continue
                 await raise_for_status(source.response, self.name, model=model, secrets=[self._key])
-                try:
+                with unreadable(self.name, "a stream"):
                     async for sse in source.aiter_sse():
                         if not sse.data:
                             continue
                         data = sse.json()
+                        if "errors" in data:  # watsonx's error body, sent as an event
+                            raise failed_midway(self.name, _error_text(data), self.secrets())
                         if data.get("usage"):
                             usage = Usage(
                                 data["usage"].get("prompt_tokens", 0),
@@ -159,8 +171,6 @@ class WatsonxProvider(HttpProvider):
                                 yield event
                             if choice.get("finish_reason"):
                                 finish = _FINISH.get(choice["finish_reason"], FinishReason.STOP)
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    raise Unavailable(f"provider {self.name} sent a stream that could not be read") from None
             break
         if finish is None:
             raise Unavailable(f"provider {self.name} ended the stream before it finished")
@@ -196,9 +206,11 @@ class WatsonxProvider(HttpProvider):
                 f"(HTTP {response.status_code})"
             )
         await raise_for_status(response, self.name, model="", secrets=[self._key])
-        data = response.json()
-        self._token = data["access_token"]
-        self._expires = float(data.get("expiration") or self._clock() + float(data.get("expires_in", 3600)))
+        with unreadable(self.name, "an IAM token reply"):
+            data = response.json()
+            token = str(data["access_token"])
+            expires = float(data.get("expiration") or self._clock() + float(data.get("expires_in", 3600)))
+        self._token, self._expires = token, expires
         self.tokens_fetched += 1
 
     def _endpoint(self, kind: str) -> str:
@@ -240,8 +252,17 @@ class WatsonxProvider(HttpProvider):
 
 
 async def _expired(response: httpx.Response) -> bool:
-    """A 401 that says the token expired (as opposed to a key that is no good)."""
+    """A 401 whose error code says the token expired (as opposed to a key that is no good)."""
     if response.status_code != 401:
         return False
     await response.aread()
-    return "expired" in error_message(response.content)
+    try:
+        errors = json.loads(response.content).get("errors") or []
+        return any(e.get("code") == _TOKEN_EXPIRED for e in errors)
+    except (ValueError, AttributeError, TypeError):
+        return False
+
+
+def _error_text(data: dict[str, Any]) -> str:
+    errors = data.get("errors") or [{}]
+    return "; ".join(f"{e.get('code', 'error')}: {e.get('message', '')}" for e in errors)

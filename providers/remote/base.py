@@ -3,25 +3,29 @@ waits, retries, and the checks that refuse what a backend cannot honour.
 
 A backend supplies its request bodies and how to send one (`_call`, `_open_stream`);
 `complete` and `stream` take a slot from the backend's scheduler, then retry as
-`providers.remote.retry` says.
+`providers.remote.retry` says. Every error leaving them has passed through `redact`
+with the backend's `secrets()`: whatever upstream text a backend quoted, no key or
+token reaches a caller or a log line.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
 
-from llmservice.errors import InvalidRequest
+from llmservice.errors import InvalidRequest, LLMServiceError
 from llmservice.scheduler import Scheduler
 from llmservice.settings import RemoteSettings
 from llmservice.types import Attachment, ChatRequest, Completion, StreamEvent
 
 from ..base import Provider
 from .http import make_client
+from .http_errors import redact
 from .retry import RetryPolicy, call_with_retries, stream_with_retries
 
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml")
@@ -37,18 +41,34 @@ class RemoteProvider(Provider):
 
     async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         body = self._stream_body(model, request)
-        async with self.scheduler.slot(request.priority, request.deadline):
-            async for event in stream_with_retries(
-                lambda: self._open_stream(body, model), self.retry, deadline=request.deadline
-            ):
-                yield event
+        with self._redacted():
+            async with self.scheduler.slot(request.priority, request.deadline):
+                async for event in stream_with_retries(
+                    lambda: self._open_stream(body, model), self.retry, deadline=request.deadline
+                ):
+                    yield event
 
     async def complete(self, model: str, request: ChatRequest) -> Completion:
         body = self._complete_body(model, request)
-        async with self.scheduler.slot(request.priority, request.deadline):
-            return await call_with_retries(
-                lambda: self._call(body, model), self.retry, deadline=request.deadline
-            )
+        with self._redacted():
+            async with self.scheduler.slot(request.priority, request.deadline):
+                return await call_with_retries(
+                    lambda: self._call(body, model), self.retry, deadline=request.deadline
+                )
+
+    def secrets(self) -> list[str]:
+        """What no error may show: the backend's keys and tokens."""
+        return []
+
+    @contextlib.contextmanager
+    def _redacted(self) -> Iterator[None]:
+        """The one redaction step every error of this backend passes on its way out."""
+        try:
+            yield
+        except LLMServiceError as exc:
+            exc.message = redact(exc.message, self.secrets())
+            exc.args = (exc.message,)
+            raise
 
     @abc.abstractmethod
     def _stream_body(self, model: str, request: ChatRequest) -> dict[str, Any]:

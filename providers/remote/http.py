@@ -3,18 +3,19 @@
 One httpx client per backend, on aiohttp's connection pool (`aiohttp_transport`),
 proxies from HTTPS_PROXY / NO_PROXY through `trust_env`; upstream error bodies turned
 into domain errors, and transport failures told apart: a timeout is
-DEADLINE_EXCEEDED, anything else UNAVAILABLE.
+DEADLINE_EXCEEDED (a connect timeout a retryable `ProviderTimeout`), anything else
+UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 import httpx
 
-from llmservice.errors import DeadlineExceeded, Unavailable
+from llmservice.errors import DeadlineExceeded, ProviderTimeout, Unavailable
 from llmservice.settings import RemoteSettings
 
 from .aiohttp_transport import AiohttpClient
@@ -60,11 +61,23 @@ def error_message(body: bytes) -> str:
     return body.decode(errors="replace")[:500]
 
 
+@contextlib.contextmanager
+def unreadable(provider: str, what: str = "a reply") -> Iterator[None]:
+    """Upstream data that is not the JSON expected (bad syntax, wrong shape) as UNAVAILABLE:
+    the provider's fault, not an internal error."""
+    try:
+        yield
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise Unavailable(f"provider {provider} sent {what} that could not be read") from None
+
+
 @contextlib.asynccontextmanager
 async def transport_errors(provider: str, secrets: Iterable[str] = ()) -> AsyncIterator[None]:
     """Map httpx's transport failures inside the block to domain errors."""
     try:
         yield
+    except httpx.ConnectTimeout:
+        raise ProviderTimeout(f"provider {provider} did not accept a connection in time") from None
     except httpx.TimeoutException:
         raise DeadlineExceeded(f"provider {provider} did not answer in time") from None
     except httpx.TransportError as exc:

@@ -12,11 +12,11 @@ import time
 from collections.abc import Iterable, Mapping
 
 from llmservice.errors import (
-    DeadlineExceeded,
     InvalidRequest,
     LLMServiceError,
     NotFound,
     ProviderAuthFailed,
+    ProviderTimeout,
     ResourceExhausted,
     Unavailable,
 )
@@ -44,13 +44,20 @@ def from_status(
         return ResourceExhausted(
             f"provider {provider} is rate limiting: {text}", retry_after_s=retry_after(headers)
         )
-    if status in (408, 504):
-        return DeadlineExceeded(f"provider {provider} timed out: {text}")
+    if status in (408, 504):  # the upstream gave up before answering: worth another try
+        return ProviderTimeout(
+            f"provider {provider} timed out (HTTP {status}): {text}", retry_after_s=retry_after(headers)
+        )
     if status >= 500:
         return Unavailable(
             f"provider {provider} failed (HTTP {status}): {text}", retry_after_s=retry_after(headers)
         )
     return InvalidRequest("request", f"provider {provider} refused it (HTTP {status}): {text}")
+
+
+def failed_midway(provider: str, message: str, secrets: Iterable[str] = ()) -> Unavailable:
+    """An error the upstream reported inside a reply or stream it had begun."""
+    return Unavailable(f"provider {provider} failed midway: {redact(message, secrets) or 'no reason given'}")
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

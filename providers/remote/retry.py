@@ -1,7 +1,9 @@
 """Retries for upstream calls: exponential backoff with full jitter, Retry-After honoured.
 
 Only failures that a later attempt can fix are retried: connection failures and 5xx
-(`Unavailable`) and 429 (`ResourceExhausted`). A 400, 401, 403 or 404 is final. A
+(`Unavailable`), 429 (`ResourceExhausted`), and timeouts before the answer began: a
+connection not made in time, HTTP 504 or 408 (`ProviderTimeout`). A read timeout
+once the upstream is answering is final, as are 400, 401, 403 and 404. A
 stream is retried only until its first event: once a token has reached the caller,
 a failure ends the stream (a retry would repeat or contradict what was sent).
 """
@@ -15,11 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from llmservice.errors import LLMServiceError, ResourceExhausted, Unavailable
+from llmservice.errors import LLMServiceError, ProviderTimeout, ResourceExhausted, Unavailable
 
 T = TypeVar("T")
 
-RETRYABLE: tuple[type[LLMServiceError], ...] = (Unavailable, ResourceExhausted)
+RETRYABLE: tuple[type[LLMServiceError], ...] = (Unavailable, ResourceExhausted, ProviderTimeout)
 
 
 @dataclass(frozen=True)

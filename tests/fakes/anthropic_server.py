@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .upstream import Reply, Upstream, serving
+from .upstream import Reply, Upstream, bad_body, serving
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -56,6 +56,8 @@ def _app(fake: Upstream) -> Starlette:
         usage = {"input_tokens": 5, "output_tokens": len(words)}
         stop = "tool_use" if reply.tool_calls else "end_turn"
         if not body.get("stream"):
+            if (bad := bad_body(reply)) is not None:
+                return Response(bad, media_type="application/json")
             content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}]
             content += [
                 {"type": "tool_use", "id": i, "name": n, "input": json.loads(a)}
@@ -76,13 +78,16 @@ def _app(fake: Upstream) -> Starlette:
             for i, word in enumerate(words):
                 if reply.cut_after is not None and i == reply.cut_after:
                     raise ConnectionResetError("cut midway on purpose")
-                if reply.malformed and i == 1:
-                    yield b"event: content_block_delta\r\ndata: {not json\r\n\r\n"
+                if i == 1 and (bad := bad_body(reply)) is not None:
+                    yield b"event: content_block_delta\r\ndata: " + bad + b"\r\n\r\n"
+                if i == 1 and reply.error_midway:
+                    error = {"type": "overloaded_error", "message": reply.error_midway}
+                    yield _event("error", {"type": "error", "error": error})
                 delta = {"type": "text_delta", "text": word}
                 yield _event(
                     "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
                 )
-                await asyncio.sleep(0)
+                await asyncio.sleep(reply.pace_s)
             yield _event("content_block_stop", {"type": "content_block_stop", "index": 0})
             for n, (call_id, name, arguments) in enumerate(reply.tool_calls, start=1):
                 block = {"type": "tool_use", "id": call_id, "name": name, "input": {}}

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .upstream import Reply, Upstream, serving
+from .upstream import Reply, Upstream, bad_body, serving
 
 _ERRORS = {
     400: "ValidationException",
@@ -98,6 +98,8 @@ def _app(fake: Upstream, credentials: botocore.credentials.Credentials, region: 
         stop = "tool_use" if reply.tool_calls else "end_turn"
         usage = {"inputTokens": 5, "outputTokens": len(words), "totalTokens": 5 + len(words)}
         if request.url.path.endswith("/converse"):
+            if (bad := bad_body(reply)) is not None:
+                return Response(bad, media_type="application/json")
             content: list[dict[str, Any]] = [{"text": reply.text}]
             content += [
                 {"toolUse": {"toolUseId": i, "name": n, "input": json.loads(a)}}
@@ -118,10 +120,16 @@ def _app(fake: Upstream, credentials: botocore.credentials.Credentials, region: 
                 if reply.cut_after is not None and i == reply.cut_after:
                     yield event("contentBlockDelta", {"delta": {"text": "x"}, "contentBlockIndex": 0})[:20]
                     raise ConnectionResetError("cut midway on purpose")
-                if reply.malformed and i == 1:
+                if i == 1 and (bad := bad_body(reply)) is not None:  # well framed, bad JSON inside
+                    headers = {":event-type": "contentBlockDelta", ":content-type": "application/json"}
+                    yield frame({**headers, ":message-type": "event"}, bad)
+                if i == 1 and reply.garbage:
                     yield b"\x00\x00\x00\x10garbage-bytes!!"
+                if i == 1 and reply.error_midway:
+                    headers = {":exception-type": "modelStreamErrorException", ":message-type": "exception"}
+                    yield frame(headers, json.dumps({"message": reply.error_midway}).encode())
                 yield event("contentBlockDelta", {"delta": {"text": word}, "contentBlockIndex": 0})
-                await asyncio.sleep(0)
+                await asyncio.sleep(reply.pace_s)
             yield event("contentBlockStop", {"contentBlockIndex": 0})
             for n, (call_id, name, arguments) in enumerate(reply.tool_calls, start=1):
                 yield event(

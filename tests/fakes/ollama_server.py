@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .upstream import Reply, Upstream, serving
+from .upstream import Reply, Upstream, bad_body, serving
 
 CREATED = "2025-06-01T12:00:00.000000Z"
 
@@ -51,6 +51,8 @@ def _app(fake: Upstream) -> Starlette:
             {"function": {"name": n, "arguments": json.loads(a)}, "id": i} for i, n, a in reply.tool_calls
         ]
         if not body.get("stream", True):
+            if (bad := bad_body(reply)) is not None:
+                return Response(bad, media_type="application/json")
             message: dict[str, Any] = {"role": "assistant", "content": reply.text}
             if calls:
                 message["tool_calls"] = calls
@@ -61,11 +63,13 @@ def _app(fake: Upstream) -> Starlette:
                 if reply.cut_after is not None and i == reply.cut_after:
                     yield b'{"model": "' + model.encode() + b'", "message": {"role": "assis'
                     raise ConnectionResetError("cut midway on purpose")
-                if reply.malformed and i == 1:
-                    yield b"{not json\n"
+                if i == 1 and (bad := bad_body(reply)) is not None:
+                    yield bad + b"\n"
+                if i == 1 and reply.error_midway:
+                    yield _line({"error": reply.error_midway})
                 message = {"role": "assistant", "content": word}
                 yield _line({"model": model, "created_at": CREATED, "message": message, "done": False})
-                await asyncio.sleep(0)
+                await asyncio.sleep(reply.pace_s)
             if calls:
                 message = {"role": "assistant", "content": "", "tool_calls": calls}
                 yield _line({"model": model, "created_at": CREATED, "message": message, "done": False})

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .upstream import Reply, Upstream, serving
+from .upstream import Reply, Upstream, bad_body, serving
 
 __all__ = ["Reply", "fake_openai"]
 
@@ -71,6 +71,8 @@ def _app(fake: Upstream) -> Starlette:
             for i, n, a in reply.tool_calls
         ]
         if not body.get("stream"):
+            if (bad := bad_body(reply)) is not None:
+                return Response(bad, media_type="application/json")
             return JSONResponse(
                 {
                     "id": "chatcmpl-1",
@@ -114,8 +116,11 @@ def _app(fake: Upstream) -> Starlette:
             for i, word in enumerate(words):
                 if reply.cut_after is not None and i == reply.cut_after:
                     raise ConnectionResetError("cut midway on purpose")
-                if reply.malformed and i == 1:
-                    yield b"data: {not json\r\n\r\n"
+                if i == 1 and (bad := bad_body(reply)) is not None:
+                    yield b"data: " + bad + b"\r\n\r\n"
+                if i == 1 and reply.error_midway:  # how OpenAI (and vLLM, OpenRouter) fail mid-stream
+                    error = {"message": reply.error_midway, "type": "server_error", "code": None}
+                    yield b"data: " + json.dumps({"error": error}).encode() + b"\r\n\r\n"
                 logprobs = _logprobs(word, body.get("top_logprobs") or 1) if body.get("logprobs") else None
                 content: object = [{"type": "text", "text": word}] if reply.array_content else word
                 data = json.dumps(

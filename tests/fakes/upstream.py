@@ -8,6 +8,7 @@ repeats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -27,7 +28,10 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     error: str = ""  # the error message, in the provider's error body
     cut_after: int | None = None  # stream: drop the connection after this many words
-    malformed: bool = False  # stream: one frame that is not JSON
+    malformed: bool = False  # stream: one well-framed event that is not JSON; whole reply: the body
+    misshapen: bool = False  # the same, but JSON of the wrong shape (an array)
+    garbage: bool = False  # stream: bytes that are not the stream's framing at all (Bedrock's)
+    error_midway: str = ""  # stream: after the first word, the provider's in-stream error with this message
     tool_calls: list[tuple[str, str, str]] = field(default_factory=list)  # (id, name, arguments JSON)
     delay_s: float = 0.0  # wait this long before answering
     pace_s: float = 0.0  # stream: wait this long between words
@@ -40,6 +44,15 @@ class Reply:
         words = [w + " " for w in self.text.split(" ")]
         words[-1] = words[-1].rstrip()
         return words
+
+
+MALFORMED = b"{not json"
+MISSHAPEN = b'["not", "what", "was", "asked"]'
+
+
+def bad_body(reply: Reply) -> bytes | None:
+    """The broken JSON a reply asks for instead of its body or frame, if any."""
+    return MALFORMED if reply.malformed else MISSHAPEN if reply.misshapen else None
 
 
 @dataclass
@@ -57,6 +70,25 @@ class Upstream:
         self.headers.append(headers)
         self.paths.append(path)
         return self.script[min(len(self.requests) - 1, len(self.script) - 1)]
+
+
+@contextmanager
+def unanswered_port() -> Iterator[str]:
+    """A loopback URL whose listener never accepts and whose queue is full: connecting times out."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = [socket.socket() for _ in range(3)]
+    for filler in fillers:
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for s in (*fillers, listener):
+            s.close()
 
 
 @contextmanager

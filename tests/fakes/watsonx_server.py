@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .upstream import Reply, Upstream, serving
+from .upstream import Reply, Upstream, bad_body, serving
 
 GRANT = "urn:ibm:params:oauth:grant-type:apikey"
 
@@ -34,6 +34,7 @@ class Tokens:
     live: dict[str, float] = field(default_factory=dict)  # token -> expiry (epoch seconds)
     issued: int = 0
     counter: itertools.count[int] = field(default_factory=itertools.count)
+    failure: tuple[int, str] | None = None  # IAM answers every exchange with (status, errorMessage)
 
     def expire_all(self) -> None:
         self.live = {t: 0.0 for t in self.live}
@@ -58,6 +59,10 @@ def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict
 def _app(fake: Upstream, tokens: Tokens) -> Starlette:
     async def token(request: Request) -> Response:
         form = urllib.parse.parse_qs((await request.body()).decode())
+        if tokens.failure is not None:
+            status, message = tokens.failure
+            body = {"errorCode": "BXNIM0000E", "errorMessage": message, "context": {"requestId": "r2"}}
+            return JSONResponse(body, status_code=status)
         if form.get("grant_type") != [GRANT] or form.get("apikey") != [tokens.api_key]:
             return JSONResponse(
                 {
@@ -107,6 +112,8 @@ def _app(fake: Upstream, tokens: Tokens) -> Starlette:
         ]
         finish = "tool_calls" if calls else "stop"
         if request.url.path.endswith("/chat"):
+            if (bad := bad_body(reply)) is not None:
+                return Response(bad, media_type="application/json")
             message: dict[str, Any] = {"role": "assistant", "content": reply.text}
             if calls:
                 message["tool_calls"] = calls
@@ -130,10 +137,13 @@ def _app(fake: Upstream, tokens: Tokens) -> Starlette:
             for i, word in enumerate(words):
                 if reply.cut_after is not None and i == reply.cut_after:
                     raise ConnectionResetError("cut midway on purpose")
-                if reply.malformed and i == 1:
-                    yield b"id: 99\nevent: message\ndata: {not json\n\n"
+                if i == 1 and (bad := bad_body(reply)) is not None:
+                    yield b"id: 99\nevent: message\ndata: " + bad + b"\n\n"
+                if i == 1 and reply.error_midway:
+                    errors = [{"code": "internal_error", "message": reply.error_midway}]
+                    yield b"id: 98\nevent: error\ndata: " + json.dumps({"errors": errors}).encode() + b"\n\n"
                 yield frame(_chunk(model, {"content": word}))
-                await asyncio.sleep(0)
+                await asyncio.sleep(reply.pace_s)
             for index, call in enumerate(calls):
                 head = {
                     **call,

@@ -13,7 +13,7 @@ from llmservice.settings import WatsonxSettings
 from llmservice.types import ChatRequest, Message
 from providers.watsonx import WatsonxProvider
 
-from ..fakes.upstream import Upstream
+from ..fakes.upstream import Reply, Upstream
 from ..fakes.watsonx_server import Tokens, fake_watsonx
 
 KEY = "wx-api-key-0123456789"
@@ -88,3 +88,20 @@ async def test_an_unknown_api_key_is_a_rejected_credential_without_the_key() -> 
             await provider.complete("ibm/granite", HELLO)
     assert "IAM rejected" in raised.value.message
     assert "wx-wrong" not in raised.value.message
+
+
+async def test_expiry_is_told_by_the_error_code_not_the_words() -> None:
+    """A 401 whose text says 'expired' but whose code is not watsonx's token-expired code is
+    a rejected credential: no new token, no second try."""
+    tokens = Tokens(KEY)
+    script = (Reply(status=401, error="your entitlement has expired"),)
+    with fake_watsonx(*script, api_key=KEY, tokens=tokens) as upstream:
+        settings = WatsonxSettings(
+            api_key=SecretStr(KEY), url=upstream.url, iam_url=upstream.url, project_id="p", model="m"
+        )
+        async with WatsonxProvider(settings) as provider:
+            for call in (provider.complete("m", HELLO), anext(aiter(provider.stream("m", HELLO)))):
+                with pytest.raises(ProviderAuthFailed):
+                    await call
+    assert tokens.issued == 1
+    assert len(upstream.requests) == 2  # one each, neither retried with a fresh token

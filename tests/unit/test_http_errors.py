@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import time
 
+import httpx
 import pytest
 
 from llmservice.errors import (
@@ -13,10 +14,12 @@ from llmservice.errors import (
     LLMServiceError,
     NotFound,
     ProviderAuthFailed,
+    ProviderTimeout,
     ResourceExhausted,
     Unavailable,
 )
-from providers.remote.http_errors import from_status, redact, retry_after
+from providers.remote.http import transport_errors
+from providers.remote.http_errors import failed_midway, from_status, redact, retry_after
 
 KEY = "sk-abcdefghijklmnop"
 
@@ -28,13 +31,13 @@ KEY = "sk-abcdefghijklmnop"
         (401, ProviderAuthFailed),
         (403, ProviderAuthFailed),
         (404, NotFound),
-        (408, DeadlineExceeded),
+        (408, ProviderTimeout),
         (422, InvalidRequest),
         (429, ResourceExhausted),
         (500, Unavailable),
         (502, Unavailable),
         (503, Unavailable),
-        (504, DeadlineExceeded),
+        (504, ProviderTimeout),
     ],
 )
 def test_each_status_has_its_domain_error(status: int, error: type[LLMServiceError]) -> None:
@@ -43,6 +46,30 @@ def test_each_status_has_its_domain_error(status: int, error: type[LLMServiceErr
     assert "anthropic" in mapped.message
     assert KEY not in mapped.message
     assert KEY[3:11] not in mapped.message
+
+
+def test_an_upstream_timeout_before_the_answer_is_still_deadline_exceeded() -> None:
+    mapped = from_status("openai", 504, "gateway timeout", {"retry-after": "2"}, model="m")
+    assert isinstance(mapped, DeadlineExceeded)
+    assert mapped.retry_after_s == 2.0
+
+
+async def test_a_connect_timeout_is_a_provider_timeout_a_read_timeout_is_not() -> None:
+    request = httpx.Request("GET", "http://127.0.0.1:9/")
+    with pytest.raises(ProviderTimeout, match="connection"):
+        async with transport_errors("ollama"):
+            raise httpx.ConnectTimeout("slow", request=request)
+    with pytest.raises(DeadlineExceeded) as raised:
+        async with transport_errors("ollama"):
+            raise httpx.ReadTimeout("slow", request=request)
+    assert type(raised.value) is DeadlineExceeded
+
+
+def test_an_error_inside_a_stream_is_unavailable_and_redacted() -> None:
+    error = failed_midway("anthropic", f"overloaded_error: try later, {KEY}", [KEY])
+    assert isinstance(error, Unavailable)
+    assert KEY[3:11] not in error.message
+    assert error.message.startswith("provider anthropic failed midway: overloaded_error")
 
 
 def test_a_rejected_credential_drops_the_upstream_text() -> None:

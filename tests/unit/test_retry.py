@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from llmservice.errors import (
+    DeadlineExceeded,
     InvalidRequest,
     LLMServiceError,
     ProviderAuthFailed,
+    ProviderTimeout,
     ResourceExhausted,
     Unavailable,
 )
@@ -56,6 +58,17 @@ async def test_5xx_and_429_are_retried_with_growing_jittered_backoff() -> None:
     assert call.calls() == 4
     ceilings = [0.5, 1.0, 2.0]
     assert all(0 <= s <= c for s, c in zip(time.sleeps, ceilings, strict=True))
+
+
+async def test_a_timeout_before_the_answer_began_is_retried_one_after_it_is_not() -> None:
+    time = FakeTime()
+    call = failing(ProviderTimeout("no connection in time"), ProviderTimeout("HTTP 504"))
+    assert await call_with_retries(call, policy(time)) == "ok"
+    assert call.calls() == 3
+    stalled = failing(DeadlineExceeded("stopped answering midway"))
+    with pytest.raises(DeadlineExceeded):
+        await call_with_retries(stalled, policy(time))
+    assert stalled.calls() == 1
 
 
 async def test_retry_after_is_waited_exactly() -> None:
