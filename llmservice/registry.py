@@ -32,7 +32,8 @@ class ProviderRegistry:
     @classmethod
     def from_settings(cls, settings: Settings) -> ProviderRegistry:
         """The default provider, every remote one whose settings are present, the named
-        deployments of llm.toml, and the fallback routes over them."""
+        deployments of llm.toml, and the fallback routes over them. A remote provider
+        with some of its settings but not all it needs fails here, naming what is missing."""
         known = sorted(set(FACTORIES) | set(settings.deployments))
         if settings.provider not in known:
             raise SettingsError(
@@ -43,12 +44,16 @@ class ProviderRegistry:
         if settings.provider == "llamacpp":
             providers["llamacpp"] = FACTORIES["llamacpp"](settings.llamacpp, "llamacpp")
         for kind in REMOTE:
-            missing = getattr(settings, kind).missing()
-            if kind == settings.provider and missing:
+            section = getattr(settings, kind)
+            missing = section.missing()
+            if missing and (kind == settings.provider or section.model_fields_set):
+                # the default, or one configured in part (a key without its endpoint, say):
+                # either way the operator meant it to run
                 variables = ", ".join(env_name((kind, key)) for key in missing)
-                raise SettingsError(f"provider {kind} is the default but needs {variables}")
+                why = "is the default" if kind == settings.provider else "is configured in part"
+                raise SettingsError(f"provider {kind} {why} but needs {variables}")
             if not missing:
-                providers[kind] = FACTORIES[kind](getattr(settings, kind), kind)
+                providers[kind] = FACTORIES[kind](section, kind)
         for name, deployment in settings.deployments.items():
             if name in FACTORIES:
                 raise SettingsError(f"deployments.{name}: that is the name of a provider; pick another")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from llmservice.errors import NotFound
 from llmservice.registry import ProviderRegistry
 from llmservice.settings import DOCUMENTED_ENV, SettingsError, load_settings, parse_overrides
 
@@ -302,3 +303,30 @@ def test_incomplete_watsonx_and_bedrock_deployments_fail_naming_the_setting(
     config.write_text(text)
     with pytest.raises(SettingsError, match=message):
         ProviderRegistry.from_settings(load_settings(config))
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"AZURE_OPENAI_API_KEY": "k"}, ["AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_DEPLOYMENT"]),
+        ({"WATSONX_APIKEY": "k", "WATSONX_URL": "https://x"}, ["WATSONX_PROJECT_ID"]),
+        ({"AWS_BEDROCK_REGION": "eu-west-1"}, ["AWS_BEDROCK_MODEL_ID"]),
+        ({"OLLAMA_BASE_URL": "http://127.0.0.1:11434"}, ["OLLAMA_MODEL"]),
+        ({"OPENAI_MODEL": "gpt-4.1"}, ["OPENAI_API_KEY"]),
+    ],
+)
+def test_a_provider_configured_in_part_fails_at_start_up_even_when_not_the_default(
+    env: dict[str, str], named: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match="configured in part") as raised:
+        ProviderRegistry.from_settings(load_settings())  # the default stays llamacpp
+    for variable in named:
+        assert variable in str(raised.value)
+
+
+def test_a_provider_left_unconfigured_is_simply_not_served() -> None:
+    registry = ProviderRegistry.from_settings(load_settings(overrides=["provider=ollama", "ollama.model=m"]))
+    with pytest.raises(NotFound):
+        registry.resolve("azure_openai", "")
