@@ -6,12 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from llmservice.errors import ProviderAuthFailed
+pytest.importorskip("botocore")  # the bedrock extra
+
+from llmservice.errors import ProviderAuthFailed, Unavailable
 from llmservice.settings import BedrockSettings
-from llmservice.types import ChatRequest, Message, Sampling, Tool, ToolChoice
+from llmservice.types import ChatRequest, Message, Sampling, StreamEnd, Tool, ToolChoice
 from providers.bedrock import BedrockProvider
 
 from ..fakes.bedrock_server import fake_bedrock
+from ..fakes.upstream import Reply
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 
@@ -72,3 +75,17 @@ async def test_no_credentials_fail_at_start(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ProviderAuthFailed, match="no AWS credentials"):
         async with BedrockProvider(settings("http://127.0.0.1:9")):
             pass
+
+
+async def test_bytes_that_are_not_an_event_stream_end_it_as_a_provider_error() -> None:
+    reply = Reply(text="one two three", garbage=True)
+    request = ChatRequest((Message("user", "Hi"),))
+    with fake_bedrock(reply, access_key="AKIDEXAMPLE", secret_key=SECRET, region="eu-west-1") as upstream:
+        async with BedrockProvider(settings(upstream.url)) as provider:
+            with pytest.raises(Unavailable, match="could not be read"):
+                await _drain(provider, request)
+
+
+async def _drain(provider: BedrockProvider, request: ChatRequest) -> None:
+    async for event in provider.stream(provider.default_model, request):
+        assert not isinstance(event, StreamEnd)
