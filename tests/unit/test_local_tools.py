@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator
 
+import pytest
+
+from llmservice.errors import InvalidRequest
 from llmservice.types import (
     ChatRequest,
     FinishReason,
@@ -82,10 +85,13 @@ async def test_a_tool_call_reply_becomes_tool_call_events() -> None:
     assert end.finish_reason == FinishReason.TOOL_CALLS
 
 
-async def test_an_answer_reply_becomes_text_and_a_cut_reply_stays_text() -> None:
+async def test_an_answer_streams_and_a_cut_reply_is_never_raw_json() -> None:
     answer = [e async for e in tools.call_tools(fake('{"content": "It is sunny."}'), request())]
-    assert answer[0] == TokenDelta("It is sunny.")
-    cut = [e async for e in tools.call_tools(fake('{"tool_calls": [{"na', FinishReason.LENGTH), request())]
-    assert cut[0] == TokenDelta('{"tool_calls": [{"na')
-    assert isinstance(cut[-1], StreamEnd)
-    assert cut[-1].finish_reason == FinishReason.LENGTH
+    assert "".join(e.text for e in answer if isinstance(e, TokenDelta)) == "It is sunny."
+    assert len([e for e in answer if isinstance(e, TokenDelta)]) > 1  # piece by piece, as decoded
+    assert answer[-1] == StreamEnd(FinishReason.STOP, Usage(10, 20))
+    cut = [e async for e in tools.call_tools(fake('{"content": "It is su', FinishReason.LENGTH), request())]
+    assert "".join(e.text for e in cut if isinstance(e, TokenDelta)) == "It is su"
+    assert cut[-1] == StreamEnd(FinishReason.LENGTH, Usage(10, 20))
+    with pytest.raises(InvalidRequest, match="max_tokens"):
+        _ = [e async for e in tools.call_tools(fake('{"tool_calls": [{"na', FinishReason.LENGTH), request())]
