@@ -26,7 +26,7 @@ def router() -> APIRouter:
         request: Request,
         x_priority: Annotated[str | None, Header()] = None,
     ) -> Response:
-        return await _serving(request).chat(body, caller_metadata(request), x_priority)
+        return await _serving(request).chat(body, request, caller_metadata(request), x_priority)
 
     @api.get("/models", response_model=oa.ModelList, summary="List the models the caller may use")
     async def list_models(request: Request) -> dict[str, Any]:

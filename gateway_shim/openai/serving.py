@@ -2,8 +2,9 @@
 
 A stream is answered only once its first chunk has come back, so an unknown model or
 a bad key is an ordinary HTTP error, never a stream that fails at byte zero. A stream
-that fails later ends with an error frame. When the client goes away the response
-task is cancelled, and with it the gRPC call: generation stops.
+that fails later ends with an error frame. When the client goes away, whether the
+reply is whole, streamed, or still waiting in the queue, the gRPC call is cancelled:
+generation stops and the request leaves the queue.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import Any
 
 import grpc
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import Request
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 
+from ..disconnect import cancelled_on_disconnect
 from ..errors import APIError, from_grpc
 from . import codec
 from . import protocol as oa
@@ -31,14 +34,18 @@ class OpenAIServing:
     def __init__(self, stub: pb_grpc.LLMServiceAsyncStub) -> None:
         self._stub = stub
 
-    async def chat(self, req: oa.ChatCompletionRequest, metadata: Metadata, priority: str | None) -> Response:
+    async def chat(
+        self, req: oa.ChatCompletionRequest, request: Request, metadata: Metadata, priority: str | None
+    ) -> Response:
         msg = codec.to_grpc(req, priority)
         if req.stream:
-            return await self._stream(req, msg, metadata)
+            return await self._stream(req, msg, request, metadata)
         if req.logprobs:  # per-token signals only come with StreamChat
-            return JSONResponse(await self._collect(req, msg, metadata))
+            return JSONResponse(await self._collect(req, msg, request, metadata))
+        call = self._stub.Chat(msg, metadata=metadata)
         try:
-            reply = await self._stub.Chat(msg, metadata=metadata)
+            async with cancelled_on_disconnect(request, call):
+                reply = await call
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from None
         calls = codec.tool_calls(reply.tool_calls)
@@ -65,22 +72,24 @@ class OpenAIServing:
         )
 
     async def _collect(
-        self, req: oa.ChatCompletionRequest, msg: pb.LLMChatRequest, metadata: Metadata
+        self, req: oa.ChatCompletionRequest, msg: pb.LLMChatRequest, request: Request, metadata: Metadata
     ) -> dict[str, Any]:
         """A whole reply from StreamChat, for requests that want logprobs."""
         text: list[str] = []
         logprobs: list[dict[str, Any]] = []
         calls: dict[int, dict[str, Any]] = {}
         last = pb.LLMChatChunk()
+        call = self._stub.StreamChat(msg, metadata=metadata)
         try:
-            async for chunk in self._stub.StreamChat(msg, metadata=metadata):
-                last = chunk
-                if chunk.token:
-                    text.append(chunk.token)
-                    if chunk.HasField("signal"):
-                        logprobs.append(_trimmed(codec.logprob(chunk), req.top_logprobs or 0))
-                if chunk.HasField("tool_call"):
-                    _merge_call(calls, chunk.tool_call)
+            async with cancelled_on_disconnect(request, call):
+                async for chunk in call:
+                    last = chunk
+                    if chunk.token:
+                        text.append(chunk.token)
+                        if chunk.HasField("signal"):
+                            logprobs.append(_trimmed(codec.logprob(chunk), req.top_logprobs or 0))
+                    if chunk.HasField("tool_call"):
+                        _merge_call(calls, chunk.tool_call)
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from None
         message: dict[str, Any] = {
@@ -108,11 +117,12 @@ class OpenAIServing:
         }
 
     async def _stream(
-        self, req: oa.ChatCompletionRequest, msg: pb.LLMChatRequest, metadata: Metadata
+        self, req: oa.ChatCompletionRequest, msg: pb.LLMChatRequest, request: Request, metadata: Metadata
     ) -> Response:
         call = self._stub.StreamChat(msg, metadata=metadata)
         try:
-            first = await call.read()
+            async with cancelled_on_disconnect(request, call):  # it may wait in the queue
+                first = await call.read()
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from None
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from gateway_shim.server import running_shim
+from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
+from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 
-from .conftest import Service
+from .conftest import Service, eventually
 
 HELLO = [{"role": "user", "content": "Name three colours."}]
 
@@ -124,8 +128,22 @@ async def test_a_json_schema_response_format_gives_matching_json(client: openai.
     assert isinstance(data["colour"], str)
 
 
+async def _leave(task: asyncio.Task[Any]) -> None:
+    """The client gives up: httpx closes the connection of a cancelled request."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _spent_once_stopped(service: Service, before: int) -> int:
+    """Tokens generated since `before`, once the engine holds no job any more."""
+    await eventually(lambda: service.engine.held_sequences == 0, timeout_s=60)
+    return service.tokens_generated - before
+
+
 async def test_a_client_that_disconnects_stops_generation(base_url: str, service: Service) -> None:
-    body = {"messages": HELLO, "max_tokens": 400, "stream": True}
+    body: dict[str, Any] = {"messages": HELLO, "max_tokens": 400, "stream": True}
+    before = service.tokens_generated
     async with (
         httpx.AsyncClient() as http,
         http.stream("POST", f"{base_url}/chat/completions", json=body) as response,
@@ -133,12 +151,46 @@ async def test_a_client_that_disconnects_stops_generation(base_url: str, service
         assert response.status_code == 200
         async for _ in response.aiter_lines():
             break
+    # The model never ends this reply by itself (it repeats), so stopping short of
+    # max_tokens means the gone client's generation was stopped.
+    assert await _spent_once_stopped(service, before) < body["max_tokens"]
+
+
+@pytest.mark.parametrize("extra", [{}, {"logprobs": True}], ids=["whole", "logprobs"])
+async def test_a_non_streaming_client_that_disconnects_stops_generation(
+    base_url: str, service: Service, extra: dict[str, Any]
+) -> None:
+    body = {"messages": HELLO, "max_tokens": 1500, **extra}
     before = service.tokens_generated
-    await asyncio.sleep(0.5)
-    settled = service.tokens_generated
-    await asyncio.sleep(0.5)
-    assert service.tokens_generated == settled  # nothing more is generated for the gone client
-    assert settled - before < 100
+    async with httpx.AsyncClient(timeout=60) as http:
+        task = asyncio.create_task(http.post(f"{base_url}/chat/completions", json=body))
+        await eventually(lambda: service.tokens_generated > before + 5)
+        await _leave(task)
+    assert await _spent_once_stopped(service, before) < body["max_tokens"]
+
+
+@pytest.mark.parametrize(
+    "extra", [{}, {"logprobs": True}, {"stream": True}], ids=["whole", "logprobs", "stream"]
+)
+async def test_a_queued_request_whose_client_leaves_leaves_the_queue(
+    base_url: str, service: Service, stub: pb_grpc.LLMServiceStub, extra: dict[str, Any]
+) -> None:
+    scheduler = service.engine.scheduler
+    assert scheduler is not None
+    long = pb.LLMChatRequest(messages=[pb.ChatMessage(role="user", content="Tell a story.")], max_tokens=2000)
+    holders = [stub.StreamChat(long) for _ in range(scheduler.queue.slots)]
+    try:
+        await eventually(lambda: scheduler.queue.busy == scheduler.queue.slots)
+        async with httpx.AsyncClient(timeout=60) as http:
+            body = {"messages": HELLO, "max_tokens": 8, **extra}
+            task = asyncio.create_task(http.post(f"{base_url}/chat/completions", json=body))
+            await eventually(lambda: bool(scheduler.queue.waiting))
+            await _leave(task)
+            await eventually(lambda: not scheduler.queue.waiting)
+    finally:
+        for call in holders:
+            call.cancel()
+    await eventually(lambda: scheduler.queue.busy == 0)
 
 
 async def test_the_openapi_document_is_served(base_url: str) -> None:
