@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from llmservice.types import Message, ToolCall
 
-from .fallback import RedisOrMemory
+from .fallback import RedisHealth, RedisOrMemory
 
 KEY = "llmchat:history:{}"
 
@@ -118,11 +118,17 @@ class RedisHistory:
 class ChatHistoryManager:
     """History in Redis when configured, in memory otherwise or while Redis is unreachable."""
 
-    def __init__(self, redis_client: aioredis.Redis | None, max_messages: int, ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis_client: aioredis.Redis | None,
+        max_messages: int,
+        ttl_s: int,
+        health: RedisHealth | None = None,
+    ) -> None:
         self.memory = MemoryHistory(max_messages, ttl_s)
         self.redis = RedisHistory(redis_client, max_messages, ttl_s) if redis_client is not None else None
         self._stores: RedisOrMemory[HistoryStore] = RedisOrMemory(
-            "chat history", self.redis, self.memory, self._hand_back
+            self.redis, self.memory, self._hand_back, health
         )
 
     async def append(self, user_id: str, messages: Sequence[Message]) -> None:

@@ -1,9 +1,13 @@
 """Chat sessions: connect a user to an MCP server and an LLM, run turns, disconnect.
 
 The state any worker needs (the session record, the history) lives in Redis, or in
-memory; the live MCP connection lives in the worker serving the session, rebuilt from
-the record when a turn lands on a worker that has none (or an older one). Each turn
-runs the agent loop under the turn timeout and adds what it said and did to the history.
+memory; the live MCP connection lives in the worker that owns the session (see
+ownership), rebuilt from the record when a turn lands on a worker that has none (or an
+older one). A rebuild trusts nothing in the record it would not accept at connect: the
+stdio command comes from this worker's configuration, URLs pass the URL policy again.
+Each turn runs the agent loop under the turn timeout and adds what it said and did to
+the history. A janitor closes connections idle for session_ttl (their ownership has
+lapsed) or whose session ended or moved.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 
 from llmservice.auth import Principal
 from llmservice.core import LLMCore
-from llmservice.errors import DeadlineExceeded, InvalidRequest, PermissionDenied
+from llmservice.errors import DeadlineExceeded, InvalidRequest, PermissionDenied, Unavailable
 from llmservice.settings import CacheSettings, LLMChatSettings
 from llmservice.types import ChatRequest, Message, Sampling
 
@@ -51,6 +55,7 @@ class _Live:
     session_id: str
     connection: McpConnection
     last_used: float = field(default_factory=time.monotonic)
+    busy: int = 0  # turns running on it
 
 
 class SessionManager:
@@ -64,10 +69,11 @@ class SessionManager:
         box = SecretBox(settings.secret_key.get_secret_value() if settings.secret_key else None)
         if self._redis is not None and settings.secret_key is None:
             log.warning("llmchat.secret_key is not set: sessions cannot move between workers")
+        health = fallback.RedisHealth()  # one per worker: an outage is logged once
         self.history = ChatHistoryManager(
-            self._redis, settings.chat_history_max_messages, settings.chat_history_ttl
+            self._redis, settings.chat_history_max_messages, settings.chat_history_ttl, health
         )
-        self.records = SessionRecords(self._redis, box, settings.chat_history_ttl)
+        self.records = SessionRecords(self._redis, box, settings.chat_history_ttl, health)
         worker = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.ownership = Ownership(self._redis, settings, worker)
         self._urls = UrlPolicy(settings.allowed_hosts)
@@ -75,30 +81,31 @@ class SessionManager:
         self._janitor: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SessionManager:
-        if self._redis is not None:
-            self._janitor = asyncio.create_task(self._sweep_forever(), name="llmchat janitor")
+        self._janitor = asyncio.create_task(self._sweep_forever(), name="llmchat janitor")
         return self
 
     async def __aexit__(self, *_: object) -> None:
         await self.aclose()
 
     async def sweep(self) -> None:
-        """Close this worker's connections for sessions it no longer owns or that ended elsewhere.
-
-        A connection used within the last session_ttl is left alone: a turn may be running
-        on it, or this worker may be about to claim the session it just rebuilt.
-        """
+        """Close this worker's connections idle for session_ttl (its ownership lapsed with
+        them), or whose session ended, was connected again or is owned by another worker.
+        A connection a turn is running on is left alone."""
         idle_since = time.monotonic() - self._settings.session_ttl
         for user_id, live in list(self._live.items()):
-            if live.last_used > idle_since:
+            if live.busy:
                 continue
-            record = await self.records.get(user_id)
-            owner = await self.ownership.owner(user_id)
-            me = self.ownership.worker_id
-            stale = record is None or record.session_id != live.session_id or owner not in (None, me)
-            if stale and self._live.get(user_id) is live:
+            stale = live.last_used <= idle_since or not live.connection.alive
+            if not stale:
+                with contextlib.suppress(Unavailable):  # Redis down: only idleness counts
+                    record = await self.records.get(user_id)
+                    owner = await self.ownership.owner(user_id)
+                    stale = record is None or record.session_id != live.session_id
+                    stale = stale or owner not in (None, self.ownership.worker_id)
+            if stale and self._live.get(user_id) is live and not live.busy:
                 del self._live[user_id]
                 await live.connection.aclose()
+                await self.ownership.release(user_id)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -132,17 +139,23 @@ class SessionManager:
             raise PermissionDenied(f"session {user_id!r} belongs to another caller")
         spec = await self._server_spec(server)
         choice = await self._llm_choice(principal, llm)
-        connection = McpConnection(
-            spec,
-            connect_timeout_s=self._settings.connect_timeout_s,
-            tool_timeout_s=self._settings.tool_timeout_s,
-        )
-        tools = await connection.open()
+        # Reserve the user_id before the (slow) MCP connect: of two callers racing for a
+        # new user_id, one gets it and the other is refused, never both.
+        bound_to = await self.records.bind(user_id, principal.name)
+        if bound_to not in (None, principal.name):
+            raise PermissionDenied(f"session {user_id!r} belongs to another caller")
+        try:
+            connection = self._new_connection(spec)
+            tools = await connection.open()
+        except BaseException:
+            if bound_to is None:
+                await self.records.unbind(user_id, principal.name)
+            raise
         record = SessionRecord(user_id, principal.name, spec, choice, streaming, tuple(t.name for t in tools))
         await self._drop(user_id)
         self._live[user_id] = _Live(record.session_id, connection)
         await self.records.put(record)
-        await self.ownership.claim(user_id)
+        await self.ownership.take(user_id)
         return Connected(user_id, choice.provider, record.tools)
 
     async def disconnect(self, principal: Principal, user_id: str) -> bool:
@@ -170,11 +183,11 @@ class SessionManager:
             raise InvalidRequest("message", "is empty")
         record = await self._own_record(principal, user_id, required=True)
         assert record is not None
-        connection = await self._connection(record)
-        return self._turn(principal, record, connection, message)
+        connection, kept = await self._connection(record)
+        return self._turn(principal, record, connection, kept, message)
 
     async def _turn(
-        self, principal: Principal, record: SessionRecord, connection: McpConnection, message: str
+        self, principal: Principal, record: SessionRecord, connection: McpConnection, kept: bool, message: str
     ) -> AsyncGenerator[TurnEvent]:
         history = await self.history.read(record.user_id)
         llm = record.llm
@@ -201,36 +214,71 @@ class SessionManager:
                 f"the turn took longer than {self._settings.turn_timeout_s:g} s (llmchat.turn_timeout_s)"
             ) from None
         finally:
-            if (live := self._live.get(record.user_id)) is not None:
-                live.last_used = time.monotonic()
-            # What was said and done is kept even when the turn failed midway.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.history.append(record.user_id, [Message("user", message), *added]))
-                await self.records.touch(record)
+            await self._turn_ended(record, connection, kept, [Message("user", message), *added])
+
+    async def _turn_ended(
+        self, record: SessionRecord, connection: McpConnection, kept: bool, said: list[Message]
+    ) -> None:
+        if kept:
+            for live in self._live.values():
+                if live.connection is connection:
+                    live.busy -= 1
+                    live.last_used = time.monotonic()
+        else:
+            await asyncio.shield(connection.aclose())
+        # What was said and done is kept even when the turn failed midway.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.history.append(record.user_id, said))
+            await self.records.touch(record)
+            if kept:
                 await self.ownership.claim(record.user_id)
 
-    async def _connection(self, record: SessionRecord) -> McpConnection:
-        """This worker's live connection for the session, built from the record if need be."""
-        live = self._live.get(record.user_id)
-        if live is not None and live.session_id == record.session_id and live.connection.alive:
-            live.last_used = time.monotonic()
-            return live.connection
+    async def _connection(self, record: SessionRecord) -> tuple[McpConnection, bool]:
+        """A connection for one turn, and whether it is kept: this worker's own when it owns
+        the session (built from the record if need be), else one for this turn only."""
+        if (kept := await self._kept(record)) is not None:
+            return kept, True
         async with self.ownership.building(record.user_id):
-            live = self._live.get(record.user_id)
-            if live is not None and live.session_id == record.session_id and live.connection.alive:
-                live.last_used = time.monotonic()
-                return live.connection
-            await self._drop(record.user_id)
-            connection = McpConnection(
-                record.server,
-                connect_timeout_s=self._settings.connect_timeout_s,
-                tool_timeout_s=self._settings.tool_timeout_s,
-            )
-            await connection.open()
-            self._live[record.user_id] = _Live(record.session_id, connection)
-            await self.ownership.claim(record.user_id)
-            log.info("session %s: connection rebuilt on worker %s", record.user_id, self.ownership.worker_id)
-            return connection
+            if (kept := await self._kept(record)) is not None:
+                return kept, True
+            if await self.ownership.claim(record.user_id):
+                await self._drop(record.user_id)  # dead, or of a session connected again since
+                try:
+                    connection = await self._rebuild(record)
+                except BaseException:
+                    await self.ownership.release(record.user_id)
+                    raise
+                self._live[record.user_id] = _Live(record.session_id, connection, busy=1)
+                log.info(
+                    "session %s: connection rebuilt on worker %s", record.user_id, self.ownership.worker_id
+                )
+                return connection, True
+        # Another live worker owns the session and holds it open: serve this one turn only.
+        return await self._rebuild(record), False
+
+    async def _kept(self, record: SessionRecord) -> McpConnection | None:
+        """The connection this worker keeps for the session, if current and still its own."""
+        live = self._live.get(record.user_id)
+        if live is None or live.session_id != record.session_id or not live.connection.alive:
+            return None
+        if not await self.ownership.claim(record.user_id):
+            return None  # another worker took over; the janitor closes ours once idle
+        live.busy += 1
+        live.last_used = time.monotonic()
+        return live.connection
+
+    async def _rebuild(self, record: SessionRecord) -> McpConnection:
+        """A connection from a record, checked as a connect would check it."""
+        connection = self._new_connection(await self._resolve(record.server))
+        await connection.open()
+        return connection
+
+    def _new_connection(self, spec: ServerSpec) -> McpConnection:
+        return McpConnection(
+            spec,
+            connect_timeout_s=self._settings.connect_timeout_s,
+            tool_timeout_s=self._settings.tool_timeout_s,
+        )
 
     async def _own_record(
         self, principal: Principal, user_id: str, *, required: bool
@@ -258,16 +306,25 @@ class SessionManager:
             raise InvalidRequest("server.transport", f"{transport!r} is not one of {', '.join(TRANSPORTS)}")
         if not url:
             raise InvalidRequest("server.url", "is required")
-        if transport == "stdio":
-            argv = self._settings.stdio_servers.get(url)
+        return await self._resolve(ServerSpec(url, transport, "" if transport == "stdio" else token))
+
+    async def _resolve(self, spec: ServerSpec) -> ServerSpec:
+        """The spec as this worker may open it: a stdio name mapped to the command this
+        worker's configuration gives it, a URL that passes the URL policy."""
+        if spec.transport == "stdio":
+            argv = self._settings.stdio_servers.get(spec.url)
             if not argv:
                 known = ", ".join(sorted(self._settings.stdio_servers)) or "none are configured"
                 raise InvalidRequest(
-                    "server.url", f"stdio server {url!r} is not in llmchat.stdio_servers ({known})"
+                    "server.url", f"stdio server {spec.url!r} is not in llmchat.stdio_servers ({known})"
                 )
-            return ServerSpec(url, "stdio", "", tuple(argv))
-        await self._urls.check(url)
-        return ServerSpec(url, transport, token)
+            return ServerSpec(spec.url, "stdio", "", tuple(argv))
+        if spec.transport not in TRANSPORTS:
+            raise InvalidRequest(
+                "server.transport", f"{spec.transport!r} is not one of {', '.join(TRANSPORTS)}"
+            )
+        await self._urls.check(spec.url)
+        return ServerSpec(spec.url, spec.transport, spec.auth_token)
 
     async def _llm_choice(self, principal: Principal, llm: Mapping[str, Any]) -> LLMChoice:
         config = dict(llm.get("config") or {})

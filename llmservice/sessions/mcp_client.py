@@ -1,10 +1,12 @@
 """One live connection to an MCP server, through the official `mcp` SDK.
 
 The SDK's client lives inside task groups that must be entered and left by one task,
-while a session's turns come from many. So each connection is run by a task of its
-own that holds the client open and takes tool calls from a queue; callers await
-futures. Transports: streamable HTTP, SSE (with `auth_token` as a Bearer header, sent
-to that server only) and stdio (a configured command run as a subprocess).
+while a session's turns come from many. So each connection has a task of its own that
+enters the client, lists the tools (handing them to `open` through a future), then
+holds the client open until `aclose`; turns call tools on that client directly, each
+call under the tool timeout. Transports: streamable HTTP, SSE (with `auth_token` as a
+Bearer header, sent to that server only) and stdio (a configured command run as a
+subprocess). HTTP goes through httpx2, the client the SDK's transports take.
 """
 
 from __future__ import annotations

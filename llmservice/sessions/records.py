@@ -2,7 +2,11 @@
 
 Kept in Redis (memory otherwise or while Redis is down), with the secrets in it (the MCP
 server's auth_token) encrypted with `llmchat.secret_key`, so Redis never holds them in
-clear; they are never returned either (`masked`).
+clear; they are never returned either (`masked`). A record names a stdio server by its
+configured name only, never its command line: a worker rebuilding the session looks the
+command up in its own configuration, so whoever can write to Redis cannot make a worker
+run a program. A user_id is bound to the principal that connected it (`bind`, atomic),
+before the connection is opened, so two callers cannot race for a new user_id.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from llmservice.errors import Unavailable
 
-from .fallback import RedisOrMemory
+from .fallback import RELEASE, RETRY_AFTER_S, RedisHealth, RedisOrMemory
 from .mcp_client import ServerSpec
 
 KEY = "llmchat:session:{}"
+BINDING = "llmchat:user:{}"
 
 
 @dataclass(frozen=True)
@@ -88,18 +93,19 @@ class SecretBox:
 def dump(record: SessionRecord, box: SecretBox) -> str:
     body = asdict(record)
     body["server"]["auth_token"] = box.seal(record.server.auth_token)
+    del body["server"]["argv"]  # looked up again by name in the configuration of the worker
     return json.dumps(body)
 
 
 def load(text: str, box: SecretBox) -> SessionRecord:
+    """The record; a stdio server comes back without its command line (see the module doc)."""
     body = json.loads(text)
     server = body.pop("server")
-    server["auth_token"] = box.open(server["auth_token"])
-    server["argv"] = tuple(server["argv"])
+    spec = ServerSpec(server["url"], server["transport"], box.open(server["auth_token"]))
     return SessionRecord(
         **{
             **body,
-            "server": ServerSpec(**server),
+            "server": spec,
             "llm": LLMChoice(**body["llm"]),
             "tools": tuple(body["tools"]),
         }
@@ -110,12 +116,18 @@ class RecordStore(Protocol):
     async def get(self, user_id: str) -> SessionRecord | None: ...
     async def put(self, record: SessionRecord) -> None: ...
     async def delete(self, user_id: str) -> None: ...
+    async def bind(self, user_id: str, principal: str) -> str | None:
+        """Bind user_id to principal unless it is bound; return whom it was bound to before."""
+        ...
+
+    async def unbind(self, user_id: str, principal: str) -> None: ...
 
 
 class MemoryRecords:
     def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl, self._clock = ttl_s, clock
         self._records: dict[str, tuple[SessionRecord, float]] = {}
+        self._bindings: dict[str, tuple[str, float]] = {}
 
     async def get(self, user_id: str) -> SessionRecord | None:
         held = self._records.get(user_id)
@@ -125,14 +137,30 @@ class MemoryRecords:
         return held[0]
 
     async def put(self, record: SessionRecord) -> None:
-        self._records[record.user_id] = (record, self._clock() + self._ttl)
+        expires = self._clock() + self._ttl
+        self._records[record.user_id] = (record, expires)
+        self._bindings[record.user_id] = (record.principal, expires)
 
     async def delete(self, user_id: str) -> None:
         self._records.pop(user_id, None)
+        self._bindings.pop(user_id, None)
+
+    async def bind(self, user_id: str, principal: str) -> str | None:
+        held = self._bindings.get(user_id)
+        if held is not None and held[1] > self._clock():
+            return held[0]
+        self._bindings[user_id] = (principal, self._clock() + self._ttl)
+        return None
+
+    async def unbind(self, user_id: str, principal: str) -> None:
+        held = self._bindings.get(user_id)
+        if held is not None and held[0] == principal:
+            del self._bindings[user_id]
 
     def take_all(self) -> list[SessionRecord]:
         out = [record for record, _ in self._records.values()]
         self._records.clear()
+        self._bindings.clear()
         return out
 
 
@@ -145,31 +173,53 @@ class RedisRecords:
         return load(str(text), self._box) if text else None
 
     async def put(self, record: SessionRecord) -> None:
-        await self._redis.set(KEY.format(record.user_id), dump(record, self._box), ex=self._ttl)
+        async with self._redis.pipeline(transaction=True) as tx:
+            tx.set(KEY.format(record.user_id), dump(record, self._box), ex=self._ttl)
+            tx.set(BINDING.format(record.user_id), record.principal, ex=self._ttl)
+            await tx.execute()
 
     async def delete(self, user_id: str) -> None:
-        await self._redis.delete(KEY.format(user_id))
+        await self._redis.delete(KEY.format(user_id), BINDING.format(user_id))
+
+    async def bind(self, user_id: str, principal: str) -> str | None:
+        # SET NX GET: set only if absent, and say what was there, in one step.
+        before = await self._redis.set(BINDING.format(user_id), principal, nx=True, ex=self._ttl, get=True)
+        return None if before is None else str(before)
+
+    async def unbind(self, user_id: str, principal: str) -> None:
+        await self._redis.eval(RELEASE, 1, BINDING.format(user_id), principal)
 
 
 class SessionRecords:
     """Session records in Redis when configured, in memory otherwise or while Redis is down."""
 
-    def __init__(self, redis_client: aioredis.Redis | None, box: SecretBox, ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis_client: aioredis.Redis | None,
+        box: SecretBox,
+        ttl_s: int,
+        health: RedisHealth | None = None,
+    ) -> None:
         self.memory = MemoryRecords(ttl_s)
         self.redis = RedisRecords(redis_client, box, ttl_s) if redis_client is not None else None
         self._stores: RedisOrMemory[RecordStore] = RedisOrMemory(
-            "chat sessions", self.redis, self.memory, self._hand_back
+            self.redis, self.memory, self._hand_back, health
         )
         # The records this worker has read or written: while Redis is down, a session it
         # already serves goes on from here instead of looking disconnected.
         self._seen: dict[str, SessionRecord] = {}
 
     async def get(self, user_id: str) -> SessionRecord | None:
+        """The record, or None if there is none; Unavailable if only Redis could say."""
         record = await self._stores.run(lambda s: s.get(user_id))
         if record is None and self.redis is not None and not self._stores.redis_up:
             record = self._seen.get(user_id)
-            if record is not None:
-                await self.memory.put(record)  # handed back to Redis when it returns
+            if record is None:
+                raise Unavailable(
+                    f"session store (Redis) unreachable: cannot tell whether {user_id!r} is connected",
+                    retry_after_s=RETRY_AFTER_S,
+                )
+            await self.memory.put(record)  # handed back to Redis when it returns
         if record is not None:
             self._seen[user_id] = record
         else:
@@ -179,6 +229,12 @@ class SessionRecords:
     async def put(self, record: SessionRecord) -> None:
         self._seen[record.user_id] = record
         await self._stores.run(lambda s: s.put(record))
+
+    async def bind(self, user_id: str, principal: str) -> str | None:
+        return await self._stores.run(lambda s: s.bind(user_id, principal))
+
+    async def unbind(self, user_id: str, principal: str) -> None:
+        await self._stores.run(lambda s: s.unbind(user_id, principal))
 
     async def touch(self, record: SessionRecord) -> None:
         """Keep a session in use from expiring."""

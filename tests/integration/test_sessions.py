@@ -189,7 +189,7 @@ async def test_a_failing_tool_is_a_tool_error_and_the_turn_goes_on(
         pb.ConnectRequest(user_id="u-fail", server=server(failing_mcp_url), llm=LLM), metadata=ALICE
     )
     reply = await sessions.Chat(
-        pb.ChatRequest(user_id="u-fail", message="Call the fail tool."), metadata=ALICE
+        pb.ChatRequest(user_id="u-fail", message="Call the fail tool with reason x."), metadata=ALICE
     )
     assert reply.tool_used
     assert reply.tool_invocations[0].name == "fail"
@@ -332,6 +332,10 @@ async def test_concurrent_turns_lose_no_history(
         *(sessions.Chat(pb.ChatRequest(user_id="u-race", message=a), metadata=ALICE) for a in asks)
     )
     lines = [json.loads(line) for line in await store.lrange("llmchat:history:u-race", 0, -1)]
+    # With max_steps=2 a turn adds at most four lines (question, one tool call, its result,
+    # the answer), so two turns fit in MAX_MESSAGES: no trim can take a question away.
+    assert MAX_MESSAGES >= 2 * 4
+    assert len(lines) <= MAX_MESSAGES
     assert sorted(line["content"] for line in lines if line["role"] == "user") == asks
     assert sum(1 for line in lines if line["role"] == "assistant" and not line.get("tool_calls")) == 2
 

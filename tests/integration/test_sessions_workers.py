@@ -1,5 +1,5 @@
 """Two service processes sharing one Redis: a session connected on one goes on on the other,
-even once the first is gone."""
+even once the first is gone; only the owner keeps the session's connection open."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import redis
@@ -16,7 +16,7 @@ import redis
 from llmservice._pb.llmservice.v1 import chat_session_pb2 as pb
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as pb_grpc
 
-from ..servers import MCP_TOKEN, demo_mcp_server, llmservice_serve, redis_server
+from ..servers import MCP_TOKEN, ServeProcess, demo_mcp_server, llmservice_serve, redis_server
 
 LLM = pb.LLMConfig(provider="llamacpp", temperature=0, max_tokens=32)
 
@@ -29,9 +29,20 @@ def settings(redis_url: str) -> Iterator[str]:
     yield "log_level=WARNING"
 
 
+def owned_by(owner: str | None, worker: ServeProcess) -> bool:
+    return owner is not None and f":{worker.proc.pid}:" in owner
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.2)
+    assert condition()
+
+
 async def test_a_session_moves_between_workers_and_survives_its_first() -> None:
     with redis_server() as store, demo_mcp_server() as mcp_url:
-        config = list(settings(store.url))
+        config = [*settings(store.url), "llmchat.session_ttl=3"]
         with llmservice_serve(*config) as first, llmservice_serve(*config) as second:
             async with (
                 grpc.aio.insecure_channel(first.target) as a,
@@ -42,15 +53,20 @@ async def test_a_session_moves_between_workers_and_survives_its_first() -> None:
                 connected = await on_first.Connect(pb.ConnectRequest(user_id="w-1", server=server, llm=LLM))
                 assert connected.tool_count == 4
                 owner = redis.Redis.from_url(store.url, decode_responses=True)
-                first_owner = owner.get("llmchat:owner:w-1")
-                # The second worker has no connection for this session: it builds one from Redis.
+                assert owned_by(owner.get("llmchat:owner:w-1"), first)
+                # The second worker has no connection: it serves the turn from the record in
+                # Redis, with a connection for that turn only, and leaves the session to its owner.
                 reply = await on_second.Chat(pb.ChatRequest(user_id="w-1", message="Add 2 and 2."))
                 assert reply.tool_used
-                assert owner.get("llmchat:owner:w-1") not in (None, first_owner)  # it took ownership
+                assert not owned_by(owner.get("llmchat:owner:w-1"), second)
                 first.proc.kill()
                 first.proc.wait()
+                await wait_until(
+                    lambda: not owner.exists("llmchat:owner:w-1")
+                )  # the dead owner's key expires
                 again = await on_second.Chat(pb.ChatRequest(user_id="w-1", message="Add 3 and 3."))
                 assert again.response is not None
+                assert owned_by(owner.get("llmchat:owner:w-1"), second)  # it took over
                 lines = [json.loads(line) for line in owner.lrange("llmchat:history:w-1", 0, -1)]
                 assert [line["content"] for line in lines if line["role"] == "user"] == [
                     "Add 2 and 2.",
@@ -64,7 +80,7 @@ def children(pid: int, needle: str) -> list[int]:
     return [int(p) for p in found.stdout.split()]
 
 
-async def test_a_worker_that_lost_a_session_closes_its_connection() -> None:
+async def test_only_the_owner_keeps_a_stdio_server_running() -> None:
     with redis_server() as store:
         config = [
             *settings(store.url),
@@ -77,12 +93,13 @@ async def test_a_worker_that_lost_a_session_closes_its_connection() -> None:
                 grpc.aio.insecure_channel(second.target) as b,
             ):
                 on_first, on_second = pb_grpc.ChatSessionServiceStub(a), pb_grpc.ChatSessionServiceStub(b)
+                owner = redis.Redis.from_url(store.url, decode_responses=True)
                 time_server = pb.McpServer(url="time", transport="stdio")
                 await on_first.Connect(pb.ConnectRequest(user_id="w-2", server=time_server, llm=LLM))
                 assert children(first.proc.pid, "mcp_server_time")  # the first runs the MCP server
+                # Idle for session_ttl: the first closes it and lets the session go.
+                await wait_until(lambda: not children(first.proc.pid, "mcp_server_time"))
+                assert not owner.exists("llmchat:owner:w-2")
                 await on_second.Chat(pb.ChatRequest(user_id="w-2", message="What time is it?"))
-                assert children(second.proc.pid, "mcp_server_time")  # now the second does too
-                deadline = time.monotonic() + 15
-                while children(first.proc.pid, "mcp_server_time") and time.monotonic() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0.2)
-                assert not children(first.proc.pid, "mcp_server_time")  # and the first let its own go
+                assert owned_by(owner.get("llmchat:owner:w-2"), second)  # the second took it
+                owner.close()

@@ -1,17 +1,21 @@
-"""Chat-session parts that need no server: URL policy, memory history, the Redis fallback."""
+"""Chat-session parts that need no server: URL policy, memory history, the Redis fallback,
+records, and reading the bundled model's constrained answer as it streams."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from llmservice.errors import InvalidRequest, PermissionDenied
-from llmservice.sessions.fallback import RETRY_AFTER_S, RedisOrMemory
+from llmservice.sessions.fallback import RETRY_AFTER_S, RedisHealth, RedisOrMemory
 from llmservice.sessions.history import MemoryHistory, from_a_user_turn
 from llmservice.sessions.mcp_client import ServerSpec
 from llmservice.sessions.records import LLMChoice, SecretBox, SessionRecord, dump, load
 from llmservice.sessions.safety import UrlPolicy
 from llmservice.types import Message, ToolCall
+from providers.llamacpp.tools import AnswerText
 
 
 @pytest.mark.parametrize(
@@ -87,7 +91,8 @@ async def test_the_fallback_uses_memory_while_redis_is_down_and_hands_back() -> 
     async def recover(memory: object, redis: object) -> None:
         log.append("handed back")
 
-    stores = RedisOrMemory("test", redis_store, Memory(), recover, clock=lambda: now[0])  # type: ignore[arg-type]
+    health = RedisHealth(clock=lambda: now[0])
+    stores = RedisOrMemory(redis_store, Memory(), recover, health)  # type: ignore[arg-type]
     assert await stores.run(lambda s: s.op()) == "memory"
     assert not stores.redis_up
     redis_store.up = True
@@ -109,3 +114,79 @@ def test_records_keep_secrets_sealed() -> None:
     assert record.masked()["server"]["auth_token"] == "********"
     with pytest.raises(Exception, match="secret_key"):
         load(text, SecretBox("another key"))
+
+
+async def test_an_outage_is_logged_once_and_its_end_once_for_all_stores(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    up = [False]
+    handed_back: list[str] = []
+
+    class Redis:
+        async def op(self) -> str:
+            if not up[0]:
+                raise RedisConnectionError("refused")
+            return "redis"
+
+    class Memory:
+        async def op(self) -> str:
+            return "memory"
+
+    def store(name: str) -> RedisOrMemory[Redis | Memory]:
+        async def recover(memory: object, redis: object) -> None:
+            if not up[0]:
+                raise RedisConnectionError("refused")
+            handed_back.append(name)
+
+        return RedisOrMemory(Redis(), Memory(), recover, health)
+
+    health = RedisHealth(clock=lambda: now[0])
+    history, records = store("history"), store("records")
+    caplog.set_level(logging.WARNING, logger="llmservice.sessions.fallback")
+    for _ in range(3):
+        assert await history.run(lambda s: s.op()) == "memory"
+        assert await records.run(lambda s: s.op()) == "memory"
+        now[0] += RETRY_AFTER_S + 0.1  # each store tries Redis again, and fails again
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["Redis unreachable"]
+    up[0] = True
+    for _ in range(3):
+        assert await history.run(lambda s: s.op()) == "redis"
+        assert await records.run(lambda s: s.op()) == "redis"
+    assert len(caplog.records) == 2
+    assert caplog.records[1].getMessage().startswith("Redis reachable again")
+    assert handed_back == ["history", "records"]  # each store handed its own back, once
+
+
+def fed(pieces: list[str]) -> tuple[list[str], AnswerText]:
+    reader = AnswerText()
+    return [reader.feed(p) for p in pieces], reader
+
+
+def test_an_answer_streams_as_it_is_decoded() -> None:
+    out, reader = fed(['{"', "content", '": "', "The ", "answer", " is 5", '."', "}"])
+    assert out == ["", "", "", "The ", "answer", " is 5", ".", ""]
+    assert (reader.kind, reader.closed) == ("content", True)
+
+
+def test_escapes_are_decoded_even_split_across_pieces() -> None:
+    reply = '{ "content" : "a \\"q\\" \\\\ b\\nc \\u00e9 \\ud83d\\ude00 \\/ end" }'
+    every_char, reader = fed(list(reply))
+    assert "".join(every_char) == 'a "q" \\ b\nc \u00e9 \U0001f600 / end'
+    assert reader.closed
+    whole, _ = fed([reply])
+    assert "".join(whole) == "".join(every_char)
+    split = ['{"content": "x\\', "u00", "e9\\ud83d", "\\ude0", '0"}']
+    assert fed(split)[0] == ["x", "", "\u00e9", "", "\U0001f600"]
+
+
+def test_a_tool_call_gives_no_text() -> None:
+    out, reader = fed(['{"tool_calls": [{"name": "add", ', '"arguments": {"content": "x"}}]}'])
+    assert out == ["", ""]
+    assert reader.kind == "tool_calls"
+
+
+def test_an_answer_cut_short_is_not_closed() -> None:
+    out, reader = fed(['{"content": "The ans', "wer"])
+    assert "".join(out) == "The answer"
+    assert not reader.closed
