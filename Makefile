@@ -8,7 +8,7 @@ PYSTAMP   := $(VENV)/.installed
 NODESTAMP := node_modules/.installed
 BUF    := PATH="$(CURDIR)/$(BIN):$$PATH" node_modules/.bin/buf
 
-.PHONY: run test test-unit test-integration proto proto-check lint bench install clean system-packages
+.PHONY: run test test-unit test-integration test-e2e proto proto-check lint bench install clean system-packages
 
 run: $(PYSTAMP)  ## serve the bundled model on :50051 (ARGS="--grpc-port 0 --set k=v" to change)
 	$(BIN)/llmservice serve $(ARGS)
@@ -21,6 +21,9 @@ test-unit: $(PYSTAMP)
 
 test-integration: $(PYSTAMP) $(NODESTAMP) system-packages
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+test-e2e: $(PYSTAMP) system-packages  ## browser tests of the web chat page
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 proto: $(PYSTAMP) $(NODESTAMP)  ## regenerate llmservice/_pb from protos/
 	$(BUF) generate
@@ -50,12 +53,17 @@ $(NODESTAMP): package.json package-lock.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
-# System packages the tests start: redis-server (Debian's). Installed with apt when missing.
+# System packages the tests start: redis-server and chromium (for the browser tests),
+# Debian's. Installed with apt when missing; a machine without apt skips the browser layer.
+SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium
 system-packages:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server (apt)"; \
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (apt)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 clean:
 	rm -rf $(VENV) node_modules

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as session_grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 
+from . import web
 from .errors import APIError, invalid
 from .llmchat.router import router as llmchat_router
 from .llmchat.serving import LLMChatServing
@@ -42,6 +43,7 @@ def create_app(target: str) -> FastAPI:
     app.include_router(router(), include_in_schema=False)
     app.include_router(llmchat_router(), prefix="/llmchat")
     app.include_router(llmchat_router(), prefix="/v1/llmchat", include_in_schema=False)
+    web.mount(app)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -13,6 +13,7 @@ from .core import LLMCore
 from .registry import ProviderRegistry
 from .server import GrpcServer, start_server
 from .sessions import SessionManager
+from .sessions.catalogue import ServerCatalogue
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,10 @@ async def running_service(
         log.warning("no API keys configured: open local mode, every caller may use every model")
     core = LLMCore(registry)
     sessions = SessionManager(core, settings.llmchat, settings.cache)
-    server = await start_server(core, settings.server.host, settings.server.grpc_port, auth, sessions)
+    catalogue = ServerCatalogue(settings.llmchat)
+    server = await start_server(
+        core, settings.server.host, settings.server.grpc_port, auth, sessions, catalogue
+    )
     if on_listening:
         on_listening(server.port)
     try:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -326,6 +326,15 @@ class CacheSettings(_Section):
         return self.type == "redis" or (self.type == "auto" and bool(self.redis_url))
 
 
+class CatalogueServer(_Section):
+    """An MCP server the service offers to chat sessions (shown by the web chat page)."""
+
+    url: str = Field(description="http(s) URL, or for stdio the name of a command in llmchat.stdio_servers")
+    transport: Literal["streamable_http", "sse", "stdio"] = "streamable_http"
+    description: str = ""
+    requires_token: bool = Field(False, description="sessions must bring an auth_token for it")
+
+
 class LLMChatSettings(_Section):
     """Chat sessions (/llmchat): history, multi-worker ownership, the agent loop, and safety."""
 
@@ -347,12 +356,28 @@ class LLMChatSettings(_Section):
     max_steps: int = Field(8, ge=1, description="model calls per turn before the loop gives up on tools")
     # MCP servers a session may launch as a subprocess (transport stdio): name -> argv.
     stdio_servers: dict[str, list[str]] = Field(default_factory=dict)
+    # The catalogue of MCP servers offered to sessions: name -> server. Listed with a probe
+    # of each (reachable, tools) by ListServers and the web chat page.
+    servers: dict[str, CatalogueServer] = Field(default_factory=dict)
+    probe_timeout_s: float = Field(5.0, gt=0, description="connecting to a catalogue server to probe it")
+    probe_ttl_s: float = Field(30.0, ge=0, description="seconds a catalogue probe's result is reused")
     # Hosts or networks (CIDR) an MCP server URL may point at even though they are loopback,
     # private or link-local: for local development. Metadata endpoints stay refused.
     allowed_hosts: list[str] = Field(default_factory=list)
     # Encrypts session secrets (MCP tokens, LLM keys) kept in Redis; every worker needs the
     # same one. Unset: a random key per process (sessions then cannot move between workers).
     secret_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _stdio_servers_named(self) -> LLMChatSettings:
+        for name, server in self.servers.items():
+            if server.transport == "stdio" and server.url not in self.stdio_servers:
+                known = ", ".join(sorted(self.stdio_servers)) or "none are configured"
+                raise ValueError(
+                    f"servers.{name}.url: stdio server {server.url!r} is not in "
+                    f"llmchat.stdio_servers ({known})"
+                )
+        return self
 
 
 class Settings(BaseSettings):

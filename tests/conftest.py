@@ -12,3 +12,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for part in item.path.parts:
             if part in _LAYERS:
                 item.add_marker(_LAYERS[part])
+    # Fast layers first, browser tests last (a stable sort keeps each layer's own order).
+    items.sort(
+        key=lambda item: 0 if item.get_closest_marker("unit") else 2 if item.get_closest_marker("e2e") else 1
+    )

@@ -97,3 +97,19 @@ class ModelInfo(BaseModel):
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+
+
+class CatalogueServer(BaseModel):
+    name: str
+    description: str
+    url: str = Field(description="what /connect takes as server.url")
+    transport: Literal["streamable_http", "sse", "stdio"]
+    requires_token: bool
+    status: Literal["active", "needs_token", "unreachable"]
+    tool_count: int
+    tools: list[str]
+    error: str = Field(description="why it is unreachable, or what it said when refusing; empty otherwise")
+
+
+class ServersResponse(BaseModel):
+    servers: list[CatalogueServer]

@@ -63,6 +63,14 @@ def router() -> APIRouter:
     async def models(request: Request) -> dict[str, Any]:
         return await _serving(request).models(caller_metadata(request))
 
+    @api.get(
+        "/servers",
+        response_model=lc.ServersResponse,
+        summary="The MCP servers the service offers, each probed for reachability and tools",
+    )
+    async def servers(request: Request, refresh: bool = False) -> dict[str, Any]:
+        return await _serving(request).servers(refresh, caller_metadata(request))
+
     return api
 
 

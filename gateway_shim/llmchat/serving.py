@@ -104,6 +104,26 @@ class LLMChatServing:
             "tools": list(reply.tools),
         }
 
+    async def servers(self, refresh: bool, metadata: Metadata) -> dict[str, Any]:
+        reply = await _call(
+            self._sessions.ListServers(pb.ListServersRequest(refresh=refresh), metadata=metadata)
+        )
+        servers = [
+            {
+                "name": s.name,
+                "description": s.description,
+                "url": s.url,
+                "transport": s.transport,
+                "requires_token": s.requires_token,
+                "status": s.status,
+                "tool_count": len(s.tools),
+                "tools": list(s.tools),
+                "error": s.error,
+            }
+            for s in reply.servers
+        ]
+        return {"servers": servers}
+
     async def models(self, metadata: Metadata) -> dict[str, Any]:
         reply = await _call(self._llm.ListModels(llm_pb.ListModelsRequest(), metadata=metadata))
         models = [

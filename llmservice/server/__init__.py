@@ -20,6 +20,8 @@ from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.auth import AuthPolicy
 from llmservice.core import LLMCore
 from llmservice.sessions import SessionManager
+from llmservice.sessions.catalogue import ServerCatalogue
+from llmservice.settings import LLMChatSettings
 
 from .servicer import LLMServicer
 from .session_servicer import ChatSessionServicer
@@ -68,6 +70,7 @@ async def start_server(
     port: int,
     auth: AuthPolicy | None = None,
     sessions: SessionManager | None = None,
+    catalogue: ServerCatalogue | None = None,
 ) -> GrpcServer:
     """Start serving on host:port (0 picks a free port); health says NOT_SERVING until set_serving."""
     server = grpc.aio.server()
@@ -77,7 +80,9 @@ async def start_server(
     protocol_grpc.add_LLMServiceServicer_to_server(servicer, server)
     names: tuple[str, ...] = SERVICE_NAMES
     if sessions is not None:
-        session_grpc.add_ChatSessionServiceServicer_to_server(ChatSessionServicer(sessions, auth), server)
+        session_grpc.add_ChatSessionServiceServicer_to_server(
+            ChatSessionServicer(sessions, auth, catalogue or ServerCatalogue(LLMChatSettings())), server
+        )
         names = (*names, SESSION_SERVICE_NAME)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -12,6 +12,7 @@ from llmservice._pb.llmservice.v1 import chat_session_pb2 as pb
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as pb_grpc
 from llmservice.auth import AuthPolicy, Principal
 from llmservice.sessions import SessionManager, ToolInvocation, ToolStarted, TurnEvent, TurnFinal, TurnToken
+from llmservice.sessions.catalogue import ServerCatalogue
 
 from .status import abort
 
@@ -19,8 +20,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
-    def __init__(self, sessions: SessionManager, auth: AuthPolicy) -> None:
-        self._sessions, self._auth = sessions, auth
+    def __init__(self, sessions: SessionManager, auth: AuthPolicy, catalogue: ServerCatalogue) -> None:
+        self._sessions, self._auth, self._catalogue = sessions, auth, catalogue
 
     def _principal(self, context: Context) -> Principal:
         return self._auth.authenticate(context.invocation_metadata() or ())
@@ -93,6 +94,28 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
             llm=pb.LLMConfig(provider=llm["provider"], **llm["config"]),
             streaming=config["streaming"],
             tools=config["tools"],
+        )
+
+    async def ListServers(self, request: pb.ListServersRequest, context: Context) -> pb.ListServersResponse:
+        try:
+            self._principal(context)
+            entries = await self._catalogue.entries(refresh=request.refresh)
+        except Exception as exc:
+            await abort(context, exc)
+        return pb.ListServersResponse(
+            servers=[
+                pb.CatalogueServer(
+                    name=e.name,
+                    description=e.description,
+                    url=e.url,
+                    transport=e.transport,
+                    requires_token=e.requires_token,
+                    status=e.status,
+                    tools=e.tools,
+                    error=e.error,
+                )
+                for e in entries
+            ]
         )
 
 

@@ -64,6 +64,11 @@ class ChatSessionServiceStub:
                 request_serializer=llmservice_dot_v1_dot_chat__session__pb2.GetConfigRequest.SerializeToString,
                 response_deserializer=llmservice_dot_v1_dot_chat__session__pb2.GetConfigResponse.FromString,
                 _registered_method=True)
+        self.ListServers = channel.unary_unary(
+                '/llmservice.v1.ChatSessionService/ListServers',
+                request_serializer=llmservice_dot_v1_dot_chat__session__pb2.ListServersRequest.SerializeToString,
+                response_deserializer=llmservice_dot_v1_dot_chat__session__pb2.ListServersResponse.FromString,
+                _registered_method=True)
 
 
 class ChatSessionServiceServicer:
@@ -111,6 +116,14 @@ class ChatSessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListServers(self, request, context):
+        """ListServers lists the MCP servers the service offers (llmchat.servers), each
+        probed for whether it answers and which tools it has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatSessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +156,11 @@ def add_ChatSessionServiceServicer_to_server(servicer, server):
                     servicer.GetConfig,
                     request_deserializer=llmservice_dot_v1_dot_chat__session__pb2.GetConfigRequest.FromString,
                     response_serializer=llmservice_dot_v1_dot_chat__session__pb2.GetConfigResponse.SerializeToString,
+            ),
+            'ListServers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServers,
+                    request_deserializer=llmservice_dot_v1_dot_chat__session__pb2.ListServersRequest.FromString,
+                    response_serializer=llmservice_dot_v1_dot_chat__session__pb2.ListServersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +325,33 @@ class ChatSessionService:
             '/llmservice.v1.ChatSessionService/GetConfig',
             llmservice_dot_v1_dot_chat__session__pb2.GetConfigRequest.SerializeToString,
             llmservice_dot_v1_dot_chat__session__pb2.GetConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmservice.v1.ChatSessionService/ListServers',
+            llmservice_dot_v1_dot_chat__session__pb2.ListServersRequest.SerializeToString,
+            llmservice_dot_v1_dot_chat__session__pb2.ListServersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,10 @@ class ChatSessionServiceStub:
     GetStatus: _grpc.UnaryUnaryMultiCallable[_chat_session_pb2.GetStatusRequest, _chat_session_pb2.GetStatusResponse]
     GetConfig: _grpc.UnaryUnaryMultiCallable[_chat_session_pb2.GetConfigRequest, _chat_session_pb2.GetConfigResponse]
     """GetConfig returns the session's settings with its secrets masked."""
+    ListServers: _grpc.UnaryUnaryMultiCallable[_chat_session_pb2.ListServersRequest, _chat_session_pb2.ListServersResponse]
+    """ListServers lists the MCP servers the service offers (llmchat.servers), each
+    probed for whether it answers and which tools it has.
+    """
 
 @_typing.type_check_only
 class ChatSessionServiceAsyncStub(ChatSessionServiceStub):
@@ -64,6 +68,10 @@ class ChatSessionServiceAsyncStub(ChatSessionServiceStub):
     GetStatus: _aio.UnaryUnaryMultiCallable[_chat_session_pb2.GetStatusRequest, _chat_session_pb2.GetStatusResponse]  # type: ignore[assignment]
     GetConfig: _aio.UnaryUnaryMultiCallable[_chat_session_pb2.GetConfigRequest, _chat_session_pb2.GetConfigResponse]  # type: ignore[assignment]
     """GetConfig returns the session's settings with its secrets masked."""
+    ListServers: _aio.UnaryUnaryMultiCallable[_chat_session_pb2.ListServersRequest, _chat_session_pb2.ListServersResponse]  # type: ignore[assignment]
+    """ListServers lists the MCP servers the service offers (llmchat.servers), each
+    probed for whether it answers and which tools it has.
+    """
 
 class ChatSessionServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -114,5 +122,15 @@ class ChatSessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chat_session_pb2.GetConfigResponse, _abc.Awaitable[_chat_session_pb2.GetConfigResponse]]:
         """GetConfig returns the session's settings with its secrets masked."""
+
+    @_abc_1.abstractmethod
+    def ListServers(
+        self,
+        request: _chat_session_pb2.ListServersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_session_pb2.ListServersResponse, _abc.Awaitable[_chat_session_pb2.ListServersResponse]]:
+        """ListServers lists the MCP servers the service offers (llmchat.servers), each
+        probed for whether it answers and which tools it has.
+        """
 
 def add_ChatSessionServiceServicer_to_server(servicer: ChatSessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
