@@ -11,6 +11,9 @@ UNAVAILABLE           503   service_unavailable
 DEADLINE_EXCEEDED     504   timeout
 CANCELLED             499   cancelled
 anything else         500   internal_error
+
+The OpenAI `param`, `code` and Retry-After come from the structured facts the service
+sends in the trailing metadata (llmservice.server.status), never from the details text.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ _HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout"),
     grpc.StatusCode.CANCELLED: (499, "cancelled"),
 }
+# The trailer keys of llmservice.server.status (the shim does not import the service).
 RETRY_AFTER_KEY = "retry-after"
+PARAM_KEY = "llm-error-param"
+KIND_KEY = "llm-error-kind"
 
 
 class APIError(Exception):
@@ -68,10 +74,15 @@ def invalid(param: str, message: str) -> APIError:
 def from_grpc(error: grpc.aio.AioRpcError) -> APIError:
     status, kind = _HTTP.get(error.code(), (500, "internal_error"))
     details = error.details() or error.code().name.lower()
-    param = details.split(":", 1)[0] if status == 400 and ":" in details else None
-    code = "model_not_found" if status == 404 and details.startswith("model ") else None
-    trailers = error.trailing_metadata() or ()
-    retry_after = next((str(v) for k, v in trailers if k == RETRY_AFTER_KEY), None)
-    if retry_after is not None:
-        retry_after = str(max(1, round(float(retry_after))))
-    return APIError(status, details, kind, param=param, code=code, retry_after=retry_after)
+    facts = {k: v for k, v in error.trailing_metadata() or () if isinstance(v, str)}
+    code = facts.get(KIND_KEY)
+    param = facts.get(PARAM_KEY) or ("model" if code == "model_not_found" else None)
+    return APIError(status, details, kind, param=param, code=code, retry_after=_seconds(facts))
+
+
+def _seconds(facts: Mapping[str, str]) -> str | None:
+    """Retry-After in whole seconds (at least 1), from the service's hint."""
+    try:
+        return str(max(1, round(float(facts[RETRY_AFTER_KEY]))))
+    except (KeyError, ValueError, OverflowError):
+        return None

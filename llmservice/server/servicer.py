@@ -20,11 +20,15 @@ from llmservice.errors import Unavailable
 from llmservice.types import ChatRequest, TokenDelta, ToolCallDelta
 
 from . import codec
-from .status import abort
+from .status import MODEL_NOT_FOUND, abort
 
 
 class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
-    """Implements llmservice.v1.LLMService; protocol.LLMService is its Chat and StreamChat."""
+    """Implements llmservice.v1.LLMService; protocol.LLMService is its Chat and StreamChat.
+
+    A chat call's NotFound is about the model it asked for (or the provider that would
+    serve it), and says so in its trailers (llm-error-kind: model_not_found).
+    """
 
     def __init__(self, core: LLMCore, auth: AuthPolicy) -> None:
         self._core = core
@@ -65,7 +69,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
                 principal = self._auth.authenticate(context.invocation_metadata() or ())
                 completion = await self._core.complete(_decode(request, context), principal)
         except Exception as exc:
-            await abort(context, exc)
+            await abort(context, exc, not_found=MODEL_NOT_FOUND)
         return codec.encode_completion(completion)
 
     async def StreamChat(
@@ -88,7 +92,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
                         else:
                             yield codec.encode_end(event, stream.model, stream.provider)
         except Exception as exc:
-            await abort(context, exc)
+            await abort(context, exc, not_found=MODEL_NOT_FOUND)
 
     async def ListModels(
         self,

@@ -1,4 +1,12 @@
-"""Domain errors to gRPC status: the one place this mapping lives."""
+"""Domain errors to gRPC status: the one place this mapping lives.
+
+The details text is for people. What a client acts on travels as structured facts in
+the trailing metadata, so no client has to read the text:
+
+    retry-after       seconds to wait before retrying (RESOURCE_EXHAUSTED, UNAVAILABLE ...)
+    llm-error-param   the request field at fault (INVALID_ARGUMENT), e.g. messages[1].role
+    llm-error-kind    what was not found, e.g. model_not_found (NOT_FOUND)
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,11 @@ from llmservice import errors
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_KEY = "retry-after"
+PARAM_KEY = "llm-error-param"
+KIND_KEY = "llm-error-kind"
+MODEL_NOT_FOUND = "model_not_found"
+
+Trailers = tuple[tuple[str, str], ...]
 
 _CODES: dict[type[errors.LLMServiceError], grpc.StatusCode] = {
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -26,19 +39,40 @@ _CODES: dict[type[errors.LLMServiceError], grpc.StatusCode] = {
 }
 
 
-def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
-    """(code, details, trailing metadata) for an exception raised while serving a call."""
+def to_status(exc: BaseException, not_found: str | None = None) -> tuple[grpc.StatusCode, str, Trailers]:
+    """(code, details, trailing metadata) for an exception raised while serving a call.
+
+    `not_found` is the kind of thing a NotFound from this call is about (the calling
+    servicer knows: a chat call looks up a model), sent as llm-error-kind.
+    """
     if isinstance(exc, errors.LLMServiceError):
         code = next((_CODES[t] for t in type(exc).__mro__ if t in _CODES), grpc.StatusCode.INTERNAL)
-        trailers = ((RETRY_AFTER_KEY, f"{exc.retry_after_s:g}"),) if exc.retry_after_s is not None else ()
-        return code, exc.message, trailers
+        return code, exc.message, _facts(exc, not_found)
     log.error("internal error while serving a call", exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error; see the service log", ()
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
-    """End the call with the status for `exc` (and its retry hint in the trailers)."""
-    code, details, trailers = to_status(exc)
+def _facts(exc: errors.LLMServiceError, not_found: str | None) -> Trailers:
+    facts: list[tuple[str, str]] = []
+    if exc.retry_after_s is not None:
+        facts.append((RETRY_AFTER_KEY, f"{exc.retry_after_s:g}"))
+    if isinstance(exc, errors.InvalidRequest) and _sendable(exc.field):
+        facts.append((PARAM_KEY, exc.field))
+    if isinstance(exc, errors.NotFound) and not_found:
+        facts.append((KIND_KEY, not_found))
+    return tuple(facts)
+
+
+def _sendable(value: str) -> bool:
+    """gRPC metadata values are printable ASCII; anything else is left to the details text."""
+    return bool(value) and value.isascii() and value.isprintable()
+
+
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, not_found: str | None = None
+) -> NoReturn:
+    """End the call with the status for `exc`, and its structured facts in the trailers."""
+    code, details, trailers = to_status(exc, not_found)
     if trailers:
         context.set_trailing_metadata(trailers)
     await context.abort(code, details)

@@ -76,6 +76,7 @@ async def test_an_unknown_model_fails_before_any_stream_byte(client: openai.Asyn
     with pytest.raises(openai.NotFoundError) as raised:
         await client.chat.completions.create(model="no-such-model", messages=HELLO, stream=True)  # type: ignore[arg-type]
     assert "no-such-model" in str(raised.value)
+    assert (raised.value.code, raised.value.param) == ("model_not_found", "model")  # from the trailers
 
 
 @pytest.mark.parametrize(

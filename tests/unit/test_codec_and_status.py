@@ -3,10 +3,12 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from gateway_shim import errors as shim_errors
+from gateway_shim.errors import from_grpc
 from llmservice import errors
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice.registry import ProviderRegistry
-from llmservice.server import codec
+from llmservice.server import codec, status
 from llmservice.server.status import to_status
 from llmservice.settings import Settings, SettingsError
 from llmservice.types import ChatRequest, Completion, FinishReason, Message, Sampling, StreamEnd, Usage
@@ -85,6 +87,55 @@ def test_retry_hint_travels_in_trailers() -> None:
     code, _, trailers = to_status(errors.ResourceExhausted("queue full", retry_after_s=2.5))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert trailers == (("retry-after", "2.5"),)
+
+
+def test_the_field_at_fault_travels_in_trailers_and_the_text_stays_readable() -> None:
+    code, details, trailers = to_status(errors.InvalidRequest("messages[1].role", "unknown role 'User'"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == "messages[1].role: unknown role 'User'"
+    assert trailers == (("llm-error-param", "messages[1].role"),)
+
+
+def test_a_field_that_metadata_cannot_carry_stays_in_the_text_only() -> None:
+    assert to_status(errors.InvalidRequest("tools[0].名前", "bad"))[2] == ()
+
+
+def test_what_was_not_found_travels_in_trailers_when_the_servicer_knows() -> None:
+    missing = errors.NotFound("model 'x' not found")
+    assert to_status(missing, not_found="model_not_found")[2] == (("llm-error-kind", "model_not_found"),)
+    assert to_status(missing)[2] == ()  # e.g. a session: no kind claimed
+    assert to_status(errors.Unavailable("down"), not_found="model_not_found")[2] == ()
+
+
+def _rpc_error(code: grpc.StatusCode, details: str, *trailers: tuple[str, str]) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), details)
+
+
+def test_the_shim_takes_param_and_code_from_trailers_not_from_the_text() -> None:
+    bad = from_grpc(_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "temperature: 5 is too hot"))
+    assert (bad.status, bad.param, bad.message) == (400, None, "temperature: 5 is too hot")
+    bad = from_grpc(
+        _rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "too hot", ("llm-error-param", "temperature"))
+    )
+    assert bad.param == "temperature"
+    missing = from_grpc(_rpc_error(grpc.StatusCode.NOT_FOUND, "model 'x' not found"))
+    assert (missing.status, missing.code) == (404, None)
+    missing = from_grpc(_rpc_error(grpc.StatusCode.NOT_FOUND, "gone", ("llm-error-kind", "model_not_found")))
+    assert (missing.code, missing.param) == ("model_not_found", "model")
+
+
+@pytest.mark.parametrize(("hint", "header"), [("2.5", "2"), ("0.2", "1"), ("30", "30"), ("soon", None)])
+def test_the_shim_turns_the_retry_hint_into_whole_seconds(hint: str, header: str | None) -> None:
+    full = from_grpc(_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", ("retry-after", hint)))
+    assert (full.status, full.retry_after) == (429, header)
+
+
+def test_the_shim_and_the_service_agree_on_trailer_keys() -> None:
+    assert (shim_errors.RETRY_AFTER_KEY, shim_errors.PARAM_KEY, shim_errors.KIND_KEY) == (
+        status.RETRY_AFTER_KEY,
+        status.PARAM_KEY,
+        status.KIND_KEY,
+    )
 
 
 def test_unexpected_errors_do_not_leak_their_message() -> None:
