@@ -39,7 +39,7 @@ class ConnectRequest(_Strict):
     user_id: str
     server: McpServer
     llm: LLMChoice = LLMChoice()
-    streaming: bool = True
+    streaming: bool = Field(False, description="how this session's turns answer when a chat does not say")
 
 
 class ConnectResponse(BaseModel):
@@ -53,7 +53,7 @@ class ConnectResponse(BaseModel):
 class ChatRequest(_Strict):
     user_id: str
     message: str
-    streaming: bool = False
+    streaming: bool | None = Field(None, description="unset: as the session was connected")
 
 
 class ToolInvocation(BaseModel):

@@ -40,10 +40,14 @@ def router() -> APIRouter:
         summary="One turn: the model may call tools",
     )
     async def chat(body: lc.ChatRequest, request: Request) -> Any:
-        if body.streaming:
-            response: Response = await _serving(request).stream(body, caller_metadata(request))
+        serving, metadata = _serving(request), caller_metadata(request)
+        streaming = body.streaming
+        if streaming is None:  # as the session was connected
+            streaming = bool((await serving.config(body.user_id, metadata))["streaming"])
+        if streaming:
+            response: Response = await serving.stream(body, metadata)
             return response
-        return await _serving(request).chat(body, caller_metadata(request))
+        return await serving.chat(body, metadata)
 
     @api.post(
         "/disconnect", response_model=lc.DisconnectResponse, summary="End a session and forget its history"

@@ -110,6 +110,20 @@ async def test_connect_chat_streamed_and_whole_then_disconnect(http: httpx.Async
     assert (await http.get("/llmchat/status/web-1", headers=ALICE)).json()["connected"] is False
 
 
+async def test_a_chat_that_does_not_say_answers_as_the_session_was_connected(
+    http: httpx.AsyncClient, mcp_url: str
+) -> None:
+    assert (await connect(http, "web-pref", mcp_url, streaming=True)).status_code == 200
+    streamed = await http.post("/llmchat/chat", json={"user_id": "web-pref", "message": "Hi."}, headers=ALICE)
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert frames(streamed.text)[-1][0] == "final"
+    whole = await http.post(
+        "/llmchat/chat", json={"user_id": "web-pref", "message": "Hi.", "streaming": False}, headers=ALICE
+    )
+    assert whole.headers["content-type"].startswith("application/json")
+    await http.post("/llmchat/disconnect", json={"user_id": "web-pref"}, headers=ALICE)
+
+
 async def test_gateway_models(http: httpx.AsyncClient) -> None:
     models = (await http.get("/llmchat/gateway/models", headers=ALICE)).json()["models"]
     assert any(m["provider"] == "llamacpp" and "tools" in m["capabilities"] for m in models)
