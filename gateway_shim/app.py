@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
@@ -67,9 +68,36 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's 422 becomes OpenAI's 400, naming the first offending parameter."""
+    """FastAPI's 422 becomes OpenAI's 400, naming the most specific offending parameter."""
     assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or "body"
-    return invalid(param, str(first.get("msg", "invalid"))).response()
+    errors = exc.errors() or [{"loc": ("body",), "msg": "invalid request", "type": ""}]
+    found = [(_path(exc.body, e.get("loc", ()), e.get("type") == "missing"), e) for e in errors]
+    path, first = max(found, key=lambda f: (f[1].get("type") == "extra_forbidden", len(f[0])))
+    if first.get("type") == "extra_forbidden":
+        return invalid(_name(path), "is not a parameter this service supports").response()
+    return invalid(_name(path), str(first.get("msg", "invalid"))).response()
+
+
+def _path(body: Any, loc: Sequence[Any], missing: bool) -> list[str | int]:
+    """The part of `loc` that is a real path into the request body: pydantic puts the
+    names of union members (e.g. 'str') into the locations of their errors."""
+    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
+    path: list[str | int] = []
+    node = body
+    for i, part in enumerate(parts):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            node = node[part]
+            path.append(part)
+        elif missing and i == len(parts) - 1:
+            path.append(part)  # the field that is missing
+    return path
+
+
+def _name(path: Sequence[str | int]) -> str:
+    """messages[0].content[1].image_url, as OpenAI names a parameter."""
+    name = ""
+    for part in path:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else part
+    return name or "body"

@@ -30,6 +30,7 @@ class Message:
     content: str
     tool_calls: tuple[ToolCall, ...] = ()  # assistant turns: the tools it called
     tool_call_id: str = ""  # tool turns: the call this is the result of
+    name: str = ""  # the participant's name, telling apart speakers of one role
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class ChatRequest:
     tools: tuple[Tool, ...] = ()
     tool_choice: ToolChoice | None = None
     deadline: float | None = None  # time.monotonic() by which the caller gives up
+    user: str = ""  # the caller's end user (opaque id), for abuse monitoring upstream
 
 
 class FinishReason(StrEnum):

@@ -24,7 +24,9 @@ _KNOWN = set(oa.ChatCompletionRequest.model_fields)
 def to_grpc(req: oa.ChatCompletionRequest, priority_header: str | None) -> pb.LLMChatRequest:
     """The service request; anything the service would not honour is a 400 naming it."""
     _refuse_unsupported(req)
-    msg = pb.LLMChatRequest(model=req.model, priority=_priority(req.priority, priority_header))
+    msg = pb.LLMChatRequest(
+        model=req.model, priority=_priority(req.priority, priority_header), user=req.user or ""
+    )
     for i, m in enumerate(req.messages):
         msg.messages.append(_message(i, m, msg))
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
@@ -38,8 +40,10 @@ def to_grpc(req: oa.ChatCompletionRequest, priority_header: str | None) -> pb.LL
             setattr(msg, field, value)
     if req.stop is not None:
         msg.stop.extend([req.stop] if isinstance(req.stop, str) else req.stop)
-    for tool in req.tools or ():
+    for i, tool in enumerate(req.tools or ()):
         fn = tool.function
+        if fn.strict:
+            raise invalid(f"tools[{i}].function.strict", "strict: true is not supported; omit it")
         msg.tools.append(
             pb.Tool(name=fn.name, description=fn.description, parameters_json=json.dumps(fn.parameters))
         )
@@ -85,16 +89,16 @@ def _priority(body: int | None, header: str | None) -> int:
 
 def _message(index: int, m: oa.ChatMessage, request: pb.LLMChatRequest) -> pb.ChatMessage:
     role = "system" if m.role == "developer" else m.role
-    out = pb.ChatMessage(role=role, tool_call_id=m.tool_call_id or "")
+    out = pb.ChatMessage(role=role, tool_call_id=m.tool_call_id or "", name=m.name or "")
     if isinstance(m.content, str) or m.content is None:
         out.content = m.content or ""
     else:
         texts = []
-        for part in m.content:
+        for j, part in enumerate(m.content):
             if isinstance(part, oa.TextPart):
                 texts.append(part.text)
             else:
-                request.attachments.append(_image(index, part))
+                request.attachments.append(_image(f"messages[{index}].content[{j}]", part))
         out.content = "".join(texts)
     for call in m.tool_calls or ():
         out.tool_calls.append(
@@ -103,12 +107,14 @@ def _message(index: int, m: oa.ChatMessage, request: pb.LLMChatRequest) -> pb.Ch
     return out
 
 
-def _image(index: int, part: oa.ImagePart) -> pb.Attachment:
+def _image(where: str, part: oa.ImagePart) -> pb.Attachment:
     url = part.image_url.url
     if not url.startswith("data:") or ";base64," not in url:
         raise invalid(
-            f"messages[{index}].content", "images must be data: URLs (base64); the service fetches nothing"
+            f"{where}.image_url.url", "images must be data: URLs (base64); the service fetches nothing"
         )
+    if part.image_url.detail not in (None, "auto"):
+        raise invalid(f"{where}.image_url.detail", "only auto is supported")
     mime = url[5:].split(";", 1)[0]
     return pb.Attachment(mime_type=mime, data=url)
 

@@ -1,7 +1,8 @@
 """OpenAI's chat completions wire format, as pydantic models (requests checked, replies built).
 
-Unknown request fields are kept (`extra="allow"`) so that the shim can refuse them by
-name with a 400, rather than dropping them silently.
+Unknown top-level request fields are kept (`extra="allow"`) so that the shim can refuse
+them by name with a 400; nested objects forbid unknown keys, which is a 400 naming their
+path (messages[0].foo). Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -11,70 +12,75 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class TextPart(BaseModel):
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextPart(_Strict):
     type: Literal["text"]
     text: str
 
 
-class ImageURL(BaseModel):
+class ImageURL(_Strict):
     url: str
-    detail: str | None = None
+    detail: Literal["auto", "low", "high"] | None = None
 
 
-class ImagePart(BaseModel):
+class ImagePart(_Strict):
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-class FunctionCall(BaseModel):
+class FunctionCall(_Strict):
     name: str
     arguments: str = "{}"
 
 
-class ToolCall(BaseModel):
+class ToolCall(_Strict):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart | ImagePart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    refusal: None = None  # a reply sent back as history carries refusal: null
 
 
-class FunctionDefinition(BaseModel):
+class FunctionDefinition(_Strict):
     name: str
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     strict: bool | None = None
 
 
-class ToolDefinition(BaseModel):
+class ToolDefinition(_Strict):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedToolChoice(BaseModel):
+class NamedToolChoice(_Strict):
     type: Literal["function"]
     function: dict[str, str]
 
 
-class JSONSchemaFormat(BaseModel):
+class JSONSchemaFormat(_Strict):
     name: str = "response"
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
     description: str | None = None
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JSONSchemaFormat | None = None
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(_Strict):
     include_usage: bool = False
 
 

@@ -49,7 +49,11 @@ class OpenAIServing:
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from None
         calls = codec.tool_calls(reply.tool_calls)
-        message: dict[str, Any] = {"role": "assistant", "content": reply.content or (None if calls else "")}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": reply.content or (None if calls else ""),
+            "refusal": None,
+        }
         if calls:
             message["tool_calls"] = calls
         return JSONResponse(

@@ -63,6 +63,7 @@ def decode_chat_request(msg: pb.LLMChatRequest) -> ChatRequest:
         constraint=_constraint(msg),
         tools=tuple(Tool(t.name, t.description, t.parameters_json or NO_PARAMETERS) for t in msg.tools),
         tool_choice=_tool_choice(msg),
+        user=msg.user,
     )
 
 
@@ -114,6 +115,7 @@ def _messages(msg: pb.LLMChatRequest) -> tuple[Message, ...]:
                 m.content,
                 tuple(ToolCall(c.id, c.name, c.arguments_json) for c in m.tool_calls),
                 m.tool_call_id,
+                m.name,
             )
             for i, m in enumerate(msg.messages)
         )

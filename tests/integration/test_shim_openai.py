@@ -97,6 +97,61 @@ async def test_what_is_not_honoured_is_a_400_naming_it(
     assert raised.value.body["param"] == param  # type: ignore[index]
 
 
+IMAGE = "data:image/png;base64,iVBORw0KGgo="
+
+
+@pytest.mark.parametrize(
+    ("messages", "extra", "param"),
+    [
+        ([{"role": "user", "content": "hi", "foo": 1}], {}, "messages[0].foo"),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "hi", "foo": 1}]}],
+            {},
+            "messages[0].content[0].foo",
+        ),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": IMAGE, "detail": "high"}}],
+                }
+            ],
+            {},
+            "messages[0].content[0].image_url.detail",
+        ),
+        (HELLO, {"stream": True, "stream_options": {"include_usage": True, "foo": 1}}, "stream_options.foo"),
+        (HELLO, {"response_format": {"type": "json_object", "foo": 1}}, "response_format.foo"),
+        (
+            HELLO,
+            {"tools": [{"type": "function", "function": {"name": "f", "strict": True}}]},
+            "tools[0].function.strict",
+        ),
+        ([{"role": "assistant", "content": "hi", "refusal": "no"}], {}, "messages[0].refusal"),
+        ([{"role": "user"}, {"content": "hi"}], {}, "messages[1].role"),
+    ],
+)
+async def test_unknown_or_unhonoured_nested_keys_are_a_400_naming_their_path(
+    client: openai.AsyncOpenAI, messages: list[dict[str, Any]], extra: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        await client.chat.completions.create(model="", messages=messages, max_tokens=4, extra_body=extra)  # type: ignore[arg-type]
+    assert raised.value.param == param
+
+
+async def test_user_names_and_a_reply_sent_back_as_history_are_accepted(client: openai.AsyncOpenAI) -> None:
+    first = await client.chat.completions.create(
+        model="",
+        messages=[{"role": "user", "content": "Hi.", "name": "ada"}],
+        max_tokens=4,
+        user="end-user-7",
+    )
+    assert "refusal" in first.choices[0].message.model_fields_set  # OpenAI's shape: refusal: null
+    assert first.choices[0].message.refusal is None
+    history = [{"role": "user", "content": "Hi.", "name": "ada"}, first.choices[0].message, HELLO[0]]
+    again = await client.chat.completions.create(model="", messages=history, max_tokens=4, user="end-user-7")  # type: ignore[arg-type]
+    assert again.choices[0].message.content
+
+
 async def test_logprobs_come_from_token_signals(client: openai.AsyncOpenAI) -> None:
     whole = await client.chat.completions.create(
         model="",

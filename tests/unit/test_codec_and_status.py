@@ -5,6 +5,8 @@ import pytest
 
 from gateway_shim import errors as shim_errors
 from gateway_shim.errors import from_grpc
+from gateway_shim.openai import codec as shim_codec
+from gateway_shim.openai import protocol as oa
 from llmservice import errors
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice.registry import ProviderRegistry
@@ -40,6 +42,15 @@ def test_decode_unknown_role_names_its_index() -> None:
             )
         )
     assert caught.value.field == "messages[1].role"
+
+
+def test_user_and_participant_names_reach_the_domain_request() -> None:
+    body = oa.ChatCompletionRequest.model_validate(
+        {"messages": [{"role": "user", "content": "hi", "name": "ada"}], "user": "end-user-7"}
+    )
+    request = codec.decode_chat_request(shim_codec.to_grpc(body, None))
+    assert request.user == "end-user-7"
+    assert request.messages == (Message("user", "hi", name="ada"),)
 
 
 def test_encode_completion_and_end() -> None:

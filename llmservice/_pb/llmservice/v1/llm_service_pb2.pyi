@@ -91,11 +91,14 @@ class ChatMessage(_message.Message):
     CONTENT_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """One of "system", "user", "assistant", "tool"."""
     content: _builtins.str
     tool_call_id: _builtins.str
     """On a tool turn: the id of the call this is the result of."""
+    name: _builtins.str
+    """The participant's name, telling apart speakers of the same role; empty: none."""
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """On an assistant turn: the tools it called."""
@@ -107,10 +110,11 @@ class ChatMessage(_message.Message):
         content: _builtins.str = ...,
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
         tool_call_id: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "name", b"name", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -302,6 +306,7 @@ class LLMChatRequest(_message.Message):
     RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
     system_prompt: _builtins.str
     """Deprecated: use `messages`. Used only when `messages` is empty."""
     user_prompt: _builtins.str
@@ -334,6 +339,10 @@ class LLMChatRequest(_message.Message):
     repetition_penalty: _builtins.float
     """Divides the logits of tokens already in the prompt or output (> 1 discourages
     repetition), in (0, 2]. Unset means 1 (off).
+    """
+    user: _builtins.str
+    """The end user the caller asks for (an opaque id, for abuse monitoring and logs);
+    providers whose API takes one pass it on. Empty: not given.
     """
     @_builtins.property
     def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]: ...
@@ -381,10 +390,11 @@ class LLMChatRequest(_message.Message):
         response_format: Global___ResponseFormat | None = ...,
         tools: _abc.Iterable[Global___Tool] | None = ...,
         tool_choice: Global___ToolChoice | None = ...,
+        user: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_min_p", b"_min_p", "_repetition_penalty", b"_repetition_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "min_p", b"min_p", "repetition_penalty", b"repetition_penalty", "response_format", b"response_format", "seed", b"seed", "signal_options", b"signal_options", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_p", b"_min_p", "_repetition_penalty", b"_repetition_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "attachments", b"attachments", "max_tokens", b"max_tokens", "messages", b"messages", "min_p", b"min_p", "model", b"model", "priority", b"priority", "provider", b"provider", "repetition_penalty", b"repetition_penalty", "response_format", b"response_format", "seed", b"seed", "signal_options", b"signal_options", "stop", b"stop", "system_prompt", b"system_prompt", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_k", b"top_k", "top_p", b"top_p", "user_prompt", b"user_prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_p", b"_min_p", "_repetition_penalty", b"_repetition_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "attachments", b"attachments", "max_tokens", b"max_tokens", "messages", b"messages", "min_p", b"min_p", "model", b"model", "priority", b"priority", "provider", b"provider", "repetition_penalty", b"repetition_penalty", "response_format", b"response_format", "seed", b"seed", "signal_options", b"signal_options", "stop", b"stop", "system_prompt", b"system_prompt", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_k", b"top_k", "top_p", b"top_p", "user", b"user", "user_prompt", b"user_prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__min_p: _TypeAlias = _typing.Literal["min_p"]  # noqa: Y015
     _WhichOneofArgType__min_p: _TypeAlias = _typing.Literal["_min_p", b"_min_p"]  # noqa: Y015
