@@ -51,6 +51,12 @@ async def running_service(
         await server.server.stop(None)
 
 
+def local_target(host: str, port: int) -> str:
+    """host:port for reaching our own gRPC server: a wildcard becomes loopback, IPv6 gets brackets."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
     stop = asyncio.Event()
@@ -68,7 +74,7 @@ async def serve(settings: Settings) -> None:
         if settings.server.http_port >= 0:
             from gateway_shim.server import running_shim  # the shim is a client of this service
 
-            target = f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{server.port}"
+            target = local_target(host, server.port)
             http_port = await shim.enter_async_context(running_shim(target, host, settings.server.http_port))
             print(f"llmservice: HTTP shim (OpenAI API) on http://{host}:{http_port}", flush=True)
         print(f"llmservice: ready, SERVING on {host}:{server.port}", flush=True)

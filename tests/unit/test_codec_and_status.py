@@ -9,6 +9,7 @@ from gateway_shim.openai import codec as shim_codec
 from gateway_shim.openai import protocol as oa
 from llmservice import errors
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
+from llmservice.app import local_target
 from llmservice.registry import ProviderRegistry
 from llmservice.server import codec, status
 from llmservice.server.status import to_status
@@ -159,3 +160,18 @@ def test_unknown_provider_fails_at_start_up_naming_the_variable() -> None:
     with pytest.raises(SettingsError, match=r"'nope' \[env LLM_PROVIDER\].*known: ") as raised:
         ProviderRegistry.from_settings(Settings(provider="nope"))
     assert all(name in str(raised.value) for name in FACTORIES)
+
+
+@pytest.mark.parametrize(
+    ("host", "target"),
+    [
+        ("0.0.0.0", "127.0.0.1:50051"),
+        ("", "127.0.0.1:50051"),
+        ("::", "[::1]:50051"),
+        ("::1", "[::1]:50051"),
+        ("fe80::2", "[fe80::2]:50051"),
+        ("example.internal", "example.internal:50051"),
+    ],
+)
+def test_the_shim_reaches_its_own_service_at_a_well_formed_target(host: str, target: str) -> None:
+    assert local_target(host, 50051) == target
