@@ -85,3 +85,27 @@ async def test_a_hidden_model_is_404_like_a_missing_one(base_url: str) -> None:
         with pytest.raises(openai.NotFoundError):
             await c.models.retrieve("fake-model")
         assert [m async for m in c.models.list()] == []
+
+
+@pytest.mark.parametrize(
+    "authorization", [f"Basic {KEY_A}", KEY_A, "Bearer", f"Bearer{KEY_A}", f"Token {KEY_A}"], ids=repr
+)
+async def test_a_malformed_authorization_header_is_401(base_url: str, authorization: str) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{base_url}/chat/completions",
+            json={"model": "fake-model", "messages": HI},
+            headers={"Authorization": authorization},
+        )
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["type"] == "authentication_error"
+    assert "sk-shim" not in error["message"]
+
+
+async def test_a_streaming_request_with_a_wrong_key_is_401_before_any_stream_byte(base_url: str) -> None:
+    async with client(base_url, "sk-wrong") as c:
+        with pytest.raises(openai.AuthenticationError) as raised:
+            await c.chat.completions.create(model="fake-model", messages=HI, stream=True)  # type: ignore[arg-type]
+    assert raised.value.status_code == 401
+    assert raised.value.response.headers["content-type"].startswith("application/json")

@@ -347,3 +347,164 @@ async def test_a_tool_result_goes_back_and_the_model_answers(client: openai.Asyn
     )
     assert reply.choices[0].message.tool_calls is None
     assert reply.choices[0].message.content
+
+
+async def test_the_sync_client_streams_too(base_url: str, client: openai.AsyncOpenAI) -> None:
+    def call() -> tuple[str, list[str | None]]:
+        with openai.OpenAI(api_key="unused", base_url=base_url, max_retries=0) as sync:
+            stream = sync.chat.completions.create(
+                model="", messages=HELLO, temperature=0, max_tokens=8, stream=True
+            )  # type: ignore[call-overload]
+            chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return text, [c.choices[0].finish_reason for c in chunks if c.choices]
+
+    text, finishes = await asyncio.to_thread(call)
+    whole = await client.chat.completions.create(model="", messages=HELLO, temperature=0, max_tokens=8)  # type: ignore[arg-type]
+    assert text == whole.choices[0].message.content
+    assert finishes[-1] == "length"
+
+
+async def test_streamed_logprobs_match_the_whole_reply(client: openai.AsyncOpenAI) -> None:
+    ask = {
+        "model": "",
+        "messages": HELLO,
+        "max_tokens": 4,
+        "temperature": 0,
+        "logprobs": True,
+        "top_logprobs": 2,
+    }
+    whole = await client.chat.completions.create(**ask)  # type: ignore[call-overload]
+    stream = await client.chat.completions.create(**ask, stream=True)  # type: ignore[call-overload]
+    streamed = [
+        entry
+        async for c in stream
+        if c.choices and c.choices[0].logprobs
+        for entry in c.choices[0].logprobs.content or ()
+    ]
+    assert [(e.token, len(e.top_logprobs)) for e in streamed] == [
+        (e.token, 2)
+        for e in whole.choices[0].logprobs.content  # type: ignore[union-attr]
+    ]
+    assert [e.logprob for e in streamed] == pytest.approx(
+        [e.logprob for e in whole.choices[0].logprobs.content]  # type: ignore[union-attr]
+    )
+
+
+async def test_a_json_object_response_format_constrains_the_reply_to_json(client: openai.AsyncOpenAI) -> None:
+    ask = [{"role": "user", "content": 'Answer in JSON: {"colour": ...}. What colour is the sky?'}]
+
+    async def reply(**extra: Any) -> tuple[str, str]:
+        got = await client.chat.completions.create(
+            model="", messages=ask, max_tokens=30, temperature=0, **extra
+        )  # type: ignore[call-overload]
+        return got.choices[0].message.content or "", got.choices[0].finish_reason
+
+    free, _ = await reply()
+    constrained, finish = await reply(response_format={"type": "json_object"})
+    assert not free.lstrip().startswith("{")  # the base model does not answer in JSON by itself
+    assert constrained.lstrip().startswith("{")
+    # This small model may run on inside a string until max_tokens; a reply that ended is whole JSON.
+    if finish == "stop":
+        assert isinstance(json.loads(constrained), dict)
+
+
+async def test_text_and_image_parts_on_the_text_only_model_are_a_clear_400(
+    client: openai.AsyncOpenAI,
+) -> None:
+    parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": IMAGE}}]
+    with pytest.raises(openai.BadRequestError) as raised:
+        await client.chat.completions.create(
+            model="",
+            messages=[{"role": "user", "content": parts}],
+            max_tokens=4,  # type: ignore[arg-type]
+        )
+    assert "image" in raised.value.message.lower()
+    text_only = [{"type": "text", "text": "Name three "}, {"type": "text", "text": "colours."}]
+    reply = await client.chat.completions.create(
+        model="",
+        messages=[{"role": "user", "content": text_only}],
+        max_tokens=4,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    plain = await client.chat.completions.create(model="", messages=HELLO, max_tokens=4, temperature=0)  # type: ignore[arg-type]
+    assert reply.choices[0].message.content == plain.choices[0].message.content  # the parts are joined
+
+
+async def test_max_completion_tokens_wins_over_max_tokens(client: openai.AsyncOpenAI) -> None:
+    reply = await client.chat.completions.create(
+        model="",
+        messages=HELLO,
+        max_tokens=10,
+        max_completion_tokens=3,  # type: ignore[arg-type]
+    )
+    assert reply.usage is not None
+    assert (reply.usage.completion_tokens, reply.choices[0].finish_reason) == (3, "length")
+
+
+async def test_a_stop_sequence_ends_the_reply_before_it(client: openai.AsyncOpenAI) -> None:
+    reply = await client.chat.completions.create(
+        model="",
+        messages=HELLO,
+        max_tokens=60,
+        temperature=0,
+        stop=["\n"],  # type: ignore[arg-type]
+    )
+    assert reply.choices[0].finish_reason == "stop"
+    assert "\n" not in (reply.choices[0].message.content or "")
+
+
+async def test_the_same_seed_gives_the_same_sampled_reply(client: openai.AsyncOpenAI) -> None:
+    async def sample(seed: int) -> str:
+        reply = await client.chat.completions.create(
+            model="",
+            messages=HELLO,
+            max_tokens=12,
+            temperature=1.5,
+            seed=seed,  # type: ignore[arg-type]
+        )
+        return reply.choices[0].message.content or ""
+
+    assert await sample(7) == await sample(7)
+
+
+@pytest.mark.parametrize(
+    ("extra", "headers", "priority"),
+    [({"priority": 7}, {}, 7), ({}, {"x-priority": "9"}, 9), ({"priority": 3}, {"x-priority": "9"}, 3)],
+    ids=["body", "header", "body-wins"],
+)
+async def test_priority_comes_from_the_body_or_the_x_priority_header(
+    base_url: str,
+    service: Service,
+    stub: pb_grpc.LLMServiceStub,
+    extra: dict[str, Any],
+    headers: dict[str, str],
+    priority: int,
+) -> None:
+    scheduler = service.engine.scheduler
+    assert scheduler is not None
+    long = pb.LLMChatRequest(messages=[pb.ChatMessage(role="user", content="Tell a story.")], max_tokens=2000)
+    holders = [stub.StreamChat(long) for _ in range(scheduler.queue.slots)]
+    try:
+        await eventually(lambda: scheduler.queue.busy == scheduler.queue.slots)
+        async with httpx.AsyncClient(timeout=60) as http:
+            body = {"messages": HELLO, "max_tokens": 4, **extra}
+            task = asyncio.create_task(http.post(f"{base_url}/chat/completions", json=body, headers=headers))
+            await eventually(lambda: bool(scheduler.queue.waiting))
+            assert [w.priority for w in scheduler.queue.waiting] == [priority]
+            await _leave(task)
+    finally:
+        for call in holders:
+            call.cancel()
+    await eventually(lambda: scheduler.queue.busy == 0)
+
+
+async def test_a_bad_x_priority_header_is_a_400_naming_it(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        await client.chat.completions.create(
+            model="",
+            messages=HELLO,
+            max_tokens=4,
+            extra_headers={"x-priority": "urgent"},  # type: ignore[arg-type]
+        )
+    assert raised.value.param == "x-priority"
