@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import json
+from typing import Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 from ..caller import caller_metadata
 from . import protocol as oa
@@ -14,19 +17,39 @@ from .serving import OpenAIServing
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": oa.ErrorResponse} for code in (400, 401, 404, 429, 499, 500, 502, 503, 504)
 }
+# The chat body is parsed by the handler in one pass (model_validate_json) rather than by
+# FastAPI's dependency solving, so the document says what the body and header are; the
+# app puts ChatCompletionRequest's schema in the components (gateway_shim.app).
+CHAT_DOC: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "x-priority",
+            "in": "header",
+            "required": False,
+            "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "X-Priority"},
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
+    },
+}
 
 
 def router() -> APIRouter:
     """The routes; each finds the app's OpenAIServing (made by its lifespan) in app.state."""
     api = APIRouter(tags=["openai"], responses=ERRORS)
 
-    @api.post("/chat/completions", response_model=oa.ChatCompletion, summary="Create a chat completion")
-    async def chat_completions(
-        body: oa.ChatCompletionRequest,
-        request: Request,
-        x_priority: Annotated[str | None, Header()] = None,
-    ) -> Response:
-        return await _serving(request).chat(body, request, caller_metadata(request), x_priority)
+    @api.post(
+        "/chat/completions",
+        response_model=oa.ChatCompletion,
+        summary="Create a chat completion",
+        openapi_extra=CHAT_DOC,
+    )
+    async def chat_completions(request: Request) -> Response:
+        body = _chat_request(await request.body())
+        metadata, priority = caller_metadata(request), request.headers.get("x-priority")
+        return await _serving(request).chat(body, request, metadata, priority)
 
     @api.get("/models", response_model=oa.ModelList, summary="List the models the caller may use")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -42,3 +65,19 @@ def router() -> APIRouter:
 def _serving(request: Request) -> OpenAIServing:
     serving: OpenAIServing = request.app.state.openai
     return serving
+
+
+def _chat_request(raw: bytes) -> oa.ChatCompletionRequest:
+    """The body, parsed and checked in one pass; errors as FastAPI's own, for the app's handler."""
+    try:
+        return oa.ChatCompletionRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors, body=_json_or_none(raw)) from None
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
