@@ -254,6 +254,14 @@ async def test_the_openapi_document_is_served(base_url: str) -> None:
         doc = (await http.get(base_url.removesuffix("/v1") + "/openapi.json")).json()
     assert "/v1/chat/completions" in doc["paths"]
     assert "/v1/models" in doc["paths"]
+    chat = doc["paths"]["/v1/chat/completions"]["post"]  # its handler parses the body itself
+    assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ChatCompletionRequest"
+    )
+    request = doc["components"]["schemas"]["ChatCompletionRequest"]
+    assert {"messages", "priority", "user"} <= set(request["properties"])
+    assert "ChatMessage" in doc["components"]["schemas"]
+    assert [p["name"] for p in chat["parameters"]] == ["x-priority"]
 
 
 async def test_routes_answer_without_the_v1_prefix_too(base_url: str) -> None:
