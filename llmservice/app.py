@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable
 
 from .auth import AuthPolicy
 from .core import LLMCore
+from .embed_cache import FILE_NAME as CACHE_FILE
+from .embed_cache import EmbeddingCache
 from .registry import ProviderRegistry
 from .server import GrpcServer, start_server
 from .sessions import SessionManager
@@ -34,7 +36,9 @@ async def running_service(
     auth = AuthPolicy.from_settings(settings.auth)
     if auth.open:
         log.warning("no API keys configured: open local mode, every caller may use every model")
-    core = LLMCore(registry)
+    e = settings.embeddings
+    embed_cache = EmbeddingCache(e.cache_dir / CACHE_FILE) if e.cache else None
+    core = LLMCore(registry, embed_cache, e.max_inputs)
     sessions = SessionManager(core, settings.llmchat, settings.cache)
     catalogue = ServerCatalogue(settings.llmchat)
     server = await start_server(
@@ -43,7 +47,7 @@ async def running_service(
     if on_listening:
         on_listening(server.port)
     try:
-        async with registry, sessions:
+        async with registry, sessions, embed_cache or contextlib.nullcontext():
             await server.set_serving(True)
             yield server
             await server.drain(settings.server.drain_grace_s)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, replace
 
 from providers import Provider
 
 from .auth import LOCAL, Principal
-from .errors import NotFound
+from .embed_cache import EmbeddingCache, cache_key
+from .embedding import Embeddings, EmbedRequest, Vector, validate_embed
+from .errors import NotFound, Unavailable
 from .registry import ProviderRegistry
 from .types import ChatRequest, Completion, ModelInfo, StreamEvent
 from .validation import validate
@@ -24,8 +26,12 @@ class Stream:
 
 
 class LLMCore:
-    def __init__(self, registry: ProviderRegistry) -> None:
+    def __init__(
+        self, registry: ProviderRegistry, embed_cache: EmbeddingCache | None = None, max_inputs: int = 2048
+    ) -> None:
         self._registry = registry
+        self.embed_cache = embed_cache
+        self._max_inputs = max_inputs
 
     async def complete(self, request: ChatRequest, principal: Principal = LOCAL) -> Completion:
         provider, model = self._route(request, principal)
@@ -36,18 +42,54 @@ class LLMCore:
         provider, model = self._route(request, principal)
         return Stream(provider.name, model, provider.stream(model, request))
 
+    async def embed(self, request: EmbedRequest, principal: Principal = LOCAL) -> Embeddings:
+        """One vector per input: from the cache where it has them, from the provider for the rest."""
+        validate_embed(request, self._max_inputs)
+        provider, model = self._resolve(request.provider, request.model, principal)
+        cache = self.embed_cache
+        keys = [cache_key(provider.name, model, request.dimensions, t) for t in request.input]
+        found: dict[bytes, Vector] = await cache.get(keys) if cache else {}
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        tokens = 0
+        if missing:
+            texts = tuple(request.input[i] for i in missing)
+            subset = replace(request, input=texts, positions=tuple(missing))
+            result = await provider.embed(model, subset)
+            if len(result.vectors) != len(missing):
+                raise Unavailable(
+                    f"provider {provider.name} returned {len(result.vectors)} embeddings "
+                    f"for {len(missing)} inputs"
+                )
+            fresh = {keys[i]: v for i, v in zip(missing, result.vectors, strict=True)}
+            if cache:
+                await cache.put(fresh)
+            found = {**found, **fresh}
+            tokens = result.prompt_tokens
+        vectors = tuple(found[key] for key in keys)
+        return Embeddings(vectors, model, provider.name, tokens, cached=len(keys) - len(missing))
+
     def _route(self, request: ChatRequest, principal: Principal) -> tuple[Provider, str]:
         validate(request)
+        return self._resolve(request.provider, request.model, principal, lambda p, m: p.validate(m, request))
+
+    def _resolve(
+        self,
+        provider_name: str,
+        model_name: str,
+        principal: Principal,
+        check: Callable[[Provider, str], None] | None = None,
+    ) -> tuple[Provider, str]:
         try:
-            provider, model = self._registry.resolve(request.provider, request.model)
+            provider, model = self._registry.resolve(provider_name, model_name)
             if not principal.may_use(provider.name, model):
                 raise NotFound("hidden")
-            provider.validate(model, request)
+            if check is not None:
+                check(provider, model)
         except NotFound:
             if principal is LOCAL:
                 raise
             # A model the caller may not use looks exactly like one that does not exist.
-            raise NotFound(f"model {request.model or 'default'!r} not found") from None
+            raise NotFound(f"model {model_name or 'default'!r} not found") from None
         return provider, model
 
     async def list_models(self, principal: Principal = LOCAL) -> list[ModelInfo]:

@@ -116,6 +116,17 @@ class AuthSettings(_Section):
     principals: dict[str, PrincipalSettings] = Field(default_factory=dict)
 
 
+class LlamaCppEmbeddingSettings(_Section):
+    """The local model in embedding mode: a context of its own beside the decode engine's."""
+
+    enabled: bool = Field(True, description="serve embeddings from the loaded model")
+    n_ctx: int = Field(512, ge=8, description="tokens embedded per decode step; the longest input allowed")
+    n_seqs: int = Field(16, ge=1, description="inputs embedded together in one decode step")
+    n_threads: int = Field(
+        0, ge=0, description="0 means half the cores (at least one): decode keeps the rest"
+    )
+
+
 class LlamaCppSettings(_Section):
     model_path: FilePath | None = Field(None, description="a GGUF file; unset means the bundled model")
     model_id: str = Field("", description="id shown in ListModels; defaults to the file name")
@@ -143,6 +154,7 @@ class LlamaCppSettings(_Section):
     n_threads: int = Field(0, ge=0, description="0 means one per core")
     temperature: float = Field(0.0, ge=0, le=2, description="used when a request sets none")
     max_tokens: int = Field(512, ge=1, description="used when a request sets none")
+    embeddings: LlamaCppEmbeddingSettings = LlamaCppEmbeddingSettings()
 
 
 class RemoteSettings(_Section):
@@ -326,6 +338,16 @@ class CacheSettings(_Section):
         return self.type == "redis" or (self.type == "auto" and bool(self.redis_url))
 
 
+class EmbeddingsSettings(_Section):
+    """The Embed API: how many inputs a call may carry, and the persistent cache of vectors."""
+
+    max_inputs: int = Field(2048, ge=1, description="texts per Embed call")
+    cache: bool = Field(True, description="keep vectors in an SQLite file and answer repeats from it")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "llmservice", description="where embeddings.sqlite3 lives"
+    )
+
+
 class CatalogueServer(_Section):
     """An MCP server the service offers to chat sessions (shown by the web chat page)."""
 
@@ -406,6 +428,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     cache: CacheSettings = CacheSettings()
     llmchat: LLMChatSettings = LLMChatSettings()
+    embeddings: EmbeddingsSettings = EmbeddingsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -8,6 +8,8 @@ from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Self
 
+from llmservice.embedding import EmbedRequest, EmbedResult
+from llmservice.errors import InvalidRequest
 from llmservice.types import (
     ChatRequest,
     Completion,
@@ -51,6 +53,10 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         """Generate a reply token by token."""
+
+    async def embed(self, model: str, request: EmbedRequest) -> EmbedResult:
+        """One vector per input of `request`, in order; by default, this provider has none."""
+        raise InvalidRequest("model", f"provider {self.name} offers no embeddings")
 
     async def complete(self, model: str, request: ChatRequest) -> Completion:
         """Generate a whole reply; by default, the stream collected."""

@@ -23,6 +23,7 @@ import httpx
 import httpx_sse
 import openai
 
+from llmservice.embedding import EmbedRequest, EmbedResult
 from llmservice.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -48,6 +49,7 @@ from .remote import openai_shapes
 from .remote.base import RemoteProvider, attachment_text
 from .remote.http import make_client
 from .remote.http_errors import failed_midway, from_status, redact
+from .remote.retry import call_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ _FINISH = {
 }
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs
 _PATH = "/chat/completions"
+_EMBED_PATH = "/embeddings"
 
 # Sampling parameters beyond OpenAI's, by the name each kind of server reads them under
 # (llama.cpp and LM Studio say repeat_penalty, vLLM and OpenRouter repetition_penalty).
@@ -170,9 +173,39 @@ class OpenAIFamilyProvider(RemoteProvider):
         """A whole reply: usage always comes back (some servers leave it out of streams)."""
         return {**self._body(model, request), "stream": False}
 
-    async def _call(self, body: dict[str, Any], model: str) -> Completion:
+    async def embed(self, model: str, request: EmbedRequest) -> EmbedResult:
+        """POST /embeddings, as floats; a `dimensions` the upstream did not honour is refused."""
+        if self._only_default_model and model != self._default_model:
+            raise NotFound(
+                f"provider {self.name} serves deployment {self._default_model!r} only, not {model!r}"
+            )
+        body: dict[str, Any] = {"model": model, "input": list(request.input), "encoding_format": "float"}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        if request.user:
+            body["user"] = request.user
+        with self._redacted():
+            async with self.scheduler.slot(0, None):
+                reply = await call_with_retries(lambda: self._post_json(_EMBED_PATH, body, model), self.retry)
         try:
-            response = await self._ready().post(_PATH, body=body, cast_to=httpx.Response)
+            result = openai_shapes.embeddings(reply)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise Unavailable(f"provider {self.name} sent embeddings that could not be read") from None
+        if request.dimensions is not None and any(len(v) != request.dimensions for v in result.vectors):
+            raise InvalidRequest("dimensions", f"provider {self.name} did not honour it for model {model}")
+        return result
+
+    async def _call(self, body: dict[str, Any], model: str) -> Completion:
+        reply = await self._post_json(_PATH, body, model)
+        try:
+            return self._completion(reply, model)
+        except (KeyError, TypeError, AttributeError):  # JSON, but not the shape of a reply
+            raise Unavailable(f"provider {self.name} sent a reply that could not be read") from None
+
+    async def _post_json(self, path: str, body: dict[str, Any], model: str) -> Any:
+        """One whole upstream call's JSON reply; every failure as a domain error."""
+        try:
+            response = await self._ready().post(path, body=body, cast_to=httpx.Response)
             reply = response.json()
         except openai.APIError as exc:
             raise self._error(exc, model) from None
@@ -182,10 +215,9 @@ class OpenAIFamilyProvider(RemoteProvider):
             raise Unavailable(f"provider {self.name} cut the reply midway ({type(exc).__name__})") from None
         except ValueError:
             raise Unavailable(f"provider {self.name} sent a reply that could not be read") from None
-        try:
-            return self._completion(reply, model)
-        except (KeyError, TypeError, AttributeError):  # JSON, but not the shape of a reply
-            raise Unavailable(f"provider {self.name} sent a reply that could not be read") from None
+        if isinstance(reply, dict) and "error" in reply:  # some servers answer 200 with an error object
+            raise self._error_object(reply["error"], model)
+        return reply
 
     def _completion(self, reply: dict[str, Any], model: str) -> Completion:
         if "error" in reply:  # some servers answer 200 with an error object

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from ..caller import caller_metadata
+from . import embeddings as emb
 from . import protocol as oa
 from .serving import OpenAIServing
 
@@ -50,6 +51,16 @@ def router() -> APIRouter:
         body = _chat_request(await request.body())
         metadata, priority = caller_metadata(request), request.headers.get("x-priority")
         return await _serving(request).chat(body, request, metadata, priority)
+
+    @api.post(
+        "/embeddings",
+        response_model=emb.EmbeddingList,
+        summary="Create embeddings",
+        openapi_extra=emb.BODY_DOC,
+    )
+    async def embeddings(request: Request) -> Response:
+        body = emb.parse(await request.body())
+        return await emb.embeddings(request.app.state.llm, body, caller_metadata(request))
 
     @api.get("/models", response_model=oa.ModelList, summary="List the models the caller may use")
     async def list_models(request: Request) -> dict[str, Any]:

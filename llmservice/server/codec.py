@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
+from llmservice.embedding import Embeddings, EmbedRequest
 from llmservice.errors import InvalidRequest
 from llmservice.types import (
     DEFAULT_SIGNAL_TOP_K,
@@ -227,4 +228,25 @@ def encode_models(models: list[ModelInfo]) -> pb.ListModelsResponse:
             )
             for m in models
         ]
+    )
+
+
+def decode_embed_request(msg: pb.EmbedRequest) -> EmbedRequest:
+    return EmbedRequest(
+        input=tuple(msg.input),
+        model=msg.model,
+        provider=msg.provider,
+        dimensions=msg.dimensions if msg.HasField("dimensions") else None,
+        user=msg.user,
+    )
+
+
+def encode_embeddings(e: Embeddings) -> pb.EmbedResponse:
+    return pb.EmbedResponse(
+        embeddings=[pb.Embedding(values=v.tolist()) for v in e.vectors],
+        model=e.model,
+        provider=e.provider,
+        prompt_tokens=e.prompt_tokens,
+        total_tokens=e.prompt_tokens,
+        cached=e.cached,
     )

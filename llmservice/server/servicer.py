@@ -38,6 +38,11 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         self._idle.set()
         self._draining = False
 
+    @property
+    def core(self) -> LLMCore:
+        """The core this servicer calls (its embedding cache's counters, for tests and metrics)."""
+        return self._core
+
     def start_draining(self) -> None:
         """From now on, refuse new calls with UNAVAILABLE."""
         self._draining = True
@@ -104,6 +109,19 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
             return codec.encode_models(await self._core.list_models(principal))
         except Exception as exc:
             await abort(context, exc)
+
+    async def Embed(
+        self,
+        request: pb.EmbedRequest,
+        context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
+    ) -> pb.EmbedResponse:
+        try:
+            with self._tracked():
+                principal = self._auth.authenticate(context.invocation_metadata() or ())
+                embeddings = await self._core.embed(codec.decode_embed_request(request), principal)
+        except Exception as exc:
+            await abort(context, exc, not_found=MODEL_NOT_FOUND)
+        return codec.encode_embeddings(embeddings)
 
 
 def _decode(request: pb.LLMChatRequest, context: grpc.aio.ServicerContext[Any, Any]) -> ChatRequest:

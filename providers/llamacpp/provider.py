@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncGenerator
 from dataclasses import replace
 
+from llmservice.embedding import EmbedRequest, EmbedResult
 from llmservice.errors import InvalidRequest, NotFound
 from llmservice.scheduler import Scheduler
 from llmservice.settings import LlamaCppSettings, SettingsError, env_name
@@ -18,6 +19,7 @@ from llmservice.types import Capabilities, ChatRequest, Message, ModelInfo, Stre
 from ..base import Provider
 from . import tools
 from .constraint import grammar_for
+from .embedder import Embedder
 from .engine import Delivery, Engine, Job
 from .model import LlamaModel
 from .model_file import BUNDLED_MODEL_ID, bundled_model_path
@@ -40,6 +42,7 @@ class LlamaCppProvider(Provider):
         self._model: LlamaModel | None = None
         self._engine: Engine | None = None
         self._template: TemplatePrompt | None = None
+        self._embedder: Embedder | None = None
         self.scheduler: Scheduler | None = None
         self._sinks: dict[asyncio.AbstractEventLoop, _LoopSink] = {}
 
@@ -81,6 +84,9 @@ class LlamaCppProvider(Provider):
             n_seqs=s.max_sequences,
             aging_s=s.aging_s,
         )
+        e = s.embeddings
+        if e.enabled:
+            self._embedder = Embedder(self._model, n_ctx=e.n_ctx, n_seqs=e.n_seqs, n_threads=e.n_threads)
         # The scheduler admits as many as the engine holds; the engine picks which of them
         # decode, which keep a cache, and evicts for more urgent work.
         self.scheduler = Scheduler(
@@ -96,8 +102,10 @@ class LlamaCppProvider(Provider):
         )
 
     async def aclose(self) -> None:
-        engine, model = self._engine, self._model
-        self._engine = self._model = None
+        engine, model, embedder = self._engine, self._model, self._embedder
+        self._engine = self._model = self._embedder = None
+        if embedder:
+            await asyncio.to_thread(embedder.close)
         if engine:
             await asyncio.to_thread(engine.close)
         if model:
@@ -111,15 +119,14 @@ class LlamaCppProvider(Provider):
                 self.name,
                 n_ctx,
                 loaded=self._engine is not None,
-                capabilities=Capabilities(streaming=True, tools=True, signals=True),
+                capabilities=Capabilities(
+                    streaming=True, tools=True, signals=True, embeddings=self._settings.embeddings.enabled
+                ),
             )
         ]
 
     def validate(self, model: str, request: ChatRequest) -> None:
-        if model != self._model_id:
-            raise NotFound(
-                f"model {model!r} is not served by provider {self.name}; it serves {self._model_id!r}"
-            )
+        self._check_model(model)
         if request.tools and request.constraint is not None:
             raise InvalidRequest(
                 "response_format", "the local engine constrains replies to tool calls already"
@@ -147,6 +154,35 @@ class LlamaCppProvider(Provider):
                 check_grammar(self._model, grammar_for(constraint))
             except (GrammarError, ValueError) as exc:
                 raise InvalidRequest("tools", f"a tool's parameters cannot be enforced: {exc}") from None
+
+    async def embed(self, model: str, request: EmbedRequest) -> EmbedResult:
+        self._check_model(model)
+        embedder = self._embedder
+        if embedder is None:
+            raise InvalidRequest(
+                "model",
+                f"provider {self.name} serves no embeddings here (llamacpp.embeddings.enabled is off)",
+            )
+        if request.dimensions is not None and request.dimensions != embedder.n_embd:
+            raise InvalidRequest(
+                "dimensions", f"model {model} gives vectors of {embedder.n_embd} dimensions only"
+            )
+        tokens = [embedder.tokenize(text) for text in request.input]
+        for i, t in enumerate(tokens):
+            if len(t) > embedder.n_ctx:
+                raise InvalidRequest(
+                    request.field(i),
+                    f"is {len(t)} tokens; model {model} embeds at most {embedder.n_ctx} "
+                    "(llamacpp.embeddings.n_ctx)",
+                )
+        vectors = await embedder.embed(tokens)
+        return EmbedResult(tuple(vectors), sum(map(len, tokens)))
+
+    def _check_model(self, model: str) -> None:
+        if model != self._model_id:
+            raise NotFound(
+                f"model {model!r} is not served by provider {self.name}; it serves {self._model_id!r}"
+            )
 
     async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         if request.tools and (request.tool_choice is None or request.tool_choice.mode != "none"):

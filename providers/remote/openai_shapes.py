@@ -3,10 +3,14 @@ watsonx's chat, Ollama's tools): tools, turns, and streamed choices back into ev
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from typing import Any
 
+import numpy as np
+
+from llmservice.embedding import EmbedResult, as_vector
 from llmservice.types import (
     Candidate,
     ChatRequest,
@@ -100,3 +104,16 @@ def logprob_signal(entry: dict[str, Any]) -> TokenSignal:
         top_k=tuple(Candidate(-1, t["token"], p) for t, p in zip(top, probs, strict=True)),
         source="upstream_logprobs",
     )
+
+
+def embeddings(reply: dict[str, Any]) -> EmbedResult:
+    """An /embeddings reply, in input order; vectors as floats or as base64 float32."""
+    data = sorted(reply["data"], key=lambda d: int(d["index"]))
+    vectors = tuple(
+        np.frombuffer(base64.b64decode(e), dtype="<f4").astype(np.float32)
+        if isinstance(e, str)
+        else as_vector(e)
+        for e in (d["embedding"] for d in data)
+    )
+    usage = reply.get("usage") or {}
+    return EmbedResult(vectors, int(usage.get("prompt_tokens") or 0))

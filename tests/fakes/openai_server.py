@@ -8,6 +8,7 @@ JSON body. Errors carry OpenAI's error body and the scripted headers.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import time
@@ -21,7 +22,7 @@ from starlette.routing import Route
 
 from .upstream import Reply, Upstream, bad_body, serving
 
-__all__ = ["Reply", "fake_openai"]
+__all__ = ["Reply", "fake_openai", "fake_vector"]
 
 
 def _chunk(delta: dict[str, object], finish: str | None = None, logprobs: object = None) -> dict[str, object]:
@@ -56,6 +57,14 @@ def _tool_call_chunks(calls: list[tuple[str, str, str]]) -> list[dict[str, objec
         for piece in (arguments[:half], arguments[half:]):
             chunks.append(_chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
     return chunks
+
+
+def fake_vector(text: str, dims: int) -> list[float]:
+    """The fake's embedding of `text`: numbers from its SHA-256, scaled to unit length."""
+    seed = hashlib.sha256(text.encode()).digest()
+    raw = [seed[i % len(seed)] - 127.5 for i in range(dims)]
+    norm = math.sqrt(sum(x * x for x in raw))
+    return [x / norm for x in raw]
 
 
 def _app(fake: Upstream) -> Starlette:
@@ -140,6 +149,26 @@ def _app(fake: Upstream) -> Starlette:
 
         return StreamingResponse(frames(), media_type="text/event-stream", headers=reply.headers)
 
+    async def embeddings(request: Request) -> Response:
+        """Each text's vector from its SHA-256 (so equal texts give equal vectors), unit length."""
+        body = await request.json()
+        reply = fake.take(body, dict(request.headers), request.url.path)
+        if reply.status != 200:
+            error = {"message": reply.error, "type": "error", "param": None, "code": None}
+            return JSONResponse({"error": error}, status_code=reply.status, headers=reply.headers)
+        if (bad := bad_body(reply)) is not None:
+            return Response(bad, media_type="application/json")
+        texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        dims = body.get("dimensions") if reply.honour_dimensions else None
+        data = [
+            {"object": "embedding", "index": i, "embedding": fake_vector(t, dims or reply.embedding_dims)}
+            for i, t in enumerate(texts)
+        ]
+        tokens = sum(len(t.split()) for t in texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        # out of order on purpose: clients must place each vector by its index
+        return JSONResponse({"object": "list", "data": data[::-1], "model": body["model"], "usage": usage})
+
     async def models(request: Request) -> Response:
         return JSONResponse(
             {"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "me"}]}
@@ -156,6 +185,8 @@ def _app(fake: Upstream) -> Starlette:
         routes=[
             Route("/v1/chat/completions", completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/openai/deployments/{deployment}/embeddings", embeddings, methods=["POST"]),
             Route("/openai/deployments/{deployment}/chat/completions", azure_completions, methods=["POST"]),
         ]
     )

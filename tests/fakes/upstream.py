@@ -37,6 +37,8 @@ class Reply:
     pace_s: float = 0.0  # stream: wait this long between words
     multiline: bool = False  # stream: each event's JSON split over several `data:` lines
     array_content: bool = False  # content as an array of parts rather than a string
+    embedding_dims: int = 8  # embeddings: the model's own vector length
+    honour_dimensions: bool = True  # embeddings: shorten vectors to a requested `dimensions`
 
     @property
     def words(self) -> list[str]:

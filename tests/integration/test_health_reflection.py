@@ -96,7 +96,7 @@ def _check_reflection(target: str) -> None:
         assert {"llmservice.v1.LLMService", "protocol.LLMService", "grpc.health.v1.Health"} <= services
         pool = DescriptorPool(db)
         v1 = pool.FindServiceByName("llmservice.v1.LLMService")
-        assert [m.name for m in v1.methods] == ["Chat", "StreamChat", "ListModels"]
+        assert [m.name for m in v1.methods] == ["Chat", "StreamChat", "ListModels", "Embed"]
         legacy = pool.FindServiceByName("protocol.LLMService")
         assert legacy.FindMethodByName("StreamChat").output_type.full_name == "llmservice.v1.LLMChatChunk"
 

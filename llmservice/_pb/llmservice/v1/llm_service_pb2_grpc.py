@@ -54,6 +54,11 @@ class LLMServiceStub:
                 request_serializer=llmservice_dot_v1_dot_llm__service__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=llmservice_dot_v1_dot_llm__service__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/llmservice.v1.LLMService/Embed',
+                request_serializer=llmservice_dot_v1_dot_llm__service__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=llmservice_dot_v1_dot_llm__service__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class LLMServiceServicer:
@@ -86,6 +91,13 @@ class LLMServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embed turns each input text into one vector, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LLMServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -103,6 +115,11 @@ def add_LLMServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=llmservice_dot_v1_dot_llm__service__pb2.ListModelsRequest.FromString,
                     response_serializer=llmservice_dot_v1_dot_llm__service__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=llmservice_dot_v1_dot_llm__service__pb2.EmbedRequest.FromString,
+                    response_serializer=llmservice_dot_v1_dot_llm__service__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -191,6 +208,33 @@ class LLMService:
             '/llmservice.v1.LLMService/ListModels',
             llmservice_dot_v1_dot_llm__service__pb2.ListModelsRequest.SerializeToString,
             llmservice_dot_v1_dot_llm__service__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmservice.v1.LLMService/Embed',
+            llmservice_dot_v1_dot_llm__service__pb2.EmbedRequest.SerializeToString,
+            llmservice_dot_v1_dot_llm__service__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,8 @@ class LLMServiceStub:
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_llm_service_pb2.ListModelsRequest, _llm_service_pb2.ListModelsResponse]
     """ListModels lists the models this service can run, with their capabilities."""
+    Embed: _grpc.UnaryUnaryMultiCallable[_llm_service_pb2.EmbedRequest, _llm_service_pb2.EmbedResponse]
+    """Embed turns each input text into one vector, in order."""
 
 @_typing.type_check_only
 class LLMServiceAsyncStub(LLMServiceStub):
@@ -71,6 +73,8 @@ class LLMServiceAsyncStub(LLMServiceStub):
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_llm_service_pb2.ListModelsRequest, _llm_service_pb2.ListModelsResponse]  # type: ignore[assignment]
     """ListModels lists the models this service can run, with their capabilities."""
+    Embed: _aio.UnaryUnaryMultiCallable[_llm_service_pb2.EmbedRequest, _llm_service_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Embed turns each input text into one vector, in order."""
 
 class LLMServiceServicer(metaclass=_abc_1.ABCMeta):
     """LLMService gives every caller one way to use large language models, whether
@@ -105,5 +109,13 @@ class LLMServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_llm_service_pb2.ListModelsResponse, _abc.Awaitable[_llm_service_pb2.ListModelsResponse]]:
         """ListModels lists the models this service can run, with their capabilities."""
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _llm_service_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_llm_service_pb2.EmbedResponse, _abc.Awaitable[_llm_service_pb2.EmbedResponse]]:
+        """Embed turns each input text into one vector, in order."""
 
 def add_LLMServiceServicer_to_server(servicer: LLMServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
