@@ -1,0 +1,78 @@
+"""The floor under any Python gRPC gateway: a grpc.aio server that only forwards.
+
+`python -m bench.grpc_floor --port N --upstream URL` serves LLMService.Chat on uvloop, as
+`llmservice serve` does; each call is one raw POST to the upstream, exactly as the
+direct side of the gateway benchmark makes it, and the reply's text goes back. No
+settings, routing, scheduling, validation or error mapping: what a caller waits beyond
+the direct call here is what the gRPC hop itself costs on this machine, and the service
+cannot add less than that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import httpx
+import openai
+
+from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
+from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from providers.remote.aiohttp_transport import AiohttpClient
+
+
+class _Forwarder(pb_grpc.LLMServiceServicer):
+    def __init__(self, upstream: str) -> None:
+        self._client = openai.AsyncOpenAI(
+            api_key="none", base_url=upstream, max_retries=0, http_client=AiohttpClient(timeout=30)
+        )
+
+    async def Chat(self, request: pb.LLMChatRequest, context: Any) -> pb.LLMChatResponse:
+        body = {
+            "model": "fixed",
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        }
+        reply = (await self._client.post("/chat/completions", body=body, cast_to=httpx.Response)).json()
+        return pb.LLMChatResponse(content=reply["choices"][0]["message"]["content"], model=reply["model"])
+
+
+async def _serve(port: int, upstream: str) -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_LLMServiceServicer_to_server(_Forwarder(upstream), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+@contextlib.asynccontextmanager
+async def floor_running(port: int, upstream: str) -> AsyncIterator[pb_grpc.LLMServiceStub]:
+    argv = [sys.executable, "-m", "bench.grpc_floor", "--port", str(port), "--upstream", upstream]
+    proc = await asyncio.create_subprocess_exec(*argv)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+            yield pb_grpc.LLMServiceStub(channel)
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--upstream", required=True, help="the upstream's base URL, e.g. http://127.0.0.1:N/v1"
+    )
+    args = parser.parse_args()
+    import uvloop  # as `llmservice serve` runs
+
+    uvloop.run(_serve(args.port, args.upstream))
+
+
+if __name__ == "__main__":
+    main()
