@@ -221,3 +221,5 @@ class ModelInfo:
     is_default: bool = False
     loaded: bool = True
     capabilities: Capabilities = field(default_factory=Capabilities)
+    quantization: str = ""  # e.g. Q4_K_M; empty when unknown
+    size_bytes: int = 0  # the model file on disk; 0 when unknown

@@ -225,6 +225,8 @@ def encode_models(models: list[ModelInfo]) -> pb.ListModelsResponse:
                     embeddings=m.capabilities.embeddings,
                     signals=m.capabilities.signals,
                 ),
+                quantization=m.quantization,
+                size_bytes=m.size_bytes,
             )
             for m in models
         ]

@@ -13,7 +13,6 @@ a large vocabulary (Gemma's 262k) costs most of the time and ~2 MB per token of 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ import numpy as np
 
 from llmservice.embedding import Vector
 
+from .gguf_info import meta
 from .model import LlamaModel
 
 _POOLINGS = {
@@ -119,17 +119,11 @@ class Embedder:
 
 def gguf_pooling(model: LlamaModel) -> int:
     """The pooling the GGUF names (`<arch>.pooling_type`) when it is one that gives a vector; else mean."""
-    arch = _meta(model, "general.architecture")
-    named = _meta(model, f"{arch}.pooling_type") if arch else None
+    arch = meta(model, "general.architecture")
+    named = meta(model, f"{arch}.pooling_type") if arch else None
     if named is not None and named.isdigit() and int(named) in _POOLINGS:
         return int(named)
     return llama.LLAMA_POOLING_TYPE_MEAN
-
-
-def _meta(model: LlamaModel, key: str) -> str | None:
-    buf = ctypes.create_string_buffer(256)
-    n = llama.llama_model_meta_val_str(model.ptr, key.encode(), buf, len(buf))
-    return buf.value.decode(errors="replace") if n >= 0 else None
 
 
 def _groups(inputs: list[list[int]], n_ctx: int, n_seqs: int) -> list[list[list[int]]]:

@@ -21,6 +21,7 @@ from . import tools
 from .constraint import grammar_for
 from .embedder import Embedder
 from .engine import Delivery, Engine, Job
+from .gguf_info import quantization
 from .model import LlamaModel
 from .model_file import BUNDLED_MODEL_ID, bundled_model_path
 from .prompt import Segment, TemplatePrompt, gemma_prompt
@@ -43,6 +44,8 @@ class LlamaCppProvider(Provider):
         self._engine: Engine | None = None
         self._template: TemplatePrompt | None = None
         self._embedder: Embedder | None = None
+        self._quantization = ""
+        self._size_bytes = 0
         self.scheduler: Scheduler | None = None
         self._sinks: dict[asyncio.AbstractEventLoop, _LoopSink] = {}
 
@@ -63,6 +66,8 @@ class LlamaCppProvider(Provider):
             raise SettingsError(
                 f"llamacpp.model_path [env {env_name(('llamacpp', 'model_path'))}]: {exc}"
             ) from None
+        self._quantization = quantization(self._model)
+        self._size_bytes = path.stat().st_size
         template = self._model.chat_template()
         if template:
             self._template = TemplatePrompt(template, self._model.bos_text, self._model.eos_text)
@@ -122,6 +127,8 @@ class LlamaCppProvider(Provider):
                 capabilities=Capabilities(
                     streaming=True, tools=True, signals=True, embeddings=self._settings.embeddings.enabled
                 ),
+                quantization=self._quantization,
+                size_bytes=self._size_bytes,
             )
         ]
 

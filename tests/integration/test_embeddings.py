@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import httpx
@@ -30,6 +31,7 @@ from llmservice.settings import (
     ServerSettings,
     Settings,
 )
+from providers.llamacpp.model_file import bundled_model_path
 
 TEXTS = ["The cat sat on the mat.", "A cat is sitting on a mat.", "Quarterly revenue rose five percent."]
 
@@ -118,9 +120,32 @@ async def test_an_unknown_model_is_not_found(local: Embedding) -> None:
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_list_models_says_the_local_model_embeds(local: Embedding) -> None:
-    models = (await local.stub.ListModels(pb.ListModelsRequest())).models
-    assert [m.capabilities.embeddings for m in models] == [True]
+async def test_list_models_describes_the_local_model(local: Embedding) -> None:
+    (model,) = (await local.stub.ListModels(pb.ListModelsRequest())).models
+    assert model.capabilities.embeddings
+    assert model.loaded
+    assert model.quantization == "Q4_K_M"  # the bundled GGUF's general.file_type, 15
+    assert model.size_bytes == bundled_model_path(LlamaCppSettings().cache_dir).stat().st_size
+    assert model.context_length == LlamaCppSettings().n_ctx
+
+
+async def test_embeddings_off_is_said_in_list_models_and_refused(tmp_path: Path) -> None:
+    settings = Settings(
+        server=ServerSettings(grpc_port=0, http_port=-1),
+        llamacpp=LlamaCppSettings(embeddings=LlamaCppEmbeddingSettings(enabled=False)),
+        embeddings=EmbeddingsSettings(cache=False),
+    )
+    async with (
+        running_service(settings, registry=ProviderRegistry.from_settings(settings)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = pb_grpc.LLMServiceStub(channel)
+        (model,) = (await stub.ListModels(pb.ListModelsRequest())).models
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.Embed(pb.EmbedRequest(input=["x"]))
+    assert not model.capabilities.embeddings
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "llamacpp.embeddings.enabled" in (raised.value.details() or "")
 
 
 async def test_the_openai_client_async_both_encodings(local: Embedding) -> None:

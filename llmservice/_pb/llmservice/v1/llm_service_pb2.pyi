@@ -766,6 +766,8 @@ class ModelInfo(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
     LOADED_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
+    QUANTIZATION_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Id to pass as LLMChatRequest.model."""
     provider: _builtins.str
@@ -776,6 +778,10 @@ class ModelInfo(_message.Message):
     """Set on the model used when a request names none."""
     loaded: _builtins.bool
     """Whether the model is loaded and ready (always true for remote models)."""
+    quantization: _builtins.str
+    """How the weights are stored, e.g. "Q4_K_M" (a GGUF's general.file_type); empty when unknown."""
+    size_bytes: _builtins.int
+    """Size of the model's file on disk in bytes; 0 when unknown (remote models)."""
     @_builtins.property
     def capabilities(self) -> Global___ModelCapabilities: ...
     def __init__(
@@ -787,10 +793,12 @@ class ModelInfo(_message.Message):
         is_default: _builtins.bool = ...,
         loaded: _builtins.bool = ...,
         capabilities: Global___ModelCapabilities | None = ...,
+        quantization: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "context_length", b"context_length", "id", b"id", "is_default", b"is_default", "loaded", b"loaded", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "context_length", b"context_length", "id", b"id", "is_default", b"is_default", "loaded", b"loaded", "provider", b"provider", "quantization", b"quantization", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
