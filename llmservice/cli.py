@@ -1,4 +1,5 @@
-"""Command line: `llmservice serve` runs the service, `llmservice chat` talks to a running one."""
+"""Command line: `llmservice serve` runs the service, `llmservice chat` talks to a running one,
+`llmservice models pull|list|rm` manages local GGUF files."""
 
 from __future__ import annotations
 
@@ -62,7 +63,70 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, default=0)
     chat.add_argument("--seed", type=int)
     chat.set_defaults(run=_chat)
+    _models_parser(commands)
     return parser
+
+
+def _models_parser(commands: Any) -> None:
+    models = commands.add_parser("models", help="local GGUF models in llamacpp.cache_dir: pull, list, rm")
+    models.add_argument("--config", type=Path, help="TOML settings file (default: ./llm.toml when present)")
+    models.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    actions = models.add_subparsers(required=True, metavar="ACTION")
+    pull = actions.add_parser("pull", help="download a GGUF (resumes a partial download)")
+    pull.add_argument("url")
+    pull.add_argument("--sha256", default="", help="expected SHA-256; a mismatch deletes the file")
+    pull.add_argument("--name", default="", help="file name to store it under (default: the URL's)")
+    pull.set_defaults(run=_models_pull)
+    actions.add_parser("list", help="the models downloaded").set_defaults(run=_models_list)
+    rm = actions.add_parser("rm", help="delete a downloaded model")
+    rm.add_argument("name")
+    rm.set_defaults(run=_models_rm)
+
+
+def _models_dir(args: argparse.Namespace) -> Path:
+    return load_settings(args.config, args.overrides).llamacpp.cache_dir
+
+
+def _models_pull(args: argparse.Namespace) -> int:
+    from providers.llamacpp import store
+
+    shown = [-1]
+
+    def progress(done: int, total: int | None) -> None:
+        percent = 100 * done // total if total else -1
+        if percent != shown[0]:
+            shown[0] = percent
+            size = f"{done >> 20}/{total >> 20} MB ({percent}%)" if total else f"{done >> 20} MB"
+            print(f"\rpulling {size}", end="", file=sys.stderr, flush=True)
+
+    try:
+        path = store.pull(args.url, _models_dir(args), sha256=args.sha256, name=args.name, progress=progress)
+    except store.StoreError as exc:
+        print(f"\nllmservice models pull: {exc}", file=sys.stderr)
+        return 1
+    verified = "sha256 verified" if args.sha256 else "no sha256 given: not verified"
+    print(f"\n{path} ({verified}); serve it with --set llamacpp.model_path={path}", file=sys.stderr)
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from providers.llamacpp import store
+
+    for model in store.list_models(_models_dir(args)):
+        print(f"{model.name}\t{model.size_bytes}\t{model.path}")
+    return 0
+
+
+def _models_rm(args: argparse.Namespace) -> int:
+    from providers.llamacpp import store
+
+    try:
+        path = store.remove(_models_dir(args), args.name)
+    except store.StoreError as exc:
+        print(f"llmservice models rm: {exc}", file=sys.stderr)
+        return 1
+    print(f"removed {path}", file=sys.stderr)
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

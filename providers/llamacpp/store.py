@@ -1,0 +1,131 @@
+"""Local GGUF files in the models cache dir: pull (resumable, sha256-verified), list, remove.
+
+A download goes to NAME.partial; when that exists, the next pull asks for the rest with
+an HTTP Range request (a server that answers 200 instead sends it all again). The file
+gets its final name only once whole and, when a sha256 was given, verified: a mismatch
+deletes it and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import httpx
+
+Progress = Callable[[int, int | None], None]  # bytes so far, total when known
+_BLOCK = 1 << 20
+
+
+class StoreError(Exception):
+    """A pull, list or remove that could not be done; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredModel:
+    name: str
+    path: Path
+    size_bytes: int
+
+
+def pull(
+    url: str,
+    models_dir: Path,
+    *,
+    sha256: str = "",
+    name: str = "",
+    progress: Progress | None = None,
+    client: httpx.Client | None = None,
+) -> Path:
+    """Download `url` into `models_dir` (resuming a partial download) and return its path."""
+    target = models_dir / check_name(name or _name_from(url))
+    if target.exists():
+        raise StoreError(f"{target.name} is already in {models_dir}; remove it first to pull it again")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with client or httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30.0)) as http:
+        digest = _download(http, url, partial, progress or (lambda done, total: None))
+    if sha256 and digest != sha256.lower():
+        partial.unlink()
+        raise StoreError(
+            f"sha256 mismatch for {target.name}: expected {sha256.lower()}, got {digest}; "
+            "the download was deleted"
+        )
+    partial.replace(target)
+    return target
+
+
+def _download(http: httpx.Client, url: str, partial: Path, progress: Progress) -> str:
+    """Fetch into `partial`, from where it stopped; the SHA-256 of the whole file."""
+    have = partial.stat().st_size if partial.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    try:
+        with http.stream("GET", url, headers=headers) as response:
+            if response.status_code == 416 and have:  # nothing left to send: it was whole
+                return _sha256(partial)
+            if response.status_code not in (200, 206):
+                raise StoreError(f"GET {url}: HTTP {response.status_code}")
+            resumed = response.status_code == 206
+            digest = _sha256_state(partial) if resumed else hashlib.sha256()
+            done = have if resumed else 0
+            length = response.headers.get("content-length")
+            total = done + int(length) if length and length.isdigit() else None
+            with partial.open("ab" if resumed else "wb") as out:
+                # as it arrives: a chunk size would hold back what came before a cut
+                for block in response.iter_bytes():
+                    out.write(block)
+                    digest.update(block)
+                    done += len(block)
+                    progress(done, total)
+    except httpx.HTTPError as exc:
+        raise StoreError(
+            f"download of {url} stopped ({type(exc).__name__}); pull again to resume from {partial.name}"
+        ) from None
+    return digest.hexdigest()
+
+
+def list_models(models_dir: Path) -> list[StoredModel]:
+    """The whole GGUF files in `models_dir` (not partial downloads), by name."""
+    if not models_dir.is_dir():
+        return []
+    return [
+        StoredModel(p.name, p, p.stat().st_size) for p in sorted(models_dir.glob("*.gguf")) if p.is_file()
+    ]
+
+
+def remove(models_dir: Path, name: str) -> Path:
+    """Delete a model (and any partial download and marker of it); its path."""
+    target = models_dir / check_name(name)
+    leftovers = [target.with_name(target.name + suffix) for suffix in (".partial", ".verified")]
+    if not target.exists() and not any(p.exists() for p in leftovers):
+        known = ", ".join(m.name for m in list_models(models_dir)) or "none"
+        raise StoreError(f"no model {name!r} in {models_dir}; there: {known}")
+    for path in (target, *leftovers):
+        path.unlink(missing_ok=True)
+    return target
+
+
+def check_name(name: str) -> str:
+    """A plain file name ending in .gguf: no directories, nothing hidden."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".gguf"):
+        raise StoreError(f"model name {name!r}: give a plain file name ending in .gguf (--name)")
+    return name
+
+
+def _name_from(url: str) -> str:
+    return unquote(Path(urlparse(url).path).name)
+
+
+def _sha256_state(path: Path) -> hashlib._Hash:
+    digest = hashlib.sha256()
+    with path.open("rb") as src:
+        while block := src.read(_BLOCK):
+            digest.update(block)
+    return digest
+
+
+def _sha256(path: Path) -> str:
+    return _sha256_state(path).hexdigest()
