@@ -26,9 +26,12 @@ VENV = CACHE / f"litellm-{VERSION}"
 def python() -> Path:
     """The venv's interpreter, with litellm[proxy] installed."""
     interpreter = VENV / "bin" / "python"
-    if subprocess.run(
-        [str(interpreter), "-c", "import litellm.proxy.proxy_cli"], capture_output=True
-    ).returncode:
+    if (
+        not interpreter.exists()
+        or subprocess.run(
+            [str(interpreter), "-c", "import litellm.proxy.proxy_cli"], capture_output=True
+        ).returncode
+    ):
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         subprocess.run(
             [str(interpreter), "-m", "pip", "install", "--quiet", f"litellm[proxy]=={VERSION}"], check=True
