@@ -45,9 +45,9 @@ def router() -> APIRouter:
         if streaming is None:  # as the session was connected
             streaming = bool((await serving.config(body.user_id, metadata))["streaming"])
         if streaming:
-            response: Response = await serving.stream(body, metadata)
+            response: Response = await serving.stream(body, metadata, request)
             return response
-        return await serving.chat(body, metadata)
+        return await serving.chat(body, metadata, request)
 
     @api.post(
         "/disconnect", response_model=lc.DisconnectResponse, summary="End a session and forget its history"

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from llmservice._pb.llmservice.v1 import chat_session_pb2 as pb
@@ -20,6 +21,7 @@ from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as pb_grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as llm_pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as llm_grpc
 
+from ..disconnect import cancelled_on_disconnect
 from ..errors import from_grpc
 from . import protocol as lc
 
@@ -62,17 +64,19 @@ class LLMChatServing:
             "tools": list(reply.tools),
         }
 
-    async def chat(self, body: lc.ChatRequest, metadata: Metadata) -> dict[str, Any]:
-        reply = await _call(
-            self._sessions.Chat(pb.ChatRequest(user_id=body.user_id, message=body.message), metadata=metadata)
-        )
+    async def chat(self, body: lc.ChatRequest, metadata: Metadata, request: Request) -> dict[str, Any]:
+        turn = pb.ChatRequest(user_id=body.user_id, message=body.message)
+        call = self._sessions.Chat(turn, metadata=metadata)
+        async with cancelled_on_disconnect(request, call):  # a client that leaves ends the turn
+            reply = await _call(call)
         return final(reply)
 
-    async def stream(self, body: lc.ChatRequest, metadata: Metadata) -> StreamingResponse:
+    async def stream(self, body: lc.ChatRequest, metadata: Metadata, request: Request) -> StreamingResponse:
         call = self._sessions.StreamChat(
             pb.StreamChatRequest(user_id=body.user_id, message=body.message), metadata=metadata
         )
-        first = await _call(call.read())
+        async with cancelled_on_disconnect(request, call):  # the first event may be a long tool call away
+            first = await _call(call.read())
         return StreamingResponse(
             _frames(call, first), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -14,8 +16,10 @@ from gateway_shim.server import running_shim
 from llmservice.app import running_service
 from llmservice.registry import ProviderRegistry
 from llmservice.settings import Settings
+from providers.llamacpp.provider import LlamaCppProvider
 
 from ..servers import MCP_TOKEN, demo_mcp_server
+from .conftest import eventually
 
 KEY_A, KEY_B = "key-alice-123", "key-bob-456"
 ALICE = {"authorization": f"Bearer {KEY_A}"}
@@ -167,3 +171,29 @@ async def test_a_turn_past_its_timeout_is_a_504(mcp_url: str) -> None:
             )
             assert whole.status_code == 504
             assert "turn_timeout" in whole.json()["error"]["message"]
+
+
+async def test_a_whole_turn_whose_client_leaves_stops_generating(mcp_url: str) -> None:
+    config = settings()
+    registry = ProviderRegistry.from_settings(config)
+    provider, _ = registry.resolve("", "")
+    assert isinstance(provider, LlamaCppProvider)
+    async with (
+        running_service(config, registry=registry) as server,
+        running_shim(f"127.0.0.1:{server.port}", "127.0.0.1", 0) as port,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as http,
+    ):
+        long = {"provider": "llamacpp", "config": {"temperature": 0, "max_tokens": 1500}}
+        assert (await connect(http, "web-leave", mcp_url, llm=long)).status_code == 200
+        before = provider.tokens_generated
+        message = "Count from 1 to 400, one number per line, and say nothing else."
+        body = {"user_id": "web-leave", "message": message, "streaming": False}
+        task = asyncio.create_task(http.post("/llmchat/chat", json=body, headers=ALICE))
+        await eventually(lambda: provider.tokens_generated > before + 5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        left_at = provider.tokens_generated
+        await eventually(lambda: provider.held_sequences == 0, timeout_s=60)
+        # The turn stopped when its client left (it would have gone on for ~40 more tokens).
+        assert provider.tokens_generated - left_at < 15
