@@ -22,9 +22,9 @@ class McpServer(_Strict):
 class LLMSettings(_Strict):
     model: str = ""
     temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=2**31 - 1)  # the wire's int32
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     system_prompt: str = ""
 
 

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+INT32_MAX = 2**31 - 1  # the wire's int32 fields (max_tokens, top_k)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -91,10 +93,10 @@ class ChatCompletionRequest(BaseModel):
     model: str = ""
     temperature: float | None = None
     top_p: float | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    max_tokens: int | None = Field(None, le=INT32_MAX)
+    max_completion_tokens: int | None = Field(None, le=INT32_MAX)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     tools: list[ToolDefinition] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -112,7 +114,7 @@ class ChatCompletionRequest(BaseModel):
     priority: int | None = Field(
         None, description="0 interactive ... 10 background (or the x-priority header)"
     )
-    top_k: int | None = None
+    top_k: int | None = Field(None, ge=0, le=INT32_MAX)
     min_p: float | None = None
     repetition_penalty: float | None = None
 
