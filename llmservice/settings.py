@@ -122,6 +122,11 @@ class LlamaCppEmbeddingSettings(_Section):
     enabled: bool = Field(True, description="serve embeddings from the loaded model")
     n_ctx: int = Field(512, ge=8, description="tokens embedded per decode step; the longest input allowed")
     n_seqs: int = Field(16, ge=1, description="inputs embedded together in one decode step")
+    max_request_tokens: int = Field(
+        2048,
+        ge=8,
+        description="tokens one Embed call may carry in all (the output layer runs on each: ~6 ms a token)",
+    )
     n_threads: int = Field(
         0, ge=0, description="0 means half the cores (at least one): decode keeps the rest"
     )

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import grpc
 import numpy as np
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 
+from ..disconnect import cancelled_on_disconnect
 from ..errors import from_grpc, invalid
 
 Metadata = tuple[tuple[str, str], ...]
@@ -88,10 +90,12 @@ def to_grpc(req: EmbeddingRequest) -> pb.EmbedRequest:
 
 
 async def embeddings(
-    stub: pb_grpc.LLMServiceAsyncStub, req: EmbeddingRequest, metadata: Metadata
+    stub: pb_grpc.LLMServiceAsyncStub, req: EmbeddingRequest, metadata: Metadata, request: Request
 ) -> JSONResponse:
+    call = stub.Embed(to_grpc(req), metadata=metadata)
     try:
-        reply = await stub.Embed(to_grpc(req), metadata=metadata)
+        async with cancelled_on_disconnect(request, call):  # a client that leaves stops the work
+            reply = await call
     except grpc.aio.AioRpcError as exc:
         raise from_grpc(exc) from None
     encode = _base64 if req.encoding_format == "base64" else list

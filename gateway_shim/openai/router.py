@@ -60,7 +60,7 @@ def router() -> APIRouter:
     )
     async def embeddings(request: Request) -> Response:
         body = emb.parse(await request.body())
-        return await emb.embeddings(request.app.state.llm, body, caller_metadata(request))
+        return await emb.embeddings(request.app.state.llm, body, caller_metadata(request), request)
 
     @api.get("/models", response_model=oa.ModelList, summary="List the models the caller may use")
     async def list_models(request: Request) -> dict[str, Any]:

@@ -51,20 +51,19 @@ class Embedder:
 
     async def embed(self, inputs: Sequence[list[int]]) -> list[Vector]:
         """One unit vector per token list (each at most n_ctx tokens), in order."""
+        # One executor job per decode step: a caller that goes away (cancelling this
+        # coroutine) stops the work at the next step, and its queued steps never run.
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._embed_all, list(inputs))
+        out: list[Vector] = []
+        for group in _groups(list(inputs), self.n_ctx, self.n_seqs):
+            out += await loop.run_in_executor(self._executor, self._embed_group, group)
+        return out
 
     def close(self) -> None:
         self._executor.submit(self._free).result()
         self._executor.shutdown()
 
     # The embedder's thread from here on.
-
-    def _embed_all(self, inputs: list[list[int]]) -> list[Vector]:
-        out: list[Vector] = []
-        for group in _groups(inputs, self.n_ctx, self.n_seqs):
-            out += self._embed_group(group)
-        return out
 
     def _embed_group(self, group: list[list[int]]) -> list[Vector]:
         ctx, batch = self._ready()

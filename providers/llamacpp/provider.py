@@ -182,6 +182,13 @@ class LlamaCppProvider(Provider):
                     f"is {len(t)} tokens; model {model} embeds at most {embedder.n_ctx} "
                     "(llamacpp.embeddings.n_ctx)",
                 )
+        total, limit = sum(map(len, tokens)), self._settings.embeddings.max_request_tokens
+        if total > limit:
+            raise InvalidRequest(
+                "input",
+                f"is {total} tokens in all; model {model} embeds at most {limit} per call "
+                "(llamacpp.embeddings.max_request_tokens): split it into several calls",
+            )
         vectors = await embedder.embed(tokens)
         return EmbedResult(tuple(vectors), sum(map(len, tokens)))
 

@@ -103,6 +103,8 @@ async def test_equal_with_and_without_the_cache_and_hits_are_counted(local: Embe
         (pb.EmbedRequest(input=["fine", ""]), "input[1]"),
         (pb.EmbedRequest(input=["fine", "word " * 100]), "input[1]"),  # more than n_ctx = 64 tokens
         (pb.EmbedRequest(input=["fine"], dimensions=16), "dimensions"),
+        # Each fits, but together they pass llamacpp.embeddings.max_request_tokens (2048).
+        (pb.EmbedRequest(input=["word " * 50] * 50), "input"),
     ],
 )
 async def test_bad_input_is_invalid_argument_naming_the_field(
