@@ -75,6 +75,23 @@ async def test_a_session_moves_between_workers_and_survives_its_first() -> None:
                 owner.close()
 
 
+async def connect_once_more_if_unavailable(
+    stub: pb_grpc.ChatSessionServiceStub, request: pb.ConnectRequest
+) -> None:
+    """Connect; a 503 (retrying can help) gets one more try.
+
+    Once in CI, under the load of two services starting, the stdio server's first start
+    ended its stdio before the handshake ("Connection closed"): a retryable 503, as the
+    API says, not what this test is about.
+    """
+    try:
+        await stub.Connect(request)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+        await stub.Connect(request)
+
+
 def children(pid: int, needle: str) -> list[int]:
     found = subprocess.run(["pgrep", "-P", str(pid), "-f", needle], capture_output=True, text=True)
     return [int(p) for p in found.stdout.split()]
@@ -95,7 +112,9 @@ async def test_only_the_owner_keeps_a_stdio_server_running() -> None:
                 on_first, on_second = pb_grpc.ChatSessionServiceStub(a), pb_grpc.ChatSessionServiceStub(b)
                 owner = redis.Redis.from_url(store.url, decode_responses=True)
                 time_server = pb.McpServer(url="time", transport="stdio")
-                await on_first.Connect(pb.ConnectRequest(user_id="w-2", server=time_server, llm=LLM))
+                await connect_once_more_if_unavailable(
+                    on_first, pb.ConnectRequest(user_id="w-2", server=time_server, llm=LLM)
+                )
                 assert children(first.proc.pid, "mcp_server_time")  # the first runs the MCP server
                 # Idle for session_ttl: the first closes it and lets the session go.
                 await wait_until(lambda: not children(first.proc.pid, "mcp_server_time"))
