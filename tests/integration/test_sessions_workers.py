@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import grpc
 import redis
@@ -75,21 +75,21 @@ async def test_a_session_moves_between_workers_and_survives_its_first() -> None:
                 owner.close()
 
 
-async def connect_once_more_if_unavailable(
-    stub: pb_grpc.ChatSessionServiceStub, request: pb.ConnectRequest
-) -> None:
-    """Connect; a 503 (retrying can help) gets one more try.
+async def once_more_if_unavailable(call: Callable[[], Awaitable[object]]) -> None:
+    """Call; a 503 (retrying can help) gets one more try.
 
-    Once in CI, under the load of two services starting, the stdio server's first start
-    ended its stdio before the handshake ("Connection closed"): a retryable 503, as the
-    API says, not what this test is about.
+    KNOWN BUG, not yet understood: in a fresh clone (CI), starting the stdio server from a
+    `serve` process sometimes ends its stdio before the MCP handshake ("Connection
+    closed"), a retryable 503. Seen at the first worker's connect and at the second
+    worker's rebuild; never in the developer checkout. What this test is about (who owns
+    the session and keeps the server running) holds either way.
     """
     try:
-        await stub.Connect(request)
+        await call()
     except grpc.aio.AioRpcError as exc:
         if exc.code() != grpc.StatusCode.UNAVAILABLE:
             raise
-        await stub.Connect(request)
+        await call()
 
 
 def children(pid: int, needle: str) -> list[int]:
@@ -112,13 +112,13 @@ async def test_only_the_owner_keeps_a_stdio_server_running() -> None:
                 on_first, on_second = pb_grpc.ChatSessionServiceStub(a), pb_grpc.ChatSessionServiceStub(b)
                 owner = redis.Redis.from_url(store.url, decode_responses=True)
                 time_server = pb.McpServer(url="time", transport="stdio")
-                await connect_once_more_if_unavailable(
-                    on_first, pb.ConnectRequest(user_id="w-2", server=time_server, llm=LLM)
-                )
+                connect = pb.ConnectRequest(user_id="w-2", server=time_server, llm=LLM)
+                await once_more_if_unavailable(lambda: on_first.Connect(connect))
                 assert children(first.proc.pid, "mcp_server_time")  # the first runs the MCP server
                 # Idle for session_ttl: the first closes it and lets the session go.
                 await wait_until(lambda: not children(first.proc.pid, "mcp_server_time"))
                 assert not owner.exists("llmchat:owner:w-2")
-                await on_second.Chat(pb.ChatRequest(user_id="w-2", message="What time is it?"))
+                turn = pb.ChatRequest(user_id="w-2", message="What time is it?")
+                await once_more_if_unavailable(lambda: on_second.Chat(turn))
                 assert owned_by(owner.get("llmchat:owner:w-2"), second)  # the second took it
                 owner.close()
