@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,37 +18,11 @@ from gateway_shim.server import running_shim
 from llmservice.app import running_service
 from llmservice.registry import ProviderRegistry
 from llmservice.settings import Settings
-from llmservice.types import ChatRequest, ModelInfo, StreamEvent
-from providers import Provider
+
+from ..fakes.held_provider import HeldAtStart
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-
-
-class _HeldAtStart(Provider):
-    """A provider whose start waits for the test: health stays NOT_SERVING until then."""
-
-    name = "held"
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-
-    async def start(self) -> None:
-        await self.release.wait()
-
-    @property
-    def default_model(self) -> str:
-        return "m"
-
-    async def list_models(self) -> list[ModelInfo]:
-        return [ModelInfo("m", self.name)]
-
-    def validate(self, model: str, request: ChatRequest) -> None:
-        pass
-
-    async def stream(self, model: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        raise NotImplementedError
-        yield
 
 
 def image_healthcheck() -> list[str]:
@@ -70,7 +43,7 @@ async def run(argv: list[str], env: dict[str, str] | None = None) -> int:
 
 
 async def test_the_image_healthcheck_follows_grpc_health(settings: Settings) -> None:
-    provider = _HeldAtStart()
+    provider = HeldAtStart()
     ports: asyncio.Queue[int] = asyncio.Queue()
     ready = asyncio.Event()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -17,9 +16,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from llmservice.app import running_service
 from llmservice.registry import ProviderRegistry
 from llmservice.settings import Settings
-from llmservice.types import ChatRequest, ModelInfo, StreamEvent
-from providers import Provider
 
+from ..fakes.held_provider import HeldAtStart
 from .conftest import Service
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -34,34 +32,8 @@ async def test_health_is_serving_for_the_server_and_each_service_name(channel: g
         assert reply.status == SERVING, name
 
 
-class _SlowToLoad(Provider):
-    """A provider whose start waits for the test, to see health before the model is ready."""
-
-    name = "slow"
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-
-    async def start(self) -> None:
-        await self.release.wait()
-
-    @property
-    def default_model(self) -> str:
-        return "m"
-
-    async def list_models(self) -> list[ModelInfo]:
-        return [ModelInfo("m", self.name)]
-
-    def validate(self, model: str, request: ChatRequest) -> None:
-        pass
-
-    async def stream(self, model: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        raise NotImplementedError
-        yield
-
-
 async def test_health_is_not_serving_until_the_default_model_is_loaded(settings: Settings) -> None:
-    provider = _SlowToLoad()
+    provider = HeldAtStart()
     ports: asyncio.Queue[int] = asyncio.Queue()
     registry = ProviderRegistry({"slow": provider}, "slow")
     ready = asyncio.Event()
