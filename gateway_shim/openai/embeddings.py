@@ -9,15 +9,13 @@ cannot honour it. Unknown fields are a 400 naming them.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any, Literal
 
 import grpc
 import numpy as np
 from fastapi import Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
@@ -63,22 +61,6 @@ BODY_DOC: dict[str, Any] = {
         "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
     }
 }
-
-
-def parse(raw: bytes) -> EmbeddingRequest:
-    """The body, checked in one pass; errors as FastAPI's own, which the app answers as a 400."""
-    try:
-        return EmbeddingRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        raise RequestValidationError(errors, body=_json_or_none(raw)) from None
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
 
 
 def to_grpc(req: EmbeddingRequest) -> pb.EmbedRequest:

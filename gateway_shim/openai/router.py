@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import ValidationError
 
+from ..body import parse_body
 from ..caller import caller_metadata
 from . import embeddings as emb
 from . import protocol as oa
@@ -48,7 +46,7 @@ def router() -> APIRouter:
         openapi_extra=CHAT_DOC,
     )
     async def chat_completions(request: Request) -> Response:
-        body = _chat_request(await request.body())
+        body = parse_body(oa.ChatCompletionRequest, await request.body())
         metadata, priority = caller_metadata(request), request.headers.get("x-priority")
         return await _serving(request).chat(body, request, metadata, priority)
 
@@ -59,7 +57,7 @@ def router() -> APIRouter:
         openapi_extra=emb.BODY_DOC,
     )
     async def embeddings(request: Request) -> Response:
-        body = emb.parse(await request.body())
+        body = parse_body(emb.EmbeddingRequest, await request.body())
         return await emb.embeddings(request.app.state.llm, body, caller_metadata(request), request)
 
     @api.get("/models", response_model=oa.ModelList, summary="List the models the caller may use")
@@ -76,19 +74,3 @@ def router() -> APIRouter:
 def _serving(request: Request) -> OpenAIServing:
     serving: OpenAIServing = request.app.state.openai
     return serving
-
-
-def _chat_request(raw: bytes) -> oa.ChatCompletionRequest:
-    """The body, parsed and checked in one pass; errors as FastAPI's own, for the app's handler."""
-    try:
-        return oa.ChatCompletionRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
-        raise RequestValidationError(errors, body=_json_or_none(raw)) from None
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
