@@ -5,7 +5,8 @@ INVALID_ARGUMENT      400   invalid_request_error
 UNAUTHENTICATED       401   authentication_error
 PERMISSION_DENIED     403   permission_error
 NOT_FOUND             404   not_found_error (model_not_found for models)
-RESOURCE_EXHAUSTED    429   rate_limit_error (Retry-After from the status)
+RESOURCE_EXHAUSTED    429   rate_limit_error (Retry-After from the status); insufficient_quota
+                            for a spent budget
 FAILED_PRECONDITION   502   upstream_error (a provider rejected our credentials)
 UNAVAILABLE           503   service_unavailable
 DEADLINE_EXCEEDED     504   timeout
@@ -77,6 +78,8 @@ def from_grpc(error: grpc.aio.AioRpcError) -> APIError:
     facts = {k: v for k, v in error.trailing_metadata() or () if isinstance(v, str)}
     code = facts.get(KIND_KEY)
     param = facts.get(PARAM_KEY) or ("model" if code == "model_not_found" else None)
+    if code == "insufficient_quota":  # a spent budget: OpenAI's type for it, so SDK users can tell
+        kind = code
     return APIError(status, details, kind, param=param, code=code, retry_after=_seconds(facts))
 
 

@@ -12,6 +12,7 @@ from .auth import AuthPolicy
 from .core import LLMCore
 from .embed_cache import FILE_NAME as CACHE_FILE
 from .embed_cache import EmbeddingCache
+from .limits import Limits
 from .registry import ProviderRegistry
 from .server import GrpcServer, start_server
 from .sessions import SessionManager
@@ -38,7 +39,8 @@ async def running_service(
         log.warning("no API keys configured: open local mode, every caller may use every model")
     e = settings.embeddings
     embed_cache = EmbeddingCache(e.cache_dir / CACHE_FILE) if e.cache else None
-    core = LLMCore(registry, embed_cache, e.max_inputs)
+    limits = Limits.from_settings(settings)
+    core = LLMCore(registry, embed_cache, e.max_inputs, limits)
     sessions = SessionManager(core, settings.llmchat, settings.cache)
     catalogue = ServerCatalogue(settings.llmchat)
     server = await start_server(
@@ -47,7 +49,7 @@ async def running_service(
     if on_listening:
         on_listening(server.port)
     try:
-        async with registry, sessions, embed_cache or contextlib.nullcontext():
+        async with registry, sessions, limits, embed_cache or contextlib.nullcontext():
             await server.set_serving(True)
             yield server
             await server.drain(settings.server.drain_grace_s)

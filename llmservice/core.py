@@ -11,8 +11,9 @@ from .auth import LOCAL, Principal
 from .embed_cache import EmbeddingCache, cache_key
 from .embedding import Embeddings, EmbedRequest, Vector, validate_embed
 from .errors import NotFound, Unavailable
+from .limits import Limits
 from .registry import ProviderRegistry
-from .types import ChatRequest, Completion, ModelInfo, StreamEvent
+from .types import ChatRequest, Completion, ModelInfo, StreamEvent, Usage
 from .validation import validate
 
 
@@ -27,25 +28,41 @@ class Stream:
 
 class LLMCore:
     def __init__(
-        self, registry: ProviderRegistry, embed_cache: EmbeddingCache | None = None, max_inputs: int = 2048
+        self,
+        registry: ProviderRegistry,
+        embed_cache: EmbeddingCache | None = None,
+        max_inputs: int = 2048,
+        limits: Limits | None = None,
     ) -> None:
         self._registry = registry
         self.embed_cache = embed_cache
         self._max_inputs = max_inputs
+        self.limits = limits or Limits.unlimited()  # usage, budgets, rate limits
 
     async def complete(self, request: ChatRequest, principal: Principal = LOCAL) -> Completion:
         provider, model = self._route(request, principal)
-        return await provider.complete(model, request)
+        async with self.limits.chat(principal, provider.name, model, request) as ticket:
+            completion = await provider.complete(model, request)
+            ticket.used(completion.usage, completion.provider)
+        return completion
 
     def stream(self, request: ChatRequest, principal: Principal = LOCAL) -> Stream:
         """Check and route before anything runs, so errors come before the first event."""
         provider, model = self._route(request, principal)
-        return Stream(provider.name, model, provider.stream(model, request))
+        events = provider.stream(model, request)
+        events = self.limits.metered(principal, provider.name, model, request, events)
+        return Stream(provider.name, model, events)
 
     async def embed(self, request: EmbedRequest, principal: Principal = LOCAL) -> Embeddings:
         """One vector per input: from the cache where it has them, from the provider for the rest."""
         validate_embed(request, self._max_inputs)
         provider, model = self._resolve(request.provider, request.model, principal)
+        async with self.limits.embedding(principal, provider.name, model, request.input) as ticket:
+            embeddings = await self._embed(provider, model, request)
+            ticket.used(Usage(embeddings.prompt_tokens, 0))
+        return embeddings
+
+    async def _embed(self, provider: Provider, model: str, request: EmbedRequest) -> Embeddings:
         cache = self.embed_cache
         keys = [cache_key(provider.name, model, request.dimensions, t) for t in request.input]
         found: dict[bytes, Vector] = await cache.get(keys) if cache else {}

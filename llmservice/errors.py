@@ -10,6 +10,8 @@ Nothing maps errors by message text.
     ├── PermissionDenied             PERMISSION_DENIED
     ├── NotFound                     NOT_FOUND          model, provider or session
     ├── ResourceExhausted            RESOURCE_EXHAUSTED queue full, rate limit, budget
+    │   ├── RateLimited                                     requests or tokens per minute
+    │   └── BudgetExhausted                                 a principal's budget is spent
     ├── ProviderAuthFailed           FAILED_PRECONDITION provider rejected credentials
     ├── Unavailable                  UNAVAILABLE        provider down, service draining
     ├── DeadlineExceeded             DEADLINE_EXCEEDED  deadline or provider timeout
@@ -51,6 +53,20 @@ class NotFound(LLMServiceError):
 
 class ResourceExhausted(LLMServiceError):
     """Queue full, rate limit or budget reached; `retry_after_s` hints when to retry."""
+
+    kind = ""  # sent as llm-error-kind when set: which limit it was
+
+
+class RateLimited(ResourceExhausted):
+    """A principal's requests or tokens per minute are used up for now."""
+
+    kind = "rate_limit_exceeded"
+
+
+class BudgetExhausted(ResourceExhausted):
+    """A principal's budget for the period is spent."""
+
+    kind = "insufficient_quota"
 
 
 class ProviderAuthFailed(LLMServiceError):

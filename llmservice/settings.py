@@ -343,6 +343,35 @@ class CacheSettings(_Section):
         return self.type == "redis" or (self.type == "auto" and bool(self.redis_url))
 
 
+class PriceSettings(_Section):
+    """What a model costs, in USD per million tokens (the providers' own unit)."""
+
+    input_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt (input) tokens")
+    output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion (output) tokens")
+
+
+class PrincipalLimits(_Section):
+    """One caller's limits; 0 means no limit."""
+
+    requests_per_minute: int = Field(0, ge=0)
+    tokens_per_minute: int = Field(0, ge=0, description="prompt and completion tokens together")
+    budget_usd: float = Field(0.0, ge=0, description="spend allowed per budget_period, priced by [pricing]")
+    budget_period: Literal["total", "day", "month"] = Field("month", description="UTC calendar periods")
+
+
+class LimitsSettings(_Section):
+    """Rate limits and budgets per principal, shared through Redis when cache.redis_url is set.
+
+    `principals` is keyed by principal name ("local" in open mode); "*" applies to every
+    principal without an entry of its own.
+    """
+
+    principals: dict[str, PrincipalLimits] = Field(default_factory=dict)
+    default_max_tokens: int = Field(
+        1024, ge=1, description="the completion a request that sets no max_tokens is estimated at"
+    )
+
+
 class EmbeddingsSettings(_Section):
     """The Embed API: how many inputs a call may carry, and the persistent cache of vectors."""
 
@@ -434,6 +463,9 @@ class Settings(BaseSettings):
     cache: CacheSettings = CacheSettings()
     llmchat: LLMChatSettings = LLMChatSettings()
     embeddings: EmbeddingsSettings = EmbeddingsSettings()
+    # Prices keyed by "provider/model" (fnmatch patterns: "openai/*", "gpt-eu/*").
+    pricing: dict[str, PriceSettings] = Field(default_factory=dict)
+    limits: LimitsSettings = LimitsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -5,7 +5,8 @@ the trailing metadata, so no client has to read the text:
 
     retry-after       seconds to wait before retrying (RESOURCE_EXHAUSTED, UNAVAILABLE ...)
     llm-error-param   the request field at fault (INVALID_ARGUMENT), e.g. messages[1].role
-    llm-error-kind    what was not found, e.g. model_not_found (NOT_FOUND)
+    llm-error-kind    what was not found, e.g. model_not_found (NOT_FOUND), or which limit
+                      was reached: rate_limit_exceeded, insufficient_quota (RESOURCE_EXHAUSTED)
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def _facts(exc: errors.LLMServiceError, not_found: str | None) -> Trailers:
         facts.append((PARAM_KEY, exc.field))
     if isinstance(exc, errors.NotFound) and not_found:
         facts.append((KIND_KEY, not_found))
+    if isinstance(exc, errors.ResourceExhausted) and exc.kind:
+        facts.append((KIND_KEY, exc.kind))
     return tuple(facts)
 
 

@@ -42,8 +42,11 @@ def connect(url: str) -> aioredis.Redis:
 class RedisHealth:
     """Whether Redis is considered down, shared by a worker's stores; logs each change once."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, what: str = "chat sessions and history"
+    ) -> None:
         self._clock = clock
+        self._what = what  # what is kept in memory meanwhile, for the log
         self._down_until: float | None = None  # while set, Redis is considered down until then
 
     @property
@@ -55,14 +58,12 @@ class RedisHealth:
 
     def failed(self, exc: BaseException) -> None:
         if self._down_until is None:
-            log.warning(
-                "Redis unreachable (%s): chat sessions and history kept in memory until it returns", exc
-            )
+            log.warning("Redis unreachable (%s): %s kept in memory until it returns", exc, self._what)
         self._down_until = self._clock() + RETRY_AFTER_S
 
     def answered(self) -> None:
         if self._down_until is not None:
-            log.warning("Redis reachable again: chat sessions and history back in Redis")
+            log.warning("Redis reachable again: %s back in Redis", self._what)
             self._down_until = None
 
 
