@@ -126,7 +126,7 @@ class Limits:
         try:
             yield ticket
         finally:
-            await asyncio.shield(ticket.settle())
+            await ticket.settle()
 
     @contextlib.asynccontextmanager
     async def embedding(
@@ -136,7 +136,7 @@ class Limits:
         try:
             yield ticket
         finally:
-            await asyncio.shield(ticket.settle())
+            await ticket.settle()
 
     async def metered(
         self,
@@ -167,7 +167,7 @@ class Limits:
         finally:
             if ticket.usage is None and generated:
                 ticket.used(Usage(ticket.estimate.prompt_tokens, generated))
-            await asyncio.shield(ticket.settle())
+            await ticket.settle()
 
     async def admit(self, principal: Principal, provider: str, model: str, estimated: Usage) -> Ticket:
         """Reserve the estimate against the budget, then take from the buckets; raise if either refuses."""
@@ -224,9 +224,12 @@ class Limits:
         cost = self.prices.cost(provider, ticket.model, usage)
         if ticket.usage is not None:
             self.ledger.record(ticket.principal, provider, ticket.model, usage, cost)
-        rules = ticket.rules
-        if rules is None:
-            return
+        if ticket.rules is not None:
+            # shielded: a caller cancelled meanwhile must not leave its reservation in place
+            await asyncio.shield(self._release(ticket, ticket.rules, usage, cost))
+
+    async def _release(self, ticket: Ticket, rules: PrincipalLimits, usage: Usage, cost: float) -> None:
+        """Replace the budget reservation with the real cost; give back over-estimated tokens."""
         try:
             if ticket.budget_key and cost != ticket.reserved_usd:
                 await self.store.add(ticket.budget_key, cost - ticket.reserved_usd, ticket.budget_ttl_s)
