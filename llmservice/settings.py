@@ -97,6 +97,7 @@ class PrincipalSettings(_Section):
     models: list[str] = Field(
         default_factory=lambda: ["*"], description="model patterns it may use: 'gpt-4o', 'openai/*', '*'"
     )
+    admin: bool = Field(False, description="may load, unload, pull and delete models (ModelAdminService)")
 
     def key_digest(self) -> str:
         if self.key_env:
@@ -159,6 +160,17 @@ class LlamaCppSettings(_Section):
     n_threads: int = Field(0, ge=0, description="0 means one per core")
     temperature: float = Field(0.0, ge=0, le=2, description="used when a request sets none")
     max_tokens: int = Field(512, ge=1, description="used when a request sets none")
+    idle_unload_s: float = Field(
+        0.0, ge=0, description="unload a model unused this long (it loads again on its next use); 0: never"
+    )
+    memory_budget_mb: int = Field(
+        0,
+        ge=0,
+        description=(
+            "weights (file sizes) of the models loaded at once; loading one more unloads the least "
+            "recently used first; 0: no budget"
+        ),
+    )
     embeddings: LlamaCppEmbeddingSettings = LlamaCppEmbeddingSettings()
 
 

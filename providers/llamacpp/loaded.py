@@ -1,0 +1,95 @@
+"""One local model made ready to serve: its weights, decode engine, scheduler and embedder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmservice.scheduler import Scheduler
+from llmservice.settings import LlamaCppSettings
+
+from .embedder import Embedder
+from .engine import Engine
+from .gguf_info import quantization
+from .model import LlamaModel
+from .prompt import TemplatePrompt
+
+log = logging.getLogger(__name__)
+
+# Decode steps of up to this many rows give each sequence the logits it gets alone.
+# From 8 rows on, llama.cpp's CPU kernels group the work differently and logits move
+# (by up to 1.0 on the bundled model), so a seeded request would answer differently
+# depending on its neighbours.
+BATCH_INVARIANT_SLOTS = 7
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """Everything one loaded GGUF serves with; `close` frees it all (blocking)."""
+
+    id: str
+    path: Path
+    model: LlamaModel
+    engine: Engine
+    scheduler: Scheduler
+    embedder: Embedder | None
+    template: TemplatePrompt | None
+    quantization: str
+    size_bytes: int
+
+    def close(self) -> None:
+        if self.embedder is not None:
+            self.embedder.close()
+        self.engine.close()
+        self.model.close()
+        log.info("unloaded %s", self.id)
+
+
+def open_model(model_id: str, path: Path, s: LlamaCppSettings, slots: int) -> LoadedModel:
+    """Load `path` and start its engine (blocking: run it off the event loop).
+
+    Raises ValueError when llama.cpp cannot read the file.
+    """
+    log.info("loading %s from %s", model_id, path)
+    model = LlamaModel(path)
+    try:
+        template_text = model.chat_template()
+        template = TemplatePrompt(template_text, model.bos_text, model.eos_text) if template_text else None
+        if slots > BATCH_INVARIANT_SLOTS:
+            log.warning(
+                "llamacpp.n_slots=%d: with more than %d sequences in a decode step, a seeded "
+                "request's output may depend on what runs beside it",
+                slots,
+                BATCH_INVARIANT_SLOTS,
+            )
+        engine = Engine(
+            model,
+            n_ctx=s.n_ctx,
+            n_batch=s.n_batch,
+            n_threads=s.n_threads,
+            n_slots=slots,
+            n_cached=s.cached_sequences,
+            n_seqs=s.max_sequences,
+            aging_s=s.aging_s,
+        )
+    except BaseException:
+        model.close()
+        raise
+    e = s.embeddings
+    embedder = Embedder(model, n_ctx=e.n_ctx, n_seqs=e.n_seqs, n_threads=e.n_threads) if e.enabled else None
+    # The scheduler admits as many as the engine holds; the engine picks which of them
+    # decode, which keep a cache, and evicts for more urgent work.
+    scheduler = Scheduler(engine.n_seqs, max_waiting=s.max_waiting, aging_s=s.aging_s, clock=time.monotonic)
+    log.info(
+        "loaded %s (%d sequences decoding, %d cached, of %d tokens each; %s chat format)",
+        model_id,
+        slots,
+        engine.n_cached,
+        engine.n_ctx,
+        "its own" if template else "Gemma",
+    )
+    return LoadedModel(
+        model_id, path, model, engine, scheduler, embedder, template, quantization(model), path.stat().st_size
+    )
