@@ -13,6 +13,7 @@ from .core import LLMCore
 from .embed_cache import FILE_NAME as CACHE_FILE
 from .embed_cache import EmbeddingCache
 from .limits import Limits
+from .model_admin import ModelAdmin
 from .registry import ProviderRegistry
 from .server import GrpcServer, start_server
 from .sessions import SessionManager
@@ -44,7 +45,7 @@ async def running_service(
     sessions = SessionManager(core, settings.llmchat, settings.cache)
     catalogue = ServerCatalogue(settings.llmchat)
     server = await start_server(
-        core, settings.server.host, settings.server.grpc_port, auth, sessions, catalogue
+        core, settings.server.host, settings.server.grpc_port, auth, sessions, catalogue, ModelAdmin(registry)
     )
     if on_listening:
         on_listening(server.port)

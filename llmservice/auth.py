@@ -25,6 +25,7 @@ METADATA_KEY = "authorization"
 class Principal:
     name: str
     models: tuple[str, ...] = ("*",)
+    admin: bool = False  # may administer models (load, unload, pull, delete)
 
     def may_use(self, provider: str, model: str) -> bool:
         """Patterns match the model id, or `provider/model`."""
@@ -34,19 +35,26 @@ class Principal:
         )
 
 
-LOCAL = Principal("local")
+LOCAL = Principal("local", admin=True)  # open local mode: one operator, who may do everything
 
 
 class AuthPolicy:
-    def __init__(self, principals: dict[str, tuple[str, tuple[str, ...]]]) -> None:
-        """`principals`: name -> (hex SHA-256 of its key, model patterns)."""
+    def __init__(
+        self, principals: dict[str, tuple[str, tuple[str, ...]]], admins: frozenset[str] = frozenset()
+    ) -> None:
+        """`principals`: name -> (hex SHA-256 of its key, model patterns); `admins`: names that
+        may administer models."""
         self._by_digest = [
-            (bytes.fromhex(digest), Principal(name, models)) for name, (digest, models) in principals.items()
+            (bytes.fromhex(digest), Principal(name, models, name in admins))
+            for name, (digest, models) in principals.items()
         ]
 
     @classmethod
     def from_settings(cls, settings: AuthSettings) -> AuthPolicy:
-        return cls({name: (p.key_digest(), tuple(p.models)) for name, p in settings.principals.items()})
+        return cls(
+            {name: (p.key_digest(), tuple(p.models)) for name, p in settings.principals.items()},
+            frozenset(name for name, p in settings.principals.items() if p.admin),
+        )
 
     @property
     def open(self) -> bool:

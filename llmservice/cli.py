@@ -1,5 +1,6 @@
 """Command line: `llmservice serve` runs the service, `llmservice chat` talks to a running one,
-`llmservice models pull|list|rm` manages local GGUF files."""
+`llmservice models pull|list|rm` manages local GGUF files, `llmservice models load|unload`
+asks a running service to load or unload a model."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def _models_parser(commands: Any) -> None:
     models.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     actions = models.add_subparsers(required=True, metavar="ACTION")
     pull = actions.add_parser("pull", help="download a GGUF (resumes a partial download)")
-    pull.add_argument("url")
+    pull.add_argument("url", help="http(s) URL of a GGUF file, or hf://OWNER/REPO/FILE.gguf[@REVISION]")
     pull.add_argument("--sha256", default="", help="expected SHA-256; a mismatch deletes the file")
     pull.add_argument("--name", default="", help="file name to store it under (default: the URL's)")
     pull.set_defaults(run=_models_pull)
@@ -81,6 +82,22 @@ def _models_parser(commands: Any) -> None:
     rm = actions.add_parser("rm", help="delete a downloaded model")
     rm.add_argument("name")
     rm.set_defaults(run=_models_rm)
+    for action, run, help_text in (
+        ("load", _models_load, "load a model in a running service (ModelAdminService)"),
+        ("unload", _models_unload, "unload a model in a running service once its requests end"),
+    ):
+        sub = actions.add_parser(action, help=help_text)
+        sub.add_argument("model", nargs="?", default="", help="model id (default: the provider's default)")
+        sub.add_argument("--target", default="127.0.0.1:50051", help="HOST:PORT of the service")
+        sub.add_argument("--provider", default="", help="provider (default: the service's default)")
+        sub.add_argument("--key-file", type=Path, help="file holding an admin principal's API key")
+        if action == "load":
+            sub.add_argument(
+                "--default",
+                action="store_true",
+                help="make it the default model (streams on the old one finish)",
+            )
+        sub.set_defaults(run=run)
 
 
 def _models_dir(args: argparse.Namespace) -> Path:
@@ -88,7 +105,7 @@ def _models_dir(args: argparse.Namespace) -> Path:
 
 
 def _models_pull(args: argparse.Namespace) -> int:
-    from providers.llamacpp import store
+    from providers.llamacpp import pulling, store
 
     shown = [-1]
 
@@ -100,12 +117,18 @@ def _models_pull(args: argparse.Namespace) -> int:
             print(f"\rpulling {size}", end="", file=sys.stderr, flush=True)
 
     try:
-        path = store.pull(args.url, _models_dir(args), sha256=args.sha256, name=args.name, progress=progress)
+        found = pulling.resolve(args.url, args.sha256)  # an hf:// source asks the Hub where and what
+        name = args.name or found.name
+        path = store.pull(found.url, _models_dir(args), sha256=found.sha256, name=name, progress=progress)
     except store.StoreError as exc:
         print(f"\nllmservice models pull: {exc}", file=sys.stderr)
         return 1
-    verified = "sha256 verified" if args.sha256 else "no sha256 given: not verified"
-    print(f"\n{path} ({verified}); serve it with --set llamacpp.model_path={path}", file=sys.stderr)
+    verified = "sha256 verified" if found.sha256 else "no sha256 given: not verified"
+    print(
+        f"\n{path} ({verified}); the service serves it as model {path.stem!r} "
+        f"(or as the default: --set llamacpp.model_path={path})",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -126,6 +149,43 @@ def _models_rm(args: argparse.Namespace) -> int:
         print(f"llmservice models rm: {exc}", file=sys.stderr)
         return 1
     print(f"removed {path}", file=sys.stderr)
+    return 0
+
+
+def _admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
+    """One ModelAdminService call; prints the error and returns None when it fails."""
+    from ._pb.llmservice.v1 import model_admin_pb2_grpc as admin_grpc
+
+    metadata = [("authorization", f"Bearer {args.key_file.read_text().strip()}")] if args.key_file else []
+    with grpc.insecure_channel(args.target) as channel:
+        try:
+            return getattr(admin_grpc.ModelAdminServiceStub(channel), method)(request, metadata=metadata)
+        except grpc.RpcError as exc:
+            print(f"llmservice models: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return None
+
+
+def _models_load(args: argparse.Namespace) -> int:
+    from ._pb.llmservice.v1 import model_admin_pb2 as admin_pb
+
+    request = admin_pb.LoadModelRequest(provider=args.provider, model=args.model, make_default=args.default)
+    done = _admin_call(args, "LoadModel", request)
+    if done is None:
+        return 1
+    state = "was loaded already" if done.was_loaded else "loaded"
+    print(f"{done.provider}/{done.model}: {state}" + (", the default model" if done.is_default else ""))
+    return 0
+
+
+def _models_unload(args: argparse.Namespace) -> int:
+    from ._pb.llmservice.v1 import model_admin_pb2 as admin_pb
+
+    done = _admin_call(
+        args, "UnloadModel", admin_pb.UnloadModelRequest(provider=args.provider, model=args.model)
+    )
+    if done is None:
+        return 1
+    print(f"{done.provider}/{done.model}: " + ("unloading" if done.was_loaded else "was not loaded"))
     return 0
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from llmservice.errors import InvalidRequest, LLMServiceError, Unavailable
+from llmservice.model_admin import PullProgress
 from llmservice.settings import OllamaSettings
 from llmservice.types import (
     Capabilities,
@@ -43,24 +44,15 @@ log = logging.getLogger(__name__)
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
 
 
-@dataclass(frozen=True, slots=True)
-class PullProgress:
-    """One step of a pull: a status line, and bytes done of a layer when downloading."""
-
-    status: str
-    digest: str = ""
-    total: int = 0
-    completed: int = 0
-
-
 class OllamaProvider(HttpProvider):
     def __init__(self, settings: OllamaSettings, name: str = "ollama") -> None:
         super().__init__(name, settings, base_url=settings.base_url)
         self._settings = settings
+        self._default = settings.model  # an operator may swap it (ModelAdminService)
 
     @property
     def default_model(self) -> str:
-        return self._settings.model
+        return self._default
 
     async def list_models(self) -> list[ModelInfo]:
         names = [self.default_model]
@@ -136,7 +128,7 @@ class OllamaProvider(HttpProvider):
                     return
         raise Unavailable(f"provider {self.name} ended the stream before it finished")
 
-    async def pull(self, model: str) -> AsyncIterator[PullProgress]:
+    async def pull(self, model: str) -> AsyncGenerator[PullProgress]:
         """Pull a model into the Ollama server, reporting its progress."""
         client = self._ready()
         async with (
@@ -159,7 +151,33 @@ class OllamaProvider(HttpProvider):
                         int(data.get("total", 0)),
                         int(data.get("completed", 0)),
                     )
-                yield progress
+                yield replace(progress, model=model) if progress.status == "success" else progress
+
+    # ModelAdminService: Ollama's own pull, keep-alive and delete.
+
+    async def load_model(self, model: str, *, make_default: bool = False) -> bool:
+        was_loaded = model in await self.loaded_models()
+        await self.load(model)
+        if make_default:
+            self._default = model
+        return not was_loaded
+
+    async def unload_model(self, model: str) -> bool:
+        was_loaded = model in await self.loaded_models()
+        await self.unload(model)
+        return was_loaded
+
+    def pull_model(self, source: str, *, sha256: str = "", name: str = "") -> AsyncGenerator[PullProgress]:
+        if sha256 or name:
+            raise InvalidRequest(
+                "sha256" if sha256 else "name", f"provider {self.name} verifies and names its pulls itself"
+            )
+        return self.pull(source)
+
+    async def delete_model(self, model: str) -> None:
+        async with transport_errors(self.name):
+            response = await self._ready().request("DELETE", "/api/delete", json={"model": model})
+        await raise_for_status(response, self.name, model=model)
 
     async def load(self, model: str) -> None:
         """Load a model now and keep it for the configured keep-alive."""

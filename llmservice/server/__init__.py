@@ -15,14 +15,18 @@ from llmservice._pb.llmservice.v1 import chat_session_pb2 as session_pb
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as session_grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from llmservice._pb.llmservice.v1 import model_admin_pb2 as admin_pb
+from llmservice._pb.llmservice.v1 import model_admin_pb2_grpc as admin_grpc
 from llmservice._pb.protocol import llm_service_pb2 as protocol_pb
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.auth import AuthPolicy
 from llmservice.core import LLMCore
+from llmservice.model_admin import ModelAdmin
 from llmservice.sessions import SessionManager
 from llmservice.sessions.catalogue import ServerCatalogue
 from llmservice.settings import LLMChatSettings
 
+from .admin_servicer import ModelAdminServicer
 from .servicer import LLMServicer
 from .session_servicer import ChatSessionServicer
 
@@ -31,6 +35,7 @@ SERVICE_NAMES = (
     protocol_pb.DESCRIPTOR.services_by_name["LLMService"].full_name,
 )
 SESSION_SERVICE_NAME = session_pb.DESCRIPTOR.services_by_name["ChatSessionService"].full_name
+ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["ModelAdminService"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -71,6 +76,7 @@ async def start_server(
     auth: AuthPolicy | None = None,
     sessions: SessionManager | None = None,
     catalogue: ServerCatalogue | None = None,
+    admin: ModelAdmin | None = None,
 ) -> GrpcServer:
     """Start serving on host:port (0 picks a free port); health says NOT_SERVING until set_serving."""
     server = grpc.aio.server()
@@ -84,6 +90,9 @@ async def start_server(
             ChatSessionServicer(sessions, auth, catalogue or ServerCatalogue(LLMChatSettings())), server
         )
         names = (*names, SESSION_SERVICE_NAME)
+    if admin is not None:
+        admin_grpc.add_ModelAdminServiceServicer_to_server(ModelAdminServicer(admin, auth), server)
+        names = (*names, ADMIN_SERVICE_NAME)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

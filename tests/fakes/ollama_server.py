@@ -115,6 +115,14 @@ def _app(fake: Upstream) -> Starlette:
 
         return StreamingResponse(progress(), media_type="application/x-ndjson")
 
+    async def delete(request: Request) -> Response:
+        body = await request.json()
+        fake.take(body, dict(request.headers), request.url.path)
+        if body["model"] != "llama3.2:1b":
+            return JSONResponse({"error": f"model '{body['model']}' not found"}, status_code=404)
+        loaded.discard(body["model"])
+        return Response(status_code=200)
+
     return Starlette(
         routes=[
             Route("/api/chat", chat, methods=["POST"]),
@@ -122,6 +130,7 @@ def _app(fake: Upstream) -> Starlette:
             Route("/api/ps", ps, methods=["GET"]),
             Route("/api/generate", generate, methods=["POST"]),
             Route("/api/pull", pull, methods=["POST"]),
+            Route("/api/delete", delete, methods=["DELETE"]),
         ]
     )
 
