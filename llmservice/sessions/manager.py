@@ -189,23 +189,24 @@ class SessionManager:
     async def _turn(
         self, principal: Principal, record: SessionRecord, connection: McpConnection, kept: bool, message: str
     ) -> AsyncGenerator[TurnEvent]:
-        history = await self.history.read(record.user_id)
-        llm = record.llm
-        system = (Message("system", llm.system_prompt),) if llm.system_prompt else ()
-        request = ChatRequest(
-            system + tuple(history) + (Message("user", message),),
-            model=llm.model,
-            provider=llm.provider,
-            sampling=Sampling(
-                temperature=llm.temperature, top_p=llm.top_p, max_tokens=llm.max_tokens, seed=llm.seed
-            ),
-            tools=connection.tools,
-        )
         added: list[Message] = []  # what the turn says and does, after the user's message
-        loop = run_turn(
-            self._core, principal, request, connection.call, max_steps=self._settings.max_steps, added=added
-        )
+        # Everything from the first await on is inside the try: a caller that leaves while
+        # the history is read still releases the turn's connection.
         try:
+            history = await self.history.read(record.user_id)
+            llm = record.llm
+            system = (Message("system", llm.system_prompt),) if llm.system_prompt else ()
+            request = ChatRequest(
+                system + tuple(history) + (Message("user", message),),
+                model=llm.model,
+                provider=llm.provider,
+                sampling=Sampling(
+                    temperature=llm.temperature, top_p=llm.top_p, max_tokens=llm.max_tokens, seed=llm.seed
+                ),
+                tools=connection.tools,
+            )
+            steps = self._settings.max_steps
+            loop = run_turn(self._core, principal, request, connection.call, max_steps=steps, added=added)
             async with asyncio.timeout(self._settings.turn_timeout_s), contextlib.aclosing(loop) as events:
                 async for event in events:
                     yield event

@@ -171,3 +171,27 @@ async def test_a_server_everything_tool_end_to_end() -> None:
     final = events[-1]
     assert isinstance(final, TurnFinal)
     assert final.response == "It said hello."
+
+
+async def test_a_caller_that_leaves_while_the_history_is_read_releases_the_connection(
+    mcp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with fake_openai(ANSWER) as upstream:
+        async with manager(settings(upstream)) as sessions:
+            server = {"url": mcp_url, "auth_token": MCP_TOKEN}
+            await sessions.connect(LOCAL, "s-leave", server, {"provider": "openai"})
+            reading, never = asyncio.Event(), asyncio.Event()
+
+            async def stuck_read(user_id: str) -> list[Any]:
+                reading.set()
+                await never.wait()
+                return []
+
+            monkeypatch.setattr(sessions.history, "read", stuck_read)
+            caller = asyncio.create_task(turn(sessions, "s-leave", "hi"))
+            await reading.wait()
+            caller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await caller
+            # The kept connection is no longer counted as busy, so the janitor can close it.
+            assert sessions._live["s-leave"].busy == 0
