@@ -100,8 +100,8 @@ async def measure(rounds: int, cache_dir: Path) -> dict[str, object]:
             "ratio (cached / uncached), median of rounds",
         ],
         "rows": rows,
-        "verdict": "The cache answers a repeated input without running the model; the uncached rate is "
-        "bounded by the output layer llama.cpp runs on every token in embedding mode.",
+        "verdict": "The cache answers a repeated input without running the model; uncached, the model's "
+        "layers run on every token of every input (the output layer is skipped).",
         "raw": {f"{b}-{'cached' if c else 'uncached'}": v for (b, c), v in runs.items()},
     }
 

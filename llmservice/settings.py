@@ -126,7 +126,7 @@ class LlamaCppEmbeddingSettings(_Section):
     max_request_tokens: int = Field(
         2048,
         ge=8,
-        description="tokens one Embed call may carry in all (the output layer runs on each: ~6 ms a token)",
+        description="tokens one Embed call may carry in all (llama.cpp sets aside ~1 MB of logits each)",
     )
     n_threads: int = Field(
         0, ge=0, description="0 means half the cores (at least one): decode keeps the rest"

@@ -6,13 +6,19 @@ thread; `llama_decode` releases the GIL, so the event loop keeps serving meanwhi
 Inputs are packed into decode steps of up to `n_ctx` tokens and `n_seqs` inputs, each its
 own sequence, pooled as the GGUF says (mean when it says nothing) and scaled to unit length.
 
-Note: in embedding mode llama.cpp still runs the output layer for every token, which on
-a large vocabulary (Gemma's 262k) costs most of the time and ~2 MB per token of batch.
+In embedding mode llama.cpp still runs a generative model's output layer on every token,
+and on a large vocabulary (Gemma's 262k) that is most of the work. So the context takes
+per-token embeddings and this module pools them, and an eval callback stops the graph
+once those are computed (the final norm's output), skipping the output layer. At first
+use one input is embedded both ways; if the vectors ever differed, the whole graph would
+run from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +30,16 @@ from llmservice.embedding import Vector
 
 from .gguf_info import meta
 from .model import LlamaModel
+
+log = logging.getLogger(__name__)
+
+# With pooling off, llama.cpp names the per-token embeddings (for a generative model the
+# final norm's output, the output layer's input) result_embd_pooled: every node after it
+# in the graph is the output layer's.
+_STOP_AT = b"result_embd_pooled"
+_ggml = ctypes.CDLL(str(next(iter(llama.__path__)) + "/lib/libggml-base.so"))
+_ggml.ggml_get_name.argtypes = [ctypes.c_void_p]
+_ggml.ggml_get_name.restype = ctypes.c_char_p
 
 _POOLINGS = {
     llama.LLAMA_POOLING_TYPE_MEAN: "mean",
@@ -45,6 +61,8 @@ class Embedder:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="llamacpp-embed")
         self._ctx: llama.llama_context_p | None = None
         self._batch: llama.llama_batch | None = None
+        self._skip_output = True  # stop the graph at _STOP_AT; checked at first use
+        self._on_node = llama.ggml_backend_sched_eval_callback(self._eval)  # kept alive with the context
 
     def tokenize(self, text: str) -> list[int]:
         return self.model.tokenize(text, add_special=True, parse_special=False)
@@ -66,6 +84,27 @@ class Embedder:
     # The embedder's thread from here on.
 
     def _embed_group(self, group: list[list[int]]) -> list[Vector]:
+        if self._ctx is None:
+            self._ready()
+            self._check_skip(group[0])
+        return self._decode_pooled(group)
+
+    def _check_skip(self, sample: list[int]) -> None:
+        """Keep the early stop only if it gives the whole graph's vectors for `sample`."""
+        fast = self._decode_pooled([sample])[0]
+        self._skip_output = False
+        whole = self._decode_pooled([sample])[0]
+        self._skip_output = bool(np.allclose(fast, whole, atol=1e-5))
+        if not self._skip_output:
+            log.warning("%s: embeddings differ when the graph stops early; running it whole", self.model.path)
+
+    def _eval(self, tensor: int, ask: bool, _: int) -> bool:
+        """ggml's eval callback: asked which nodes to stop at, then told each was computed."""
+        if ask:
+            return self._skip_output and _ggml.ggml_get_name(tensor) == _STOP_AT
+        return False  # the stop node is computed: the rest of the graph is skipped
+
+    def _decode_pooled(self, group: list[list[int]]) -> list[Vector]:
         ctx, batch = self._ready()
         llama.llama_memory_clear(llama.llama_get_memory(ctx), True)
         n = sum(map(len, group))
@@ -84,18 +123,25 @@ class Embedder:
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc}) embedding {len(group)} inputs")
         vectors = []
-        for seq in range(len(group)):
-            ptr = llama.llama_get_embeddings_seq(ctx, seq)
-            v = np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).astype(np.float32)
+        at = 0
+        for tokens in group:
+            rows = np.stack([self._token_embedding(ctx, i) for i in range(at, at + len(tokens))])
+            at += len(tokens)
+            v = _pool(rows, self.pooling)
             norm = float(np.linalg.norm(v))
-            vectors.append(v / norm if norm > 0 else v)
+            vectors.append((v / norm).astype(np.float32) if norm > 0 else v)
         return vectors
+
+    def _token_embedding(self, ctx: llama.llama_context_p, i: int) -> Vector:
+        row: Vector = np.ctypeslib.as_array(llama.llama_get_embeddings_ith(ctx, i), shape=(self.n_embd,))
+        return row
 
     def _ready(self) -> tuple[llama.llama_context_p, llama.llama_batch]:
         if self._ctx is None or self._batch is None:
             params = llama.llama_context_default_params()
             params.embeddings = True
-            params.pooling_type = self.pooling
+            params.pooling_type = llama.LLAMA_POOLING_TYPE_NONE  # per-token: pooled by _pool
+            params.cb_eval = self._on_node
             # The whole step in one ubatch: llama.cpp pools a sequence within one ubatch only.
             params.n_ctx = params.n_batch = params.n_ubatch = self.n_ctx
             params.n_seq_max = self.n_seqs
@@ -123,6 +169,15 @@ def gguf_pooling(model: LlamaModel) -> int:
     if named is not None and named.isdigit() and int(named) in _POOLINGS:
         return int(named)
     return llama.LLAMA_POOLING_TYPE_MEAN
+
+
+def _pool(rows: Vector, pooling: int) -> Vector:
+    """One sequence's vector from its tokens' embeddings (one row each), as llama.cpp pools them."""
+    if pooling == llama.LLAMA_POOLING_TYPE_CLS:
+        return np.array(rows[0], dtype=np.float32)
+    if pooling == llama.LLAMA_POOLING_TYPE_LAST:
+        return np.array(rows[-1], dtype=np.float32)
+    return np.asarray(rows.mean(axis=0), dtype=np.float32)
 
 
 def _groups(inputs: list[list[int]], n_ctx: int, n_seqs: int) -> list[list[list[int]]]:
