@@ -16,6 +16,12 @@ the same chunks and its generated tokens are decoded again one per step, as they
 the first time: llama.cpp's numbers depend on how tokens are grouped into a decode, so
 only the same grouping gives back the same cache. Then it carries on, same sampler state.
 
+A decode step already under way does not hold up a more urgent job that arrives during
+it: the job raises a flag that llama.cpp's abort callback reads before each graph node,
+the step stops (llama.cpp drops the cache cells it wrote) and is decoded again, the same
+rows in the same grouping, after the urgent job's prompt. So an interactive request waits
+for at most one graph node of background work, not a whole step.
+
 Asyncio callers hand the engine a `Job`; its events go out through the job's `sink`,
 once per step for every job that shares the sink, so the event loop wakes once a
 step rather than once a token. `llama_decode` releases the GIL, so the event loop
@@ -24,8 +30,10 @@ keeps serving meanwhile.
 
 from __future__ import annotations
 
+import ctypes
 import heapq
 import logging
+import math
 import os
 import queue
 import sys
@@ -52,6 +60,12 @@ log = logging.getLogger(__name__)
 # interval (5 ms) lets that wait cost a third of a token; 0.5 ms bounds it.
 # Measured on 2 cores: StreamChat decode ratio to a bare loop 0.96 -> 0.98 (bench/).
 _SWITCH_INTERVAL_S = 0.0005
+
+# ggml calls the abort callback before each graph node with the pointer it was given.
+# libc's strlen is that callback, in C: on a two-byte flag it returns 0 while the first
+# byte is 0 and 1 once it is set, so the check costs no Python and no GIL per node.
+_STRLEN = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value or 0
+_ABORT_WHEN_FLAG_SET = llama.ggml_abort_callback(_STRLEN)
 
 
 Event = StreamEvent | BaseException
@@ -153,9 +167,13 @@ class Engine:
         self.aging_s = aging_s
         self.preemptions = 0  # times a running sequence was paused for a more urgent one
         self.evictions = 0  # times a paused sequence's cache was dropped for a more urgent one
+        self.interruptions = 0  # decode steps stopped midway for a more urgent job
         self.tokens_generated = 0  # all jobs, ever: lets tests and metrics see that work stopped
         self._ctx = ctx
         self._memory = llama.llama_get_memory(ctx)
+        self._urgent = ctypes.create_string_buffer(2)  # first byte set: stop the step under way
+        self._step_urgency = -math.inf  # the most urgent row of the step under way
+        llama.llama_set_abort_callback(ctx, _ABORT_WHEN_FLAG_SET, ctypes.cast(self._urgent, ctypes.c_void_p))
         self._batch = _Batch(max(n_batch, n_slots))
         self._signals = SignalSampler(model)
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -175,6 +193,8 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         self._inbox.put(job)
+        if job.priority < self._step_urgency:  # more urgent than all the step under way
+            self._urgent[0] = b"\x01"
 
     def close(self) -> None:
         """Stop the thread (running jobs end without an end event) and free the context."""
@@ -187,6 +207,7 @@ class Engine:
 
     def _loop(self) -> None:
         while not self._stopping:
+            self._urgent[0] = b"\x00"  # every job that raised it is collected next
             self._collect(block=not self._running and not self._waiting)
             self._admit()
             if self._running:
@@ -289,14 +310,16 @@ class Engine:
         if prefilling is not None and prefilling is active[0]:
             self._prefill_chunk(prefilling)
             return
-        self._decode_generating([s for s in active if not s.prefilling])
+        if not self._decode_generating([s for s in active if not s.prefilling]):
+            return  # stopped for a more urgent job: the loop collects it and steps again
         if prefilling is not None:
             self._flush()  # the tokens just sampled go out before the prompt chunk runs
             self._prefill_chunk(prefilling)
 
-    def _decode_generating(self, generating: list[_Sequence]) -> None:
+    def _decode_generating(self, generating: list[_Sequence]) -> bool:
+        """Decode every generating sequence's next token; False if stopped for an urgent job."""
         if not generating:
-            return
+            return True
         # Rows in ascending sequence id: llama.cpp splits a multi-stream batch into one
         # compute pass per run of consecutive ids, so with ids handed out lowest first
         # (see _admit) a step is usually a single pass.
@@ -304,10 +327,12 @@ class Engine:
         self._batch.clear()
         for seq in generating:
             seq.row = self._batch.add(seq.pending, seq.pos, seq.seq_id, logits=not seq.replay)
-        self._decode()
+        if not self._decode(generating):
+            return False
         for seq in generating:
             seq.pos += 1
             self._next(seq)
+        return True
 
     def _most_urgent(self) -> list[_Sequence]:
         """The sequences that decode this step; any other that had started is paused."""
@@ -327,17 +352,30 @@ class Engine:
         last = len(chunk) == len(seq.pending)
         self._batch.clear()
         seq.row = self._batch.add(chunk, seq.pos, seq.seq_id, logits=last and not seq.replay)
-        self._decode()
+        if not self._decode([seq]):
+            return
         seq.pos += len(chunk)
         del seq.pending[: len(chunk)]
         if last:
             seq.prefilling = False
             self._next(seq)
 
-    def _decode(self) -> None:
-        rc = llama.llama_decode(self._ctx, self._batch.raw)
+    def _decode(self, rows: list[_Sequence]) -> bool:
+        """Decode the batch of `rows`; False if a more urgent job stopped it (nothing changed)."""
+        now = time.monotonic()
+        self._step_urgency = min(s.urgency(now, self.aging_s)[0] for s in rows)
+        try:
+            if self._urgent[0] != b"\x00":
+                return False  # raised since this step was planned: plan it again first
+            rc = llama.llama_decode(self._ctx, self._batch.raw)
+        finally:
+            self._step_urgency = -math.inf
+        if rc == 2:  # aborted: llama.cpp removed the cache cells of this batch
+            self.interruptions += 1
+            return False
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with code {rc}")
+        return True
 
     def _next(self, seq: _Sequence) -> None:
         """Queue a sequence's next token: the next one to replay, or a newly sampled one."""

@@ -17,12 +17,24 @@ _NATIVE_LEVELS = (logging.CRITICAL, logging.DEBUG, logging.INFO, logging.WARNING
 _last_native_level = logging.DEBUG
 
 
+# What llama.cpp says when a decode is aborted (ggml status 1, llama_decode 2): the engine
+# aborts a step on purpose when a more urgent job arrives, so these are no errors.
+_ABORTED_STEP = (
+    "graph_compute: ggml_backend_sched_graph_compute_async failed with error 1",
+    "process_ubatch: failed to compute graph, compute status: 1",
+    "llama_decode: failed to decode, ret = 2",
+)
+
+
 def _forward_native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     global _last_native_level
     if level < len(_NATIVE_LEVELS):
         _last_native_level = _NATIVE_LEVELS[level]
     if native_log.isEnabledFor(_last_native_level):
-        native_log.log(_last_native_level, "%s", text.decode(errors="replace").rstrip())
+        line = text.decode(errors="replace").rstrip()
+        if _last_native_level == logging.ERROR and line in _ABORTED_STEP:
+            _last_native_level = logging.DEBUG  # and so are the lines that continue it
+        native_log.log(_last_native_level, "%s", line)
 
 
 # Replaces llama-cpp-python's forwarder, whose level table predates ggml's DEBUG level

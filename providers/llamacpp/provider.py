@@ -335,6 +335,11 @@ class LlamaCppProvider(Provider):
         return self._spent.evictions + sum(m.engine.evictions for m in self._pool.values())
 
     @property
+    def interruptions(self) -> int:
+        """Decode steps stopped midway for a more urgent job."""
+        return self._spent.interruptions + sum(m.engine.interruptions for m in self._pool.values())
+
+    @property
     def tokens_generated(self) -> int:
         return self._spent.tokens_generated + sum(m.engine.tokens_generated for m in self._pool.values())
 
@@ -351,11 +356,13 @@ class _Counters:
 
     preemptions: int = 0
     evictions: int = 0
+    interruptions: int = 0
     tokens_generated: int = 0
 
     def add(self, closed: LoadedModel) -> None:
         self.preemptions += closed.engine.preemptions
         self.evictions += closed.engine.evictions
+        self.interruptions += closed.engine.interruptions
         self.tokens_generated += closed.engine.tokens_generated
 
 
