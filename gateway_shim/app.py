@@ -20,6 +20,7 @@ from . import web
 from .errors import APIError, invalid
 from .llmchat.router import router as llmchat_router
 from .llmchat.serving import LLMChatServing
+from .metrics import MetricsMiddleware, ShimMetrics
 from .openai import protocol as oa
 from .openai.router import router
 from .openai.serving import OpenAIServing
@@ -56,6 +57,10 @@ def create_app(target: str) -> FastAPI:
     app.include_router(router(), include_in_schema=False)
     app.include_router(llmchat_router(), prefix="/llmchat")
     app.include_router(llmchat_router(), prefix="/v1/llmchat", include_in_schema=False)
+    metrics = ShimMetrics()
+    app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.metrics = metrics
     web.mount(app)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

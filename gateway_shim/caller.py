@@ -7,6 +7,10 @@ from fastapi import Request
 Metadata = tuple[tuple[str, str], ...]
 
 
+# The service's metrics count calls by the surface they came through (llm-surface).
+_FROM_HTTP = (("llm-surface", "http"),)
+
+
 def caller_metadata(request: Request) -> Metadata:
     authorization = request.headers.get("authorization")
-    return (("authorization", authorization),) if authorization else ()
+    return (("authorization", authorization), *_FROM_HTTP) if authorization else _FROM_HTTP

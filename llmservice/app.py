@@ -6,15 +6,19 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from prometheus_client import start_http_server
 
 from .auth import AuthPolicy
 from .core import LLMCore
 from .embed_cache import FILE_NAME as CACHE_FILE
 from .embed_cache import EmbeddingCache
 from .limits import Limits
+from .metrics import CountersCollector, SchedulerCollector, ServiceMetrics, provider_readings
 from .model_admin import ModelAdmin
 from .registry import ProviderRegistry
+from .scheduler import Scheduler
 from .server import GrpcServer, start_server
 from .sessions import SessionManager
 from .sessions.catalogue import ServerCatalogue
@@ -44,18 +48,81 @@ async def running_service(
     core = LLMCore(registry, embed_cache, e.max_inputs, limits)
     sessions = SessionManager(core, settings.llmchat, settings.cache)
     catalogue = ServerCatalogue(settings.llmchat)
+    metrics = service_metrics(registry, sessions, embed_cache)
     server = await start_server(
-        core, settings.server.host, settings.server.grpc_port, auth, sessions, catalogue, ModelAdmin(registry)
+        core,
+        settings.server.host,
+        settings.server.grpc_port,
+        auth,
+        sessions,
+        catalogue,
+        ModelAdmin(registry),
+        metrics,
     )
     if on_listening:
         on_listening(server.port)
     try:
-        async with registry, sessions, limits, embed_cache or contextlib.nullcontext():
+        async with (
+            registry,
+            sessions,
+            limits,
+            embed_cache or contextlib.nullcontext(),
+            metrics_served(metrics, settings.server.host, settings.server.metrics_port) as metrics_port,
+        ):
+            server.metrics_port = metrics_port
             await server.set_serving(True)
             yield server
             await server.drain(settings.server.drain_grace_s)
     finally:
         await server.server.stop(None)
+
+
+def service_metrics(
+    registry: ProviderRegistry, sessions: SessionManager, embed_cache: EmbeddingCache | None
+) -> ServiceMetrics:
+    """The service's metrics, with collectors over what its parts count by themselves."""
+    metrics = ServiceMetrics()
+    metrics.watch(SchedulerCollector(lambda: _schedulers(registry)))
+
+    def readings() -> Iterator[tuple[str, str, dict[str, str], float]]:
+        yield from provider_readings(registry.providers())
+        yield (
+            "llmservice_chat_sessions_active",
+            "Chat sessions this worker holds a connection for",
+            {},
+            sessions.active,
+        )
+        for outcome, n in sessions.tool_calls.items():
+            yield "llmservice_mcp_tool_calls_total", "MCP tool calls by outcome", {"outcome": outcome}, n
+        if embed_cache is not None:
+            doc = "Embedding inputs looked up in the cache, by result"
+            yield "llmservice_embedding_cache_lookups_total", doc, {"result": "hit"}, embed_cache.hits
+            yield "llmservice_embedding_cache_lookups_total", doc, {"result": "miss"}, embed_cache.misses
+
+    metrics.watch(CountersCollector(readings))
+    return metrics
+
+
+def _schedulers(registry: ProviderRegistry) -> Iterator[tuple[str, Scheduler]]:
+    for name, provider in registry.providers():
+        scheduler = getattr(provider, "scheduler", None)
+        if isinstance(scheduler, Scheduler):
+            yield name, scheduler
+
+
+@contextlib.asynccontextmanager
+async def metrics_served(metrics: ServiceMetrics, host: str, port: int) -> AsyncIterator[int]:
+    """Prometheus's /metrics on host:port (0: a free port) for the block; yields the port (-1: off)."""
+    if port < 0:
+        yield -1
+        return
+    http, thread = start_http_server(port, host, registry=metrics.registry)
+    try:
+        yield http.server_port
+    finally:
+        http.shutdown()
+        http.server_close()
+        thread.join(5)
 
 
 def local_target(host: str, port: int) -> str:
@@ -84,6 +151,9 @@ async def serve(settings: Settings) -> None:
             target = local_target(host, server.port)
             http_port = await shim.enter_async_context(running_shim(target, host, settings.server.http_port))
             print(f"llmservice: HTTP shim (OpenAI API) on http://{host}:{http_port}", flush=True)
+        if server.metrics_port >= 0:
+            metrics_url = f"http://{host}:{server.metrics_port}/metrics"
+            print(f"llmservice: Prometheus metrics on {metrics_url}", flush=True)
         print(f"llmservice: ready, SERVING on {host}:{server.port}", flush=True)
         await stop.wait()
         print(f"llmservice: draining (up to {settings.server.drain_grace_s:g} s)", flush=True)

@@ -10,7 +10,7 @@ from providers import Provider
 from .auth import LOCAL, Principal
 from .embed_cache import EmbeddingCache, cache_key
 from .embedding import Embeddings, EmbedRequest, Vector, validate_embed
-from .errors import NotFound, Unavailable
+from .errors import LLMServiceError, NotFound, Unavailable
 from .limits import Limits
 from .registry import ProviderRegistry
 from .types import ChatRequest, Completion, ModelInfo, StreamEvent, Usage
@@ -41,9 +41,13 @@ class LLMCore:
 
     async def complete(self, request: ChatRequest, principal: Principal = LOCAL) -> Completion:
         provider, model = self._route(request, principal)
-        async with self.limits.chat(principal, provider.name, model, request) as ticket:
-            completion = await provider.complete(model, request)
-            ticket.used(completion.usage, completion.provider)
+        try:
+            async with self.limits.chat(principal, provider.name, model, request) as ticket:
+                completion = await provider.complete(model, request)
+                ticket.used(completion.usage, completion.provider)
+        except LLMServiceError as exc:
+            exc.provider = exc.provider or provider.name
+            raise
         return completion
 
     def stream(self, request: ChatRequest, principal: Principal = LOCAL) -> Stream:

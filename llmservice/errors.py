@@ -29,6 +29,7 @@ class LLMServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.provider = ""  # the provider whose call failed, once routed (for metrics)
 
 
 class InvalidRequest(LLMServiceError):

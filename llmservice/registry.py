@@ -93,6 +93,10 @@ class ProviderRegistry:
             )
         return found, model or found.default_model
 
+    def providers(self) -> list[tuple[str, Provider]]:
+        """Every configured provider and fallback route, by name (for metrics)."""
+        return [*self._providers.items(), *self._routes.items()]
+
     async def list_models(self) -> list[ModelInfo]:
         models: list[ModelInfo] = []
         for name, provider in self._providers.items():

@@ -87,6 +87,12 @@ class ServerSettings(_Section):
         8000, ge=-1, le=65535, description="the HTTP shim's; 0 picks a free one, -1: no shim"
     )
     drain_grace_s: float = Field(10.0, ge=0, description="how long SIGTERM waits for in-flight calls")
+    metrics_port: int = Field(
+        -1,
+        ge=-1,
+        le=65535,
+        description="Prometheus /metrics of the gRPC server (9464 in deploy/); 0: a free port, -1: off",
+    )
 
 
 class PrincipalSettings(_Section):

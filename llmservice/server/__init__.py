@@ -21,6 +21,7 @@ from llmservice._pb.protocol import llm_service_pb2 as protocol_pb
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.auth import AuthPolicy
 from llmservice.core import LLMCore
+from llmservice.metrics import ServiceMetrics
 from llmservice.model_admin import ModelAdmin
 from llmservice.sessions import SessionManager
 from llmservice.sessions.catalogue import ServerCatalogue
@@ -46,6 +47,7 @@ class GrpcServer:
     port: int
     health: health_aio.HealthServicer
     servicer: LLMServicer
+    metrics_port: int = -1  # Prometheus /metrics, once served (-1: off)
 
     async def set_serving(self, serving: bool) -> None:
         """Health for the whole server ("") and for each LLMService name."""
@@ -77,11 +79,12 @@ async def start_server(
     sessions: SessionManager | None = None,
     catalogue: ServerCatalogue | None = None,
     admin: ModelAdmin | None = None,
+    metrics: ServiceMetrics | None = None,
 ) -> GrpcServer:
     """Start serving on host:port (0 picks a free port); health says NOT_SERVING until set_serving."""
     server = grpc.aio.server()
     auth = auth or AuthPolicy({})
-    servicer = LLMServicer(core, auth)
+    servicer = LLMServicer(core, auth, metrics)
     pb_grpc.add_LLMServiceServicer_to_server(servicer, server)
     protocol_grpc.add_LLMServiceServicer_to_server(servicer, server)
     names: tuple[str, ...] = SERVICE_NAMES

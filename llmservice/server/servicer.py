@@ -16,11 +16,12 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.auth import AuthPolicy
 from llmservice.core import LLMCore
-from llmservice.errors import Unavailable
+from llmservice.errors import LLMServiceError, Unavailable
+from llmservice.metrics import ServiceMetrics, surface_of
 from llmservice.types import ChatRequest, TokenDelta, ToolCallDelta
 
 from . import codec
-from .status import MODEL_NOT_FOUND, abort
+from .status import MODEL_NOT_FOUND, abort, code_name
 
 
 class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
@@ -30,9 +31,10 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
     serve it), and says so in its trailers (llm-error-kind: model_not_found).
     """
 
-    def __init__(self, core: LLMCore, auth: AuthPolicy) -> None:
+    def __init__(self, core: LLMCore, auth: AuthPolicy, metrics: ServiceMetrics | None = None) -> None:
         self._core = core
         self._auth = auth
+        self.metrics = metrics or ServiceMetrics()
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -69,12 +71,16 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         request: pb.LLMChatRequest,
         context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.LLMChatResponse],
     ) -> pb.LLMChatResponse:
+        call = _Call(self.metrics, "Chat", context)
         try:
             with self._tracked():
-                principal = self._auth.authenticate(context.invocation_metadata() or ())
+                principal = self._auth.authenticate(call.metadata)
                 completion = await self._core.complete(_decode(request, context), principal)
         except Exception as exc:
+            call.failed(exc)
             await abort(context, exc, not_found=MODEL_NOT_FOUND)
+        call.routed(completion.provider, completion.model)
+        call.ended("OK", completion.usage.completion_tokens)
         return codec.encode_completion(completion)
 
     async def StreamChat(
@@ -82,22 +88,30 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         request: pb.LLMChatRequest,
         context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.LLMChatChunk],
     ) -> AsyncIterator[pb.LLMChatChunk]:
+        call = _Call(self.metrics, "StreamChat", context)
         try:
             with self._tracked():
-                principal = self._auth.authenticate(context.invocation_metadata() or ())
+                principal = self._auth.authenticate(call.metadata)
                 stream = self._core.stream(_decode(request, context), principal)
+                call.routed(stream.provider, stream.model)
                 # aclosing: when the caller goes away, the provider's generator is closed at once,
                 # which cancels its work.
                 async with contextlib.aclosing(stream.events) as events:
                     async for event in events:
                         if isinstance(event, TokenDelta):
+                            if not call.first_token_s:
+                                call.first_token()
                             yield codec.encode_token(event, stream.model)
                         elif isinstance(event, ToolCallDelta):
                             yield codec.encode_tool_call(event, stream.model)
                         else:
+                            call.ended("OK", event.usage.completion_tokens)
                             yield codec.encode_end(event, stream.model, stream.provider)
         except Exception as exc:
+            call.failed(exc)
             await abort(context, exc, not_found=MODEL_NOT_FOUND)
+        finally:
+            call.ended("CANCELLED")  # a caller that left: no effect once the call ended otherwise
 
     async def ListModels(
         self,
@@ -115,13 +129,62 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         request: pb.EmbedRequest,
         context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> pb.EmbedResponse:
+        call = _Call(self.metrics, "Embed", context)
         try:
             with self._tracked():
-                principal = self._auth.authenticate(context.invocation_metadata() or ())
+                principal = self._auth.authenticate(call.metadata)
                 embeddings = await self._core.embed(codec.decode_embed_request(request), principal)
         except Exception as exc:
+            call.failed(exc)
             await abort(context, exc, not_found=MODEL_NOT_FOUND)
+        call.routed(embeddings.provider, embeddings.model)
+        call.ended("OK")
         return codec.encode_embeddings(embeddings)
+
+
+class _Call:
+    """One call's metrics: counted once, when it ends (a stream: at its end event, error or cancel)."""
+
+    __slots__ = ("_done", "_method", "_metrics", "_start", "first_token_s", "metadata", "model", "provider")
+
+    def __init__(
+        self, metrics: ServiceMetrics, method: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        self._metrics, self._method = metrics, method
+        self.metadata = context.invocation_metadata() or ()
+        self._start = time.perf_counter()
+        self.provider = self.model = ""  # until routed: a caller's model string is no label
+        self.first_token_s = 0.0
+        self._done = False
+
+    def routed(self, provider: str, model: str) -> None:
+        self.provider, self.model = provider, model
+
+    def first_token(self) -> None:
+        self.first_token_s = time.perf_counter() - self._start
+        self._metrics.first_token.labels(self.provider, self.model).observe(self.first_token_s)
+
+    def failed(self, exc: Exception) -> None:
+        if isinstance(exc, LLMServiceError) and exc.provider and not self.provider:
+            self.provider = exc.provider
+        self.ended(code_name(exc))
+
+    def ended(self, code: str, tokens: int = 0) -> None:
+        if self._done:
+            return
+        self._done = True
+        m, elapsed = self._metrics, time.perf_counter() - self._start
+        if code != "OK":
+            # A remote backend passes any model name on: only one that answered is a label,
+            # so callers cannot grow the label set with names that do not exist.
+            self.model = ""
+        m.requests.labels(self._method, surface_of(self.metadata), self.provider, self.model, code).inc()
+        m.duration.labels(self._method, self.provider, self.model).observe(elapsed)
+        if tokens:
+            m.tokens.labels(self.provider, self.model).inc(tokens)
+            generating_s = elapsed - self.first_token_s
+            if self.first_token_s and generating_s > 0:
+                m.token_rate.labels(self.provider, self.model).observe(tokens / generating_s)
 
 
 def _decode(request: pb.LLMChatRequest, context: grpc.aio.ServicerContext[Any, Any]) -> ChatRequest:

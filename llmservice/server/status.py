@@ -53,6 +53,13 @@ def to_status(exc: BaseException, not_found: str | None = None) -> tuple[grpc.St
     return grpc.StatusCode.INTERNAL, "internal error; see the service log", ()
 
 
+def code_name(exc: BaseException) -> str:
+    """The status code name `to_status` gives `exc` (for metrics; logs nothing)."""
+    if isinstance(exc, errors.LLMServiceError):
+        return next((_CODES[t].name for t in type(exc).__mro__ if t in _CODES), "INTERNAL")
+    return "INTERNAL"
+
+
 def _facts(exc: errors.LLMServiceError, not_found: str | None) -> Trailers:
     facts: list[tuple[str, str]] = []
     if exc.retry_after_s is not None:

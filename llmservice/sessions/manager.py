@@ -30,7 +30,7 @@ from llmservice.settings import CacheSettings, LLMChatSettings
 from llmservice.types import ChatRequest, Message, Sampling
 
 from . import fallback
-from .agent import TurnEvent, run_turn
+from .agent import ToolInvocation, TurnEvent, run_turn
 from .history import ChatHistoryManager
 from .mcp_client import McpConnection, ServerSpec, Transport
 from .ownership import Ownership
@@ -78,6 +78,7 @@ class SessionManager:
         self.ownership = Ownership(self._redis, settings, worker)
         self._urls = UrlPolicy(settings.allowed_hosts)
         self._live: dict[str, _Live] = {}
+        self.tool_calls = {"ok": 0, "error": 0}  # MCP tool calls by outcome, ever (for metrics)
         self._janitor: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> SessionManager:
@@ -124,6 +125,11 @@ class SessionManager:
             await self._drop(user_id)
         if self._redis is not None:
             await self._redis.aclose()
+
+    @property
+    def active(self) -> int:
+        """Sessions whose MCP connection this worker holds open."""
+        return len(self._live)
 
     async def connect(
         self,
@@ -209,6 +215,8 @@ class SessionManager:
             loop = run_turn(self._core, principal, request, connection.call, max_steps=steps, added=added)
             async with asyncio.timeout(self._settings.turn_timeout_s), contextlib.aclosing(loop) as events:
                 async for event in events:
+                    if isinstance(event, ToolInvocation):
+                        self.tool_calls["error" if event.is_error else "ok"] += 1
                     yield event
         except TimeoutError:
             raise DeadlineExceeded(

@@ -24,6 +24,13 @@ T = TypeVar("T")
 RETRYABLE: tuple[type[LLMServiceError], ...] = (Unavailable, ResourceExhausted, ProviderTimeout)
 
 
+@dataclass
+class RetriesTaken:
+    """How many retries a policy has taken, ever (the policy itself is frozen)."""
+
+    count: int = 0
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 3  # tries in all, the first one included
@@ -33,6 +40,7 @@ class RetryPolicy:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rng: random.Random = field(default_factory=random.Random)
+    taken: RetriesTaken = field(default_factory=RetriesTaken)  # for metrics
 
     def backoff(self, retry: int, error: LLMServiceError) -> float | None:
         """Seconds to wait before retry number `retry` (0-based), or None to give up now."""
@@ -89,6 +97,7 @@ async def _wait_or_raise(
         raise error
     if deadline is not None and policy.clock() + delay >= deadline:
         raise error  # the upstream's failure, not the caller's deadline, is what went wrong
+    policy.taken.count += 1
     await policy.sleep(delay)
 
 

@@ -1,0 +1,101 @@
+"""Metrics exposed and moving: the service's metrics port and the shim's /metrics, after real
+calls through gRPC and through the shim (a fake OpenAI upstream answers), with no secret
+and no user text in any label."""
+
+from __future__ import annotations
+
+import grpc
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from gateway_shim.server import running_shim
+from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
+from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from llmservice.app import running_service
+from llmservice.settings import OpenAISettings, ServerSettings, Settings
+
+from ..fakes.openai_server import fake_openai
+from ..fakes.upstream import Reply
+
+KEY = "sk-metrics-test-SECRET-4242"
+USER_TEXT = "a question only the user wrote"
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            found[(s.name, frozenset(s.labels.items()))] = s.value
+    return found
+
+
+def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """The sum over samples of `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in found.items() if n == name and want <= ls)
+
+
+async def test_metrics_move_after_calls_through_grpc_and_http() -> None:
+    replies = [
+        Reply(text="one two three"),
+        Reply(text="four five"),
+        Reply(text="six"),
+        Reply(status=500, error="upstream broke"),
+        Reply(status=404, error="The model does not exist"),
+    ]
+    with fake_openai(*replies) as upstream:
+        config = Settings(
+            provider="openai",
+            server=ServerSettings(grpc_port=0, metrics_port=0),
+            openai=OpenAISettings(
+                api_key=SecretStr(KEY), base_url=upstream.url + "/v1", model="gpt-test", max_attempts=1
+            ),
+        )
+        async with (
+            running_service(config) as server,
+            running_shim(f"127.0.0.1:{server.port}", "127.0.0.1", 0) as port,
+            httpx.AsyncClient(timeout=30) as http,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            shim = f"http://127.0.0.1:{port}"
+            ask = {"model": "gpt-test", "messages": [{"role": "user", "content": USER_TEXT}]}
+            assert (await http.post(f"{shim}/v1/chat/completions", json=ask)).status_code == 200
+            streamed = await http.post(f"{shim}/v1/chat/completions", json={**ask, "stream": True})
+            assert streamed.status_code == 200
+            stub = pb_grpc.LLMServiceStub(channel)
+            message = pb.ChatMessage(role="user", content=USER_TEXT)
+            await stub.Chat(pb.LLMChatRequest(messages=[message]))
+            failed = await http.post(f"{shim}/v1/chat/completions", json=ask)  # the upstream's 500
+            assert failed.status_code >= 500
+            not_a_model = await http.post(f"{shim}/v1/chat/completions", json={**ask, "model": USER_TEXT})
+            assert not_a_model.status_code == 404
+
+            service_text = (await http.get(f"http://127.0.0.1:{server.metrics_port}/metrics")).text
+            shim_text = (await http.get(f"{shim}/metrics")).text
+
+    found = samples(service_text)
+    ok = {"provider": "openai", "model": "gpt-test", "code": "OK"}
+    assert value(found, "llmservice_requests_total", method="Chat", surface="http", **ok) == 1
+    assert value(found, "llmservice_requests_total", method="StreamChat", surface="http", **ok) == 1
+    assert value(found, "llmservice_requests_total", method="Chat", surface="grpc", **ok) == 1
+    assert value(found, "llmservice_requests_total", provider="openai", code="UNAVAILABLE") == 1
+    # a model that does not exist is no label: the caller's string stays out
+    assert value(found, "llmservice_requests_total", code="NOT_FOUND", model="") == 1
+    assert value(found, "llmservice_time_to_first_token_seconds_count", provider="openai") == 1
+    assert value(found, "llmservice_request_duration_seconds_count", method="Chat") == 4
+    assert value(found, "llmservice_generated_tokens_total", provider="openai") > 0
+    assert value(found, "llmservice_queue_admitted_total", provider="openai", priority="0") == 5
+    assert ("llmservice_queue_depth", frozenset({("provider", "openai"), ("priority", "0")})) in found
+    assert value(found, "llmservice_provider_retries_total", provider="openai") == 0
+    assert ("llmservice_chat_sessions_active", frozenset()) in found
+
+    shim_found = samples(shim_text)
+    route = "/chat/completions"  # the route template, the same under /v1 and without it
+    assert value(shim_found, "llmshim_http_requests_total", route=route, status="200") == 2
+    assert value(shim_found, "llmshim_http_requests_total", route=route, status="404") == 1
+    assert value(shim_found, "llmshim_http_request_duration_seconds_count", route=route) == 4
+
+    for text in (service_text, shim_text):
+        assert KEY not in text
+        assert USER_TEXT not in text
