@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from fastapi import FastAPI, Request
@@ -24,6 +24,10 @@ from .metrics import MetricsMiddleware, ShimMetrics
 from .openai import protocol as oa
 from .openai.router import router
 from .openai.serving import OpenAIServing
+from .request_context import RequestContextMiddleware
+
+if TYPE_CHECKING:
+    from llmservice.observability.tracing import Tracing
 
 CHANNEL_OPTIONS = [
     # No client-side retries: the shim passes each call on once, and skipping the retry
@@ -35,8 +39,9 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def create_app(target: str) -> FastAPI:
-    """The app, talking to the LLMService at `target` (host:port) over one channel."""
+def create_app(target: str, tracing: Tracing | None = None) -> FastAPI:
+    """The app, talking to the LLMService at `target` (host:port) over one channel; `tracing`
+    (the service's, when tracing is on) gives each request a span."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,6 +65,7 @@ def create_app(target: str) -> FastAPI:
     metrics = ShimMetrics()
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, tracing=tracing)
     app.state.metrics = metrics
     web.mount(app)
     app.add_exception_handler(APIError, _api_error)

@@ -1,8 +1,13 @@
-"""The caller's credentials, passed to the service as they came: the service decides."""
+"""The caller's credentials, passed to the service as they came: the service decides.
+
+With them go the request's id and trace context (`request_context`).
+"""
 
 from __future__ import annotations
 
 from fastapi import Request
+
+from llmservice.observability.context import OUTGOING
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -13,4 +18,5 @@ _FROM_HTTP = (("llm-surface", "http"),)
 
 def caller_metadata(request: Request) -> Metadata:
     authorization = request.headers.get("authorization")
-    return (("authorization", authorization), *_FROM_HTTP) if authorization else _FROM_HTTP
+    sent = (("authorization", authorization), *_FROM_HTTP) if authorization else _FROM_HTTP
+    return (*sent, *OUTGOING.get())

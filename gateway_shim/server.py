@@ -6,10 +6,14 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from .app import create_app
+
+if TYPE_CHECKING:
+    from llmservice.observability.tracing import Tracing
 
 
 class _Server(uvicorn.Server):
@@ -19,7 +23,9 @@ class _Server(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def running_shim(target: str, host: str, port: int) -> AsyncIterator[int]:
+async def running_shim(
+    target: str, host: str, port: int, tracing: Tracing | None = None
+) -> AsyncIterator[int]:
     """Serve the shim for `target` on host:port (0: a free port) for the block; yields the port."""
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
     # and without it a reused connection waits ~40 ms (Nagle and delayed ACKs) per reply.
@@ -28,7 +34,7 @@ async def running_shim(target: str, host: str, port: int) -> AsyncIterator[int]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     config = uvicorn.Config(
-        create_app(target), log_level="warning", access_log=False, timeout_graceful_shutdown=5
+        create_app(target, tracing), log_level="warning", access_log=False, timeout_graceful_shutdown=5
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

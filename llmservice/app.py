@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import start_http_server
 
@@ -17,12 +18,17 @@ from .embed_cache import EmbeddingCache
 from .limits import Limits
 from .metrics import CountersCollector, SchedulerCollector, ServiceMetrics, provider_readings
 from .model_admin import ModelAdmin
+from .observability import tracing_for
+from .observability.grpc_context import CallContext
 from .registry import ProviderRegistry
 from .scheduler import Scheduler
 from .server import GrpcServer, start_server
 from .sessions import SessionManager
 from .sessions.catalogue import ServerCatalogue
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +38,16 @@ async def running_service(
     settings: Settings,
     on_listening: Callable[[int], None] | None = None,
     registry: ProviderRegistry | None = None,
+    tracing: Tracing | None = None,
 ) -> AsyncIterator[GrpcServer]:
     """Serve until the block ends, then drain in-flight calls within the grace period.
 
     The port is open (health NOT_SERVING) while providers start; SERVING follows once
-    the default model is loaded.
+    the default model is loaded. `tracing` (tests: one with an in-memory exporter)
+    replaces what settings.tracing says.
     """
+    own_tracing = tracing is None
+    tracing = tracing or tracing_for(settings.tracing)
     registry = registry or ProviderRegistry.from_settings(settings)
     auth = AuthPolicy.from_settings(settings.auth)
     if auth.open:
@@ -58,7 +68,9 @@ async def running_service(
         catalogue,
         ModelAdmin(registry),
         metrics,
+        [CallContext(tracing, payloads=settings.logs.payloads)],
     )
+    server.tracing = tracing
     if on_listening:
         on_listening(server.port)
     try:
@@ -75,6 +87,8 @@ async def running_service(
             await server.drain(settings.server.drain_grace_s)
     finally:
         await server.server.stop(None)
+        if tracing is not None and own_tracing:
+            tracing.shutdown()
 
 
 def service_metrics(
@@ -149,7 +163,8 @@ async def serve(settings: Settings) -> None:
             from gateway_shim.server import running_shim  # the shim is a client of this service
 
             target = local_target(host, server.port)
-            http_port = await shim.enter_async_context(running_shim(target, host, settings.server.http_port))
+            running = running_shim(target, host, settings.server.http_port, server.tracing)
+            http_port = await shim.enter_async_context(running)
             print(f"llmservice: HTTP shim (OpenAI API) on http://{host}:{http_port}", flush=True)
         if server.metrics_port >= 0:
             metrics_url = f"http://{host}:{server.metrics_port}/metrics"

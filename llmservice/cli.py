@@ -198,7 +198,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.http_port is not None:
         overrides.append(f"server.http_port={args.http_port}")
     settings = load_settings(args.config, overrides)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .observability.logs import configure_logging, secrets_of
+
+    configure_logging(
+        settings.log_level, settings.logs.format, secrets_of(settings), payloads=settings.logs.payloads
+    )
     run_event_loop(serve(settings))
     return 0
 

@@ -69,6 +69,17 @@ DOCUMENTED_ENV: dict[str, tuple[str, ...]] = {
     "LLMCHAT_TOOL_TIMEOUT": ("llmchat", "tool_timeout_s"),
     "LLMCHAT_MAX_STEPS": ("llmchat", "max_steps"),
     "LLMCHAT_SECRET_KEY": ("llmchat", "secret_key"),
+    # OpenTelemetry's standard variables (the exporter reads only what these give it).
+    "OTEL_TRACES_EXPORTER": ("tracing", "exporter"),
+    "OTEL_SDK_DISABLED": ("tracing", "sdk_disabled"),
+    "OTEL_SERVICE_NAME": ("tracing", "service_name"),
+    "OTEL_RESOURCE_ATTRIBUTES": ("tracing", "resource_attributes"),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("tracing", "endpoint"),
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ("tracing", "traces_endpoint"),
+    "OTEL_EXPORTER_OTLP_HEADERS": ("tracing", "headers"),
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS": ("tracing", "traces_headers"),
+    "OTEL_EXPORTER_OTLP_TIMEOUT": ("tracing", "timeout_ms"),
+    "OTEL_TRACES_SAMPLER_ARG": ("tracing", "sample_ratio"),
 }
 
 
@@ -390,6 +401,34 @@ class LimitsSettings(_Section):
     )
 
 
+class LogSettings(_Section):
+    format: Literal["text", "json", "kv"] = Field("text", description="json: JSON lines; kv: key=value")
+    payloads: bool = Field(
+        False, description="debug: log request and reply payloads (secrets are redacted even then)"
+    )
+
+
+class TracingSettings(_Section):
+    """OpenTelemetry tracing (the `tracing` extra), from the standard OTEL_* variables."""
+
+    exporter: Literal["none", "otlp", "console"] = Field(
+        "none", description="OTEL_TRACES_EXPORTER; none: tracing off, nothing of it is imported"
+    )
+    sdk_disabled: bool = False
+    service_name: str = "llmservice"
+    resource_attributes: str = Field("", description="key=value,key=value")
+    endpoint: str = Field("", description="the collector's base URL; /v1/traces is added")
+    traces_endpoint: str = Field("", description="the full traces URL; wins over endpoint")
+    headers: SecretStr | None = Field(None, description="key=value,key=value sent with each export")
+    traces_headers: SecretStr | None = None
+    timeout_ms: int = Field(10000, gt=0)
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="of new traces; a caller's decision is kept")
+
+    @property
+    def enabled(self) -> bool:
+        return self.exporter != "none" and not self.sdk_disabled
+
+
 class EmbeddingsSettings(_Section):
     """The Embed API: how many inputs a call may carry, and the persistent cache of vectors."""
 
@@ -464,6 +503,8 @@ class Settings(BaseSettings):
 
     provider: str = Field("llamacpp", description="provider used when a request names none")
     log_level: str = "INFO"
+    logs: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
     server: ServerSettings = ServerSettings()
     llamacpp: LlamaCppSettings = LlamaCppSettings()
     openai: OpenAISettings = OpenAISettings()

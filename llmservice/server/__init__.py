@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -48,6 +50,7 @@ class GrpcServer:
     health: health_aio.HealthServicer
     servicer: LLMServicer
     metrics_port: int = -1  # Prometheus /metrics, once served (-1: off)
+    tracing: Any = None  # the instance's observability.tracing.Tracing when tracing is on
 
     async def set_serving(self, serving: bool) -> None:
         """Health for the whole server ("") and for each LLMService name."""
@@ -80,9 +83,10 @@ async def start_server(
     catalogue: ServerCatalogue | None = None,
     admin: ModelAdmin | None = None,
     metrics: ServiceMetrics | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> GrpcServer:
     """Start serving on host:port (0 picks a free port); health says NOT_SERVING until set_serving."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=list(interceptors) or None)
     auth = auth or AuthPolicy({})
     servicer = LLMServicer(core, auth, metrics)
     pb_grpc.add_LLMServiceServicer_to_server(servicer, server)

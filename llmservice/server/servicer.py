@@ -18,6 +18,7 @@ from llmservice.auth import AuthPolicy
 from llmservice.core import LLMCore
 from llmservice.errors import LLMServiceError, Unavailable
 from llmservice.metrics import ServiceMetrics, surface_of
+from llmservice.observability.context import request_trailer
 from llmservice.types import ChatRequest, TokenDelta, ToolCallDelta
 
 from . import codec
@@ -89,6 +90,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.LLMChatChunk],
     ) -> AsyncIterator[pb.LLMChatChunk]:
         call = _Call(self.metrics, "StreamChat", context)
+        context.set_trailing_metadata(request_trailer())  # unary calls get theirs from CallContext
         try:
             with self._tracked():
                 principal = self._auth.authenticate(call.metadata)

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import grpc
 
 from llmservice import errors
+from llmservice.observability.context import request_trailer
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,9 @@ def _sendable(value: str) -> bool:
 async def abort(
     context: grpc.aio.ServicerContext[Any, Any], exc: Exception, not_found: str | None = None
 ) -> NoReturn:
-    """End the call with the status for `exc`, and its structured facts in the trailers."""
+    """End the call with the status for `exc`, and its structured facts and request id in the trailers."""
     code, details, trailers = to_status(exc, not_found)
-    if trailers:
-        context.set_trailing_metadata(trailers)
+    log.info("call failed: %s %s", code.name, details)
+    context.set_trailing_metadata((*trailers, *request_trailer()))
     await context.abort(code, details)
     raise AssertionError("context.abort returned")  # it raises; this tells the type checker

@@ -10,7 +10,8 @@ Why not httpx-aiohttp (what the `openai` SDK ships as its aiohttp option): it re
 every lost connection, refused or reset, as httpx.ConnectTimeout, so an unreachable
 upstream would read as a timeout; and it lets yarl re-quote the path, which breaks
 AWS SigV4 signatures over escaped model ids such as `...-v1%3A0`. This module is that
-transport with both right, and nothing else.
+transport with both right, and the request's `x-request-id` (and `traceparent` when
+tracing is on: `llmservice.observability.context.OUTGOING`) on every upstream call.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 import aiohttp
 import httpx
 import yarl
+
+from llmservice.observability.context import OUTGOING
 
 _DEFAULT_LIMITS = httpx.Limits()
 _TIMEOUTS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
@@ -100,7 +103,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             response = await self._session_now().request(
                 request.method,
                 yarl.URL(str(request.url), encoded=True),  # exactly the path that was signed
-                headers=request.headers.multi_items(),
+                headers=[*request.headers.multi_items(), *OUTGOING.get()],
                 data=await request.aread() or None,
                 allow_redirects=False,
                 compress=False,

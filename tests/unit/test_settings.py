@@ -148,6 +148,16 @@ def test_documented_provider_variables_land_in_their_sections(monkeypatch: pytes
         "LLMCHAT_TOOL_TIMEOUT": "5.0",
         "LLMCHAT_MAX_STEPS": "4",
         "LLMCHAT_SECRET_KEY": "s3cret",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_SDK_DISABLED": "True",
+        "OTEL_SERVICE_NAME": "llm-eu",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces",
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer otel",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-team=llm",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "5000",
+        "OTEL_TRACES_SAMPLER_ARG": "0.5",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)

@@ -1,0 +1,88 @@
+"""Log formats, redaction, request ids, and tracing off costing no import."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+from pydantic import SecretStr
+
+from llmservice.observability import context, tracing_for
+from llmservice.observability.logs import PAYLOADS, RequestIdFilter, enable_payloads, formatter, secrets_of
+from llmservice.settings import CacheSettings, OpenAISettings, Settings, TracingSettings
+
+KEY = "sk-unit-REDACT-ME-0123456789"
+
+
+def record(message: str, *args: object) -> logging.LogRecord:
+    made = logging.LogRecord("llmservice.test", logging.WARNING, __file__, 1, message, args, None)
+    RequestIdFilter().filter(made)
+    return made
+
+
+def test_json_lines_carry_the_request_id_and_mask_every_secret() -> None:
+    context.begin("req-7")
+    line = formatter("json", [KEY]).format(record("upstream said %s", f"bad key {KEY[:-3]}..."))
+    data = json.loads(line)
+    assert data["request_id"] == "req-7"
+    assert data["level"] == "WARNING"
+    assert KEY[:8] not in line
+    assert "***" in data["msg"]
+
+
+def test_key_value_lines_quote_what_needs_it() -> None:
+    context.begin("req-8")
+    line = formatter("kv", []).format(record('a "quoted" message'))
+    assert "request_id=req-8" in line
+    assert 'msg="a \\"quoted\\" message"' in line
+
+
+def test_text_lines_show_the_request_id_only_inside_a_request() -> None:
+    context.REQUEST_ID.set("")
+    assert "[" not in formatter("text", []).format(record("outside"))
+    context.begin("req-9")
+    assert "[req-9]" in formatter("text", []).format(record("inside"))
+
+
+def test_secrets_of_finds_keys_and_url_passwords() -> None:
+    settings = Settings(
+        openai=OpenAISettings(api_key=SecretStr(KEY)),
+        cache=CacheSettings(type="redis", redis_url="redis://user:hunter2pass@127.0.0.1:6379/0"),
+    )
+    assert {KEY, "hunter2pass"} <= set(secrets_of(settings))
+
+
+def test_payloads_are_not_logged_unless_asked() -> None:
+    assert not PAYLOADS.isEnabledFor(logging.DEBUG)
+    enable_payloads(True)
+    try:
+        assert PAYLOADS.isEnabledFor(logging.DEBUG)
+    finally:
+        enable_payloads(False)
+
+
+def test_request_ids_from_callers_are_kept_only_when_plain() -> None:
+    assert context.request_id_from("abc-123_X.y:z") == "abc-123_X.y:z"
+    for bad in ("", None, "a b", "x" * 129, "line\nbreak", "é"):
+        made = context.request_id_from(bad)
+        assert made != bad
+        assert len(made) == 32
+
+
+def test_tracing_off_imports_no_tracing_code() -> None:
+    assert tracing_for(TracingSettings()) is None
+    assert tracing_for(TracingSettings(exporter="otlp", sdk_disabled=True)) is None
+    code = (
+        "import sys\n"
+        "import llmservice.app, gateway_shim.app\n"
+        "from llmservice.observability import tracing_for\n"
+        "from llmservice.settings import TracingSettings\n"
+        "assert tracing_for(TracingSettings()) is None\n"
+        # (redis-py loads the SDK's metrics part by itself when the SDK is installed)
+        "tracing = ('opentelemetry.sdk.trace', 'opentelemetry.exporter', 'llmservice.observability.trac')\n"
+        "loaded = [m for m in sys.modules if m.startswith(tracing)]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
