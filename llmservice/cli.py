@@ -212,16 +212,26 @@ def _shim(args: argparse.Namespace) -> int:
 
     from gateway_shim.server import running_shim
 
+    from .observability import tracing_for
+    from .observability.logs import configure_logging, secrets_of
+
+    settings = load_settings()  # for logs.* and tracing (OTEL_*): the shim has no providers
+    tracing = tracing_for(settings.tracing)
+
     async def run() -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        async with running_shim(args.target, args.host, args.http_port) as port:
+        async with running_shim(args.target, args.host, args.http_port, tracing) as port:
             print(f"llmservice: HTTP shim on http://{args.host}:{port} for {args.target}", flush=True)
             await stop.wait()
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_event_loop(run())
+    configure_logging(logging.WARNING, settings.logs.format, secrets_of(settings))
+    try:
+        run_event_loop(run())
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
     return 0
 
 
