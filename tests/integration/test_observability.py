@@ -6,14 +6,19 @@ which records the headers each call brought (x-request-id, traceparent).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import socket
 
 import grpc
 import httpx
 import pytest
+import uvicorn
+from mcp.server.mcpserver import MCPServer
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, get_current_span
 from pydantic import SecretStr
 
 from gateway_shim.server import running_shim
@@ -22,6 +27,7 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
 from llmservice.observability.logs import RequestIdFilter, enable_payloads, formatter, secrets_of
 from llmservice.observability.tracing import Tracing
+from llmservice.sessions.mcp_client import McpConnection, ServerSpec
 from llmservice.settings import LogSettings, OpenAISettings, ServerSettings, Settings, TracingSettings
 
 from ..fakes.openai_server import fake_openai
@@ -174,3 +180,34 @@ async def test_secrets_stay_out_of_the_logs_even_with_payloads_on() -> None:
     assert '"request_id": "r1"' in text  # failures are logged under their request's id
     for i in range(len(KEY) - 7):
         assert KEY[i : i + 8] not in text, KEY[i : i + 8]
+
+
+async def test_mcp_tool_calls_carry_the_trace_to_the_server() -> None:
+    """The MCP SDK puts the current span's context into each call's `_meta`; the server's
+    tool sees it as its own trace."""
+    probe = MCPServer("trace-probe")
+
+    @probe.tool()
+    def trace_id() -> str:
+        """The trace the call arrived in."""
+        return f"{get_current_span().get_span_context().trace_id:032x}"
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(probe.streamable_http_app(), log_level="warning"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    tracing = Tracing.create(TracingSettings(exporter="otlp"), InMemorySpanExporter())
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+    connection = McpConnection(ServerSpec(url, "streamable_http"), connect_timeout_s=10, tool_timeout_s=10)
+    try:
+        while not server.started:  # noqa: ASYNC110 -- uvicorn has no event for it
+            await asyncio.sleep(0.01)
+        await connection.open()
+        with tracing.span("turn", {}, {}, SpanKind.SERVER) as span:
+            outcome = await connection.call("trace_id", {})
+    finally:
+        await connection.aclose()
+        server.should_exit = True
+        await task
+        sock.close()
+    assert outcome.text == f"{span.get_span_context().trace_id:032x}"
