@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
 import subprocess
 import sys
+import threading
 
+from opentelemetry.trace import SpanKind
 from pydantic import SecretStr
 
 from llmservice.observability import context, tracing_for
@@ -86,3 +89,37 @@ def test_tracing_off_imports_no_tracing_code() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_spans_go_to_the_otlp_endpoint_with_the_configured_headers() -> None:
+    """Exported over OTLP/HTTP to a local receiver: endpoint + /v1/traces, headers decoded."""
+    seen: list[tuple[str, str]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            seen.append((self.path, self.headers["authorization"]))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    receiver = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings = TracingSettings(
+            exporter="otlp",
+            endpoint=f"http://127.0.0.1:{receiver.server_port}/",
+            headers=SecretStr("authorization=Bearer%20t0ken,x-other=1"),
+        )
+        tracing = tracing_for(settings)
+        assert tracing is not None
+        with tracing.span("probe", {}, {}, SpanKind.INTERNAL):
+            pass
+        tracing.shutdown()  # flushes the batch
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    assert seen == [("/v1/traces", "Bearer t0ken")]
