@@ -39,6 +39,24 @@ def begin(request_id: str, *extra: tuple[str, str]) -> None:
     OUTGOING.set(((REQUEST_ID_HEADER, request_id), *extra))
 
 
+def upstream_headers() -> Headers:
+    """OUTGOING for a provider's HTTP call: the request id only when it is a UUID.
+
+    Some OpenAI-compatible servers refuse a request whose x-request-id is not a UUID
+    (llama-cpp-python's server answers 400), so a caller's own id of another shape
+    stays on this side (in the logs and trailers) and the upstream call goes without.
+    """
+    return tuple((k, v) for k, v in OUTGOING.get() if k != REQUEST_ID_HEADER or _is_uuid(v))
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 def request_trailer() -> Headers:
     """The gRPC trailer that tells the caller the call's request id."""
     rid = REQUEST_ID.get()

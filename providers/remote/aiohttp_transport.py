@@ -10,8 +10,8 @@ Why not httpx-aiohttp (what the `openai` SDK ships as its aiohttp option): it re
 every lost connection, refused or reset, as httpx.ConnectTimeout, so an unreachable
 upstream would read as a timeout; and it lets yarl re-quote the path, which breaks
 AWS SigV4 signatures over escaped model ids such as `...-v1%3A0`. This module is that
-transport with both right, and the request's `x-request-id` (and `traceparent` when
-tracing is on: `llmservice.observability.context.OUTGOING`) on every upstream call.
+transport with both right, and the request's `x-request-id` (when it is a UUID) and
+`traceparent` (when tracing is on) on every upstream call: `context.upstream_headers`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import aiohttp
 import httpx
 import yarl
 
-from llmservice.observability.context import OUTGOING
+from llmservice.observability.context import upstream_headers
 
 _DEFAULT_LIMITS = httpx.Limits()
 _TIMEOUTS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
@@ -103,7 +103,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             response = await self._session_now().request(
                 request.method,
                 yarl.URL(str(request.url), encoded=True),  # exactly the path that was signed
-                headers=[*request.headers.multi_items(), *OUTGOING.get()],
+                headers=[*request.headers.multi_items(), *upstream_headers()],
                 data=await request.aread() or None,
                 allow_redirects=False,
                 compress=False,

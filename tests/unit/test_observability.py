@@ -8,7 +8,9 @@ import logging
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
+import pytest
 from opentelemetry.trace import SpanKind
 from pydantic import SecretStr
 
@@ -17,6 +19,23 @@ from llmservice.observability.logs import PAYLOADS, RequestIdFilter, enable_payl
 from llmservice.settings import CacheSettings, OpenAISettings, Settings, TracingSettings
 
 KEY = "sk-unit-REDACT-ME-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def no_request_left_behind() -> Iterator[None]:
+    """Each test's context.begin() is undone: later tests' tasks would inherit its headers."""
+    ids, outgoing = context.REQUEST_ID.set(""), context.OUTGOING.set(())
+    yield
+    context.REQUEST_ID.reset(ids)
+    context.OUTGOING.reset(outgoing)
+
+
+def test_upstream_calls_carry_only_request_ids_in_uuid_form() -> None:
+    context.begin("req-1", ("traceparent", "00-abc-def-01"))
+    assert context.upstream_headers() == (("traceparent", "00-abc-def-01"),)
+    made = context.request_id_from(None)
+    context.begin(made)
+    assert context.upstream_headers() == (("x-request-id", made),)
 
 
 def record(message: str, *args: object) -> logging.LogRecord:
