@@ -100,7 +100,11 @@ class Provider(abc.ABC):
         raise RuntimeError(f"provider {self.name} ended a stream without StreamEnd")
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()  # what start opened (an HTTP session, say) is not left to GC
+            raise
         return self
 
     async def __aexit__(
