@@ -48,17 +48,18 @@ def to_status(exc: BaseException, not_found: str | None = None) -> tuple[grpc.St
     servicer knows: a chat call looks up a model), sent as llm-error-kind.
     """
     if isinstance(exc, errors.LLMServiceError):
-        code = next((_CODES[t] for t in type(exc).__mro__ if t in _CODES), grpc.StatusCode.INTERNAL)
-        return code, exc.message, _facts(exc, not_found)
+        return _code(exc), exc.message, _facts(exc, not_found)
     log.error("internal error while serving a call", exc_info=exc)
     return grpc.StatusCode.INTERNAL, "internal error; see the service log", ()
 
 
 def code_name(exc: BaseException) -> str:
     """The status code name `to_status` gives `exc` (for metrics; logs nothing)."""
-    if isinstance(exc, errors.LLMServiceError):
-        return next((_CODES[t].name for t in type(exc).__mro__ if t in _CODES), "INTERNAL")
-    return "INTERNAL"
+    return _code(exc).name
+
+
+def _code(exc: BaseException) -> grpc.StatusCode:
+    return next((_CODES[t] for t in type(exc).__mro__ if t in _CODES), grpc.StatusCode.INTERNAL)
 
 
 def _facts(exc: errors.LLMServiceError, not_found: str | None) -> Trailers:
