@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+from llmservice.metrics import LATENCY_BUCKETS  # the service's, so the two histograms line up
 
 
 class ShimMetrics:
@@ -39,7 +39,7 @@ class ShimMetrics:
             "llmshim_http_request_duration_seconds",
             "Time to the last byte of the reply, by method and route",
             ["method", "route"],
-            buckets=_SECONDS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.in_flight = Gauge("llmshim_http_requests_in_flight", "HTTP requests being answered", registry=r)

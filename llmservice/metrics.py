@@ -21,7 +21,7 @@ from .scheduler import Scheduler
 
 SURFACE_KEY = "llm-surface"  # gRPC metadata: which surface a call came through
 SURFACES = frozenset({"grpc", "http"})
-_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)  # seconds
 _RATES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
@@ -41,14 +41,14 @@ class ServiceMetrics:
             "llmservice_request_duration_seconds",
             "Time from a call's start to its end (a stream's last chunk)",
             ["method", "provider", "model"],
-            buckets=_SECONDS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.first_token = Histogram(
             "llmservice_time_to_first_token_seconds",
             "Time from a stream's start to its first token",
             ["provider", "model"],
-            buckets=_SECONDS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.tokens = Counter(

@@ -16,13 +16,14 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.auth import AuthPolicy
 from llmservice.core import LLMCore
-from llmservice.errors import LLMServiceError, Unavailable
-from llmservice.metrics import ServiceMetrics, surface_of
+from llmservice.errors import Unavailable
+from llmservice.metrics import ServiceMetrics
 from llmservice.observability.context import request_trailer
 from llmservice.types import ChatRequest, TokenDelta, ToolCallDelta
 
 from . import codec
-from .status import MODEL_NOT_FOUND, abort, code_name
+from .call_metrics import CallMetrics
+from .status import MODEL_NOT_FOUND, abort
 
 
 class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
@@ -72,7 +73,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         request: pb.LLMChatRequest,
         context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.LLMChatResponse],
     ) -> pb.LLMChatResponse:
-        call = _Call(self.metrics, "Chat", context)
+        call = CallMetrics(self.metrics, "Chat", context)
         try:
             with self._tracked():
                 principal = self._auth.authenticate(call.metadata)
@@ -89,7 +90,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         request: pb.LLMChatRequest,
         context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.LLMChatChunk],
     ) -> AsyncIterator[pb.LLMChatChunk]:
-        call = _Call(self.metrics, "StreamChat", context)
+        call = CallMetrics(self.metrics, "StreamChat", context)
         context.set_trailing_metadata(request_trailer())  # unary calls get theirs from CallContext
         try:
             with self._tracked():
@@ -131,7 +132,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         request: pb.EmbedRequest,
         context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> pb.EmbedResponse:
-        call = _Call(self.metrics, "Embed", context)
+        call = CallMetrics(self.metrics, "Embed", context)
         try:
             with self._tracked():
                 principal = self._auth.authenticate(call.metadata)
@@ -142,51 +143,6 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         call.routed(embeddings.provider, embeddings.model)
         call.ended("OK")
         return codec.encode_embeddings(embeddings)
-
-
-class _Call:
-    """One call's metrics: counted once, when it ends (a stream: at its end event, error or cancel)."""
-
-    __slots__ = ("_done", "_method", "_metrics", "_start", "first_token_s", "metadata", "model", "provider")
-
-    def __init__(
-        self, metrics: ServiceMetrics, method: str, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:
-        self._metrics, self._method = metrics, method
-        self.metadata = context.invocation_metadata() or ()
-        self._start = time.perf_counter()
-        self.provider = self.model = ""  # until routed: a caller's model string is no label
-        self.first_token_s = 0.0
-        self._done = False
-
-    def routed(self, provider: str, model: str) -> None:
-        self.provider, self.model = provider, model
-
-    def first_token(self) -> None:
-        self.first_token_s = time.perf_counter() - self._start
-        self._metrics.first_token.labels(self.provider, self.model).observe(self.first_token_s)
-
-    def failed(self, exc: Exception) -> None:
-        if isinstance(exc, LLMServiceError) and exc.provider and not self.provider:
-            self.provider = exc.provider
-        self.ended(code_name(exc))
-
-    def ended(self, code: str, tokens: int = 0) -> None:
-        if self._done:
-            return
-        self._done = True
-        m, elapsed = self._metrics, time.perf_counter() - self._start
-        if code != "OK":
-            # A remote backend passes any model name on: only one that answered is a label,
-            # so callers cannot grow the label set with names that do not exist.
-            self.model = ""
-        m.requests.labels(self._method, surface_of(self.metadata), self.provider, self.model, code).inc()
-        m.duration.labels(self._method, self.provider, self.model).observe(elapsed)
-        if tokens:
-            m.tokens.labels(self.provider, self.model).inc(tokens)
-            generating_s = elapsed - self.first_token_s
-            if self.first_token_s and generating_s > 0:
-                m.token_rate.labels(self.provider, self.model).observe(tokens / generating_s)
 
 
 def _decode(request: pb.LLMChatRequest, context: grpc.aio.ServicerContext[Any, Any]) -> ChatRequest:
