@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-from llmservice.types import ChatRequest, ModelInfo, StreamEvent
-from providers import Provider
+from .one_model import OneModel
 
 
-class HeldAtStart(Provider):
+class HeldAtStart(OneModel):
     name = "held"
 
     def __init__(self) -> None:
@@ -17,17 +15,3 @@ class HeldAtStart(Provider):
 
     async def start(self) -> None:
         await self.release.wait()
-
-    @property
-    def default_model(self) -> str:
-        return "m"
-
-    async def list_models(self) -> list[ModelInfo]:
-        return [ModelInfo("m", self.name)]
-
-    def validate(self, model: str, request: ChatRequest) -> None:
-        pass
-
-    async def stream(self, model: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        raise NotImplementedError
-        yield

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
-from llmservice.types import ChatRequest, FinishReason, ModelInfo, StreamEnd, StreamEvent, TokenDelta, Usage
-from providers import Provider
+from llmservice.types import ChatRequest, FinishReason, StreamEnd, StreamEvent, TokenDelta, Usage
+
+from .one_model import OneModel
 
 
-class Words(Provider):
+class Words(OneModel):
     """Streams `words` (one token each), then ends with usage (prompt_tokens, words streamed).
 
     With `hold` set, it waits for the event after the first word: a test can leave mid-stream.
@@ -24,16 +25,6 @@ class Words(Provider):
         self.prompt_tokens = prompt_tokens
         self.hold: asyncio.Event | None = None
         self.calls = 0
-
-    @property
-    def default_model(self) -> str:
-        return "m"
-
-    async def list_models(self) -> list[ModelInfo]:
-        return [ModelInfo("m", self.name)]
-
-    def validate(self, model: str, request: ChatRequest) -> None:
-        pass
 
     async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         self.calls += 1

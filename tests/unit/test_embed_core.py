@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import numpy as np
@@ -13,31 +12,18 @@ from llmservice.embed_cache import EmbeddingCache
 from llmservice.embedding import EmbedRequest, EmbedResult
 from llmservice.errors import InvalidRequest
 from llmservice.registry import ProviderRegistry
-from llmservice.types import ChatRequest, ModelInfo, StreamEvent
 from providers import Provider
 
+from ..fakes.one_model import OneModel
 
-class Counting(Provider):
+
+class Counting(OneModel):
     """Embeds a text as [len, first code point]; records every batch it is given."""
 
     name = "counting"
 
     def __init__(self) -> None:
         self.batches: list[tuple[str, ...]] = []
-
-    @property
-    def default_model(self) -> str:
-        return "m"
-
-    async def list_models(self) -> list[ModelInfo]:
-        return [ModelInfo("m", self.name)]
-
-    def validate(self, model: str, request: ChatRequest) -> None:
-        pass
-
-    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        raise NotImplementedError
-        yield
 
     async def embed(self, model: str, request: EmbedRequest) -> EmbedResult:
         self.batches.append(request.input)

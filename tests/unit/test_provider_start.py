@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-
 import pytest
 
 from llmservice.errors import Unavailable
-from llmservice.types import ChatRequest, ModelInfo, StreamEvent
-from providers.base import Provider
+
+from ..fakes.one_model import OneModel
 
 
-class FailsToStart(Provider):
+class FailsToStart(OneModel):
     name = "fails"
 
     def __init__(self) -> None:
         self.closed = False
-
-    def default_model(self) -> str:
-        return "m"
-
-    async def list_models(self) -> list[ModelInfo]:
-        return []
-
-    def validate(self, model: str, request: ChatRequest) -> None:
-        return None
-
-    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        raise NotImplementedError
-        yield  # pragma: no cover
 
     async def start(self) -> None:
         raise Unavailable("upstream refused the model list")
