@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from fastapi import FastAPI, Request
@@ -39,13 +39,21 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def create_app(target: str, tracing: Tracing | None = None) -> FastAPI:
+Connect = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
+
+
+def create_app(target: str, tracing: Tracing | None = None, connect: Connect | None = None) -> FastAPI:
     """The app, talking to the LLMService at `target` (host:port) over one channel; `tracing`
-    (the service's, when tracing is on) gives each request a span."""
+    (the service's, when tracing is on) gives each request a span. `connect` replaces the
+    channel with another the generated stubs can use (`llmservice serve`: its in-process one)."""
+
+    def over_grpc() -> contextlib.AbstractAsyncContextManager[Any]:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        async with (connect or over_grpc)() as opened:
+            channel = cast(grpc.aio.Channel, opened)  # or a stand-in the stubs use the same way
             llm = pb_grpc.LLMServiceStub(channel)
             app.state.openai = OpenAIServing(llm)
             app.state.llm = llm  # for routes that call the service directly (embeddings)

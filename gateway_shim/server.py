@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from .app import create_app
+from .app import Connect, create_app
 
 if TYPE_CHECKING:
     from llmservice.observability.tracing import Tracing
@@ -24,9 +24,10 @@ class _Server(uvicorn.Server):
 
 @contextlib.asynccontextmanager
 async def running_shim(
-    target: str, host: str, port: int, tracing: Tracing | None = None
+    target: str, host: str, port: int, tracing: Tracing | None = None, connect: Connect | None = None
 ) -> AsyncIterator[int]:
-    """Serve the shim for `target` on host:port (0: a free port) for the block; yields the port."""
+    """Serve the shim for `target` on host:port (0: a free port) for the block; yields the port.
+    `connect`: the channel to use instead of one to `target` (see create_app)."""
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
     # and without it a reused connection waits ~40 ms (Nagle and delayed ACKs) per reply.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -34,7 +35,10 @@ async def running_shim(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     config = uvicorn.Config(
-        create_app(target, tracing), log_level="warning", access_log=False, timeout_graceful_shutdown=5
+        create_app(target, tracing, connect),
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -163,7 +163,8 @@ async def serve(settings: Settings) -> None:
             from gateway_shim.server import running_shim  # the shim is a client of this service
 
             target = local_target(host, server.port)
-            running = running_shim(target, host, settings.server.http_port, server.tracing)
+            connect = server.in_process_channel if settings.server.shim_in_process else None
+            running = running_shim(target, host, settings.server.http_port, server.tracing, connect)
             http_port = await shim.enter_async_context(running)
             print(f"llmservice: HTTP shim (OpenAI API) on http://{host}:{http_port}", flush=True)
         if server.metrics_port >= 0:

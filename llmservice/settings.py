@@ -97,6 +97,13 @@ class ServerSettings(_Section):
     http_port: int = Field(
         8000, ge=-1, le=65535, description="the HTTP shim's; 0 picks a free one, -1: no shim"
     )
+    shim_in_process: bool = Field(
+        True,
+        description=(
+            "the shim started beside the service calls it in process, without sockets (the same "
+            "servicers, interceptors and wire messages); false: over loopback gRPC"
+        ),
+    )
     drain_grace_s: float = Field(10.0, ge=0, description="how long SIGTERM waits for in-flight calls")
     metrics_port: int = Field(
         -1,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -30,6 +30,7 @@ from llmservice.sessions.catalogue import ServerCatalogue
 from llmservice.settings import LLMChatSettings
 
 from .admin_servicer import ModelAdminServicer
+from .in_process import HandlerRegistry, InProcessChannel
 from .servicer import LLMServicer
 from .session_servicer import ChatSessionServicer
 
@@ -51,6 +52,12 @@ class GrpcServer:
     servicer: LLMServicer
     metrics_port: int = -1  # Prometheus /metrics, once served (-1: off)
     tracing: Any = None  # the instance's observability.tracing.Tracing when tracing is on
+    handlers: HandlerRegistry = field(default_factory=HandlerRegistry)  # for in-process calls
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+
+    def in_process_channel(self) -> InProcessChannel:
+        """A channel to this server's services that skips the sockets (the shim's, in `serve`)."""
+        return InProcessChannel(self.handlers, self.interceptors)
 
     async def set_serving(self, serving: bool) -> None:
         """Health for the whole server ("") and for each LLMService name."""
@@ -87,19 +94,27 @@ async def start_server(
 ) -> GrpcServer:
     """Start serving on host:port (0 picks a free port); health says NOT_SERVING until set_serving."""
     server = grpc.aio.server(interceptors=list(interceptors) or None)
+    handlers = HandlerRegistry()  # the same services, for in-process callers
     auth = auth or AuthPolicy({})
     servicer = LLMServicer(core, auth, metrics)
-    pb_grpc.add_LLMServiceServicer_to_server(servicer, server)
-    protocol_grpc.add_LLMServiceServicer_to_server(servicer, server)
     names: tuple[str, ...] = SERVICE_NAMES
+    session_servicer = admin_servicer = None
     if sessions is not None:
-        session_grpc.add_ChatSessionServiceServicer_to_server(
-            ChatSessionServicer(sessions, auth, catalogue or ServerCatalogue(LLMChatSettings())), server
+        session_servicer = ChatSessionServicer(
+            sessions, auth, catalogue or ServerCatalogue(LLMChatSettings())
         )
         names = (*names, SESSION_SERVICE_NAME)
     if admin is not None:
-        admin_grpc.add_ModelAdminServiceServicer_to_server(ModelAdminServicer(admin, auth), server)
+        admin_servicer = ModelAdminServicer(admin, auth)
         names = (*names, ADMIN_SERVICE_NAME)
+    # The registry has the two methods the generated add_* functions call on a server.
+    for target in (server, cast(grpc.aio.Server, handlers)):
+        pb_grpc.add_LLMServiceServicer_to_server(servicer, target)
+        protocol_grpc.add_LLMServiceServicer_to_server(servicer, target)
+        if session_servicer is not None:
+            session_grpc.add_ChatSessionServiceServicer_to_server(session_servicer, target)
+        if admin_servicer is not None:
+            admin_grpc.add_ModelAdminServiceServicer_to_server(admin_servicer, target)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -110,6 +125,6 @@ async def start_server(
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
-    result = GrpcServer(server, bound, health, servicer)
+    result = GrpcServer(server, bound, health, servicer, handlers=handlers, interceptors=tuple(interceptors))
     await result.set_serving(False)
     return result

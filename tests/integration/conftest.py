@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -20,6 +21,7 @@ from providers.llamacpp import LlamaCppProvider
 class Service:
     target: str
     engine: LlamaCppProvider
+    in_process: Callable[[], Any]  # a channel without sockets, as `serve` gives its shim
 
     @property
     def tokens_generated(self) -> int:
@@ -37,7 +39,7 @@ async def service(settings: Settings) -> AsyncIterator[Service]:
     provider, _ = registry.resolve("", "")
     assert isinstance(provider, LlamaCppProvider)
     async with running_service(settings, registry=registry) as server:
-        yield Service(f"127.0.0.1:{server.port}", provider)
+        yield Service(f"127.0.0.1:{server.port}", provider, server.in_process_channel)
 
 
 @pytest.fixture(scope="session")

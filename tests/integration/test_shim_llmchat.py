@@ -49,7 +49,7 @@ def mcp_url() -> Iterator[str]:
 async def shim_for(config: Settings) -> AsyncIterator[str]:
     async with (
         running_service(config, registry=ProviderRegistry.from_settings(config)) as server,
-        running_shim(f"127.0.0.1:{server.port}", "127.0.0.1", 0) as port,
+        running_shim(f"127.0.0.1:{server.port}", "127.0.0.1", 0, connect=server.in_process_channel) as port,
     ):
         yield f"http://127.0.0.1:{port}"
 
@@ -180,7 +180,7 @@ async def test_a_whole_turn_whose_client_leaves_stops_generating(mcp_url: str) -
     assert isinstance(provider, LlamaCppProvider)
     async with (
         running_service(config, registry=registry) as server,
-        running_shim(f"127.0.0.1:{server.port}", "127.0.0.1", 0) as port,
+        running_shim(f"127.0.0.1:{server.port}", "127.0.0.1", 0, connect=server.in_process_channel) as port,
         httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as http,
     ):
         long = {"provider": "llamacpp", "config": {"temperature": 0, "max_tokens": 1500}}

@@ -23,7 +23,9 @@ HELLO = [{"role": "user", "content": "Name three colours."}]
 
 @pytest.fixture(scope="module")
 async def base_url(service: Service) -> AsyncIterator[str]:
-    async with running_shim(service.target, "127.0.0.1", 0) as port:
+    # As `llmservice serve` runs it: in process (tests/integration/test_metrics.py and
+    # test_observability.py drive a shim over real gRPC).
+    async with running_shim(service.target, "127.0.0.1", 0, connect=service.in_process) as port:
         yield f"http://127.0.0.1:{port}/v1"
 
 

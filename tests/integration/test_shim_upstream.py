@@ -44,7 +44,7 @@ async def base_url(upstream: Upstream) -> AsyncIterator[str]:
     settings = _settings(upstream)
     async with (
         running_service(settings, registry=ProviderRegistry.from_settings(settings)) as server,
-        running_shim(f"127.0.0.1:{server.port}", "127.0.0.1", 0) as port,
+        running_shim(f"127.0.0.1:{server.port}", "127.0.0.1", 0, connect=server.in_process_channel) as port,
     ):
         yield f"http://127.0.0.1:{port}/v1"
 
