@@ -2,7 +2,9 @@
 
 One local OpenAI-compatible upstream answers after a fixed delay; the shim (with the
 service behind it, provider openai_compatible) and the LiteLLM proxy each run in their
-own process in front of it. One aiohttp session drives all three the same way (direct,
+own process in front of it. The shim runs as `llmservice serve` runs it, calling the
+service in process, and again with `server.shim_in_process=false`, over loopback gRPC
+(as a shim deployed on its own does). One aiohttp session drives all three the same way (direct,
 through the shim, through LiteLLM; httpx's own pool cannot drive 32 concurrent clients
 without stalling), rounds alternating: latency of whole replies, time
 to the first content token of streams, at 1 and 32 concurrent clients, and requests/s.
@@ -19,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 
+from . import http_floor
 from .engine_vs_llama_server import free_port
 from .gateway_overhead import DELAY_MS, upstream_running
 from .litellm_proxy import VERSION, litellm_running
@@ -30,11 +33,13 @@ CALLS = {1: 150, 32: 15}
 
 
 @contextlib.asynccontextmanager
-async def shim_running(upstream: str) -> AsyncIterator[str]:
+async def shim_running(upstream: str, in_process: bool = True) -> AsyncIterator[str]:
+    """`llmservice serve` with its shim; `in_process=False`: the shim calls it over loopback gRPC."""
     settings = (
         "provider=openai_compatible",
         f"openai_compatible.base_url={upstream}",
         "openai_compatible.model=fixed",
+        f"server.shim_in_process={'true' if in_process else 'false'}",
     )
     async with llmservice_serve(*settings, http=True) as served:
         yield f"{served.http_url}/v1"
@@ -81,9 +86,10 @@ async def measure(rounds: int) -> dict[str, object]:
     with upstream_running() as upstream, litellm_running(upstream, free_port()) as litellm:
         async with (
             shim_running(upstream) as shim,
+            shim_running(upstream, in_process=False) as shim_grpc,
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
         ):
-            sides = {"direct": upstream, "shim": shim, "litellm": litellm}
+            sides = {"direct": upstream, "shim": shim, "shim_grpc": shim_grpc, "litellm": litellm}
             for clients in (1, 32):
                 for stream in (False, True):
                     label = "time to first token" if stream else "whole reply latency"
@@ -99,11 +105,12 @@ async def measure(rounds: int) -> dict[str, object]:
                     p50 = {s: pct(v, 0.5) for s, v in latencies.items()}
                     p95 = {s: pct(v, 0.95) for s, v in latencies.items()}
                     rps = {s: sorted(v)[len(v) // 2] for s, v in rates.items()}
-                    added = {s: p50[s] - p50["direct"] for s in ("shim", "litellm")}
+                    added = {s: p50[s] - p50["direct"] for s in ("shim", "shim_grpc", "litellm")}
                     key = f"{'ttft' if stream else 'whole'}_{clients}"
                     figures.update(
                         {
                             f"{key}_shim_added_ms": added["shim"],
+                            f"{key}_shim_grpc_added_ms": added["shim_grpc"],
                             f"{key}_litellm_added_ms": added["litellm"],
                             f"{key}_shim_rps": rps["shim"],
                             f"{key}_litellm_rps": rps["litellm"],
@@ -114,11 +121,33 @@ async def measure(rounds: int) -> dict[str, object]:
                             f"{label}, {clients} client{'s' if clients > 1 else ''}: p50 / p95 ms, req/s",
                             f"{p50['direct']:.2f} / {p95['direct']:.2f}, {rps['direct']:.0f}",
                             f"{p50['shim']:.2f} / {p95['shim']:.2f}, {rps['shim']:.0f}",
+                            f"{p50['shim_grpc']:.2f} / {p95['shim_grpc']:.2f}, {rps['shim_grpc']:.0f}",
                             f"{p50['litellm']:.2f} / {p95['litellm']:.2f}, {rps['litellm']:.0f}",
                             f"{added['shim']:+.2f} vs {added['litellm']:+.2f} ms; "
                             f"{rps['shim'] / rps['litellm']:.2f}x req/s",
                         ]
                     )
+        # The floor: one HTTP hop through a bare uvicorn app that only forwards (whole replies, 1 client).
+        with http_floor.floor_running(free_port(), upstream) as floor:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+                await sample(caller(http, floor, False), 1)
+                direct_ms: list[float] = []
+                floor_ms: list[float] = []
+                for _ in range(rounds):
+                    direct_ms += (await sample(caller(http, upstream, False), 1))[0]
+                    floor_ms += (await sample(caller(http, floor, False), 1))[0]
+        d50, f50 = pct(direct_ms, 0.5), pct(floor_ms, 0.5)
+        figures["floor_whole_1_added_ms"] = f50 - d50
+        rows.append(
+            [
+                "floor: a bare uvicorn app that only forwards, whole reply, 1 client: p50 / p95 ms",
+                f"{d50:.2f} / {pct(direct_ms, 0.95):.2f}",
+                f"{f50:.2f} / {pct(floor_ms, 0.95):.2f} (the floor)",
+                "",
+                "",
+                f"{f50 - d50:+.2f} ms",
+            ]
+        )
     checks = [
         (
             "p50 added <= 1 ms at 1 client",
@@ -146,12 +175,18 @@ async def measure(rounds: int) -> dict[str, object]:
         ),
         "columns": [
             "direct",
-            "shim (+ service)",
+            "shim (+ service, in process)",
+            "shim over loopback gRPC",
             "LiteLLM proxy",
             "added p50: shim vs LiteLLM; req/s shim / LiteLLM",
         ],
         "rows": rows,
-        "verdict": "Targets: " + "; ".join(f"{n}: {'met' if ok else 'NOT met'}" for n, ok in checks) + ".",
+        "verdict": (
+            "Targets: "
+            + "; ".join(f"{n}: {'met' if ok else 'NOT met'}" for n, ok in checks)
+            + ". One HTTP hop through a bare Python forwarder adds "
+            + f"{figures['floor_whole_1_added_ms']:.2f} ms on this machine by itself (the floor row)."
+        ),
         "figures": figures,
     }
 
