@@ -184,6 +184,32 @@ async def measure(rounds: int) -> dict[str, object]:
                     f"{f50 - d50:+.2f} / {f95 - d95:+.2f}",
                 ]
             )
+            # What one gRPC round trip costs with no upstream: back to back, and after the
+            # processes slept for the upstream's delay, as they do in every call above.
+            async with grpc_floor.floor_running(free_port(), "") as echo:
+
+                async def echo_chat() -> None:
+                    await echo.Chat(request)
+
+                async def echo_after_idle() -> float:
+                    await asyncio.sleep(DELAY_MS / 1000)
+                    return await timed(echo_chat)
+
+                await sample(echo_chat, 1)
+                hot: list[float] = []
+                idle: list[float] = []
+                for _ in range(rounds):
+                    hot += await sample(echo_chat, 1)
+                    idle += [await echo_after_idle() for _ in range(CALLS_PER_CALLER[1])]
+            figures["echo_hot_p50_ms"], figures["echo_idle_p50_ms"] = pct(hot, 0.5), pct(idle, 0.5)
+            rows.append(
+                [
+                    "a bare gRPC round trip (echo, no upstream): back to back / after 20 ms idle, p50 ms",
+                    "",
+                    f"{figures['echo_hot_p50_ms']:.2f} / {figures['echo_idle_p50_ms']:.2f}",
+                    "",
+                ]
+            )
         await direct.close()
     met = figures["chat_1_added_p50_ms"] <= 1.0 and figures["ttft_1_added_p50_ms"] <= 1.0
     return {
@@ -200,7 +226,10 @@ async def measure(rounds: int) -> dict[str, object]:
             f"Target: p50 added <= 1 ms at 1 caller. Measured {figures['chat_1_added_p50_ms']:.2f} ms "
             f"(Chat) and {figures['ttft_1_added_p50_ms']:.2f} ms (time to first token): "
             f"{'met' if met else 'NOT met'}. One bare gRPC hop on this machine adds "
-            f"{figures['floor_chat_1_added_p50_ms']:.2f} ms by itself (the floor row)."
+            f"{figures['floor_chat_1_added_p50_ms']:.2f} ms by itself (the floor row); a bare round trip "
+            f"takes {figures['echo_hot_p50_ms']:.2f} ms back to back and "
+            f"{figures['echo_idle_p50_ms']:.2f} ms once the processes have slept for the upstream's "
+            "delay (the last row)."
         ),
         "figures": figures,
     }

@@ -41,9 +41,17 @@ class _Forwarder(pb_grpc.LLMServiceServicer):
         return pb.LLMChatResponse(content=reply["choices"][0]["message"]["content"], model=reply["model"])
 
 
+class _Echo(pb_grpc.LLMServiceServicer):
+    """No upstream: what one gRPC round trip costs by itself."""
+
+    async def Chat(self, request: pb.LLMChatRequest, context: Any) -> pb.LLMChatResponse:
+        return pb.LLMChatResponse(content="The answer is forty two.", model="fixed")
+
+
 async def _serve(port: int, upstream: str) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_LLMServiceServicer_to_server(_Forwarder(upstream), server)
+    servicer = _Forwarder(upstream) if upstream else _Echo()
+    pb_grpc.add_LLMServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
@@ -51,6 +59,7 @@ async def _serve(port: int, upstream: str) -> None:
 
 @contextlib.asynccontextmanager
 async def floor_running(port: int, upstream: str) -> AsyncIterator[pb_grpc.LLMServiceStub]:
+    """The forwarder in its own process (`upstream` "": the echo server); yields a stub to it."""
     argv = [sys.executable, "-m", "bench.grpc_floor", "--port", str(port), "--upstream", upstream]
     proc = await asyncio.create_subprocess_exec(*argv)
     try:
@@ -66,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument(
-        "--upstream", required=True, help="the upstream's base URL, e.g. http://127.0.0.1:N/v1"
+        "--upstream", default="", help="the upstream's base URL, e.g. http://127.0.0.1:N/v1; none: echo"
     )
     args = parser.parse_args()
     import uvloop  # as `llmservice serve` runs
