@@ -11,6 +11,7 @@ from llmservice._pb.llmservice.v1 import model_admin_pb2 as pb
 from llmservice._pb.llmservice.v1 import model_admin_pb2_grpc as pb_grpc
 from llmservice.auth import AuthPolicy
 from llmservice.model_admin import ModelAdmin
+from llmservice.observability.context import request_trailer
 
 from .status import MODEL_NOT_FOUND, abort
 
@@ -53,6 +54,7 @@ class ModelAdminServicer(pb_grpc.ModelAdminServiceServicer):
         request: pb.PullModelRequest,
         context: grpc.aio.ServicerContext[pb.PullModelRequest, pb.PullModelResponse],
     ) -> AsyncIterator[pb.PullModelResponse]:
+        context.set_trailing_metadata(request_trailer())  # unary calls get theirs from CallContext
         try:
             principal = self._auth.authenticate(context.invocation_metadata() or ())
             _, steps = self._admin.pull(

@@ -11,6 +11,7 @@ import grpc
 from llmservice._pb.llmservice.v1 import chat_session_pb2 as pb
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as pb_grpc
 from llmservice.auth import AuthPolicy, Principal
+from llmservice.observability.context import request_trailer
 from llmservice.sessions import SessionManager, ToolInvocation, ToolStarted, TurnEvent, TurnFinal, TurnToken
 from llmservice.sessions.catalogue import ServerCatalogue
 
@@ -60,6 +61,7 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
     async def StreamChat(
         self, request: pb.StreamChatRequest, context: Context
     ) -> AsyncIterator[pb.StreamChatResponse]:
+        context.set_trailing_metadata(request_trailer())  # unary calls get theirs from CallContext
         try:
             events = await self._sessions.chat(self._principal(context), request.user_id, request.message)
             async with contextlib.aclosing(events) as running:

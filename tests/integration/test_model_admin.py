@@ -180,7 +180,9 @@ async def test_pull_streams_progress_and_delete_removes_the_file(
     pull = admin_pb.PullModelRequest(
         source=f"{gguf_server}/files/tiny.gguf", sha256=hashlib.sha256(b"\0" * 4096).hexdigest()
     )
-    steps = [s async for s in service.admin.PullModel(pull, metadata=key(OPS))]
+    pulling = service.admin.PullModel(pull, metadata=(*key(OPS), ("x-request-id", "pull-1")))
+    steps = [s async for s in pulling]
+    assert ("x-request-id", "pull-1") in tuple(await pulling.trailing_metadata())
     assert [s.status for s in steps] == ["resolving", "downloading", "success"]
     assert (steps[-1].done, steps[-1].model, steps[-1].completed, steps[-1].total) == (
         True,

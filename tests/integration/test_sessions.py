@@ -154,12 +154,12 @@ async def test_the_bundled_model_calls_a_tool_and_final_comes_last(
     await sessions.Connect(
         pb.ConnectRequest(user_id="u-tools", server=server(mcp_url), llm=LLM), metadata=ALICE
     )
-    events = [
-        e
-        async for e in sessions.StreamChat(
-            pb.StreamChatRequest(user_id="u-tools", message="What is 2 plus 3?"), metadata=ALICE
-        )
-    ]
+    turn = sessions.StreamChat(
+        pb.StreamChatRequest(user_id="u-tools", message="What is 2 plus 3?"),
+        metadata=(*ALICE, ("x-request-id", "turn-1")),
+    )
+    events = [e async for e in turn]
+    assert ("x-request-id", "turn-1") in tuple(await turn.trailing_metadata())  # a streamed turn's too
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds[-1] == "final"
     assert kinds.count("final") == 1
