@@ -56,7 +56,7 @@ async def running_service(
     embed_cache = EmbeddingCache(e.cache_dir / CACHE_FILE) if e.cache else None
     limits = Limits.from_settings(settings)
     core = LLMCore(registry, embed_cache, e.max_inputs, limits)
-    sessions = SessionManager(core, settings.llmchat, settings.cache)
+    sessions = SessionManager(core, settings.llmchat, settings.cache, tracing=tracing)
     catalogue = ServerCatalogue(settings.llmchat)
     metrics = service_metrics(registry, sessions, embed_cache)
     server = await start_server(

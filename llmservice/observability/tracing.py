@@ -30,7 +30,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from llmservice.settings import TracingSettings
 
-from .context import Headers
+from .context import OUTGOING, Headers
 
 _PROPAGATOR = TraceContextTextMapPropagator()  # stateless: one for every instance is fine
 
@@ -63,6 +63,19 @@ class Tracing:
         parent = _PROPAGATOR.extract(carrier)
         with self._tracer.start_as_current_span(name, parent, kind, dict(attributes)) as span:
             yield span
+
+    @contextlib.contextmanager
+    def child(self, name: str, attributes: Mapping[str, Any]) -> Iterator[Span]:
+        """A span for the block, child of the current one (a step inside a call), made current;
+        the next hop's headers carry it for the block."""
+        with self._tracer.start_as_current_span(name, attributes=dict(attributes)) as span:
+            kept = tuple((k, v) for k, v in OUTGOING.get() if k not in ("traceparent", "tracestate"))
+            token = OUTGOING.set((*kept, *self.traceparent()))
+            try:
+                yield span
+            finally:
+                with contextlib.suppress(ValueError):  # closed from another context: nothing to undo
+                    OUTGOING.reset(token)
 
     def traceparent(self) -> Headers:
         """The current span's context as headers for the next hop."""

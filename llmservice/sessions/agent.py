@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmservice.auth import Principal
 from llmservice.core import LLMCore
@@ -22,6 +22,7 @@ from llmservice.errors import Unavailable
 from llmservice.types import (
     ChatRequest,
     Message,
+    StreamEnd,
     TokenDelta,
     ToolCall,
     ToolCallDelta,
@@ -29,6 +30,11 @@ from llmservice.types import (
 )
 
 from .mcp_client import ToolOutcome
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from llmservice.observability.tracing import Tracing
 
 RunTool = Callable[[str, dict[str, Any]], Awaitable[ToolOutcome]]
 
@@ -73,9 +79,11 @@ async def run_turn(
     *,
     max_steps: int,
     added: list[Message],
+    tracing: Tracing | None = None,
 ) -> AsyncGenerator[TurnEvent]:
     """Run one turn of `request` (history and the new user message in `messages`, the
-    session's tools in `tools`). A ToolInvocation says a tool ended; `is_error` if it failed."""
+    session's tools in `tools`). A ToolInvocation says a tool ended; `is_error` if it failed.
+    With `tracing`, each model call is an `llm.request` span inside the turn's."""
     started = time.monotonic()
     invocations: list[ToolInvocation] = []
     made: set[tuple[str, str]] = set()  # (name, arguments) of every call run this turn
@@ -86,16 +94,28 @@ async def run_turn(
         last = step == max_steps - 1 or answer_now
         messages = base + tuple(added)
         step_request = _answer_only(request, messages) if last else replace(request, messages=messages)
-        stream = core.stream(step_request, principal)
         text: list[str] = []
         deltas: list[ToolCallDelta] = []
-        async with contextlib.aclosing(stream.events) as events:
-            async for event in events:
-                if isinstance(event, TokenDelta):
-                    text.append(event.text)
-                    yield TurnToken(event.text)
-                elif isinstance(event, ToolCallDelta):
-                    deltas.append(event)
+        with _step_span(tracing, step) as span:
+            stream = core.stream(step_request, principal)
+            if span is not None:
+                span.set_attributes(
+                    {
+                        "llm.provider": stream.provider,
+                        "gen_ai.provider.name": stream.provider,
+                        "llm.model": stream.model,
+                        "gen_ai.response.model": stream.model,
+                    }
+                )
+            async with contextlib.aclosing(stream.events) as events:
+                async for event in events:
+                    if isinstance(event, TokenDelta):
+                        text.append(event.text)
+                        yield TurnToken(event.text)
+                    elif isinstance(event, ToolCallDelta):
+                        deltas.append(event)
+                    elif isinstance(event, StreamEnd) and span is not None:
+                        span.set_attributes(_usage_attributes(event))
         calls = assemble_tool_calls(deltas)
         if last or not calls:
             if calls and not text:  # asked for tools it was not offered, and said nothing
@@ -118,6 +138,25 @@ async def run_turn(
             invocations.append(invocation)
             added.append(Message("tool", invocation.result, tool_call_id=call.id))
             yield invocation
+
+
+def _step_span(tracing: Tracing | None, step: int) -> contextlib.AbstractContextManager[Span | None]:
+    if tracing is None:
+        return contextlib.nullcontext()
+    return tracing.child("llm.request", {"llm.step": step})
+
+
+def _usage_attributes(end: StreamEnd) -> dict[str, Any]:
+    u = end.usage
+    served = {"llm.provider": end.provider, "gen_ai.provider.name": end.provider} if end.provider else {}
+    return {
+        **served,  # a route's deployment, when it was not the provider asked
+        "llm.usage.prompt_tokens": u.prompt_tokens,
+        "gen_ai.usage.input_tokens": u.prompt_tokens,
+        "llm.usage.completion_tokens": u.completion_tokens,
+        "gen_ai.usage.output_tokens": u.completion_tokens,
+        "llm.usage.total_tokens": u.prompt_tokens + u.completion_tokens,
+    }
 
 
 def _answer_only(request: ChatRequest, messages: tuple[Message, ...]) -> ChatRequest:

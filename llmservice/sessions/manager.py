@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmservice.auth import Principal
 from llmservice.core import LLMCore
@@ -36,6 +36,9 @@ from .mcp_client import McpConnection, ServerSpec, Transport
 from .ownership import Ownership
 from .records import LLMChoice, SecretBox, SessionRecord, SessionRecords
 from .safety import UrlPolicy
+
+if TYPE_CHECKING:
+    from llmservice.observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +63,15 @@ class _Live:
 
 class SessionManager:
     def __init__(
-        self, core: LLMCore, settings: LLMChatSettings, cache: CacheSettings, worker_id: str | None = None
+        self,
+        core: LLMCore,
+        settings: LLMChatSettings,
+        cache: CacheSettings,
+        worker_id: str | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
-        self._core, self._settings = core, settings
+        """`tracing`: each model call of a turn becomes an `llm.request` span inside the turn's."""
+        self._core, self._settings, self._tracing = core, settings, tracing
         self._redis = (
             fallback.connect(cache.redis_url or "redis://127.0.0.1:6379/0") if cache.uses_redis else None
         )
@@ -212,7 +221,15 @@ class SessionManager:
                 tools=connection.tools,
             )
             steps = self._settings.max_steps
-            loop = run_turn(self._core, principal, request, connection.call, max_steps=steps, added=added)
+            loop = run_turn(
+                self._core,
+                principal,
+                request,
+                connection.call,
+                max_steps=steps,
+                added=added,
+                tracing=self._tracing,
+            )
             async with asyncio.timeout(self._settings.turn_timeout_s), contextlib.aclosing(loop) as events:
                 async for event in events:
                     if isinstance(event, ToolInvocation):

@@ -22,16 +22,26 @@ from opentelemetry.trace import SpanKind, get_current_span
 from pydantic import SecretStr
 
 from gateway_shim.server import running_shim
+from llmservice._pb.llmservice.v1 import chat_session_pb2 as session_pb
+from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as session_grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
 from llmservice.observability.logs import RequestIdFilter, enable_payloads, formatter, secrets_of
 from llmservice.observability.tracing import Tracing
 from llmservice.sessions.mcp_client import McpConnection, ServerSpec
-from llmservice.settings import LogSettings, OpenAISettings, ServerSettings, Settings, TracingSettings
+from llmservice.settings import (
+    LLMChatSettings,
+    LogSettings,
+    OpenAISettings,
+    ServerSettings,
+    Settings,
+    TracingSettings,
+)
 
 from ..fakes.openai_server import fake_openai
 from ..fakes.upstream import Reply
+from ..servers import MCP_TOKEN, demo_mcp_server
 
 KEY = "sk-live-OBSERVE-0123456789abcdefXYZ"
 ASK = {"model": "gpt-test", "messages": [{"role": "user", "content": "count to three"}]}
@@ -148,6 +158,45 @@ async def test_a_trace_runs_from_the_shim_through_the_service_to_the_provider() 
     _, trace_id, parent_id, _ = upstream.headers[0]["traceparent"].split("-")
     assert int(trace_id, 16) == llm.context.trace_id
     assert int(parent_id, 16) == llm.context.span_id
+
+
+async def test_each_model_call_of_a_session_turn_is_a_span_inside_the_turns() -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.create(TracingSettings(exporter="otlp"), exporter)
+    settings = config("").model_copy(update={"llmchat": LLMChatSettings(allowed_hosts=["127.0.0.1"])})
+    with fake_openai(Reply(text="one two three")) as upstream, demo_mcp_server() as mcp_url:
+        settings = settings.model_copy(
+            update={"openai": settings.openai.model_copy(update={"base_url": upstream.url + "/v1"})}
+        )
+        async with (
+            running_service(settings, tracing=tracing) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            sessions = session_grpc.ChatSessionServiceStub(channel)
+            mcp = session_pb.McpServer(url=mcp_url, transport="streamable_http", auth_token=MCP_TOKEN)
+            await sessions.Connect(
+                session_pb.ConnectRequest(
+                    user_id="traced", server=mcp, llm=session_pb.LLMConfig(provider="openai")
+                )
+            )
+            reply = await sessions.Chat(session_pb.ChatRequest(user_id="traced", message="Count to three."))
+            assert reply.response == "one two three"
+    tracing.shutdown()
+
+    spans = exporter.get_finished_spans()
+    (turn,) = [s for s in spans if s.name == "llmservice.v1.ChatSessionService/Chat"]
+    (step,) = by_name(spans, "llm.request")
+    assert step.parent is not None
+    assert step.parent.span_id == turn.context.span_id
+    attributes = dict(step.attributes or {})
+    assert attributes["llm.step"] == 0
+    assert attributes["llm.provider"] == "openai"
+    assert attributes["llm.model"] == "gpt-test"
+    assert attributes["llm.usage.completion_tokens"] > 0
+    # The provider call is the step's child.
+    _, trace_id, parent_id, _ = upstream.headers[0]["traceparent"].split("-")
+    assert int(trace_id, 16) == step.context.trace_id
+    assert int(parent_id, 16) == step.context.span_id
 
 
 async def test_secrets_stay_out_of_the_logs_even_with_payloads_on() -> None:
