@@ -16,6 +16,9 @@ What a call does here is what it does over the network, minus the sockets:
 - an abort, an unexpected exception (UNKNOWN), a deadline (DEADLINE_EXCEEDED) or an
   unknown method (UNIMPLEMENTED) reaches the caller as grpc.aio.AioRpcError, with the
   trailing metadata the handler set;
+- a message larger than gRPC's default limit for what a side receives (4 MiB, which
+  both the server and the shim's channel keep) fails as it would on the network, with
+  RESOURCE_EXHAUSTED;
 - `cancel()`, or cancelling the task that awaits the call, cancels the handler's task;
   a stream holds at most `STREAM_BUFFER` replies the caller has not read yet.
 """
@@ -36,6 +39,7 @@ import grpc
 log = logging.getLogger(__name__)
 
 STREAM_BUFFER = 64
+MAX_RECEIVE = 4 * 1024 * 1024  # grpc's default max_receive_message_length, on either side
 Serializer = Callable[[Any], bytes] | None
 Handler = Any  # grpc.RpcMethodHandler; generic in the stubs only
 
@@ -212,20 +216,29 @@ class _Rpc:
         handler = await self._channel._handler(details)
         if handler is None:
             raise _Abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
-        request = (
-            handler.request_deserializer(self._payload) if handler.request_deserializer else self._payload
-        )
+        payload = _check_size(self._payload)
+        request = handler.request_deserializer(payload) if handler.request_deserializer else payload
         serialize = handler.response_serializer or (lambda r: r)
         if handler.unary_unary is not None:
-            return serialize(await handler.unary_unary(request, self.context))
+            return _check_size(serialize(await handler.unary_unary(request, self.context)))
         async for reply in handler.unary_stream(request, self.context):
-            await self.replies.put(serialize(reply))
+            await self.replies.put(_check_size(serialize(reply)))
         await self.replies.put(_End())
         return None
 
     def _error(self, code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
         trailing = grpc.aio.Metadata(*self.context.trailing)
         return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details, None)
+
+
+def _check_size(message: Any) -> Any:
+    """`message` (serialized) unless it is larger than the receiving side takes."""
+    if isinstance(message, bytes) and len(message) > MAX_RECEIVE:
+        raise _Abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"Received message larger than max ({len(message)} vs. {MAX_RECEIVE})",
+        )
+    return message
 
 
 def _loop_time(monotonic_deadline: float) -> float:

@@ -34,6 +34,8 @@ class Servicer(pb_grpc.LLMServiceServicer):
             raise RuntimeError("boom")
         if text == "slow":
             await asyncio.sleep(30)
+        if text == "huge":
+            return pb.LLMChatResponse(content="x" * (5 * 1024 * 1024))
         metadata = dict(context.invocation_metadata())
         remaining = context.time_remaining()
         return pb.LLMChatResponse(
@@ -185,3 +187,15 @@ async def test_a_reader_that_lags_holds_back_the_handler(parts: Any) -> None:
     assert call._rpc.replies.qsize() == in_process.STREAM_BUFFER
     call.cancel()
     await asyncio.wait_for(servicer.stream_closed.wait(), 5)
+
+
+async def test_a_message_over_grpcs_receive_limit_fails_as_on_the_network(parts: Any) -> None:
+    """4 MiB, the default both the server and the shim's channel keep: RESOURCE_EXHAUSTED either way."""
+    stub = parts[0]
+    with pytest.raises(grpc.aio.AioRpcError) as reply_too_big:
+        await stub.Chat(chat("huge"))
+    with pytest.raises(grpc.aio.AioRpcError) as request_too_big:
+        await stub.Chat(chat("x" * (5 * 1024 * 1024)))
+    for caught in (reply_too_big, request_too_big):
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in (caught.value.details() or "")
