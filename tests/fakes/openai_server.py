@@ -160,6 +160,10 @@ def _app(fake: Upstream) -> Starlette:
             return Response(bad, media_type="application/json")
         texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
         dims = body.get("dimensions") if reply.honour_dimensions else None
+        if dims is not None and dims > reply.embedding_dims:  # `dimensions` only shortens, as OpenAI's does
+            message = f"dimensions {dims} is larger than this model's {reply.embedding_dims}"
+            error = {"message": message, "type": "invalid_request_error", "param": "dimensions", "code": None}
+            return JSONResponse({"error": error}, status_code=400)
         data = [
             {"object": "embedding", "index": i, "embedding": fake_vector(t, dims or reply.embedding_dims)}
             for i, t in enumerate(texts)
