@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -35,7 +34,7 @@ from providers.remote.aiohttp_transport import AiohttpClient
 from . import grpc_floor
 from .engine_vs_llama_server import free_port
 from .report import publish
-from .serve_process import llmservice_serve, pct
+from .serve_process import llmservice_serve, pct, process_answering
 
 DELAY_MS = 20.0
 CALLS_PER_CALLER = {1: 200, 32: 20}
@@ -57,18 +56,8 @@ def upstream_running() -> Iterator[str]:
         "--delay-ms",
         str(DELAY_MS),
     ]
-    proc = subprocess.Popen(argv)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 200:
-                    break
-            time.sleep(0.1)
+    with process_answering(argv, lambda: httpx.get(f"http://127.0.0.1:{port}/v1/models").status_code == 200):
         yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @contextlib.asynccontextmanager

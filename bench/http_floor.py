@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -25,6 +23,8 @@ import openai
 import uvicorn
 
 from providers.remote.aiohttp_transport import AiohttpClient
+
+from .serve_process import process_answering
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -62,20 +62,14 @@ def forwarder(upstream: str) -> Callable[[Scope, Receive, Send], Awaitable[None]
 def floor_running(port: int, upstream: str) -> Iterator[str]:
     """The forwarder in its own process, once it answers; yields its base URL."""
     argv = [sys.executable, "-m", "bench.http_floor", "--port", str(port), "--upstream", upstream]
-    proc = subprocess.Popen(argv)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                httpx.post(
-                    f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "fixed", "messages": []}
-                )
-                break
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    url = f"http://127.0.0.1:{port}/v1"
+
+    def answers() -> bool:
+        httpx.post(f"{url}/chat/completions", json={"model": "fixed", "messages": []})
+        return True  # any answer: it serves
+
+    with process_answering(argv, answers):
+        yield url
 
 
 def main() -> None:

@@ -1,12 +1,16 @@
-"""`llmservice serve` in a process of its own, as the benchmarks' far side runs in its own."""
+"""`llmservice serve` (and the benchmarks' other servers) in a process of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+
+import httpx
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,24 @@ async def llmservice_serve(*settings: str, http: bool = False) -> AsyncIterator[
     finally:
         proc.terminate()
         await proc.wait()
+
+
+@contextlib.contextmanager
+def process_answering(argv: list[str], answers: Callable[[], bool], timeout_s: float = 30) -> Iterator[None]:
+    """`argv` in a process of its own for the block, once `answers()` (an HTTP probe: a
+    transport error means not yet) says it serves, or `timeout_s` has passed."""
+    proc = subprocess.Popen(argv)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if answers():
+                    break
+            time.sleep(0.1)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def pct(values: list[float], q: float) -> float:

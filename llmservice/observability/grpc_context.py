@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 
 from .context import REQUEST_ID, REQUEST_ID_HEADER, begin, request_id_from, request_trailer
 from .logs import PAYLOADS
+from .span_attributes import attributes_of
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -152,22 +153,7 @@ def _carrier(metadata: Any) -> Mapping[str, str]:
 
 def _describe(span: Span, reply: Any) -> None:
     """Provider, model and usage of a reply (or a stream's last chunk) as span attributes."""
-    attributes: dict[str, Any] = {}
-    for name, keys in _ATTRIBUTES.items():
-        value = getattr(reply, name, None)
-        if value:
-            for key in keys:
-                attributes[key] = value
-    span.set_attributes(attributes)
-
-
-_ATTRIBUTES = {
-    "provider": ("llm.provider", "gen_ai.provider.name"),
-    "model": ("llm.model", "gen_ai.response.model"),
-    "prompt_tokens": ("llm.usage.prompt_tokens", "gen_ai.usage.input_tokens"),
-    "completion_tokens": ("llm.usage.completion_tokens", "gen_ai.usage.output_tokens"),
-    "total_tokens": ("llm.usage.total_tokens",),
-}
+    span.set_attributes(attributes_of(reply))
 
 
 def _log_payload(what: str, method: str, message: object, payloads: bool) -> None:

@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import grpc
 
@@ -42,6 +42,7 @@ STREAM_BUFFER = 64
 MAX_RECEIVE = 4 * 1024 * 1024  # grpc's default max_receive_message_length, on either side
 Serializer = Callable[[Any], bytes] | None
 Handler = Any  # grpc.RpcMethodHandler; generic in the stubs only
+_Call = TypeVar("_Call", "_UnaryUnaryCall", "_UnaryStreamCall")
 
 
 class HandlerRegistry:
@@ -111,22 +112,19 @@ class InProcessChannel:
     def unary_unary(
         self, method: str, request_serializer: Serializer = None, response_deserializer: Any = None, **_: Any
     ) -> Callable[..., _UnaryUnaryCall]:
-        def call(
-            request: Any, timeout: float | None = None, metadata: Any = None, **_: Any
-        ) -> _UnaryUnaryCall:
-            rpc = self._start(method, request, request_serializer, timeout, metadata, unary=True)
-            return _UnaryUnaryCall(rpc, response_deserializer)
-
-        return call
+        return self._callable(method, request_serializer, response_deserializer, _UnaryUnaryCall)
 
     def unary_stream(
         self, method: str, request_serializer: Serializer = None, response_deserializer: Any = None, **_: Any
     ) -> Callable[..., _UnaryStreamCall]:
-        def call(
-            request: Any, timeout: float | None = None, metadata: Any = None, **_: Any
-        ) -> _UnaryStreamCall:
-            rpc = self._start(method, request, request_serializer, timeout, metadata, unary=False)
-            return _UnaryStreamCall(rpc, response_deserializer)
+        return self._callable(method, request_serializer, response_deserializer, _UnaryStreamCall)
+
+    def _callable(
+        self, method: str, serializer: Serializer, deserializer: Any, kind: type[_Call]
+    ) -> Callable[..., _Call]:
+        def call(request: Any, timeout: float | None = None, metadata: Any = None, **_: Any) -> _Call:
+            rpc = self._start(method, request, serializer, timeout, metadata, unary=kind.unary)
+            return kind(rpc, deserializer)
 
         return call
 
@@ -253,6 +251,8 @@ class _End:
 
 
 class _UnaryUnaryCall:
+    unary: ClassVar[bool] = True
+
     def __init__(self, rpc: _Rpc, deserialize: Any) -> None:
         self._rpc, self._deserialize = rpc, deserialize
 
@@ -271,6 +271,8 @@ class _UnaryUnaryCall:
 
 
 class _UnaryStreamCall:
+    unary: ClassVar[bool] = False
+
     def __init__(self, rpc: _Rpc, deserialize: Any) -> None:
         self._rpc, self._deserialize = rpc, deserialize
         self._cancelled = False

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from llmservice.auth import Principal
 from llmservice.core import LLMCore
 from llmservice.errors import Unavailable
+from llmservice.observability.span_attributes import llm_attributes
 from llmservice.types import (
     ChatRequest,
     Message,
@@ -99,14 +100,7 @@ async def run_turn(
         with _step_span(tracing, step) as span:
             stream = core.stream(step_request, principal)
             if span is not None:
-                span.set_attributes(
-                    {
-                        "llm.provider": stream.provider,
-                        "gen_ai.provider.name": stream.provider,
-                        "llm.model": stream.model,
-                        "gen_ai.response.model": stream.model,
-                    }
-                )
+                span.set_attributes(llm_attributes(provider=stream.provider, model=stream.model))
             async with contextlib.aclosing(stream.events) as events:
                 async for event in events:
                     if isinstance(event, TokenDelta):
@@ -115,7 +109,15 @@ async def run_turn(
                     elif isinstance(event, ToolCallDelta):
                         deltas.append(event)
                     elif isinstance(event, StreamEnd) and span is not None:
-                        span.set_attributes(_usage_attributes(event))
+                        u = event.usage  # and who served it, when a route moved on
+                        span.set_attributes(
+                            llm_attributes(
+                                provider=event.provider,
+                                prompt_tokens=u.prompt_tokens,
+                                completion_tokens=u.completion_tokens,
+                                total_tokens=u.prompt_tokens + u.completion_tokens,
+                            )
+                        )
         calls = assemble_tool_calls(deltas)
         if last or not calls:
             if calls and not text:  # asked for tools it was not offered, and said nothing
@@ -144,19 +146,6 @@ def _step_span(tracing: Tracing | None, step: int) -> contextlib.AbstractContext
     if tracing is None:
         return contextlib.nullcontext()
     return tracing.child("llm.request", {"llm.step": step})
-
-
-def _usage_attributes(end: StreamEnd) -> dict[str, Any]:
-    u = end.usage
-    served = {"llm.provider": end.provider, "gen_ai.provider.name": end.provider} if end.provider else {}
-    return {
-        **served,  # a route's deployment, when it was not the provider asked
-        "llm.usage.prompt_tokens": u.prompt_tokens,
-        "gen_ai.usage.input_tokens": u.prompt_tokens,
-        "llm.usage.completion_tokens": u.completion_tokens,
-        "gen_ai.usage.output_tokens": u.completion_tokens,
-        "llm.usage.total_tokens": u.prompt_tokens + u.completion_tokens,
-    }
 
 
 def _answer_only(request: ChatRequest, messages: tuple[Message, ...]) -> ChatRequest:
