@@ -82,9 +82,12 @@ def _priority(body: int | None, header: str | None) -> int:
     if header is None:
         return 0
     try:
-        return int(header)
+        value = int(header)
     except ValueError:
-        raise invalid("x-priority", f"{header!r} is not an integer 0 .. 10") from None
+        value = None
+    if value is None or not oa.INT32_MIN <= value <= oa.INT32_MAX:  # past int32 it cannot go on the wire
+        raise invalid("x-priority", f"{header!r} is not an integer 0 .. 10")
+    return value
 
 
 def _message(index: int, m: oa.ChatMessage, request: pb.LLMChatRequest) -> pb.ChatMessage:

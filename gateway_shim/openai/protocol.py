@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-INT32_MAX = 2**31 - 1  # the wire's int32 fields (max_tokens, top_k)
+INT32_MAX = 2**31 - 1  # the wire's int32 fields (max_tokens, top_k, priority)
+INT32_MIN = -(2**31)
 
 
 class _Strict(BaseModel):
@@ -112,7 +113,10 @@ class ChatCompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     # Extensions: the service's own parameters.
     priority: int | None = Field(
-        None, description="0 interactive ... 10 background (or the x-priority header)"
+        None,
+        ge=INT32_MIN,  # the service itself says what 0 .. 10 means; past int32 nothing goes on the wire
+        le=INT32_MAX,
+        description="0 interactive ... 10 background (or the x-priority header)",
     )
     top_k: int | None = Field(None, ge=0, le=INT32_MAX)
     min_p: float | None = None
