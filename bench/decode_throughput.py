@@ -24,8 +24,9 @@ from llmservice.registry import ProviderRegistry
 from llmservice.settings import LlamaCppSettings, ServerSettings, Settings
 from llmservice.types import Message
 from providers.llamacpp.model import LlamaModel
-from providers.llamacpp.model_file import bundled_model_path
-from providers.llamacpp.prompt import gemma_prompt
+from providers.llamacpp.model_file import BUNDLED_MODEL_NAME, bundled_model_path
+from providers.llamacpp.prompt import TemplatePrompt
+from providers.llamacpp.provider import tokenize_segments
 
 from .report import publish
 
@@ -42,19 +43,22 @@ class Run:
 
 
 def user_text_for(model: LlamaModel, target: int) -> str:
-    """A user message whose whole Gemma prompt is `target` tokens (±1)."""
-    words = "the quick brown fox jumps over a lazy dog while seven wise owls watch".split()  # noqa: SIM905
+    """A request for a long story whose whole prompt (the model's own template) is `target` tokens (±1)."""
+    ask = "Write a very long story, in many chapters, about"
+    words = "a quick brown fox that jumps over a lazy dog while seven wise owls watch".split()  # noqa: SIM905
     count = 1
-    while len(prompt_tokens(model, text := " ".join(words[i % len(words)] for i in range(count)))) < target:
+    while (
+        len(prompt_tokens(model, text := f"{ask} {' '.join(words[i % len(words)] for i in range(count))}."))
+        < target
+    ):
         count += 1
     return text
 
 
 def prompt_tokens(model: LlamaModel, user: str) -> list[int]:
-    tokens = model.tokenize(model.bos_text, add_special=False, parse_special=True)
-    for seg in gemma_prompt((Message("user", user),)):
-        tokens += model.tokenize(seg.text, add_special=False, parse_special=seg.special)
-    return tokens
+    """The tokens the service prompts `model` with for one user message."""
+    template = TemplatePrompt(model.chat_template() or "", model.bos_text, model.eos_text)
+    return tokenize_segments(model, template((Message("user", user),)))
 
 
 class BareLoop:
@@ -153,7 +157,7 @@ async def measure(rounds: int, max_tokens: int, threads: int) -> dict[str, objec
         "title": "StreamChat decode speed against a bare llama.cpp loop",
         "description": __doc__.strip().splitlines()[0] if __doc__ else "",
         "setup": (
-            f"bundled Gemma 3 270M Q4_K_M, {threads} threads, greedy, {len(prompt)}-token prompt, "
+            f"bundled {BUNDLED_MODEL_NAME}, {threads} threads, greedy, {len(prompt)}-token prompt, "
             f"{grpc_runs[0].tokens} generated tokens, median of {rounds} alternating rounds"
         ),
         "columns": ["bare llama.cpp loop", "StreamChat via gRPC", "ratio (gRPC / bare), median of rounds"],

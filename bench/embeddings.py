@@ -23,6 +23,7 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
 from llmservice.registry import ProviderRegistry
 from llmservice.settings import EmbeddingsSettings, LlamaCppSettings, ServerSettings, Settings
+from providers.llamacpp.model_file import BUNDLED_MODEL_NAME
 
 from .report import publish
 
@@ -91,7 +92,7 @@ async def measure(rounds: int, cache_dir: Path) -> dict[str, object]:
         "title": "Embed throughput, uncached and cached",
         "description": __doc__.strip().splitlines()[0] if __doc__ else "",
         "setup": (
-            "bundled Gemma 3 270M Q4_K_M in embedding mode (llamacpp.embeddings defaults), "
+            f"bundled {BUNDLED_MODEL_NAME} in embedding mode (llamacpp.embeddings defaults), "
             f"texts of ~10 tokens, median of {rounds} rounds, each cached call right after its uncached one"
         ),
         "columns": [

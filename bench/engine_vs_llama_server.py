@@ -27,7 +27,7 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.settings import LlamaCppSettings
 from providers.llamacpp.model import LlamaModel
-from providers.llamacpp.model_file import bundled_model_path
+from providers.llamacpp.model_file import BUNDLED_MODEL_NAME, bundled_model_path
 
 from . import bare_batch, llama_server
 from .decode_throughput import prompt_tokens, user_text_for
@@ -326,7 +326,7 @@ async def measure(rounds: int, threads: int) -> dict[str, object]:
         "title": "Local engine against llama-server",
         "description": (__doc__ or "").strip().splitlines()[0],
         "setup": (
-            f"bundled Gemma 3 270M Q4_K_M, {threads} threads, greedy, {len(prompt)}-token prompts, "
+            f"bundled {BUNDLED_MODEL_NAME}, {threads} threads, greedy, {len(prompt)}-token prompts, "
             f"{TOKENS} tokens per stream, {SLOTS} decode slots on both sides, median of {rounds} rounds"
         ),
         "columns": ["llama-server", "llmservice StreamChat", "ratio / note"],

@@ -160,6 +160,17 @@ class LlamaCppEmbeddingSettings(_Section):
 class LlamaCppSettings(_Section):
     model_path: FilePath | None = Field(None, description="a GGUF file; unset means the bundled model")
     model_id: str = Field("", description="id shown in ListModels; defaults to the file name")
+    chat_template: str = Field(
+        "",
+        description=(
+            "how the configured model is prompted: empty uses the GGUF's own chat template; else a "
+            "built-in name (chatml, gemma, llama3) or a Jinja file. A model with neither only "
+            "completes text: chat requests to it are refused"
+        ),
+    )
+    chat_templates: dict[str, str] = Field(
+        default_factory=dict, description="the same for the other models in cache_dir, by model id"
+    )
     cache_dir: Path = Field(Path.home() / ".cache" / "llmservice" / "models")
     n_ctx: int = Field(4096, ge=64, description="context window of each sequence, in tokens")
     n_batch: int = Field(256, ge=1, description="prompt tokens prefilled per decode step (the chunk size)")

@@ -211,6 +211,7 @@ class Capabilities:
     vision: bool = False
     embeddings: bool = False
     signals: bool = False
+    completion_only: bool = False  # no chat format: the model only completes text
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ RETRYABLE = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.ABORTED,
 }
-CAPABILITIES = ("streaming", "tools", "vision", "embeddings", "signals")
+CAPABILITIES = ("streaming", "tools", "vision", "embeddings", "signals", "completion_only")
 
 
 class LLMChatServing:

@@ -224,6 +224,7 @@ def encode_models(models: list[ModelInfo]) -> pb.ListModelsResponse:
                     vision=m.capabilities.vision,
                     embeddings=m.capabilities.embeddings,
                     signals=m.capabilities.signals,
+                    completion_only=m.capabilities.completion_only,
                 ),
                 quantization=m.quantization,
                 size_bytes=m.size_bytes,

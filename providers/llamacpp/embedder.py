@@ -7,7 +7,7 @@ Inputs are packed into decode steps of up to `n_ctx` tokens and `n_seqs` inputs,
 own sequence, pooled as the GGUF says (mean when it says nothing) and scaled to unit length.
 
 In embedding mode llama.cpp still runs a generative model's output layer on every token,
-and on a large vocabulary (Gemma's 262k) that is most of the work. So the context takes
+and on a large vocabulary (262k words for Gemma 3) that is most of the work. So the context takes
 per-token embeddings and this module pools them, and an eval callback stops the graph
 once those are computed (the final norm's output), skipping the output layer. At first
 use one input is embedded both ways; if the vectors ever differed, the whole graph would

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from pathlib import Path
 
 import llama_cpp as llama
 
@@ -31,3 +32,16 @@ def quantization(model: LlamaModel) -> str:
         return ""
     code = int(raw) & ~_GUESSED
     return FILE_TYPES.get(code, f"file_type {code}")
+
+
+def has_chat_template(path: Path) -> bool:
+    """Whether a GGUF carries tokenizer.chat_template, read without loading its weights."""
+    params = llama.llama_model_default_params()
+    params.vocab_only = True
+    model = llama.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        return False
+    try:
+        return bool(llama.llama_model_chat_template(model, None))
+    finally:
+        llama.llama_model_free(model)

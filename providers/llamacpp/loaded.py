@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmservice.scheduler import Scheduler
-from llmservice.settings import LlamaCppSettings
+from llmservice.settings import LlamaCppSettings, SettingsError
 
 from .embedder import Embedder
 from .engine import Engine
 from .gguf_info import quantization
 from .model import LlamaModel
-from .prompt import TemplatePrompt
+from .prompt import TemplatePrompt, template_source
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class LoadedModel:
     engine: Engine
     scheduler: Scheduler
     embedder: Embedder | None
-    template: TemplatePrompt | None
+    template: TemplatePrompt | None  # None: no chat format, the model only completes text
     quantization: str
     size_bytes: int
 
@@ -47,16 +47,19 @@ class LoadedModel:
         log.info("unloaded %s", self.id)
 
 
-def open_model(model_id: str, path: Path, s: LlamaCppSettings, slots: int) -> LoadedModel:
+def open_model(
+    model_id: str, path: Path, s: LlamaCppSettings, slots: int, chat_template: tuple[str, str]
+) -> LoadedModel:
     """Load `path` and start its engine (blocking: run it off the event loop).
 
-    Raises ValueError when llama.cpp cannot read the file.
+    `chat_template` is (the setting's value, its key): empty uses the GGUF's own. Raises
+    ValueError when llama.cpp cannot read the file, SettingsError for a template that
+    cannot be used.
     """
     log.info("loading %s from %s", model_id, path)
     model = LlamaModel(path)
     try:
-        template_text = model.chat_template()
-        template = TemplatePrompt(template_text, model.bos_text, model.eos_text) if template_text else None
+        template, chat_format = _template(model, *chat_template)
         if slots > BATCH_INVARIANT_SLOTS:
             log.warning(
                 "llamacpp.n_slots=%d: with more than %d sequences in a decode step, a seeded "
@@ -83,13 +86,34 @@ def open_model(model_id: str, path: Path, s: LlamaCppSettings, slots: int) -> Lo
     # decode, which keep a cache, and evicts for more urgent work.
     scheduler = Scheduler(engine.n_seqs, max_waiting=s.max_waiting, aging_s=s.aging_s, clock=time.monotonic)
     log.info(
-        "loaded %s (%d sequences decoding, %d cached, of %d tokens each; %s chat format)",
+        "loaded %s (%d sequences decoding, %d cached, of %d tokens each; chat format: %s)",
         model_id,
         slots,
         engine.n_cached,
         engine.n_ctx,
-        "its own" if template else "Gemma",
+        chat_format,
     )
+    if template is None:
+        log.warning(
+            "model %s has no chat template: it only completes text, and chat requests to it are "
+            "refused; name one with %s (chatml, gemma, llama3 or a Jinja file)",
+            model_id,
+            chat_template[1],
+        )
     return LoadedModel(
         model_id, path, model, engine, scheduler, embedder, template, quantization(model), path.stat().st_size
     )
+
+
+def _template(model: LlamaModel, setting: str, key: str) -> tuple[TemplatePrompt | None, str]:
+    """The model's chat template, as the setting names it or its GGUF carries it, and a word on which."""
+    try:
+        if setting:
+            return TemplatePrompt(template_source(setting), model.bos_text, model.eos_text), setting
+        own = model.chat_template()
+        if own:
+            return TemplatePrompt(own, model.bos_text, model.eos_text), "the GGUF's own template"
+    except ValueError as exc:
+        source = key if setting else "the GGUF's tokenizer.chat_template"
+        raise SettingsError(f"{source}: {exc}") from None
+    return None, "none (completion only)"

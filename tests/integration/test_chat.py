@@ -28,7 +28,7 @@ async def test_stream_ends_with_one_done_chunk_carrying_usage(stub: pb_grpc.LLMS
     assert last.prompt_tokens > 5
     assert last.completion_tokens == len(tokens)  # one chunk per token
     assert last.total_tokens == last.prompt_tokens + last.completion_tokens
-    assert last.model == "gemma-3-270m-q4_k_m"
+    assert last.model == "smollm2-135m-instruct-q4_1"
     assert last.provider == "llamacpp"
 
 
@@ -125,7 +125,7 @@ async def test_text_attachment_is_read(stub: pb_grpc.LLMServiceStub) -> None:
 async def test_list_models_reports_the_loaded_default(stub: pb_grpc.LLMServiceStub) -> None:
     models = (await stub.ListModels(pb.ListModelsRequest())).models
     assert [(m.id, m.provider, m.is_default, m.loaded) for m in models] == [
-        ("gemma-3-270m-q4_k_m", "llamacpp", True, True)
+        ("smollm2-135m-instruct-q4_1", "llamacpp", True, True)
     ]
     assert models[0].context_length == 4096
     assert models[0].capabilities.streaming

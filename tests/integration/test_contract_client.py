@@ -102,7 +102,7 @@ async def test_a_client_generated_from_the_contract_table_works_unchanged(
     result = json.loads(done.stdout)
 
     assert result["content"]
-    assert result["model"] == "gemma-3-270m-q4_k_m"
+    assert result["model"] == "smollm2-135m-instruct-q4_1"
     prompt, completion, total = result["usage"]
     assert prompt > 0
     assert completion == 10

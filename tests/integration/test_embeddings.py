@@ -1,7 +1,7 @@
 """Embeddings from the bundled model: Embed over gRPC, /v1/embeddings through the openai client,
 the cache, bad input by field, and chat undisturbed while embedding runs.
 
-Gemma 3 270M is no embedding model (its hidden states, mean-pooled): these tests check the
+SmolLM2 135M Instruct is no embedding model (its hidden states, mean-pooled): these tests check the
 plumbing and that similar texts land nearer than unrelated ones, not retrieval quality.
 """
 
@@ -66,10 +66,10 @@ def vectors(reply: pb.EmbedResponse) -> list[np.ndarray]:
 async def test_embed_gives_one_unit_vector_per_input_and_similar_texts_are_nearer(local: Embedding) -> None:
     reply = await local.stub.Embed(pb.EmbedRequest(input=TEXTS))
     cat, sitting, revenue = vectors(reply)
-    assert len(cat) == 640
+    assert len(cat) == 576  # SmolLM2 135M's hidden size
     assert all(abs(np.linalg.norm(v) - 1) < 1e-4 for v in (cat, sitting, revenue))
     assert cat @ sitting > cat @ revenue
-    assert (reply.model, reply.provider) == ("gemma-3-270m-q4_k_m", "llamacpp")
+    assert (reply.model, reply.provider) == ("smollm2-135m-instruct-q4_1", "llamacpp")
 
 
 async def test_equal_with_and_without_the_cache_and_hits_are_counted(local: Embedding) -> None:
@@ -126,7 +126,7 @@ async def test_list_models_describes_the_local_model(local: Embedding) -> None:
     (model,) = (await local.stub.ListModels(pb.ListModelsRequest())).models
     assert model.capabilities.embeddings
     assert model.loaded
-    assert model.quantization == "Q4_K_M"  # the bundled GGUF's general.file_type, 15
+    assert model.quantization == "Q4_1"  # the bundled GGUF's general.file_type, 3
     assert model.size_bytes == bundled_model_path(LlamaCppSettings().cache_dir).stat().st_size
     assert model.context_length == LlamaCppSettings().n_ctx
 
@@ -153,13 +153,13 @@ async def test_embeddings_off_is_said_in_list_models_and_refused(tmp_path: Path)
 async def test_the_openai_client_async_both_encodings(local: Embedding) -> None:
     reference = vectors(await local.stub.Embed(pb.EmbedRequest(input=TEXTS)))
     async with openai.AsyncOpenAI(api_key="unused", base_url=local.base_url, max_retries=0) as client:
-        default = await client.embeddings.create(model="gemma-3-270m-q4_k_m", input=TEXTS)  # base64
+        default = await client.embeddings.create(model="smollm2-135m-instruct-q4_1", input=TEXTS)  # base64
         floats = await client.embeddings.create(model="", input=TEXTS[0], encoding_format="float")
     assert [d.index for d in default.data] == [0, 1, 2]
     for d, ref in zip(default.data, reference, strict=True):
         assert np.array_equal(np.array(d.embedding, dtype=np.float32), ref)
     assert np.allclose(floats.data[0].embedding, reference[0])
-    assert default.model == "gemma-3-270m-q4_k_m"
+    assert default.model == "smollm2-135m-instruct-q4_1"
     assert default.object == "list"
     assert default.usage.prompt_tokens == default.usage.total_tokens
 

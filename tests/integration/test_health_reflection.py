@@ -79,7 +79,7 @@ async def test_buf_curl_calls_through_reflection(service: Service) -> None:
     base = f"http://{service.target}"
     common = [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge"]
     models = await run(*common, f"{base}/llmservice.v1.LLMService/ListModels")
-    assert json.loads(models)["models"][0]["id"] == "gemma-3-270m-q4_k_m"
+    assert json.loads(models)["models"][0]["id"] == "smollm2-135m-instruct-q4_1"
     body = json.dumps({"userPrompt": "Say hi.", "maxTokens": 3})
     chat = await run(*common, "-d", body, f"{base}/protocol.LLMService/Chat")
     assert json.loads(chat)["completionTokens"] == 3

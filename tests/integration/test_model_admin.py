@@ -57,6 +57,7 @@ async def service(models_dir: Path) -> AsyncIterator[Service]:  # noqa: F811
             "server": {"grpc_port": 0},
             "llamacpp": {
                 "model_path": str(BUNDLED),
+                "model_id": BUNDLED_MODEL_ID,
                 "cache_dir": str(models_dir),
                 "n_ctx": 512,
                 "n_slots": 1,

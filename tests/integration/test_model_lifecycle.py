@@ -39,7 +39,14 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def local(models_dir: Path, **settings: float) -> LlamaCppSettings:
-    return LlamaCppSettings(model_path=BUNDLED, cache_dir=models_dir, n_ctx=512, n_slots=1, **settings)  # type: ignore[arg-type]
+    return LlamaCppSettings(
+        model_path=BUNDLED,
+        model_id=BUNDLED_MODEL_ID,
+        cache_dir=models_dir,
+        n_ctx=512,
+        n_slots=1,
+        **settings,  # type: ignore[arg-type]
+    )
 
 
 @contextlib.asynccontextmanager
@@ -63,7 +70,7 @@ async def test_models_load_and_unload_on_request_and_list_models_says_which(mode
         assert await p.load_model("second") is False  # loaded already
         assert await loaded(p) == {BUNDLED_MODEL_ID: True, "second": True}
         [info] = [m for m in await p.list_models() if m.id == "second"]
-        assert (info.quantization, info.size_bytes) == ("Q4_K_M", BUNDLED.stat().st_size)
+        assert (info.quantization, info.size_bytes) == ("Q4_1", BUNDLED.stat().st_size)
         assert await p.unload_model("second") is True
         assert await p.unload_model("second") is False
         assert await loaded(p) == {BUNDLED_MODEL_ID: True, "second": False}

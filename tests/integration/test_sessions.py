@@ -169,7 +169,11 @@ async def test_the_bundled_model_calls_a_tool_and_final_comes_last(
     final = events[-1].final
     assert final.tool_used
     assert final.tools
-    assert final.tool_invocations[0].result
+    # The right tool with the right numbers, and an answer that says what it gave.
+    call = final.tool_invocations[0]
+    assert (call.name, json.loads(call.arguments_json)) == ("add", {"a": 2, "b": 3})
+    assert "5" in call.result
+    assert "5" in final.response, final.response
     assert final.response == "".join(e.token for e in events if e.WhichOneof("event") == "token")
     started = next(e.tool_start for e in events if e.WhichOneof("event") == "tool_start")
     assert started.name == final.tool_invocations[0].name

@@ -18,7 +18,7 @@ from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as pb_grpc
 
 from ..servers import MCP_TOKEN, ServeProcess, demo_mcp_server, llmservice_serve, redis_server
 
-LLM = pb.LLMConfig(provider="llamacpp", temperature=0, max_tokens=32)
+LLM = pb.LLMConfig(provider="llamacpp", temperature=0, max_tokens=64)  # a tool call takes ~31
 
 
 def settings(redis_url: str) -> Iterator[str]:

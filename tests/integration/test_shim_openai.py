@@ -182,7 +182,7 @@ async def test_a_json_schema_response_format_gives_matching_json(client: openai.
     schema = {"type": "object", "properties": {"colour": {"type": "string"}}, "required": ["colour"]}
     reply = await client.chat.completions.create(
         model="",
-        messages=HELLO,
+        messages=[{"role": "user", "content": "Name one colour, as JSON."}],
         max_tokens=40,
         temperature=0,  # type: ignore[arg-type]
         response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},

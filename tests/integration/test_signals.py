@@ -12,7 +12,7 @@ import pytest
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 
-VOCAB = 262_144
+VOCAB = 49_152  # SmolLM2's vocabulary
 STORY = [pb.ChatMessage(role="user", content="Tell me about the sea.")]
 TRUNCATING = {"top_k", "top_p", "min_p"}
 

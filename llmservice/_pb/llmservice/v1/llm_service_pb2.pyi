@@ -815,12 +815,17 @@ class ModelCapabilities(_message.Message):
     VISION_FIELD_NUMBER: _builtins.int
     EMBEDDINGS_FIELD_NUMBER: _builtins.int
     SIGNALS_FIELD_NUMBER: _builtins.int
+    COMPLETION_ONLY_FIELD_NUMBER: _builtins.int
     streaming: _builtins.bool
     tools: _builtins.bool
     vision: _builtins.bool
     embeddings: _builtins.bool
     signals: _builtins.bool
     """Per-token signals (confidence, entropy, top-k) are available."""
+    completion_only: _builtins.bool
+    """The model has no chat format (a base model with no chat template): it only completes
+    text, and chat requests to it are refused with INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -829,10 +834,11 @@ class ModelCapabilities(_message.Message):
         vision: _builtins.bool = ...,
         embeddings: _builtins.bool = ...,
         signals: _builtins.bool = ...,
+        completion_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embeddings", b"embeddings", "signals", b"signals", "streaming", b"streaming", "tools", b"tools", "vision", b"vision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_only", b"completion_only", "embeddings", b"embeddings", "signals", b"signals", "streaming", b"streaming", "tools", b"tools", "vision", b"vision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
