@@ -1,8 +1,11 @@
 """StreamChat through gRPC against a bare llama.cpp decode loop: decode tokens/s and time to first token.
 
-Both sides run in this process on the bundled model with the same context size,
-batch size, threads and greedy sampling, so they generate the same tokens; rounds
-alternate between them and the medians are compared.
+Both sides run on the bundled model with the same context size, batch size, threads and
+greedy sampling, so they generate the same tokens; rounds alternate between them and the
+medians are compared. The service runs in a process of its own (`llmservice serve`), as
+it is deployed: llama.cpp's OpenMP workers spin only while a process holds no more worker
+threads than cores, and two decode loops in one process (this one's and the engine's)
+would each run at about a third of their speed on 2 cores.
 """
 
 from __future__ import annotations
@@ -19,9 +22,7 @@ import llama_cpp as llama
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
-from llmservice.app import running_service
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import LlamaCppSettings, ServerSettings, Settings
+from llmservice.settings import LlamaCppSettings
 from llmservice.types import Message
 from providers.llamacpp.model import LlamaModel
 from providers.llamacpp.model_file import BUNDLED_MODEL_NAME, bundled_model_path
@@ -29,6 +30,7 @@ from providers.llamacpp.prompt import TemplatePrompt
 from providers.llamacpp.provider import tokenize_segments
 
 from .report import publish
+from .serve_process import llmservice_serve
 
 N_CTX, N_BATCH = 4096, 512
 PROMPT_TOKENS = 100
@@ -117,26 +119,23 @@ async def stream_run(stub: pb_grpc.LLMServiceStub, user: str, max_tokens: int) -
 
 
 async def measure(rounds: int, max_tokens: int, threads: int) -> dict[str, object]:
-    settings = Settings(
-        server=ServerSettings(grpc_port=0),
-        llamacpp=LlamaCppSettings(n_ctx=N_CTX, n_batch=N_BATCH, n_threads=threads),
-    )
-    model = LlamaModel(bundled_model_path(settings.llamacpp.cache_dir))
+    settings = (f"llamacpp.n_ctx={N_CTX}", f"llamacpp.n_batch={N_BATCH}", f"llamacpp.n_threads={threads}")
+    model = LlamaModel(bundled_model_path(LlamaCppSettings().cache_dir))
     bare = BareLoop(model, threads)
     user = user_text_for(model, PROMPT_TOKENS)
     prompt = prompt_tokens(model, user)
     bare_runs: list[Run] = []
     grpc_runs: list[Run] = []
     async with (
-        running_service(settings, registry=ProviderRegistry.from_settings(settings)) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        llmservice_serve(*settings) as served,
+        grpc.aio.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel,
     ):
         stub = pb_grpc.LLMServiceStub(channel)
         await stream_run(stub, user, 8)  # warm both up
         bare.run(prompt, 8)
         for _ in range(rounds):
             grpc_runs.append(await stream_run(stub, user, max_tokens))
-            bare_runs.append(await asyncio.to_thread(bare.run, prompt, max_tokens))
+            bare_runs.append(bare.run(prompt, max_tokens))  # on this thread, as the warm-up: one team
     bare.close()
     model.close()
     assert {r.tokens for r in grpc_runs} == {r.tokens for r in bare_runs}, (

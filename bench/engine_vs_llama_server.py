@@ -78,6 +78,9 @@ def llama_server_running(model: str, threads: int, parallel: int) -> Iterator[in
         str(port),
         "--no-webui",
         "--log-disable",
+        # As the engine runs (providers/llamacpp/model.py): without repacked weight layouts,
+        # whose AMX kernels also crash on the bundled Q4_1 model's prompts.
+        "--no-repack",
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
