@@ -281,7 +281,10 @@ class LlamaCppProvider(Provider):
                 events = tools.call_tools(lambda r: self._generate(loaded, model, r), request)
             else:
                 plain = replace(
-                    request, messages=tools.plain_turns(request.messages), tools=(), tool_choice=None
+                    request,
+                    messages=tools.plain_turns(request.messages, calls_as_json=False),
+                    tools=(),
+                    tool_choice=None,
                 )
                 events = self._generate(loaded, model, plain)
             async with contextlib.aclosing(events) as running:

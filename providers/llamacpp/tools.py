@@ -74,15 +74,23 @@ def catalogue(request: ChatRequest) -> str:
     )
 
 
-def plain_turns(messages: tuple[Message, ...]) -> tuple[Message, ...]:
-    """Tool calls and tool results as plain turns, for a chat format that has neither."""
+def plain_turns(messages: tuple[Message, ...], *, calls_as_json: bool = True) -> tuple[Message, ...]:
+    """Tool calls and tool results as plain turns, for a chat format that has neither.
+
+    Calls are written in the JSON the constrained reply uses when the model may call tools
+    again; otherwise in words, so a reply without tools does not imitate the JSON.
+    """
     out: list[Message] = []
     names: dict[str, str] = {}
     for m in messages:
         if m.tool_calls:
             names.update({c.id: c.name for c in m.tool_calls})
             calls = [{"name": c.name, "arguments": json.loads(c.arguments)} for c in m.tool_calls]
-            out.append(Message("assistant", json.dumps({"tool_calls": calls})))
+            if calls_as_json:
+                text = json.dumps({"tool_calls": calls})
+            else:
+                text = " ".join(f"I called {c['name']} with {json.dumps(c['arguments'])}." for c in calls)
+            out.append(Message("assistant", text))
         elif m.role == "tool":
             out.append(Message("user", f"Result of {names.get(m.tool_call_id, 'the tool')}: {m.content}"))
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -318,7 +319,7 @@ async def test_the_bundled_model_calls_a_tool_through_the_openai_client(client: 
     call = whole.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert whole.choices[0].finish_reason == "tool_calls"
     assert call.function.name == "get_weather"  # type: ignore[union-attr]
-    assert isinstance(json.loads(call.function.arguments)["city"], str)  # type: ignore[union-attr]
+    assert json.loads(call.function.arguments)["city"] == "Paris"  # type: ignore[union-attr]
     stream = await client.chat.completions.create(
         model="",
         messages=ask,
@@ -361,7 +362,8 @@ async def test_a_tool_result_goes_back_and_the_model_answers(client: openai.Asyn
         max_tokens=20,  # type: ignore[arg-type]
     )
     assert reply.choices[0].message.tool_calls is None
-    assert reply.choices[0].message.content
+    answer = reply.choices[0].message.content or ""
+    assert re.search(r"sunny|21", answer, re.I), answer  # it answers from the tool's result
 
 
 async def test_the_sync_client_streams_too(base_url: str, client: openai.AsyncOpenAI) -> None:

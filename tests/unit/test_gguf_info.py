@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llmservice.server import codec
-from llmservice.types import ModelInfo
+from llmservice.types import Capabilities, ModelInfo
 from providers.llamacpp.gguf_info import FILE_TYPES
 
 
@@ -16,3 +16,9 @@ def test_quantization_and_size_reach_the_wire() -> None:
         [ModelInfo("x", "llamacpp", 4096, quantization="Q6_K", size_bytes=5 << 30)]
     ).models
     assert (m.quantization, m.size_bytes, m.context_length) == ("Q6_K", 5 << 30, 4096)
+
+
+def test_a_completion_only_model_says_so_on_the_wire() -> None:
+    base = ModelInfo("base", "llamacpp", capabilities=Capabilities(tools=False, completion_only=True))
+    chat, completion = codec.encode_models([ModelInfo("chat", "llamacpp"), base]).models
+    assert (chat.capabilities.completion_only, completion.capabilities.completion_only) == (False, True)

@@ -55,6 +55,14 @@ def test_tool_turns_become_plain_turns() -> None:
     assert turns[2] == Message("user", "Result of get_weather: cold")
 
 
+def test_without_tools_to_call_past_calls_are_told_in_words() -> None:
+    # So a reply with tool_choice "none" answers instead of imitating the call's JSON.
+    turns = tools.plain_turns(
+        (Message("assistant", "", (ToolCall("c1", "get_weather", '{"city": "Oslo"}'),)),), calls_as_json=False
+    )
+    assert turns == (Message("assistant", 'I called get_weather with {"city": "Oslo"}.'),)
+
+
 def test_the_engine_request_carries_the_catalogue_and_the_constraint() -> None:
     engine = tools.with_tools(request())
     assert engine.messages[0].role == "system"
