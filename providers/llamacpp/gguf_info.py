@@ -36,6 +36,7 @@ def quantization(model: LlamaModel) -> str:
 
 def has_chat_template(path: Path) -> bool:
     """Whether a GGUF carries tokenizer.chat_template, read without loading its weights."""
+    llama.llama_backend_init()  # idempotent; a model may not have been loaded yet
     params = llama.llama_model_default_params()
     params.vocab_only = True
     model = llama.llama_model_load_from_file(str(path).encode(), params)
