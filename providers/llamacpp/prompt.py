@@ -92,10 +92,11 @@ class TemplatePrompt:
     def __call__(self, messages: tuple[Message, ...]) -> list[Segment]:
         nonce = secrets.token_hex(8)  # unguessable, so message text cannot forge a marker
         marks = [f"\ue000{nonce}:{i}\ue001" if m.content else "" for i, m in enumerate(messages)]
+        contents = [m.content for m in messages]
         marked = self._render(messages, marks)
-        real = self._render(messages, [m.content for m in messages])
+        real = self._render(messages, contents)
         pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", marked)
-        return _splice(pieces, [m.content for m in messages], real)
+        return _splice(pieces, contents, real)
 
     def _render(self, messages: tuple[Message, ...], contents: list[str]) -> str:
         try:
@@ -116,32 +117,27 @@ def _splice(pieces: list[str], contents: list[str], real: str) -> list[Segment]:
     `pieces` alternates template text and message indexes (re.split with a group). A
     message's text stands as it is or trimmed, whichever the real output shows.
     """
-    segments: list[Segment] = []
-    pos = 0
-
-    def take(text: str, special: bool) -> bool:
-        nonlocal pos
-        if not real.startswith(text, pos):
-            return False
-        if text:
-            segments.append(Segment(text, special))
-        pos += len(text)
-        return True
-
-    ok = take(pieces[0], True)
+    if not real.startswith(pieces[0]):
+        raise _rewritten()
+    segments = [Segment(pieces[0], True)]
+    pos = len(pieces[0])
     for index, after in zip(pieces[1::2], pieces[2::2], strict=True):
         content = contents[int(index)]
-        options = dict.fromkeys((content, content.strip()))  # as it is first; distinct
-        ok = ok and any(
-            real.startswith(option + after, pos) and take(option, False) and take(after, True)
-            for option in options
-        )
-    if not ok or pos != len(real):
-        raise ValueError(
-            "the model's chat template rewrites message text in a way that cannot be kept apart "
-            "from its control tokens; name another one with llamacpp.chat_template"
-        )
-    return segments
+        text = next((t for t in (content, content.strip()) if real.startswith(t + after, pos)), None)
+        if text is None:
+            raise _rewritten()
+        segments += [Segment(text), Segment(after, True)]
+        pos += len(text) + len(after)
+    if pos != len(real):
+        raise _rewritten()
+    return [s for s in segments if s.text]
+
+
+def _rewritten() -> ValueError:
+    return ValueError(
+        "the model's chat template rewrites message text in a way that cannot be kept apart "
+        "from its control tokens; name another one with llamacpp.chat_template"
+    )
 
 
 def _raise(message: str) -> None:
