@@ -41,6 +41,7 @@ class LLMCore:
 
     async def complete(self, request: ChatRequest, principal: Principal = LOCAL) -> Completion:
         provider, model = self._route(request, principal)
+        request = _as(request, principal)
         try:
             async with self.limits.chat(principal, provider.name, model, request) as ticket:
                 completion = await provider.complete(model, request)
@@ -53,6 +54,7 @@ class LLMCore:
     def stream(self, request: ChatRequest, principal: Principal = LOCAL) -> Stream:
         """Check and route before anything runs, so errors come before the first event."""
         provider, model = self._route(request, principal)
+        request = _as(request, principal)
         events = provider.stream(model, request)
         events = self.limits.metered(principal, provider.name, model, request, events)
         return Stream(provider.name, model, events)
@@ -115,3 +117,9 @@ class LLMCore:
 
     async def list_models(self, principal: Principal = LOCAL) -> list[ModelInfo]:
         return [m for m in await self._registry.list_models() if principal.may_use(m.provider, m.id)]
+
+
+def _as(request: ChatRequest, principal: Principal) -> ChatRequest:
+    """The request as the authenticated principal's, whatever a surface put in `principal`:
+    providers partition their prompt caches by it, so only the core may say who asks."""
+    return replace(request, principal=principal.name)

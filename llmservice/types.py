@@ -100,6 +100,12 @@ class ChatRequest:
     tool_choice: ToolChoice | None = None
     deadline: float | None = None  # time.monotonic() by which the caller gives up
     user: str = ""  # the caller's end user (opaque id), for abuse monitoring upstream
+    # Prompt-cache partitions: a cached prompt prefix is reused only by requests that share
+    # both. `cache_salt` is the caller's own (vLLM's name for it); `principal` is who is
+    # authenticated, set by the core before a provider sees the request, never by a caller,
+    # so that one principal's prompts cannot be probed through another's cache hits.
+    cache_salt: str = ""
+    principal: str = ""
 
 
 class FinishReason(StrEnum):
@@ -111,8 +117,9 @@ class FinishReason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # every prompt token, cached ones included
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from a prompt cache: part of prompt_tokens
 
     @property
     def total_tokens(self) -> int:

@@ -11,6 +11,7 @@ from .types import ChatRequest
 MAX_STOP_SEQUENCES = 16
 PRIORITY_RANGE = range(0, 11)
 MAX_SIGNAL_TOP_K = 100
+MAX_CACHE_SALT = 256  # characters: a partition name, not a place to put a prompt
 TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -45,6 +46,10 @@ def validate(request: ChatRequest) -> None:
         )
     if request.priority not in PRIORITY_RANGE:
         raise InvalidRequest("priority", f"{request.priority} is outside 0 (interactive) .. 10 (background)")
+    if len(request.cache_salt) > MAX_CACHE_SALT:
+        raise InvalidRequest(
+            "cache_salt", f"{len(request.cache_salt)} characters; at most {MAX_CACHE_SALT} are allowed"
+        )
     _validate_tools(request)
     _validate_turns(request)
 

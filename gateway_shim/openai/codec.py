@@ -25,7 +25,10 @@ def to_grpc(req: oa.ChatCompletionRequest, priority_header: str | None) -> pb.LL
     """The service request; anything the service would not honour is a 400 naming it."""
     _refuse_unsupported(req)
     msg = pb.LLMChatRequest(
-        model=req.model, priority=_priority(req.priority, priority_header), user=req.user or ""
+        model=req.model,
+        priority=_priority(req.priority, priority_header),
+        user=req.user or "",
+        cache_salt=req.cache_salt or "",
     )
     for i, m in enumerate(req.messages):
         msg.messages.append(_message(i, m, msg))
@@ -164,5 +167,12 @@ def _ln(p: float) -> float:
     return math.log(p) if p > 0 else -9999.0
 
 
-def usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage(reply: pb.LLMChatResponse | pb.LLMChatChunk) -> dict[str, Any]:
+    """OpenAI's usage object, from a whole reply or a stream's final chunk. Cached tokens go
+    where OpenAI puts them, always present (0: none), and are part of prompt_tokens."""
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": reply.cached_prompt_tokens},
+    }

@@ -121,6 +121,10 @@ class ChatCompletionRequest(BaseModel):
     top_k: int | None = Field(None, ge=0, le=INT32_MAX)
     min_p: float | None = None
     repetition_penalty: float | None = None
+    cache_salt: str | None = Field(
+        None,
+        description="partitions prompt-cache reuse (vLLM's field; at most 256 characters)",
+    )
 
 
 class TopLogprob(BaseModel):
@@ -138,10 +142,15 @@ class Logprobs(BaseModel):
     refusal: None = None
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int  # of prompt_tokens, those served from a prompt cache
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class ReplyMessage(BaseModel):

@@ -70,7 +70,7 @@ class OpenAIServing:
                         "logprobs": None,
                     }
                 ],
-                "usage": codec.usage(reply.prompt_tokens, reply.completion_tokens),
+                "usage": codec.usage(reply),
                 "system_fingerprint": None,
             }
         )
@@ -116,7 +116,7 @@ class OpenAIServing:
                     "logprobs": {"content": logprobs, "refusal": None},
                 }
             ],
-            "usage": codec.usage(last.prompt_tokens, last.completion_tokens),
+            "usage": codec.usage(last),
             "system_fingerprint": None,
         }
 
@@ -184,7 +184,7 @@ async def _frames(
                 yield role + frame([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}])
                 role = b""
                 if include_usage:
-                    yield frame([], usage=codec.usage(chunk.prompt_tokens, chunk.completion_tokens))
+                    yield frame([], usage=codec.usage(chunk))
                 break
             delta: dict[str, Any] = {}
             logprobs = None

@@ -65,6 +65,7 @@ def decode_chat_request(msg: pb.LLMChatRequest) -> ChatRequest:
         tools=tuple(Tool(t.name, t.description, t.parameters_json or NO_PARAMETERS) for t in msg.tools),
         tool_choice=_tool_choice(msg),
         user=msg.user,
+        cache_salt=msg.cache_salt,
     )
 
 
@@ -146,6 +147,7 @@ def encode_completion(completion: Completion) -> pb.LLMChatResponse:
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
+        cached_prompt_tokens=usage.cached_tokens,
         finish_reason=_FINISH[completion.finish_reason],
         tool_calls=[
             pb.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments) for c in completion.tool_calls
@@ -205,6 +207,7 @@ def encode_end(end: StreamEnd, model: str, provider: str) -> pb.LLMChatChunk:
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
+        cached_prompt_tokens=usage.cached_tokens,
         finish_reason=_FINISH[end.finish_reason],
     )
 

@@ -57,6 +57,35 @@ async def test_chat_streamed_and_whole_agree_at_temperature_zero(client: openai.
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 16  # type: ignore[union-attr]
 
 
+async def test_cached_prompt_tokens_read_as_openais_sdk_reads_them(client: openai.AsyncOpenAI) -> None:
+    """Whole and streamed, with a cache_salt as the SDK sends one (extra_body, as for vLLM).
+    The same prompt twice, so that an engine that reuses prompt prefixes may report some."""
+    counts = []
+    for _ in range(2):
+        whole = await client.chat.completions.create(
+            model="",
+            messages=HELLO,  # type: ignore[arg-type]
+            max_tokens=4,
+            extra_body={"cache_salt": "team-a"},
+        )
+        stream = await client.chat.completions.create(  # type: ignore[call-overload]
+            model="",
+            messages=HELLO,
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"cache_salt": "team-a"},
+        )
+        last = [c async for c in stream][-1]
+        for usage in (whole.usage, last.usage):
+            assert usage is not None
+            assert usage.prompt_tokens_details is not None
+            counts.append((usage.prompt_tokens_details.cached_tokens, usage.prompt_tokens))
+    for cached, prompt in counts:
+        assert isinstance(cached, int)
+        assert 0 <= cached <= prompt
+
+
 async def test_the_sync_client_works_too(base_url: str) -> None:
     def call() -> str:
         with openai.OpenAI(api_key="unused", base_url=base_url, max_retries=0) as client:
@@ -95,6 +124,7 @@ async def test_an_unknown_model_fails_before_any_stream_byte(client: openai.Asyn
         ({"top_k": 2**31}, "top_k"),
         ({"seed": 2**63}, "seed"),
         ({"priority": 2**31}, "priority"),  # schemathesis found a 500 for this one too
+        ({"cache_salt": "s" * 257}, "cache_salt"),  # refused by the service, named by the shim
     ],
 )
 async def test_what_is_not_honoured_is_a_400_naming_it(

@@ -15,7 +15,7 @@ from llmservice.server import codec, status
 from llmservice.server.status import to_status
 from llmservice.settings import Settings, SettingsError
 from llmservice.types import ChatRequest, Completion, FinishReason, Message, Sampling, StreamEnd, Usage
-from llmservice.validation import validate
+from llmservice.validation import MAX_CACHE_SALT, validate
 from providers import FACTORIES
 
 
@@ -62,6 +62,50 @@ def test_encode_completion_and_end() -> None:
     assert end.done
     assert end.total_tokens == 10
     assert end.finish_reason == pb.FINISH_REASON_STOP
+
+
+def test_cached_prompt_tokens_survive_the_wire_whole_and_streamed() -> None:
+    usage = Usage(prompt_tokens=7, completion_tokens=3, cached_tokens=4)
+    whole = codec.encode_completion(Completion("hi", "m", "p", FinishReason.STOP, usage))
+    end = codec.encode_end(StreamEnd(FinishReason.STOP, usage), "m", "p")
+    whole = pb.LLMChatResponse.FromString(whole.SerializeToString())
+    end = pb.LLMChatChunk.FromString(end.SerializeToString())
+    for reply in (whole, end):
+        assert (reply.prompt_tokens, reply.cached_prompt_tokens, reply.total_tokens) == (7, 4, 10)
+    nothing_cached = codec.encode_end(StreamEnd(FinishReason.STOP, Usage(7, 3)), "m", "p")
+    assert nothing_cached.cached_prompt_tokens == 0
+
+
+def test_cache_salt_reaches_the_domain_request_from_grpc_and_from_the_openai_body() -> None:
+    wire = pb.LLMChatRequest(user_prompt="hi", cache_salt="team-a")
+    request = codec.decode_chat_request(pb.LLMChatRequest.FromString(wire.SerializeToString()))
+    assert (request.cache_salt, request.principal) == ("team-a", "")
+    body = oa.ChatCompletionRequest.model_validate(
+        {"messages": [{"role": "user", "content": "hi"}], "cache_salt": "team-b"}
+    )
+    assert codec.decode_chat_request(shim_codec.to_grpc(body, None)).cache_salt == "team-b"
+    plain = oa.ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "hi"}]})
+    assert codec.decode_chat_request(shim_codec.to_grpc(plain, None)).cache_salt == ""
+
+
+def test_a_cache_salt_past_its_limit_is_refused_by_name() -> None:
+    validate(ChatRequest((Message("user", "hi"),), cache_salt="s" * MAX_CACHE_SALT))
+    with pytest.raises(errors.InvalidRequest) as caught:
+        validate(ChatRequest((Message("user", "hi"),), cache_salt="s" * (MAX_CACHE_SALT + 1)))
+    assert caught.value.field == "cache_salt"
+    assert f"at most {MAX_CACHE_SALT}" in caught.value.message
+
+
+def test_the_shim_tells_cached_prompt_tokens_where_openai_does() -> None:
+    reply = pb.LLMChatResponse(prompt_tokens=7, completion_tokens=3, cached_prompt_tokens=4)
+    assert shim_codec.usage(reply) == {
+        "prompt_tokens": 7,
+        "completion_tokens": 3,
+        "total_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 4},
+    }
+    end = pb.LLMChatChunk(done=True, prompt_tokens=7, completion_tokens=3)
+    assert shim_codec.usage(end)["prompt_tokens_details"] == {"cached_tokens": 0}  # present, 0: none
 
 
 @pytest.mark.parametrize(

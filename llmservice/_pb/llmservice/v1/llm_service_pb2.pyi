@@ -307,6 +307,7 @@ class LLMChatRequest(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
+    CACHE_SALT_FIELD_NUMBER: _builtins.int
     system_prompt: _builtins.str
     """Deprecated: use `messages`. Used only when `messages` is empty."""
     user_prompt: _builtins.str
@@ -343,6 +344,12 @@ class LLMChatRequest(_message.Message):
     user: _builtins.str
     """The end user the caller asks for (an opaque id, for abuse monitoring and logs);
     providers whose API takes one pass it on. Empty: not given.
+    """
+    cache_salt: _builtins.str
+    """Partitions prompt-cache reuse: a cached prompt prefix is reused only by requests
+    with the same cache_salt (and the same authenticated principal, always). At most
+    256 characters; empty: no salt. The local engine's cache honours it; remote
+    providers are not sent it.
     """
     @_builtins.property
     def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]: ...
@@ -391,10 +398,11 @@ class LLMChatRequest(_message.Message):
         tools: _abc.Iterable[Global___Tool] | None = ...,
         tool_choice: Global___ToolChoice | None = ...,
         user: _builtins.str = ...,
+        cache_salt: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_min_p", b"_min_p", "_repetition_penalty", b"_repetition_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "min_p", b"min_p", "repetition_penalty", b"repetition_penalty", "response_format", b"response_format", "seed", b"seed", "signal_options", b"signal_options", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_p", b"_min_p", "_repetition_penalty", b"_repetition_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "attachments", b"attachments", "max_tokens", b"max_tokens", "messages", b"messages", "min_p", b"min_p", "model", b"model", "priority", b"priority", "provider", b"provider", "repetition_penalty", b"repetition_penalty", "response_format", b"response_format", "seed", b"seed", "signal_options", b"signal_options", "stop", b"stop", "system_prompt", b"system_prompt", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_k", b"top_k", "top_p", b"top_p", "user", b"user", "user_prompt", b"user_prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_p", b"_min_p", "_repetition_penalty", b"_repetition_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "attachments", b"attachments", "cache_salt", b"cache_salt", "max_tokens", b"max_tokens", "messages", b"messages", "min_p", b"min_p", "model", b"model", "priority", b"priority", "provider", b"provider", "repetition_penalty", b"repetition_penalty", "response_format", b"response_format", "seed", b"seed", "signal_options", b"signal_options", "stop", b"stop", "system_prompt", b"system_prompt", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_k", b"top_k", "top_p", b"top_p", "user", b"user", "user_prompt", b"user_prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__min_p: _TypeAlias = _typing.Literal["min_p"]  # noqa: Y015
     _WhichOneofArgType__min_p: _TypeAlias = _typing.Literal["_min_p", b"_min_p"]  # noqa: Y015
@@ -501,6 +509,7 @@ class LLMChatResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     model: _builtins.str
     prompt_tokens: _builtins.int
@@ -509,6 +518,8 @@ class LLMChatResponse(_message.Message):
     finish_reason: Global___FinishReason.ValueType
     provider: _builtins.str
     """Provider that served the request."""
+    cached_prompt_tokens: _builtins.int
+    """Of prompt_tokens, those served from a prompt cache (not in addition to them)."""
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """Tools the model called (finish_reason is then FINISH_REASON_TOOL_CALLS)."""
@@ -524,10 +535,11 @@ class LLMChatResponse(_message.Message):
         finish_reason: Global___FinishReason.ValueType = ...,
         provider: _builtins.str = ...,
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        cached_prompt_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "content", b"content", "finish_reason", b"finish_reason", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "tool_calls", b"tool_calls", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_prompt_tokens", b"cached_prompt_tokens", "completion_tokens", b"completion_tokens", "content", b"content", "finish_reason", b"finish_reason", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "tool_calls", b"tool_calls", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -550,6 +562,7 @@ class LLMChatChunk(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     TOOL_CALL_FIELD_NUMBER: _builtins.int
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """Text of this token. Empty when the token ends inside a multi-byte
     character; the next chunk then carries the whole character.
@@ -568,6 +581,10 @@ class LLMChatChunk(_message.Message):
     token_id: _builtins.int
     """Vocabulary id of this token, where the provider tells it. Unset on the final
     chunk and on a chunk that only releases text held back for a stop sequence.
+    """
+    cached_prompt_tokens: _builtins.int
+    """On the final chunk: of prompt_tokens, those served from a prompt cache (not in
+    addition to them).
     """
     @_builtins.property
     def signal(self) -> Global___TokenSignalProto:
@@ -591,10 +608,11 @@ class LLMChatChunk(_message.Message):
         provider: _builtins.str = ...,
         token_id: _builtins.int | None = ...,
         tool_call: Global___ToolCallDelta | None = ...,
+        cached_prompt_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_token_id", b"_token_id", "signal", b"signal", "token_id", b"token_id", "tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_token_id", b"_token_id", "completion_tokens", b"completion_tokens", "done", b"done", "finish_reason", b"finish_reason", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "signal", b"signal", "token", b"token", "token_id", b"token_id", "tool_call", b"tool_call", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_token_id", b"_token_id", "cached_prompt_tokens", b"cached_prompt_tokens", "completion_tokens", b"completion_tokens", "done", b"done", "finish_reason", b"finish_reason", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "signal", b"signal", "token", b"token", "token_id", b"token_id", "tool_call", b"tool_call", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__token_id: _TypeAlias = _typing.Literal["token_id"]  # noqa: Y015
     _WhichOneofArgType__token_id: _TypeAlias = _typing.Literal["_token_id", b"_token_id"]  # noqa: Y015
