@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import httpx_sse
@@ -118,14 +119,14 @@ class AnthropicProvider(HttpProvider):
             model,
             self.name,
             _FINISH.get(data.get("stop_reason") or "end_turn", FinishReason.STOP),
-            Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0)),
+            _usage(usage),
             calls,
         )
 
     async def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
         client = self._ready()
         finish: FinishReason | None = None
-        prompt_tokens = completion_tokens = 0
+        usage = Usage()
         tool_index: dict[int, int] = {}  # content block index -> tool call index
         async with (
             transport_errors(self.name, [self._key]),
@@ -139,9 +140,7 @@ class AnthropicProvider(HttpProvider):
                     data = sse.json()
                     match sse.event:
                         case "message_start":
-                            usage = data["message"].get("usage") or {}
-                            prompt_tokens = usage.get("input_tokens", 0)
-                            completion_tokens = usage.get("output_tokens", 0)
+                            usage = _usage(data["message"].get("usage") or {})
                         case "content_block_start":
                             block = data["content_block"]
                             if block.get("type") == "tool_use":
@@ -160,9 +159,8 @@ class AnthropicProvider(HttpProvider):
                         case "message_delta":
                             reason = data.get("delta", {}).get("stop_reason")
                             finish = _FINISH.get(reason, FinishReason.STOP) if reason else finish
-                            completion_tokens = (data.get("usage") or {}).get(
-                                "output_tokens", completion_tokens
-                            )
+                            output = (data.get("usage") or {}).get("output_tokens")
+                            usage = usage if output is None else replace(usage, completion_tokens=output)
                         case "message_stop":
                             break
                         case "error":  # e.g. overloaded_error; its message is the upstream's own words
@@ -174,7 +172,7 @@ class AnthropicProvider(HttpProvider):
                             )
         if finish is None:
             raise Unavailable(f"provider {self.name} ended the stream before it finished")
-        yield StreamEnd(finish, Usage(prompt_tokens, completion_tokens))
+        yield StreamEnd(finish, usage)
 
     def _body(self, model: str, request: ChatRequest) -> dict[str, Any]:
         s = request.sampling
@@ -207,6 +205,14 @@ class AnthropicProvider(HttpProvider):
                 "function": {"type": "tool", "name": choice.name},
             }[choice.mode]
         return body
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    """Anthropic's input_tokens leave out the tokens read from and written to its prompt
+    cache; prompt_tokens here count every prompt token, the cached ones among them."""
+    read = usage.get("cache_read_input_tokens") or 0
+    written = usage.get("cache_creation_input_tokens") or 0
+    return Usage((usage.get("input_tokens") or 0) + read + written, usage.get("output_tokens") or 0, read)
 
 
 def _messages(request: ChatRequest) -> list[dict[str, Any]]:

@@ -133,7 +133,7 @@ class BedrockProvider(HttpProvider):
             model,
             self.name,
             _FINISH.get(reply.get("stopReason") or "end_turn", FinishReason.STOP),
-            Usage(usage.get("inputTokens", 0), usage.get("outputTokens", 0)),
+            _usage(usage),
             calls,
         )
 
@@ -159,8 +159,7 @@ class BedrockProvider(HttpProvider):
                         if kind == "messageStop":
                             finish = _FINISH.get(payload.get("stopReason", ""), FinishReason.STOP)
                         elif kind == "metadata":
-                            u = payload.get("usage") or {}
-                            usage = Usage(u.get("inputTokens", 0), u.get("outputTokens", 0))
+                            usage = _usage(payload.get("usage") or {})
                     for event in events:
                         yield event
         if finish is None:
@@ -239,6 +238,14 @@ class BedrockProvider(HttpProvider):
                 }[choice.mode]
             body["toolConfig"] = tool_config
         return body
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    """Converse's inputTokens leave out the tokens read from and written to the prompt cache;
+    prompt_tokens here count every prompt token, the cached ones among them."""
+    read = usage.get("cacheReadInputTokens") or 0
+    written = usage.get("cacheWriteInputTokens") or 0
+    return Usage((usage.get("inputTokens") or 0) + read + written, usage.get("outputTokens") or 0, read)
 
 
 def _frames(buffer: botocore.eventstream.EventStreamBuffer, provider: str) -> Iterator[Any]:

@@ -237,7 +237,7 @@ class OpenAIFamilyProvider(RemoteProvider):
             model,
             self.name,
             _FINISH.get(choices[0].get("finish_reason") or "stop", FinishReason.STOP),
-            Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0),
+            openai_shapes.usage(usage),
             calls,
         )
 
@@ -256,8 +256,7 @@ class OpenAIFamilyProvider(RemoteProvider):
                 if "error" in chunk:  # the upstream failed after it began (vLLM, OpenRouter, ...)
                     raise self._error_object(chunk["error"], model)
                 if chunk.get("usage"):
-                    u = chunk["usage"]
-                    usage = Usage(u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0)
+                    usage = openai_shapes.usage(chunk["usage"])
                 for choice in (chunk.get("choices") or [])[:1]:
                     for event in openai_shapes.choice_events(choice):
                         yield event

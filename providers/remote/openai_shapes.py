@@ -20,6 +20,7 @@ from llmservice.types import (
     TokenSignal,
     ToolCallDelta,
     ToolChoice,
+    Usage,
 )
 
 
@@ -80,6 +81,15 @@ def choice_events(choice: dict[str, Any]) -> list[StreamEvent]:
             )
         )
     return events
+
+
+def usage(u: dict[str, Any]) -> Usage:
+    """A usage object: OpenAI counts cached prompt tokens within prompt_tokens, and says how
+    many in prompt_tokens_details (null or missing on servers that keep no prompt cache)."""
+    details = u.get("prompt_tokens_details") or {}
+    return Usage(
+        u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0, details.get("cached_tokens") or 0
+    )
 
 
 def text_of(content: str | list[Any] | None) -> str:

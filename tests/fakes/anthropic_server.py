@@ -30,7 +30,7 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return f"event: {name}\r\ndata: {json.dumps(data)}\r\n\r\n".encode()
 
 
-def _message(model: str, content: list[dict[str, Any]], usage: dict[str, int]) -> dict[str, Any]:
+def _message(model: str, content: list[dict[str, Any]], usage: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": "msg_1",
         "type": "message",
@@ -53,7 +53,13 @@ def _app(fake: Upstream) -> Starlette:
                 {"type": "error", "error": error}, status_code=reply.status, headers=reply.headers
             )
         words = reply.words
-        usage = {"input_tokens": 5, "output_tokens": len(words)}
+        # Anthropic's input_tokens leave out the cached ones: of the 5, some come from the cache.
+        prompt = {
+            "input_tokens": 5 - reply.cached_tokens,
+            "cache_read_input_tokens": reply.cached_tokens,
+            "cache_creation_input_tokens": 0,
+        }
+        usage = {**prompt, "output_tokens": len(words)}
         stop = "tool_use" if reply.tool_calls else "end_turn"
         if not body.get("stream"):
             if (bad := bad_body(reply)) is not None:
@@ -67,7 +73,7 @@ def _app(fake: Upstream) -> Starlette:
             return JSONResponse({**message, "stop_reason": stop})
 
         async def events() -> AsyncIterator[bytes]:
-            message = _message(body["model"], [], {"input_tokens": 5, "output_tokens": 1})
+            message = _message(body["model"], [], {**prompt, "output_tokens": 1})
             yield _event("message_start", {"type": "message_start", "message": message})
             text_block = {"type": "text", "text": ""}
             yield _event(

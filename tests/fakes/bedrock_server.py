@@ -96,7 +96,14 @@ def _app(fake: Upstream, credentials: botocore.credentials.Credentials, region: 
             return JSONResponse({"message": reply.error}, status_code=reply.status, headers=headers)
         words = reply.words
         stop = "tool_use" if reply.tool_calls else "end_turn"
-        usage = {"inputTokens": 5, "outputTokens": len(words), "totalTokens": 5 + len(words)}
+        # Converse's inputTokens leave out the cached ones: of the 5, some come from the cache.
+        usage = {
+            "inputTokens": 5 - reply.cached_tokens,
+            "outputTokens": len(words),
+            "totalTokens": 5 + len(words),
+        }
+        if reply.cached_tokens:
+            usage["cacheReadInputTokens"] = reply.cached_tokens
         if request.url.path.endswith("/converse"):
             if (bad := bad_body(reply)) is not None:
                 return Response(bad, media_type="application/json")

@@ -59,6 +59,18 @@ def _tool_call_chunks(calls: list[tuple[str, str, str]]) -> list[dict[str, objec
     return chunks
 
 
+def _usage(reply: Reply) -> dict[str, object]:
+    """OpenAI's usage: cached prompt tokens are counted within prompt_tokens, and told apart."""
+    words = len(reply.words)
+    return {
+        "prompt_tokens": 5,
+        "completion_tokens": words,
+        "total_tokens": 5 + words,
+        "prompt_tokens_details": {"cached_tokens": reply.cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+    }
+
+
 def fake_vector(text: str, dims: int) -> list[float]:
     """The fake's embedding of `text`: numbers from its SHA-256, scaled to unit length."""
     seed = hashlib.sha256(text.encode()).digest()
@@ -101,11 +113,7 @@ def _app(fake: Upstream) -> Starlette:
                             "finish_reason": "tool_calls" if calls else "stop",
                         }
                     ],
-                    "usage": {
-                        "prompt_tokens": 5,
-                        "completion_tokens": len(words),
-                        "total_tokens": 5 + len(words),
-                    },
+                    "usage": _usage(reply),
                 }
             )
 
@@ -142,8 +150,7 @@ def _app(fake: Upstream) -> Starlette:
                 yield b"data: " + json.dumps(frame).encode() + b"\r\n\r\n"
             finish = "tool_calls" if reply.tool_calls else "stop"
             yield b"data: " + json.dumps(_chunk({}, finish)).encode() + b"\r\n\r\n"
-            usage = {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}
-            final = {**_chunk({}), "choices": [], "usage": usage}
+            final = {**_chunk({}), "choices": [], "usage": _usage(reply)}
             yield b"data: " + json.dumps(final).encode() + b"\r\n\r\n"
             yield b"data: [DONE]\r\n\r\n"
 

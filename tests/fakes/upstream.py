@@ -39,6 +39,7 @@ class Reply:
     array_content: bool = False  # content as an array of parts rather than a string
     embedding_dims: int = 8  # embeddings: the model's own vector length
     honour_dimensions: bool = True  # embeddings: shorten vectors to a requested `dimensions`
+    cached_tokens: int = 0  # of the 5 prompt tokens, those the provider says its prompt cache served
 
     @property
     def words(self) -> list[str]:

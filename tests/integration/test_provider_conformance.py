@@ -10,10 +10,11 @@ Bedrock's cases need botocore (the `bedrock` extra) and are skipped without it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,7 @@ async def test_a_stream_arrives_whole(backend: Backend) -> None:
     end = events[-1]
     assert isinstance(end, StreamEnd)
     assert end.finish_reason == "stop"
-    assert (end.usage.prompt_tokens, end.usage.completion_tokens) == (5, 3)
+    assert (end.usage.prompt_tokens, end.usage.completion_tokens, end.usage.cached_tokens) == (5, 3, 0)
     if backend.key_header is not None:
         name, value = backend.key_header
         assert value in upstream.headers[0][name]
@@ -204,6 +205,31 @@ async def test_a_whole_reply(backend: Backend) -> None:
         backend.name,
     )
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (5, 2)
+
+
+NO_CACHE_REPORT = {"watsonx", "ollama"}  # their APIs say nothing of a prompt cache
+
+
+async def test_cached_prompt_tokens_are_counted_within_the_prompt(backend: Backend) -> None:
+    """Each vendor's own way of telling cache hits (OpenAI's within prompt_tokens, Anthropic's
+    and Bedrock's beside input tokens) comes out the same: 5 prompt tokens, 3 of them cached."""
+    if backend.name in NO_CACHE_REPORT:
+        pytest.skip(f"{backend.name} reports no cached prompt tokens")
+    async with running(backend, Reply(text="All good", cached_tokens=3)) as (provider, _):
+        events = await collect(provider)
+        completion = await provider.complete("m", HELLO)
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    for usage in (end.usage, completion.usage):
+        assert (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens) == (5, 3, 2)
+
+
+async def test_the_cache_partition_is_not_sent_upstream(backend: Backend) -> None:
+    request = replace(HELLO, cache_salt="salt-PARTITION", principal="principal-PARTITION")
+    async with running(backend, Reply()) as (provider, upstream):
+        await provider.complete("m", request)
+        await collect(provider, request)
+    assert "PARTITION" not in json.dumps(upstream.requests)
 
 
 async def test_tool_calls_stream_and_come_whole(backend: Backend) -> None:
