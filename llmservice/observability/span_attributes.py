@@ -11,12 +11,13 @@ _NAMES = {
     "prompt_tokens": ("llm.usage.prompt_tokens", "gen_ai.usage.input_tokens"),
     "completion_tokens": ("llm.usage.completion_tokens", "gen_ai.usage.output_tokens"),
     "total_tokens": ("llm.usage.total_tokens",),
+    "cached_prompt_tokens": ("llm.usage.cached_prompt_tokens", "gen_ai.usage.cache_read.input_tokens"),
 }
 
 
 def llm_attributes(**values: Any) -> dict[str, Any]:
     """The attributes for `values` named as a reply's fields (provider, model, prompt_tokens,
-    completion_tokens, total_tokens); unset ones (empty, zero) are left out."""
+    completion_tokens, total_tokens, cached_prompt_tokens); unset ones (empty, zero) are left out."""
     return {key: value for name, value in values.items() if value for key in _NAMES[name]}
 
 

@@ -116,6 +116,7 @@ async def run_turn(
                                 prompt_tokens=u.prompt_tokens,
                                 completion_tokens=u.completion_tokens,
                                 total_tokens=u.prompt_tokens + u.completion_tokens,
+                                cached_prompt_tokens=u.cached_tokens,
                             )
                         )
         calls = assemble_tool_calls(deltas)
