@@ -122,6 +122,26 @@ _PROVIDER_COUNTERS = (
     ("evictions", "llmservice_engine_evictions_total", "Paused sequences whose cache was dropped"),
     ("interruptions", "llmservice_engine_interruptions_total", "Decode steps stopped for a more urgent job"),
     ("fallbacks", "llmservice_route_fallbacks_total", "Requests a route moved on to its next deployment"),
+    ("prompt_tokens_computed", "llmservice_prompt_tokens_computed_total", "Prompt tokens the engine decoded"),
+    ("prompt_tokens_reused", "llmservice_prompt_tokens_reused_total", "Prompt tokens served from cache"),
+    ("prompt_cache_hits", "llmservice_prompt_cache_hits_total", "Requests that reused a cached prefix"),
+    ("prompt_cache_misses", "llmservice_prompt_cache_misses_total", "Requests that reused no cached prefix"),
+    (
+        "prompt_cache_evictions",
+        "llmservice_prompt_cache_evictions_total",
+        "Finished caches that left the context (to host memory, or dropped)",
+    ),
+    (
+        "prompt_cache_host_evictions",
+        "llmservice_prompt_cache_host_evictions_total",
+        "Caches dropped from host memory to stay in llamacpp.prompt_cache_mb",
+    ),
+    ("prompt_cache_host_bytes", "llmservice_prompt_cache_host_bytes", "Host memory held by prompt caches"),
+    (
+        "warm_tokens_computed",
+        "llmservice_prompt_tokens_warmed_total",
+        "Tokens prefilled while idle so that a conversation's next turn finds them cached",
+    ),
 )
 
 

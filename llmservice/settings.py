@@ -178,7 +178,29 @@ class LlamaCppSettings(_Section):
     cached_sequences: int = Field(
         0,
         ge=0,
-        description="sequences whose cache stays in memory, decoding or paused; 0 means twice n_slots",
+        description=(
+            "cache streams in the context, n_ctx tokens each: sequences decoding, paused, and finished "
+            "ones kept for prompt caching share them, finished ones giving way first; 0 means twice n_slots"
+        ),
+    )
+    prompt_cache: Literal["exact", "off"] = Field(
+        "exact",
+        description=(
+            "reuse cached prompt prefixes across requests: exact gives the same bits as computing "
+            "the prompt afresh; off computes every prompt in full"
+        ),
+    )
+    prompt_cache_mb: int = Field(
+        1024,
+        ge=0,
+        description="host memory for prompt caches that must leave the context (llama-server's --cache-ram)",
+    )
+    prompt_cache_shared: bool = Field(
+        False,
+        description=(
+            "let callers reuse caches made for other principals (a common system prompt, say); a hit "
+            "is faster, so this lets one caller learn what another sent. cache_salt still partitions"
+        ),
     )
     max_sequences: int = Field(
         0,

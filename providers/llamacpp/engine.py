@@ -22,6 +22,12 @@ the step stops (llama.cpp drops the cache cells it wrote) and is decoded again, 
 rows in the same grouping, after the urgent job's prompt. So an interactive request waits
 for at most one graph node of background work, not a whole step.
 
+A finished sequence's cache stays in its stream, and a new job reuses the longest prefix
+of its prompt that any stream (running, paused or finished), or the host-memory tier,
+holds for the same partition, computing only the rest, with the bits a cold run gives:
+see prefix_cache.py for which cells qualify. Running and paused work always wins a
+stream over a finished cache, which moves to the host tier or is dropped.
+
 Asyncio callers hand the engine a `Job`; its events go out through the job's `sink`,
 once per step for every job that shares the sink, so the event loop wakes once a
 step rather than once a token. `llama_decode` releases the GIL, so the event loop
@@ -41,7 +47,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 import llama_cpp as llama
 import numpy as np
@@ -50,6 +56,19 @@ from llmservice.scheduler import aged_priority
 from llmservice.types import FinishReason, SignalOptions, StreamEnd, StreamEvent, TokenDelta, Usage
 
 from .model import LlamaModel
+from .prefix_cache import (
+    GENERATED,
+    TILED,
+    Cells,
+    HostTier,
+    Saved,
+    cold_keys,
+    common_prefix,
+    decode_key,
+    prefill_ends,
+    reusable,
+    warm_ends,
+)
 from .sampling import Sampler, SamplerConfig, SignalSampler
 from .text import TextStream
 
@@ -66,6 +85,10 @@ _SWITCH_INTERVAL_S = 0.0005
 # byte is 0 and 1 once it is set, so the check costs no Python and no GIL per node.
 _STRLEN = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value or 0
 _ABORT_WHEN_FLAG_SET = llama.ggml_abort_callback(_STRLEN)
+
+# A cached prefix shorter than this is not worth copying between streams or restoring
+# from host memory (both move a whole stream's worth of cells); it is computed instead.
+MIN_COPY_TOKENS = 32
 
 
 Event = StreamEvent | BaseException
@@ -90,6 +113,7 @@ class Job:
     stop: tuple[str, ...] = ()
     priority: int = 0
     signals: SignalOptions | None = None
+    partition: str = ""  # caches are reused only between jobs of the same partition
     arrival: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -97,13 +121,27 @@ class Job:
         self.cancelled.set()
 
 
+@dataclass(frozen=True, slots=True)
+class _Warm:
+    """Tokens to prefill while idle, so that a request starting with them finds them cached."""
+
+    tokens: list[int]
+    partition: str
+
+
 class _Sequence:
     """A job's state on the engine thread, from admission to its end."""
 
-    def __init__(self, job: Job, sampler: Sampler) -> None:
+    def __init__(self, job: Job, sampler: Sampler, wanted: np.ndarray) -> None:
         self.job = job
         self.seq_id = -1  # its cache stream; -1 while it holds none
         self.sampler = sampler
+        self.wanted = wanted  # each prompt position's key in a cold run
+        self.cells = Cells(job.partition)  # what its stream holds
+        self.ends: list[int] = []  # where each prompt decode still to come ends
+        self.reused = 0  # prompt tokens served from cache
+        self.started = False  # given a stream once
+        self.ready: np.ndarray | None = None  # its prompt's last logits, kept from an earlier run
         self.text = TextStream(job.stop)
         self.sampled: list[int] = []  # every token sampled so far
         self.pending = list(job.prompt)  # the next tokens to decode: (the rest of) the prompt, or one
@@ -133,6 +171,8 @@ class Engine:
         n_cached: int = 0,
         n_seqs: int = 0,
         aging_s: float = 10.0,
+        prompt_cache: bool = True,
+        host_cache_bytes: int = 0,
     ) -> None:
         """`n_slots` sequences decode together; `n_cached` (default 2 x n_slots) keep a cache.
 
@@ -140,6 +180,8 @@ class Engine:
         background work at a token boundary; the other cached ones are paused. `n_seqs`
         (default n_cached + n_slots) is how many jobs the engine holds at once: those
         beyond the cache streams wait, or were evicted and will be recomputed.
+        `prompt_cache` keeps finished caches for reuse; `host_cache_bytes` of host memory
+        take those that must leave the context.
         """
         n_cached = max(n_cached or 2 * n_slots, n_slots)
         n_seqs = max(n_seqs or n_cached + n_slots, n_cached)
@@ -169,6 +211,14 @@ class Engine:
         self.evictions = 0  # times a paused sequence's cache was dropped for a more urgent one
         self.interruptions = 0  # decode steps stopped midway for a more urgent job
         self.tokens_generated = 0  # all jobs, ever: lets tests and metrics see that work stopped
+        self.prompt_cache = prompt_cache
+        self.prompt_tokens_computed = 0  # prompt tokens decoded for jobs (warming not counted)
+        self.prompt_tokens_reused = 0  # prompt tokens served from cache
+        self.cache_hits = 0  # jobs that reused a cached prefix
+        self.cache_misses = 0  # jobs that reused nothing
+        self.cache_evictions = 0  # finished caches that left the context (to host memory or gone)
+        self.warm_tokens_computed = 0  # tokens prefilled while idle for a next turn
+        self.host = HostTier(host_cache_bytes)
         self._ctx = ctx
         self._memory = llama.llama_get_memory(ctx)
         self._urgent = ctypes.create_string_buffer(2)  # first byte set: stop the step under way
@@ -176,15 +226,27 @@ class Engine:
         llama.llama_set_abort_callback(ctx, _ABORT_WHEN_FLAG_SET, ctypes.cast(self._urgent, ctypes.c_void_p))
         self._batch = _Batch(max(n_batch, n_slots))
         self._signals = SignalSampler(model)
-        self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Job | _Warm | None] = queue.SimpleQueue()
         self._waiting: list[_Sequence] = []  # new, or evicted: no cache stream
         self._running: list[_Sequence] = []  # each with a cache stream
         self._outbox: dict[Sink, list[Delivery]] = {}
         self._free_ids = list(range(n_cached))  # a heap: the lowest free id goes first
+        self._kept: dict[int, Cells] = {}  # finished caches by stream, least recently used first
+        self._warm: list[_Warm] = []  # to prefill while idle, newest last
+        self._warming: _Sequence | None = None  # the one being prefilled
+        self._warm_sent = self._warm_taken = 0  # for `warming`, from other threads
+        # Streams copied from since the last decode: llama.cpp copies at the next decode,
+        # so until then nothing may be written into them.
+        self._copied_from: set[int] = set()
         self._stopping = False
         sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def warming(self) -> bool:
+        """Prefilling for a next turn, or about to (a snapshot, for tests)."""
+        return self._warm_sent > self._warm_taken or bool(self._warm) or self._warming is not None
 
     @property
     def held(self) -> int:
@@ -195,6 +257,12 @@ class Engine:
         self._inbox.put(job)
         if job.priority < self._step_urgency:  # more urgent than all the step under way
             self._urgent[0] = b"\x01"
+
+    def warm(self, tokens: list[int], partition: str) -> None:
+        """Prefill `tokens` when idle (a conversation as its next turn will resend it)."""
+        if self.prompt_cache and tokens:
+            self._warm_sent += 1
+            self._inbox.put(_Warm(tokens, partition))
 
     def close(self) -> None:
         """Stop the thread (running jobs end without an end event) and free the context."""
@@ -208,19 +276,27 @@ class Engine:
     def _loop(self) -> None:
         while not self._stopping:
             self._urgent[0] = b"\x00"  # every job that raised it is collected next
-            self._collect(block=not self._running and not self._waiting)
+            idle = not self._running and not self._waiting
+            self._collect(block=idle and not self._warm and self._warming is None)
+            if self._running or self._waiting:
+                self._stop_warming()
             self._admit()
-            if self._running:
-                try:
+            try:
+                if self._running:
                     self._step()
-                except Exception as exc:  # handed to every caller, who maps it to a status
-                    log.exception("decode step failed")
-                    for seq in list(self._running):
-                        self._emit(seq.job, exc)
-                        self._leave(seq)
+                elif self._warm or self._warming is not None:
+                    self._warm_step()
+            except Exception as exc:  # handed to every caller, who maps it to a status
+                log.exception("decode step failed")
+                for seq in list(self._running):
+                    self._emit(seq.job, exc)
+                    self._leave(seq, keep=False)
+                if self._warming is not None:
+                    self._release_stream(self._warming)
+                    self._warming = None
             self._flush()
         for seq in self._running + self._waiting:
-            self._leave(seq)
+            self._leave(seq, keep=False)
 
     def _emit(self, job: Job, event: Event) -> None:
         self._outbox.setdefault(job.sink, []).append((job.deliver, event))
@@ -237,6 +313,9 @@ class Engine:
             while True:
                 if job is None:
                     self._stopping = True
+                elif isinstance(job, _Warm):
+                    self._warm = [*self._warm, job][-self.n_cached :]
+                    self._warm_taken += 1
                 else:
                     self._accept(job)
                 job = self._inbox.get_nowait()
@@ -250,7 +329,7 @@ class Engine:
             self._emit(job, exc)
             return
         sampler.accept_prompt(job.prompt)
-        self._waiting.append(_Sequence(job, sampler))
+        self._waiting.append(_Sequence(job, sampler, cold_keys(len(job.prompt), self.chunk, self.n_ctx)))
 
     def _admit(self) -> None:
         """Give cache streams to the most urgent waiting sequences, evicting if they outrank."""
@@ -262,14 +341,152 @@ class Engine:
         self._waiting.sort(key=lambda s: s.urgency(now, self.aging_s))
         while self._waiting:
             seq = self._waiting[0]
-            if not self._free_ids:
+            if not self._free_ids and not self._kept:
                 victim = max(self._running, key=lambda s: s.urgency(now, self.aging_s))
                 if victim.urgency(now, self.aging_s) <= seq.urgency(now, self.aging_s):
                     return
                 self._evict(victim)
             del self._waiting[0]
-            seq.seq_id = heapq.heappop(self._free_ids)
+            self._start(seq)
             self._running.append(seq)
+
+    def _start(self, seq: _Sequence) -> None:
+        """Give a sequence a stream holding the longest reusable prefix of its prompt, and plan the rest."""
+        prompt, part = seq.job.prompt, seq.job.partition
+        # Cells reusable, and where they are: a kept stream, a running sequence, or saved.
+        n, source = 0, cast("int | _Sequence | Saved | None", None)
+        if self.prompt_cache:
+            # Kept ones first: on a tie, taking one over costs no copy.
+            candidates: list[tuple[Cells, int | _Sequence]] = [(c, i) for i, c in self._kept.items()]
+            candidates += [(s.cells, s) for s in self._running]
+            for cells, where in candidates:
+                found = cells.match(prompt, seq.wanted, part)
+                if found > n:
+                    n, source = found, where
+            saved_n, saved = self.host.best(prompt, seq.wanted, part)
+            if saved_n > n:
+                n, source = saved_n, saved
+        if seq.replay:  # evicted: its prompt's logits are not wanted, its replayed tokens are
+            n = min(n, len(prompt) - 1)
+        if isinstance(source, int) and (2 * n >= len(self._kept[source].tokens) or not self._free_ids):
+            seq.seq_id, cells = source, self._kept.pop(source)  # carries the cache on: take it over
+        else:
+            seq.seq_id, cells = self._take_stream(), Cells(part)
+            if source is None or n < MIN_COPY_TOKENS:
+                n = 0
+            elif isinstance(source, Saved) and seq.seq_id not in self._copied_from:
+                self.host.take(source)
+                if llama.llama_state_seq_set_data(self._ctx, source.state, len(source.state), seq.seq_id):
+                    cells = source.cells
+                else:
+                    log.warning("a saved prompt cache could not be restored; computing it again")
+                    n = 0
+            elif isinstance(source, Saved):
+                n = 0
+            else:
+                src = source if isinstance(source, int) else source.seq_id
+                llama.llama_memory_seq_cp(self._memory, src, seq.seq_id, -1, -1)  # the whole stream
+                self._copied_from.add(src)
+                cells = self._kept[source] if isinstance(source, int) else source.cells
+                cells = Cells(part, list(cells.tokens), list(cells.keys), cells.logits)
+        if n == len(prompt):  # an exact repeat: its first token comes from the kept logits
+            assert cells.logits is not None
+            start, seq.ends, seq.ready = n, [], cells.logits[1]
+            seq.pending, seq.prefilling = [], False
+        else:
+            start, seq.ends = prefill_ends(n, len(prompt), self.chunk, self.n_ctx)
+            seq.pending = prompt[start:]
+        llama.llama_memory_seq_rm(self._memory, seq.seq_id, start, -1)
+        cells.trim(start)
+        seq.cells, seq.pos = cells, start
+        if not seq.started:  # not a resumption after an eviction
+            seq.started, seq.reused = True, start
+            self.prompt_tokens_reused += start
+            if start:
+                self.cache_hits += 1
+            else:
+                self.cache_misses += 1
+
+    def _take_stream(self) -> int:
+        """A free stream, else the least recently used finished cache's (saved to host memory first)."""
+        if self._free_ids:
+            return heapq.heappop(self._free_ids)
+        seq_id = next(iter(self._kept))
+        cells = self._kept.pop(seq_id)
+        if self.host.budget:
+            size = llama.llama_state_seq_get_size(self._ctx, seq_id)
+            if self.host.fits(size):
+                state = (ctypes.c_uint8 * size)()
+                if llama.llama_state_seq_get_data(self._ctx, state, size, seq_id) == size:
+                    self.host.put(Saved(cells, bytes(state)))
+        llama.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+        self.cache_evictions += 1
+        return seq_id
+
+    def _keep(self, seq_id: int, cells: Cells) -> None:
+        """A finished sequence's stream stays as it is, for a later prompt that starts the same."""
+        self._kept[seq_id] = cells
+
+    def _stop_warming(self) -> None:
+        """Real work arrived: what was warmed so far is kept, the rest waits for the next idle time."""
+        if self._warming is not None:
+            self._keep(self._warming.seq_id, self._warming.cells)
+            self._warming = None
+
+    def _warm_step(self) -> None:
+        """One tiled decode of the newest warming job (see prefix_cache.py)."""
+        seq = self._warming
+        if seq is None:
+            seq = self._warming = self._start_warming(self._warm.pop())
+            if seq is None:
+                return
+        end = seq.ends[0]
+        chunk = seq.pending[: end - seq.pos]
+        self._batch.clear()
+        self._batch.add(chunk, seq.pos, seq.seq_id, logits=False)
+        if not self._decode([seq], urgency=math.inf):
+            return
+        seq.cells.add(chunk, TILED)
+        self.warm_tokens_computed += len(chunk)
+        seq.pos = end
+        del seq.pending[: len(chunk)], seq.ends[0]
+        if not seq.ends:
+            self._stop_warming()
+
+    def _start_warming(self, warm: _Warm) -> _Sequence | None:
+        """Warming takes over the finished cache it continues; None when there is nothing to warm."""
+        wanted = np.full(len(warm.tokens), TILED, dtype=np.int32)
+        # The stream it continues: the one sharing the most tokens, most of its own.
+        shared, seq_id = max(
+            (
+                (common_prefix(c.tokens, warm.tokens), i)
+                for i, c in self._kept.items()
+                if c.partition == warm.partition
+            ),
+            default=(0, -1),
+        )
+        if seq_id < 0 or 2 * shared < len(self._kept[seq_id].tokens):
+            return None
+        cells = self._kept[seq_id]
+        n = reusable(cells.tokens, cells.keys, warm.tokens, wanted)
+        plan = warm_ends(n, len(warm.tokens), self.chunk) if n < len(warm.tokens) else None
+        if plan is None:
+            return None
+        start, ends = plan
+        del self._kept[seq_id]
+        # Cells recomputed in tiled decodes, as they were computed, come out the same bits
+        # again: the prompt's last logits stay good.
+        logits = cells.logits
+        tiled = logits is not None and all(k == TILED for k in cells.keys[start : logits[0]])
+        cells.trim(start)
+        if tiled:
+            cells.logits = logits
+        job = Job(warm.tokens, 0, SamplerConfig(), lambda _: None, _NO_SINK, partition=warm.partition)
+        seq = _Sequence(job, None, wanted)  # type: ignore[arg-type]  # it samples nothing
+        seq.seq_id, seq.cells = seq_id, cells
+        llama.llama_memory_seq_rm(self._memory, seq_id, start, -1)
+        seq.pos, seq.pending, seq.ends = start, warm.tokens[start:], ends
+        return seq
 
     def _evict(self, seq: _Sequence) -> None:
         """Drop a sequence's cache; it waits to be prefilled again with everything so far."""
@@ -277,15 +494,21 @@ class Engine:
         self._release_stream(seq)
         if seq.active:
             self.preemptions += 1
+        seq.cells, seq.ready = Cells(seq.job.partition), None
         seq.pending, seq.replay = list(seq.job.prompt), list(seq.sampled)
         seq.pos, seq.prefilling, seq.active = 0, True, False
         self._waiting.append(seq)  # behind the more urgent sequence that took its stream
         self.evictions += 1
 
-    def _leave(self, seq: _Sequence) -> None:
+    def _leave(self, seq: _Sequence, *, keep: bool = True) -> None:
+        """Done, cancelled or failed; a finished or cancelled one's cache is kept for reuse."""
         if seq in self._running:
             self._running.remove(seq)
-            self._release_stream(seq)
+            if keep and self.prompt_cache and seq.cells.tokens:
+                self._keep(seq.seq_id, seq.cells)
+                seq.seq_id = -1
+            else:
+                self._release_stream(seq)
         else:
             self._waiting.remove(seq)
         seq.sampler.close()
@@ -306,6 +529,13 @@ class Engine:
         for seq in [s for s in self._running if s.job.cancelled.is_set()]:
             self._leave(seq)
         active = self._most_urgent()
+        for seq in active:
+            if seq.ready is not None:  # an exact repeat: its first token needs no decode
+                logits, seq.ready = seq.ready, None
+                self._sample(seq, logits)
+        active = [s for s in active if s in self._running]  # some finished at their first token
+        if not active:
+            return
         prefilling = next((s for s in active if s.prefilling), None)
         if prefilling is not None and prefilling is active[0]:
             self._prefill_chunk(prefilling)
@@ -324,15 +554,52 @@ class Engine:
         # compute pass per run of consecutive ids, so with ids handed out lowest first
         # (see _admit) a step is usually a single pass.
         generating.sort(key=lambda s: s.seq_id)
+        companions = self._companions([s.seq_id for s in generating])
+        rows: list[_Sequence | tuple[int, int]] = [*generating, *companions]
+        rows.sort(key=lambda r: r.seq_id if isinstance(r, _Sequence) else r[0])
         self._batch.clear()
-        for seq in generating:
-            seq.row = self._batch.add(seq.pending, seq.pos, seq.seq_id, logits=not seq.replay)
-        if not self._decode(generating):
+        for row in rows:
+            if isinstance(row, _Sequence):
+                row.row = self._batch.add(row.pending, row.pos, row.seq_id, logits=not row.replay)
+            else:
+                self._batch.add([0], row[1], row[0], logits=False)
+        decoded = self._decode(generating)
+        for seq_id, pos in companions:
+            llama.llama_memory_seq_rm(self._memory, seq_id, pos, -1)
+        if not decoded:
             return False
         for seq in generating:
+            seq.cells.add(seq.pending, GENERATED)
             seq.pos += 1
             self._next(seq)
         return True
+
+    def _companions(self, ids: list[int]) -> list[tuple[int, int]]:
+        """A placeholder row (stream, position) beside each sequence that would decode alone.
+
+        llama.cpp decodes each run of consecutive stream ids together, and a run of one
+        stream with 512 or more KV cells takes another attention kernel (split-KV) than a
+        run of several: its numbers would change with what runs beside it. A row in a
+        neighbouring stream, at that stream's next position and removed right after,
+        keeps every sequence in a run of two or more, so its numbers are the same alone
+        or batched. Neighbours that join two runs are preferred by going in id order.
+        """
+        if self.n_cached < 2:
+            return []  # one stream: every sequence always decodes alone
+        taken, added = set(ids), []
+        next_pos = {s.seq_id: s.pos for s in self._running} | {
+            i: len(c.tokens) for i, c in self._kept.items()
+        }
+        for seq_id in ids:
+            if seq_id - 1 in taken or seq_id + 1 in taken:
+                continue
+            for neighbour in (seq_id + 1, seq_id - 1):
+                pos = next_pos.get(neighbour, 0)
+                if 0 <= neighbour < self.n_cached and neighbour not in taken and pos < self.n_ctx:
+                    taken.add(neighbour)
+                    added.append((neighbour, pos))
+                    break
+        return added
 
     def _most_urgent(self) -> list[_Sequence]:
         """The sequences that decode this step; any other that had started is paused."""
@@ -348,25 +615,39 @@ class Engine:
         return active
 
     def _prefill_chunk(self, seq: _Sequence) -> None:
-        chunk = seq.pending[: self.chunk]
+        """Decode the prompt up to the next planned end (see prefix_cache.prefill_ends)."""
+        end = seq.ends[0]
+        chunk = seq.pending[: end - seq.pos]
         last = len(chunk) == len(seq.pending)
+        logits = last and not seq.replay
         self._batch.clear()
-        seq.row = self._batch.add(chunk, seq.pos, seq.seq_id, logits=last and not seq.replay)
+        seq.row = self._batch.add(chunk, seq.pos, seq.seq_id, logits=logits)
         if not self._decode([seq]):
             return
-        seq.pos += len(chunk)
-        del seq.pending[: len(chunk)]
+        seq.cells.add(chunk, decode_key(len(chunk), end, self.n_ctx))
+        if logits:
+            row = llama.llama_get_logits_ith(self._ctx, seq.row)
+            seq.cells.logits = (end, np.ctypeslib.as_array(row, shape=(self.model.n_vocab,)).copy())
+        self.prompt_tokens_computed += len(chunk)
+        seq.pos = end
+        del seq.pending[: len(chunk)], seq.ends[0]
         if last:
             seq.prefilling = False
             self._next(seq)
 
-    def _decode(self, rows: list[_Sequence]) -> bool:
-        """Decode the batch of `rows`; False if a more urgent job stopped it (nothing changed)."""
+    def _decode(self, rows: list[_Sequence], urgency: float | None = None) -> bool:
+        """Decode the batch of `rows`; False if a more urgent job stopped it (nothing changed).
+
+        Any job stops a step of `urgency` inf (warming).
+        """
         now = time.monotonic()
-        self._step_urgency = min(s.urgency(now, self.aging_s)[0] for s in rows)
+        if urgency is None:
+            urgency = min(s.urgency(now, self.aging_s)[0] for s in rows)
+        self._step_urgency = urgency
         try:
             if self._urgent[0] != b"\x00":
                 return False  # raised since this step was planned: plan it again first
+            self._copied_from.clear()  # the decode makes every pending copy first
             rc = llama.llama_decode(self._ctx, self._batch.raw)
         finally:
             self._step_urgency = -math.inf
@@ -385,10 +666,14 @@ class Engine:
             seq.pending = []
             self._sample(seq)
 
-    def _sample(self, seq: _Sequence) -> None:
+    def _sample(self, seq: _Sequence, kept: np.ndarray | None = None) -> None:
+        """Sample from the sequence's logits row, or from `kept` logits of an earlier run."""
         job = seq.job
         if job.signals is None:
-            token, signal = seq.sampler.sample(self._ctx, seq.row), None
+            sampler, signal = seq.sampler, None
+            token = sampler.sample(self._ctx, seq.row) if kept is None else sampler.sample_logits(kept)
+        elif kept is not None:
+            token, signal = self._signals.sample(seq.sampler, None, -1, kept, job.signals)
         else:
             logits = np.ctypeslib.as_array(
                 llama.llama_get_logits_ith(self._ctx, seq.row), shape=(self.model.n_vocab,)
@@ -413,9 +698,20 @@ class Engine:
             self._emit(seq.job, TokenDelta(rest))
         self._emit(
             seq.job,
-            StreamEnd(FinishReason.STOP if stopped else reason, Usage(len(seq.job.prompt), seq.generated)),
+            StreamEnd(
+                FinishReason.STOP if stopped else reason,
+                Usage(len(seq.job.prompt), seq.generated, cached_tokens=seq.reused),
+            ),
         )
         self._leave(seq)
+
+
+class _NoSink:
+    def post(self, deliveries: list[Delivery]) -> None:
+        pass
+
+
+_NO_SINK = _NoSink()
 
 
 class _Batch:

@@ -89,22 +89,23 @@ class TemplatePrompt:
             raise ValueError(f"the chat template does not parse: {exc}") from None
         self._bos, self._eos = bos_token, eos_token
 
-    def __call__(self, messages: tuple[Message, ...]) -> list[Segment]:
+    def __call__(self, messages: tuple[Message, ...], *, generation_prompt: bool = True) -> list[Segment]:
+        """The prompt for the model's next turn; without `generation_prompt`, the conversation only."""
         nonce = secrets.token_hex(8)  # unguessable, so message text cannot forge a marker
         marks = [f"\ue000{nonce}:{i}\ue001" if m.content else "" for i, m in enumerate(messages)]
         contents = [m.content for m in messages]
-        marked = self._render(messages, marks)
-        real = self._render(messages, contents)
+        marked = self._render(messages, marks, generation_prompt)
+        real = self._render(messages, contents, generation_prompt)
         pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", marked)
         return _splice(pieces, contents, real)
 
-    def _render(self, messages: tuple[Message, ...], contents: list[str]) -> str:
+    def _render(self, messages: tuple[Message, ...], contents: list[str], generation_prompt: bool) -> str:
         try:
             return self._template.render(
                 messages=[{"role": m.role, "content": c} for m, c in zip(messages, contents, strict=True)],
                 bos_token=self._bos,
                 eos_token=self._eos,
-                add_generation_prompt=True,
+                add_generation_prompt=generation_prompt,
                 raise_exception=_raise,
             )
         except TemplateError as exc:

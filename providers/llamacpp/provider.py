@@ -16,7 +16,16 @@ from llmservice.errors import InvalidRequest, NotFound
 from llmservice.model_admin import PullProgress
 from llmservice.scheduler import Scheduler
 from llmservice.settings import LlamaCppSettings, SettingsError, env_name
-from llmservice.types import Capabilities, ChatRequest, Message, ModelInfo, StreamEnd, StreamEvent
+from llmservice.types import (
+    Capabilities,
+    ChatRequest,
+    FinishReason,
+    Message,
+    ModelInfo,
+    StreamEnd,
+    StreamEvent,
+    TokenDelta,
+)
 
 from ..base import Provider
 from . import store, tools
@@ -324,7 +333,9 @@ class LlamaCppProvider(Provider):
             stop=s.stop,
             priority=request.priority,
             signals=request.signals,
+            partition=self._partition(request),
         )
+        reply: list[str] = []
         async with scheduler.slot(request.priority, request.deadline):
             engine.submit(job)
             try:
@@ -332,11 +343,38 @@ class LlamaCppProvider(Provider):
                     event = await events.get()
                     if isinstance(event, BaseException):
                         raise event
+                    if isinstance(event, TokenDelta):
+                        reply.append(event.text)
+                    elif (
+                        isinstance(event, StreamEnd)
+                        and event.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+                        and not request.attachments
+                    ):
+                        loop.call_soon(self._warm_next_turn, loaded, model, request, "".join(reply), job)
                     yield event
                     if isinstance(event, StreamEnd):
                         return
             finally:
                 job.cancel()
+
+    def _partition(self, request: ChatRequest) -> str:
+        """Whose caches a request may reuse: its principal's (or everyone's, if shared), by salt."""
+        principal = "" if self._settings.prompt_cache_shared else request.principal
+        return f"{principal}\x1f{request.cache_salt}"
+
+    def _warm_next_turn(
+        self, loaded: LoadedModel, model: str, request: ChatRequest, reply: str, job: Job
+    ) -> None:
+        """After the stream: have the engine prefill the conversation as the next turn resends it."""
+        if not loaded.engine.prompt_cache:
+            return
+        messages = (*_with_attachments(request), Message("assistant", reply))
+        try:
+            tokens = _tokenize(loaded, model, messages, generation_prompt=False)
+        except InvalidRequest:
+            return
+        if len(tokens) < loaded.engine.n_ctx:
+            loaded.engine.warm(tokens, job.partition)
 
     # Counters over every engine (the default model's for slots and scheduler), for tests and metrics.
 
@@ -372,6 +410,49 @@ class LlamaCppProvider(Provider):
     def tokens_generated(self) -> int:
         return self._spent.tokens_generated + sum(m.engine.tokens_generated for m in self._pool.values())
 
+    # The prompt cache's counters, over every engine.
+
+    @property
+    def prompt_tokens_computed(self) -> int:
+        return self._spent.prompt_tokens_computed + self._sum("prompt_tokens_computed")
+
+    @property
+    def prompt_tokens_reused(self) -> int:
+        return self._spent.prompt_tokens_reused + self._sum("prompt_tokens_reused")
+
+    @property
+    def prompt_cache_hits(self) -> int:
+        return self._spent.cache_hits + self._sum("cache_hits")
+
+    @property
+    def prompt_cache_misses(self) -> int:
+        return self._spent.cache_misses + self._sum("cache_misses")
+
+    @property
+    def prompt_cache_evictions(self) -> int:
+        """Finished caches that left the context: to host memory, or dropped."""
+        return self._spent.cache_evictions + self._sum("cache_evictions")
+
+    @property
+    def prompt_cache_host_evictions(self) -> int:
+        return self._spent.host_evictions + sum(m.engine.host.evictions for m in self._pool.values())
+
+    @property
+    def prompt_cache_host_bytes(self) -> int:
+        return sum(m.engine.host.bytes for m in self._pool.values())
+
+    @property
+    def warm_tokens_computed(self) -> int:
+        return self._spent.warm_tokens_computed + self._sum("warm_tokens_computed")
+
+    @property
+    def warming(self) -> bool:
+        """An engine is prefilling a conversation for its next turn (for tests)."""
+        return any(m.engine.warming for m in self._pool.values())
+
+    def _sum(self, counter: str) -> int:
+        return sum(getattr(m.engine, counter) for m in self._pool.values())
+
     def _sink_for(self, loop: asyncio.AbstractEventLoop) -> _LoopSink:
         sink = self._sinks.get(loop)
         if sink is None:
@@ -387,12 +468,30 @@ class _Counters:
     evictions: int = 0
     interruptions: int = 0
     tokens_generated: int = 0
+    prompt_tokens_computed: int = 0
+    prompt_tokens_reused: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_evictions: int = 0
+    warm_tokens_computed: int = 0
+    host_evictions: int = 0
 
     def add(self, closed: LoadedModel) -> None:
-        self.preemptions += closed.engine.preemptions
-        self.evictions += closed.engine.evictions
-        self.interruptions += closed.engine.interruptions
-        self.tokens_generated += closed.engine.tokens_generated
+        engine = closed.engine
+        for name in (
+            "preemptions",
+            "evictions",
+            "interruptions",
+            "tokens_generated",
+            "prompt_tokens_computed",
+            "prompt_tokens_reused",
+            "cache_hits",
+            "cache_misses",
+            "cache_evictions",
+            "warm_tokens_computed",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(engine, name))
+        self.host_evictions += engine.host.evictions
 
 
 def _check_grammars(model: LlamaModel, request: ChatRequest) -> None:
@@ -422,10 +521,12 @@ def _chat_template(loaded: LoadedModel, model: str) -> TemplatePrompt:
     return loaded.template
 
 
-def _tokenize(loaded: LoadedModel, model: str, messages: tuple[Message, ...]) -> list[int]:
+def _tokenize(
+    loaded: LoadedModel, model: str, messages: tuple[Message, ...], *, generation_prompt: bool = True
+) -> list[int]:
     template = _chat_template(loaded, model)
     try:
-        segments = template(messages)
+        segments = template(messages, generation_prompt=generation_prompt)
     except ValueError as exc:  # the template's own raise_exception: a conversation it refuses
         raise InvalidRequest("messages", str(exc)) from None
     return tokenize_segments(loaded.model, segments)

@@ -90,6 +90,26 @@ class Sampler:
             return int(np.argmax(logits))
         return int(llama.llama_sampler_sample(self.chain, ctx, row))
 
+    def sample_logits(self, logits: np.ndarray) -> int:
+        """The pick `sample` makes, from logits kept aside (a cached prompt's last token).
+
+        `llama_sampler_sample` is this: the chain applied over (id, logit, 0) for every
+        token, then the pick accepted.
+        """
+        if self.plain_greedy:
+            return int(np.argmax(logits))
+        n = logits.shape[0]
+        data = (llama.llama_token_data * n)()
+        view = np.ctypeslib.as_array(data)
+        view["id"], view["logit"], view["p"] = np.arange(n, dtype=np.int32), logits, 0.0
+        cur = llama.llama_token_data_array(data=data, size=n, selected=-1, sorted=False)
+        llama.llama_sampler_apply(self.chain, ctypes.byref(cur))
+        if cur.selected < 0:
+            raise RuntimeError("the sampler chain picked no token")
+        token = int(data[cur.selected].id)
+        llama.llama_sampler_accept(self.chain, token)
+        return token
+
     def close(self) -> None:
         if self.chain:
             llama.llama_sampler_free(self.chain)  # frees the stages it holds
@@ -126,12 +146,15 @@ class SignalSampler:
     def sample(
         self,
         sampler: Sampler,
-        ctx: llama.llama_context_p,
+        ctx: llama.llama_context_p | None,
         row: int,
         logits: np.ndarray,
         options: SignalOptions,
     ) -> tuple[int, TokenSignal]:
-        """Sample batch row `row`, whose logits are `logits` (a zero-copy view), and describe it."""
+        """Sample batch row `row`, whose logits are `logits` (a zero-copy view), and describe it.
+
+        With no `ctx`, `logits` were kept aside and are sampled as they are.
+        """
         raw = signals.distribution(logits, self._work)
         top = signals.top_indices(logits, options.top_k)
         stages: list[SamplerStage] = []
@@ -140,7 +163,7 @@ class SignalSampler:
         else:  # no stage before the final pick: only the raw distribution to report
             if options.sampler_stages:
                 stages.append(self._raw_stage(logits, raw, top))
-            token = sampler.sample(ctx, row)
+            token = sampler.sample(ctx, row) if ctx is not None else sampler.sample_logits(logits)
         probs = [raw.prob(logits[i]) for i in top[:2]]
         signal = TokenSignal(
             confidence=raw.prob(logits[token]),
