@@ -10,7 +10,6 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 
-import grpc
 import pytest
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
@@ -98,6 +97,7 @@ async def test_the_next_turn_reuses_the_conversation_and_matches_a_cold_run(
     stub: pb_grpc.LLMServiceStub, service: Service
 ) -> None:
     conversation, partition = [msg("system", SYSTEM)], salt()
+    previous_prompt = 0
     for question in ("Name a bread for soup.", "And one for a sandwich?", "Which of them keeps longest?"):
         conversation.append(msg("user", question))
         request = ask(conversation, partition, seed=None, max_tokens=24)
@@ -109,7 +109,7 @@ async def test_the_next_turn_reuses_the_conversation_and_matches_a_cold_run(
         if len(conversation) > 2:
             # The earlier turns and the reply (warmed while idle) came from cache, but for
             # at most one tiled decode's worth (64) before the new question.
-            assert turn.cached >= previous_prompt - 64  # noqa: F821 -- set by the turn before
+            assert turn.cached >= previous_prompt - 64
         previous_prompt = turn.prompt_tokens
         conversation.append(msg("assistant", turn.text))
         warmed = service.engine.warm_tokens_computed
