@@ -36,22 +36,29 @@ def render_doc() -> str:
         "",
     ]
     for path in sorted(RESULTS.glob("*.json")):
-        result = json.loads(path.read_text())
-        m = result["machine"]
-        lines += [
-            f"## {result['title']}",
-            "",
-            result["description"],
-            "",
-            f"Run {result['date']} on {m['cpus']} CPUs ({m['machine']}), Python {m['python']}; "
-            f"{result['setup']}.",
-            "",
-            "| measure | " + " | ".join(result["columns"]) + " |",
-            "|---" * (len(result["columns"]) + 1) + "|",
-        ]
-        lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in result["rows"]]
-        lines += ["", result.get("verdict", ""), ""]
+        lines.append(render_section(json.loads(path.read_text())))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def render_section(result: dict[str, Any]) -> str:
+    """One result's section: title, setup, table, verdict and notes (if any)."""
+    m = result["machine"]
+    lines = [
+        f"## {result['title']}",
+        "",
+        result["description"],
+        "",
+        f"Run {result['date']} on {m['cpus']} CPUs ({m['machine']}), Python {m['python']}; "
+        f"{result['setup']}.",
+        "",
+        "| measure | " + " | ".join(result["columns"]) + " |",
+        "|---" * (len(result["columns"]) + 1) + "|",
+    ]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in result["rows"]]
+    lines += ["", result.get("verdict", ""), ""]
+    if result.get("notes"):
+        lines += [result["notes"], ""]
+    return "\n".join(lines)
 
 
 def write_doc() -> Path:
