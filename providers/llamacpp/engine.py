@@ -347,7 +347,15 @@ class Engine:
                     return
                 self._evict(victim)
             del self._waiting[0]
-            self._start(seq)
+            try:
+                self._start(seq)
+            except Exception as exc:  # the caller gets it; the engine carries on
+                log.exception("starting a sequence failed")
+                if seq.seq_id >= 0:
+                    self._release_stream(seq)
+                seq.sampler.close()
+                self._emit(seq.job, exc)
+                continue
             self._running.append(seq)
 
     def _start(self, seq: _Sequence) -> None:
@@ -418,7 +426,7 @@ class Engine:
             if self.host.fits(size):
                 state = (ctypes.c_uint8 * size)()
                 if llama.llama_state_seq_get_data(self._ctx, state, size, seq_id) == size:
-                    self.host.put(Saved(cells, bytes(state)))
+                    self.host.put(Saved(cells, state))
         llama.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
         self.cache_evictions += 1
         return seq_id

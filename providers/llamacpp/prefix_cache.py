@@ -24,6 +24,7 @@ then they may go to host memory (`HostTier`), byte-budgeted, least recently used
 
 from __future__ import annotations
 
+import ctypes
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -140,7 +141,7 @@ class Saved:
     """A cache stream's state in host memory (llama_state_seq_get_data), with its cells' description."""
 
     cells: Cells
-    state: bytes
+    state: ctypes.Array[ctypes.c_uint8]  # as llama_state_seq_get_data wrote it
 
     @property
     def nbytes(self) -> int:

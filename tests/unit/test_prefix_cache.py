@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 
 import numpy as np
@@ -108,7 +109,7 @@ def test_the_host_tier_stays_within_its_budget_dropping_the_oldest() -> None:
 
     def saved(first: int) -> Saved:
         tokens = list(range(first, first + 100))
-        return Saved(Cells("p", tokens, [TILED] * 100), bytes(2500))
+        return Saved(Cells("p", tokens, [TILED] * 100), (ctypes.c_uint8 * 2500)())
 
     caches = [saved(i * 1000) for i in range(5)]
     for cache in caches:
@@ -122,5 +123,5 @@ def test_the_host_tier_stays_within_its_budget_dropping_the_oldest() -> None:
     tier.take(caches[4])
     assert len(tier) == 2
     assert tier.bytes == 2 * caches[0].nbytes
-    tier.put(Saved(Cells("p"), bytes(20_000)))  # bigger than the whole budget: not kept
+    tier.put(Saved(Cells("p"), (ctypes.c_uint8 * 20_000)()))  # bigger than the whole budget: not kept
     assert len(tier) == 2
