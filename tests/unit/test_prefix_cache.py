@@ -15,6 +15,7 @@ from providers.llamacpp.prefix_cache import (
     Cells,
     HostTier,
     Saved,
+    cold_ends,
     cold_keys,
     common_prefix,
     decode_key,
@@ -36,10 +37,14 @@ def test_decode_keys_follow_the_attention_kernels() -> None:
     assert GENERATED not in {decode_key(n, e, N_CTX) for n in (1, 2, 64) for e in (1, 300, 5000)}
 
 
-def test_a_cold_prompt_is_chunked_at_multiples_of_the_chunk() -> None:
-    keys = cold_keys(300, CHUNK, N_CTX)
-    assert (keys[:256] == TILED).all()
-    assert (keys[256:] == decode_key(44, 300, N_CTX)).all()
+def test_a_cold_prompt_is_cut_into_tiled_decodes_only() -> None:
+    assert cold_ends(300, CHUNK) == [150, 300]  # not 256 + 44: a 44-token decode is the slow kind
+    assert cold_ends(600, CHUNK) == [200, 400, 600]
+    assert cold_ends(100, CHUNK) == [100]
+    assert (cold_keys(300, CHUNK, N_CTX) == TILED).all()
+    assert cold_ends(40, CHUNK) == [40]  # too short to be tiled: one decode
+    assert (cold_keys(40, CHUNK, N_CTX) == decode_key(40, 40, N_CTX)).all()
+    assert cold_ends(300, 100) == [100, 200, 300]  # small chunks: at multiples of the chunk
 
 
 def test_reuse_stops_at_the_first_token_or_key_that_differs() -> None:
@@ -47,8 +52,8 @@ def test_reuse_stops_at_the_first_token_or_key_that_differs() -> None:
     want = cold_keys(300, CHUNK, N_CTX)
     assert reusable(prompt, list(want), prompt, want) == 300
     assert reusable([*prompt[:100], -5], list(want[:101]), prompt, want) == 100
-    tiled_everywhere = [TILED] * 300  # the tail was computed in a bigger decode than the cold one
-    assert reusable(prompt, tiled_everywhere, prompt, want) == 256
+    short = cold_keys(40, CHUNK, N_CTX)  # a 40-token prompt's cells: not tiled
+    assert reusable(prompt[:40], list(short), prompt, want) == 0
     assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
     assert common_prefix([], [1]) == 0
 
@@ -56,24 +61,33 @@ def test_reuse_stops_at_the_first_token_or_key_that_differs() -> None:
 @pytest.mark.parametrize(
     ("start", "n", "expected"),
     [
-        (0, 300, (0, [256, 300])),  # cold
-        (256, 300, (256, [300])),  # the whole first chunk reused
-        (290, 300, (290, [300])),  # 10 tokens: a row-kernel decode, as the cold 44-token chunk was
-        (100, 300, (100, [256, 300])),  # 156 tokens: tiled, as the cold chunk
-        (230, 600, (192, [256, 512, 600])),  # 26 tokens would not be tiled: start 64 before the chunk's end
-        (300, 300, (298, [300])),  # the last token's logits are needed: two tokens, row kernel as cold
-        (600, 600, (536, [600])),  # the same where the last chunk was tiled
-        (256, 257, (256, [257])),  # a one-token last chunk stays a one-token decode
+        (0, 300, (0, [150, 300])),  # cold
+        (256, 300, (236, [300])),  # 44 tokens left: start 64 before the end, to stay tiled
+        (100, 300, (100, [300])),  # 200 tokens: one tiled decode
+        (10, 600, (10, [206, 403, 600])),
+        (300, 300, (236, [300])),  # nothing left but the last token, whose logits are needed
+        (20, 40, (20, [40])),  # a short prompt's one decode: the row kernel, at the same KV length
+        (30, 300, (30, [165, 300])),
     ],
 )
-def test_prefill_starts_where_its_first_decode_is_of_the_cold_kind(
+def test_prefill_resumes_with_decodes_of_the_cold_kind(
     start: int, n: int, expected: tuple[int, list[int]]
 ) -> None:
     assert prefill_ends(start, n, CHUNK, N_CTX) == expected
     begin, ends = expected
-    bounds = [begin, *ends]
     cold = cold_keys(n, CHUNK, N_CTX)
-    for a, b in itertools.pairwise(bounds):  # every decode is of the kind the cold run used
+    for a, b in itertools.pairwise([begin, *ends]):  # every decode is of the kind the cold run used
+        assert (cold[a:b] == decode_key(b - a, b, N_CTX)).all()
+
+
+@pytest.mark.parametrize(("start", "n"), [(230, 600), (290, 300), (255, 257)])
+def test_with_small_chunks_prefill_follows_the_cold_chunks(start: int, n: int) -> None:
+    chunk = 100
+    begin, ends = prefill_ends(start, n, chunk, N_CTX)
+    assert begin <= start
+    assert ends[-1] == n
+    cold = cold_keys(n, chunk, N_CTX)
+    for a, b in itertools.pairwise([begin, *ends]):
         assert (cold[a:b] == decode_key(b - a, b, N_CTX)).all()
 
 
@@ -88,7 +102,7 @@ def test_warming_plans_only_tiled_decodes_within_a_chunk() -> None:
         assert (sizes >= TILE).all()
         assert (sizes <= CHUNK).all()
     assert warm_ends(0, 63, CHUNK) is None  # too short for a tiled decode
-    assert warm_ends(0, 500, 100) is None  # chunks too small to hold tiled decodes on both sides
+    assert warm_ends(0, 500, 100) is None  # chunks too small to cut every decode tiled
 
 
 def test_kept_logits_serve_only_an_exact_repeat() -> None:
@@ -97,7 +111,7 @@ def test_kept_logits_serve_only_an_exact_repeat() -> None:
     cells = Cells("p", list(prompt), list(want), logits=(50, np.zeros(8, dtype=np.float32)))
     assert cells.match(prompt, want, "p") == 50
     assert cells.match(prompt, want, "q") == 0  # another partition
-    longer = [*prompt, *range(100, 130)]  # its first chunk is 80 tokens: tiled, unlike the 50 cached
+    longer = [*prompt, *range(100, 130)]  # 80 tokens: tiled, unlike the 50 cached
     assert cells.match(longer, cold_keys(80, CHUNK, N_CTX), "p") == 0
     cells.trim(20)
     assert cells.logits is None
