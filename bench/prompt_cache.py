@@ -426,9 +426,8 @@ def summarise(
             "prompt tokens are the final chunk's cached_prompt_tokens, and llama-server's "
             "timings.cache_n. The think time is idle time in which the engine prefills the conversation "
             "as its next turn will resend it (prompt and reply); llama-server keeps the slot's cache and "
-            "gets the same pause. p99 is the nearest rank, so below 100 samples it is the maximum. The "
-            "/llmchat turn with three tool steps, cache on and off, is not measured here: no benchmark "
-            "drives /llmchat yet."
+            "gets the same pause. p99 is the nearest rank, so below 100 samples it is the maximum. A "
+            "/llmchat turn with tool steps, cache on and off, is the next section (bench/agent_turn.py)."
         ),
         "figures": figures,
         "raw": {
