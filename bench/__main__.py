@@ -7,6 +7,7 @@ each with FLAGS (e.g. `python -m bench prompt_cache --smoke`).
 import sys
 
 from . import (
+    agent_turn,
     decode_throughput,
     embeddings,
     engine_vs_llama_server,
@@ -21,6 +22,7 @@ BENCHES = {
         decode_throughput,
         engine_vs_llama_server,
         prompt_cache,
+        agent_turn,
         gateway_overhead,
         shim_vs_litellm,
         embeddings,
