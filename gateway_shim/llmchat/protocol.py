@@ -65,6 +65,15 @@ class ToolInvocation(BaseModel):
     elapsed_ms: float
 
 
+class TurnUsage(BaseModel):
+    """Tokens over every model call of the turn (each tool step is one more call)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int = Field(description="of prompt_tokens, those served from a prompt cache")
+    model_calls: int
+
+
 class ChatResponse(BaseModel):
     user_id: str
     response: str
@@ -72,6 +81,7 @@ class ChatResponse(BaseModel):
     tools: list[str]
     tool_invocations: list[ToolInvocation]
     elapsed_ms: float
+    usage: TurnUsage
 
 
 class DisconnectRequest(_Strict):

@@ -174,6 +174,12 @@ def final(reply: pb.ChatResponse) -> dict[str, Any]:
         "tools": list(reply.tools),
         "tool_invocations": [invocation(i) for i in reply.tool_invocations],
         "elapsed_ms": round(reply.elapsed_ms, 3),
+        "usage": {
+            "prompt_tokens": reply.usage.prompt_tokens,
+            "completion_tokens": reply.usage.completion_tokens,
+            "cached_prompt_tokens": reply.usage.cached_prompt_tokens,
+            "model_calls": reply.usage.model_calls,
+        },
     }
 
 

@@ -148,6 +148,12 @@ def final(user_id: str, event: TurnFinal) -> pb.ChatResponse:
         tools=[i.name for i in event.tool_invocations],
         tool_invocations=[_invocation(i) for i in event.tool_invocations],
         elapsed_ms=event.elapsed_ms,
+        usage=pb.TurnUsage(
+            prompt_tokens=event.usage.prompt_tokens,
+            completion_tokens=event.usage.completion_tokens,
+            cached_prompt_tokens=event.usage.cached_tokens,
+            model_calls=event.model_calls,
+        ),
     )
 
 

@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from llmservice.auth import Principal
@@ -27,6 +27,7 @@ from llmservice.types import (
     TokenDelta,
     ToolCall,
     ToolCallDelta,
+    Usage,
     assemble_tool_calls,
 )
 
@@ -67,6 +68,8 @@ class TurnFinal:
     response: str
     tool_invocations: tuple[ToolInvocation, ...]
     elapsed_ms: float
+    usage: Usage = field(default_factory=Usage)  # summed over the turn's model calls
+    model_calls: int = 0
 
 
 TurnEvent = TurnToken | ToolStarted | ToolInvocation | TurnFinal
@@ -90,6 +93,7 @@ async def run_turn(
     made: set[tuple[str, str]] = set()  # (name, arguments) of every call run this turn
     base = request.messages
     answer_now = False
+    used = Usage()
     for step in range(max_steps):
         # Out of steps, or asking again for calls already made: the model must answer now.
         last = step == max_steps - 1 or answer_now
@@ -108,9 +112,16 @@ async def run_turn(
                         yield TurnToken(event.text)
                     elif isinstance(event, ToolCallDelta):
                         deltas.append(event)
-                    elif isinstance(event, StreamEnd) and span is not None:
-                        u = event.usage  # and who served it, when a route moved on
-                        span.set_attributes(
+                    elif isinstance(event, StreamEnd):
+                        u = event.usage
+                        used = Usage(
+                            used.prompt_tokens + u.prompt_tokens,
+                            used.completion_tokens + u.completion_tokens,
+                            used.cached_tokens + u.cached_tokens,
+                        )
+                        if span is None:
+                            continue
+                        span.set_attributes(  # and who served it, when a route moved on
                             llm_attributes(
                                 provider=event.provider,
                                 prompt_tokens=u.prompt_tokens,
@@ -128,7 +139,8 @@ async def run_turn(
                 )
             answer = "".join(text)
             added.append(Message("assistant", answer))
-            yield TurnFinal(answer, tuple(invocations), (time.monotonic() - started) * 1000)
+            elapsed = (time.monotonic() - started) * 1000
+            yield TurnFinal(answer, tuple(invocations), elapsed, used, step + 1)
             return
         if all((c.name, _canonical(c.arguments)) in made for c in calls):
             answer_now = True  # a model that repeats itself has what the tools can give

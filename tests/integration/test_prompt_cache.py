@@ -14,6 +14,7 @@ import pytest
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from llmservice.metrics import provider_readings
 
 from .conftest import Service, eventually
 
@@ -183,3 +184,21 @@ async def test_caches_are_partitioned_by_salt(stub: pb_grpc.LLMServiceStub) -> N
     other.cache_salt = salt()
     assert (await run(stub, other)).cached == 0
     assert (await run(stub, request)).cached > 0
+
+
+async def test_the_cache_counters_reach_the_metrics(stub: pb_grpc.LLMServiceStub, service: Service) -> None:
+    request = ask([msg("system", SYSTEM), msg("user", "Is rye bread dark?")], salt())
+    await run(stub, request)
+    await run(stub, request)
+    readings = {name: value for name, _, _, value in provider_readings([("llamacpp", service.engine)])}
+    assert readings["llmservice_prompt_cache_hits_total"] == service.engine.prompt_cache_hits > 0
+    assert readings["llmservice_prompt_cache_misses_total"] > 0
+    assert readings["llmservice_prompt_tokens_reused_total"] == service.engine.prompt_tokens_reused > 0
+    assert readings["llmservice_prompt_tokens_computed_total"] == service.engine.prompt_tokens_computed > 0
+    for name in (
+        "llmservice_prompt_cache_evictions_total",
+        "llmservice_prompt_cache_host_evictions_total",
+        "llmservice_prompt_cache_host_bytes",
+        "llmservice_prompt_tokens_warmed_total",
+    ):
+        assert name in readings

@@ -283,6 +283,7 @@ class ChatResponse(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_INVOCATIONS_FIELD_NUMBER: _builtins.int
     ELAPSED_MS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     response: _builtins.str
     tool_used: _builtins.bool
@@ -293,6 +294,10 @@ class ChatResponse(_message.Message):
 
     @_builtins.property
     def tool_invocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolInvocation]: ...
+    @_builtins.property
+    def usage(self) -> Global___TurnUsage:
+        """Tokens over every model call of the turn (a tool step is one call more)."""
+
     def __init__(
         self,
         *,
@@ -302,14 +307,46 @@ class ChatResponse(_message.Message):
         tools: _abc.Iterable[_builtins.str] | None = ...,
         tool_invocations: _abc.Iterable[Global___ToolInvocation] | None = ...,
         elapsed_ms: _builtins.float = ...,
+        usage: Global___TurnUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_ms", b"elapsed_ms", "response", b"response", "tool_invocations", b"tool_invocations", "tool_used", b"tool_used", "tools", b"tools", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_ms", b"elapsed_ms", "response", b"response", "tool_invocations", b"tool_invocations", "tool_used", b"tool_used", "tools", b"tools", "usage", b"usage", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatResponse: _TypeAlias = ChatResponse  # noqa: Y015
+
+@_typing.final
+class TurnUsage(_message.Message):
+    """What a turn's model calls used, summed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    MODEL_CALLS_FIELD_NUMBER: _builtins.int
+    prompt_tokens: _builtins.int
+    completion_tokens: _builtins.int
+    cached_prompt_tokens: _builtins.int
+    """Of prompt_tokens, those served from a prompt cache (not in addition to them)."""
+    model_calls: _builtins.int
+    def __init__(
+        self,
+        *,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        cached_prompt_tokens: _builtins.int = ...,
+        model_calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_prompt_tokens", b"cached_prompt_tokens", "completion_tokens", b"completion_tokens", "model_calls", b"model_calls", "prompt_tokens", b"prompt_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TurnUsage: _TypeAlias = TurnUsage  # noqa: Y015
 
 @_typing.final
 class StreamChatResponse(_message.Message):
