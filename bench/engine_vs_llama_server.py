@@ -182,7 +182,14 @@ def aggregate_rate(streams: list[Stream]) -> float:
 @contextlib.asynccontextmanager
 async def service_running(threads: int) -> AsyncIterator[pb_grpc.LLMServiceStub]:
     """`llmservice serve` in its own process, as llama-server runs in its own."""
-    settings = (f"llamacpp.n_ctx={N_CTX}", f"llamacpp.n_threads={threads}", f"llamacpp.n_slots={SLOTS}")
+    # No prompt cache: its warming while idle would take the cores from llama-server's turn
+    # (bench/prompt_cache.py compares the caches).
+    settings = (
+        f"llamacpp.n_ctx={N_CTX}",
+        f"llamacpp.n_threads={threads}",
+        f"llamacpp.n_slots={SLOTS}",
+        "llamacpp.prompt_cache=off",
+    )
     async with (
         llmservice_serve(*settings) as served,
         grpc.aio.insecure_channel(f"127.0.0.1:{served.grpc_port}") as channel,

@@ -183,6 +183,13 @@ class LlamaCppSettings(_Section):
             "ones kept for prompt caching share them, finished ones giving way first; 0 means twice n_slots"
         ),
     )
+    batch_invariant: bool = Field(
+        True,
+        description=(
+            "a seeded request's output is the same alone or beside others; past 256 tokens of "
+            "context that costs a lone sequence up to ~30% of its decode speed (docs/prompt-cache.md)"
+        ),
+    )
     prompt_cache: Literal["exact", "off"] = Field(
         "exact",
         description=(

@@ -173,6 +173,7 @@ class Engine:
         n_cached: int = 0,
         n_seqs: int = 0,
         aging_s: float = 10.0,
+        batch_invariant: bool = True,
         prompt_cache: bool = True,
         host_cache_bytes: int = 0,
     ) -> None:
@@ -182,7 +183,8 @@ class Engine:
         background work at a token boundary; the other cached ones are paused. `n_seqs`
         (default n_cached + n_slots) is how many jobs the engine holds at once: those
         beyond the cache streams wait, or were evicted and will be recomputed.
-        `prompt_cache` keeps finished caches for reuse; `host_cache_bytes` of host memory
+        `batch_invariant` keeps a sequence's numbers the same alone or batched (see
+        `_companions`). `prompt_cache` keeps finished caches for reuse; `host_cache_bytes` of host memory
         take those that must leave the context.
         """
         n_cached = max(n_cached or 2 * n_slots, n_slots)
@@ -213,6 +215,7 @@ class Engine:
         self.evictions = 0  # times a paused sequence's cache was dropped for a more urgent one
         self.interruptions = 0  # decode steps stopped midway for a more urgent job
         self.tokens_generated = 0  # all jobs, ever: lets tests and metrics see that work stopped
+        self.batch_invariant = batch_invariant
         self.prompt_cache = prompt_cache
         self.prompt_tokens_computed = 0  # prompt tokens decoded for jobs (warming not counted)
         self.prompt_tokens_reused = 0  # prompt tokens served from cache
@@ -606,7 +609,7 @@ class Engine:
         keeps every sequence in a run of two or more, so its numbers are the same alone
         or batched. Neighbours that join two runs are preferred by going in id order.
         """
-        if self.n_cached < 2:
+        if self.n_cached < 2 or not self.batch_invariant:
             return []  # one stream: every sequence always decodes alone
         taken, added = set(ids), []
         next_pos = {s.seq_id: s.pos for s in self._running} | {

@@ -76,6 +76,7 @@ def open_model(
             n_cached=s.cached_sequences,
             n_seqs=s.max_sequences,
             aging_s=s.aging_s,
+            batch_invariant=s.batch_invariant,
             prompt_cache=s.prompt_cache != "off",
             host_cache_bytes=s.prompt_cache_mb << 20,
         )
