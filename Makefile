@@ -9,12 +9,12 @@ PYSTAMP   := $(VENV)/.installed
 NODESTAMP := node_modules/.installed
 BUF    := PATH="$(CURDIR)/$(BIN):$$PATH" node_modules/.bin/buf
 
-.PHONY: run test test-unit test-integration test-e2e proto proto-check lint bench install clean system-packages
+.PHONY: run test test-unit test-integration test-e2e proto lint bench install system-packages
 
 run: $(PYSTAMP)  ## serve the bundled model on :50051 (ARGS="--grpc-port 0 --set k=v" to change)
 	$(BIN)/llmservice serve $(ARGS)
 
-test: $(PYSTAMP) $(NODESTAMP) system-packages  ## every test layer (PYTEST_ARGS="-m unit" to pick one)
+test: $(PYSTAMP) $(NODESTAMP) system-packages lint  ## lint, types, then every test layer (PYTEST_ARGS="-m unit" to pick one)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(PYSTAMP)
@@ -29,7 +29,7 @@ test-e2e: $(PYSTAMP) system-packages  ## browser tests of the web chat page
 proto: $(PYSTAMP) $(NODESTAMP)  ## regenerate llmservice/_pb from protos/
 	$(BUF) generate
 
-lint: $(PYSTAMP) $(NODESTAMP)
+lint: $(PYSTAMP) $(NODESTAMP)  ## ruff (lint and format), mypy, buf lint: make test runs these first
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -451,7 +451,10 @@ class Engine:
     def _stop_warming(self) -> None:
         """Real work arrived: what was warmed so far is kept, the rest waits for the next idle time."""
         if self._warming is not None:
-            self._keep(self._warming.seq_id, self._warming.cells)
+            cells = self._warming.cells
+            if cells.logits is not None and cells.logits[0] > len(cells.tokens):
+                cells.logits = None  # stopped before it recomputed the prompt's end
+            self._keep(self._warming.seq_id, cells)
             self._warming = None
 
     def _warm_step(self) -> None:
