@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 from pathlib import Path
 
@@ -65,6 +66,8 @@ class LlamaModel:
         self.size_bytes = llama.llama_model_size(model)
         self._pieces: dict[int, bytes] = {}
         self._texts: dict[int, str] = {}
+        # A conversation's messages come back every turn: each is tokenized once.
+        self.tokenize_segment = functools.lru_cache(maxsize=4096)(self._tokenize_segment)
 
     def close(self) -> None:
         if self.ptr:
@@ -81,6 +84,10 @@ class LlamaModel:
             buf = (llama.llama_token * capacity)()
             n = llama.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
         return list(buf[:n])
+
+    def _tokenize_segment(self, text: str, special: bool) -> tuple[int, ...]:
+        """A prompt segment's tokens, no BOS added: template text parsed for special tokens, or not."""
+        return tuple(self.tokenize(text, add_special=False, parse_special=special))
 
     def piece(self, token: int) -> bytes:
         """The bytes a token stands for; control tokens give b""."""

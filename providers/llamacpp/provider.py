@@ -540,9 +540,9 @@ def tokenize_segments(model: LlamaModel, segments: list[Segment]) -> list[int]:
     if model.add_bos and not (
         segments and segments[0].special and segments[0].text.startswith(model.bos_text)
     ):
-        tokens += model.tokenize(model.bos_text, add_special=False, parse_special=True)
+        tokens += model.tokenize_segment(model.bos_text, True)
     for segment in segments:
-        tokens += model.tokenize(segment.text, add_special=False, parse_special=segment.special)
+        tokens += model.tokenize_segment(segment.text, segment.special)
     return tokens
 
 
