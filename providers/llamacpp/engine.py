@@ -580,7 +580,7 @@ class Engine:
         # compute pass per run of consecutive ids, so with ids handed out lowest first
         # (see _admit) a step is usually a single pass.
         generating.sort(key=lambda s: s.seq_id)
-        companions = self._companions([s.seq_id for s in generating])
+        companions = self._companions(generating)
         rows: list[_Sequence | tuple[int, int]] = [*generating, *companions]
         rows.sort(key=lambda r: r.seq_id if isinstance(r, _Sequence) else r[0])
         self._batch.clear()
@@ -600,7 +600,7 @@ class Engine:
             self._next(seq)
         return True
 
-    def _companions(self, ids: list[int]) -> list[tuple[int, int]]:
+    def _companions(self, generating: list[_Sequence]) -> list[tuple[int, int]]:
         """A placeholder row (stream, position) beside each sequence that would decode alone.
 
         llama.cpp decodes each run of consecutive stream ids together, and a run of one
@@ -614,13 +614,16 @@ class Engine:
         """
         if self.n_cached < 2 or not self.batch_invariant:
             return []  # one stream: every sequence always decodes alone
-        taken, added = set(ids), []
+        long = [s.seq_id for s in generating if s.pos >= KV_PAD]  # the others never take split-KV
+        if not long:
+            return []
+        taken, added = {s.seq_id for s in generating}, []
         next_pos = {s.seq_id: s.pos for s in self._running} | {
             i: len(c.tokens) for i, c in self._kept.items()
         }
-        for seq_id in ids:
-            if seq_id - 1 in taken or seq_id + 1 in taken or next_pos[seq_id] < KV_PAD:
-                continue  # in a run already, or too few cells for split-KV
+        for seq_id in long:
+            if seq_id - 1 in taken or seq_id + 1 in taken:
+                continue  # in a run already
             for neighbour in (seq_id + 1, seq_id - 1):
                 pos = next_pos.get(neighbour, 0)
                 if 0 <= neighbour < self.n_cached and neighbour not in taken and pos < self.n_ctx:

@@ -366,7 +366,7 @@ class LlamaCppProvider(Provider):
         """Have the engine prefill the conversation as the next turn resends it (~1 ms a 300 tokens)."""
         if not loaded.engine.prompt_cache:
             return
-        messages = (*_with_attachments(request), Message("assistant", reply))
+        messages = (*request.messages, Message("assistant", reply))  # no attachments: _resendable
         try:
             tokens = _tokenize(loaded, model, messages, generation_prompt=False)
         except InvalidRequest:
