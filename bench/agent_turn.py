@@ -25,7 +25,7 @@ import uuid
 
 import httpx
 
-from providers.llamacpp.model_file import BUNDLED_MODEL_NAME
+from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_NAME
 from tests.servers import MCP_TOKEN, demo_mcp_server
 
 from .report import machine, publish, render_section

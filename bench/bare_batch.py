@@ -12,7 +12,7 @@ import time
 import llama_cpp as llama
 import numpy as np
 
-from providers.llamacpp.model import LlamaModel
+from llmservice.providers.llamacpp.model import LlamaModel
 
 PROMPT = 100
 STEPS = 60

@@ -22,12 +22,12 @@ import llama_cpp as llama
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
-from llmservice.settings import LlamaCppSettings
-from llmservice.types import Message
-from providers.llamacpp.model import LlamaModel
-from providers.llamacpp.model_file import BUNDLED_MODEL_NAME, bundled_model_path
-from providers.llamacpp.prompt import TemplatePrompt
-from providers.llamacpp.provider import tokenize_segments
+from llmservice.kernel.types import Message
+from llmservice.providers.llamacpp.model import LlamaModel
+from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_NAME, bundled_model_path
+from llmservice.providers.llamacpp.prompt import TemplatePrompt
+from llmservice.providers.llamacpp.provider import tokenize_segments
+from llmservice.service.settings import LlamaCppSettings
 
 from .report import publish
 from .serve_process import llmservice_serve

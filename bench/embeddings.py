@@ -21,9 +21,9 @@ import grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import EmbeddingsSettings, LlamaCppSettings, ServerSettings, Settings
-from providers.llamacpp.model_file import BUNDLED_MODEL_NAME
+from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_NAME
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import EmbeddingsSettings, LlamaCppSettings, ServerSettings, Settings
 
 from .report import publish
 

@@ -25,9 +25,9 @@ import grpc
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
-from llmservice.settings import LlamaCppSettings
-from providers.llamacpp.model import LlamaModel
-from providers.llamacpp.model_file import BUNDLED_MODEL_NAME, bundled_model_path
+from llmservice.providers.llamacpp.model import LlamaModel
+from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_NAME, bundled_model_path
+from llmservice.service.settings import LlamaCppSettings
 
 from . import bare_batch, llama_server
 from .decode_throughput import prompt_tokens, user_text_for
@@ -78,7 +78,7 @@ def llama_server_running(model: str, threads: int, parallel: int) -> Iterator[in
         str(port),
         "--no-webui",
         "--log-disable",
-        # As the engine runs (providers/llamacpp/model.py): without repacked weight layouts,
+        # As the engine runs (llmservice/providers/llamacpp/model.py): without repacked weight layouts,
         # whose AMX kernels also crash on the bundled Q4_1 model's prompts.
         "--no-repack",
     ]

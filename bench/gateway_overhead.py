@@ -29,7 +29,7 @@ import openai
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
-from providers.remote.aiohttp_transport import AiohttpClient
+from llmservice.providers.remote.aiohttp_transport import AiohttpClient
 
 from . import grpc_floor
 from .engine_vs_llama_server import free_port

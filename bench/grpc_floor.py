@@ -23,7 +23,7 @@ import openai
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
-from providers.remote.aiohttp_transport import AiohttpClient
+from llmservice.providers.remote.aiohttp_transport import AiohttpClient
 
 
 class _Forwarder(pb_grpc.LLMServiceServicer):

@@ -22,7 +22,7 @@ import httpx
 import openai
 import uvicorn
 
-from providers.remote.aiohttp_transport import AiohttpClient
+from llmservice.providers.remote.aiohttp_transport import AiohttpClient
 
 from .serve_process import process_answering
 

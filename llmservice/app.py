@@ -11,24 +11,29 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import start_http_server
 
-from .auth import AuthPolicy
-from .core import LLMCore
-from .embed_cache import FILE_NAME as CACHE_FILE
-from .embed_cache import EmbeddingCache
-from .limits import Limits
-from .metrics import CountersCollector, SchedulerCollector, ServiceMetrics, provider_readings
-from .model_admin import ModelAdmin
-from .observability import tracing_for
-from .observability.grpc_context import CallContext
-from .registry import ProviderRegistry
-from .scheduler import Scheduler
-from .server import GrpcServer, start_server
-from .sessions import SessionManager
-from .sessions.catalogue import ServerCatalogue
-from .settings import Settings
+from llmservice.grpc_api import GrpcServer, start_server
+from llmservice.grpc_api.request_context import CallContext
+from llmservice.kernel.scheduler import Scheduler
+from llmservice.observability import tracing_for
+from llmservice.observability.metrics import (
+    CountersCollector,
+    SchedulerCollector,
+    ServiceMetrics,
+    provider_readings,
+)
+from llmservice.service.auth import AuthPolicy
+from llmservice.service.core import LLMCore
+from llmservice.service.embed_cache import FILE_NAME as CACHE_FILE
+from llmservice.service.embed_cache import EmbeddingCache
+from llmservice.service.limits import Limits
+from llmservice.service.model_admin import ModelAdmin
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.sessions import SessionManager
+from llmservice.service.sessions.catalogue import ServerCatalogue
+from llmservice.service.settings import Settings
 
 if TYPE_CHECKING:
-    from .observability.tracing import Tracing
+    from llmservice.observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +165,7 @@ async def serve(settings: Settings) -> None:
 
     async with running_service(settings, listening) as server, contextlib.AsyncExitStack() as shim:
         if settings.server.http_port >= 0:
-            from gateway_shim.server import running_shim  # the shim is a client of this service
+            from llmservice.rest.server import running_shim  # the shim is a client of this service
 
             target = local_target(host, server.port)
             connect = server.in_process_channel if settings.server.shim_in_process else None

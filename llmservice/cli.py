@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from .settings import SettingsError, load_settings
+from llmservice.service.settings import SettingsError, load_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,7 +105,7 @@ def _models_dir(args: argparse.Namespace) -> Path:
 
 
 def _models_pull(args: argparse.Namespace) -> int:
-    from providers.llamacpp import pulling, store
+    from llmservice.providers.llamacpp import pulling, store
 
     shown = [-1]
 
@@ -133,7 +133,7 @@ def _models_pull(args: argparse.Namespace) -> int:
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from providers.llamacpp import store
+    from llmservice.providers.llamacpp import store
 
     for model in store.list_models(_models_dir(args)):
         print(f"{model.name}\t{model.size_bytes}\t{model.path}")
@@ -141,7 +141,7 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 def _models_rm(args: argparse.Namespace) -> int:
-    from providers.llamacpp import store
+    from llmservice.providers.llamacpp import store
 
     try:
         path = store.remove(_models_dir(args), args.name)
@@ -154,7 +154,7 @@ def _models_rm(args: argparse.Namespace) -> int:
 
 def _admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
     """One ModelAdminService call; prints the error and returns None when it fails."""
-    from ._pb.llmservice.v1 import model_admin_pb2_grpc as admin_grpc
+    from llmservice._pb.llmservice.v1 import model_admin_pb2_grpc as admin_grpc
 
     metadata = [("authorization", f"Bearer {args.key_file.read_text().strip()}")] if args.key_file else []
     with grpc.insecure_channel(args.target) as channel:
@@ -166,7 +166,7 @@ def _admin_call(args: argparse.Namespace, method: str, request: Any) -> Any:
 
 
 def _models_load(args: argparse.Namespace) -> int:
-    from ._pb.llmservice.v1 import model_admin_pb2 as admin_pb
+    from llmservice._pb.llmservice.v1 import model_admin_pb2 as admin_pb
 
     request = admin_pb.LoadModelRequest(provider=args.provider, model=args.model, make_default=args.default)
     done = _admin_call(args, "LoadModel", request)
@@ -178,7 +178,7 @@ def _models_load(args: argparse.Namespace) -> int:
 
 
 def _models_unload(args: argparse.Namespace) -> int:
-    from ._pb.llmservice.v1 import model_admin_pb2 as admin_pb
+    from llmservice._pb.llmservice.v1 import model_admin_pb2 as admin_pb
 
     done = _admin_call(
         args, "UnloadModel", admin_pb.UnloadModelRequest(provider=args.provider, model=args.model)
@@ -190,7 +190,7 @@ def _models_unload(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import serve
+    from llmservice.app import serve
 
     overrides = list(args.overrides)
     if args.grpc_port is not None:
@@ -198,7 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.http_port is not None:
         overrides.append(f"server.http_port={args.http_port}")
     settings = load_settings(args.config, overrides)
-    from .observability.logs import configure_logging, secrets_of
+    from llmservice.observability.logs import configure_logging, secrets_of
 
     configure_logging(
         settings.log_level, settings.logs.format, secrets_of(settings), payloads=settings.logs.payloads
@@ -210,10 +210,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _shim(args: argparse.Namespace) -> int:
     import signal
 
-    from gateway_shim.server import running_shim
-
-    from .observability import tracing_for
-    from .observability.logs import configure_logging, secrets_of
+    from llmservice.observability import tracing_for
+    from llmservice.observability.logs import configure_logging, secrets_of
+    from llmservice.rest.server import running_shim
 
     settings = load_settings()  # for logs.* and tracing (OTEL_*): the shim has no providers
     tracing = tracing_for(settings.tracing)
@@ -246,8 +245,8 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from ._pb.llmservice.v1 import llm_service_pb2 as pb
-    from ._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+    from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
+    from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 
     messages = [pb.ChatMessage(role="system", content=args.system)] if args.system else []
     messages.append(pb.ChatMessage(role="user", content=args.prompt))

@@ -3,7 +3,7 @@ weight repacking off (what llama-server's --no-repack does; its Python server ha
 
 On CPUs with AMX, llama.cpp repacks Q4_1 weights for its AMX kernels, and a decode of more
 than a few tokens then crashes the process (seen on the bundled SmolLM2 Q4_1). The service
-turns repacking off for its own engine (providers/llamacpp/model.py); this does the same for
+turns repacking off for its own engine (llmservice/providers/llamacpp/model.py); this does the same for
 the real third-party server the tests run.
 """
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmservice.settings import SettingsError, TracingSettings
+from llmservice.service.settings import SettingsError, TracingSettings
 
 if TYPE_CHECKING:
-    from .tracing import Tracing
+    from llmservice.observability.tracing import Tracing
 
 
 def tracing_for(settings: TracingSettings) -> Tracing | None:
@@ -21,7 +21,7 @@ def tracing_for(settings: TracingSettings) -> Tracing | None:
     if not settings.enabled:
         return None
     try:
-        from .tracing import Tracing
+        from llmservice.observability.tracing import Tracing
     except ImportError as exc:
         raise SettingsError(
             f"tracing.exporter={settings.exporter} [env OTEL_TRACES_EXPORTER] needs the tracing extra: "

@@ -18,9 +18,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, SecretStr
 
-from providers.remote.http_errors import redact
-
-from .context import REQUEST_ID
+from llmservice.kernel.context import REQUEST_ID
+from llmservice.providers.remote.http_errors import redact
 
 Format = Literal["text", "json", "kv"]
 PAYLOADS = logging.getLogger("llmservice.payloads")

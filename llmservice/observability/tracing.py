@@ -2,7 +2,7 @@
 
 One `Tracing` per application instance: its own TracerProvider (never the global one,
 so several services in one process keep their spans apart), exporting as the standard
-OTEL_* variables say (read by llmservice.settings, passed here explicitly). Trace
+OTEL_* variables say (read by llmservice.service.settings, passed here explicitly). Trace
 context travels as W3C `traceparent`: extracted from the caller (HTTP headers, gRPC
 metadata), put into `context.OUTGOING` for the next hop (the shim's gRPC metadata, the
 remote backends' HTTP requests), and, because each request's span is the current
@@ -28,9 +28,8 @@ from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from llmservice.settings import TracingSettings
-
-from .context import OUTGOING, Headers
+from llmservice.kernel.context import OUTGOING, Headers
+from llmservice.service.settings import TracingSettings
 
 _PROPAGATOR = TraceContextTextMapPropagator()  # stateless: one for every instance is fine
 

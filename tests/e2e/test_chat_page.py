@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from gateway_shim.server import running_shim
 from llmservice.app import running_service
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import Settings
+from llmservice.rest.server import running_shim
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import Settings
 
 from ..servers import MCP_TOKEN, demo_mcp_server, free_port
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-from llmservice.types import ChatRequest, ModelInfo, StreamEvent
-from providers import Provider
+from llmservice.kernel.provider import Provider
+from llmservice.kernel.types import ChatRequest, ModelInfo, StreamEvent
 
 
 class OneModel(Provider):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
-from llmservice.types import ChatRequest, FinishReason, StreamEnd, StreamEvent, TokenDelta, Usage
+from llmservice.kernel.types import ChatRequest, FinishReason, StreamEnd, StreamEvent, TokenDelta, Usage
 
 from .one_model import OneModel
 

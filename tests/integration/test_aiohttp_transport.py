@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from providers.remote.aiohttp_transport import AiohttpClient
+from llmservice.providers.remote.aiohttp_transport import AiohttpClient
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 
-from gateway_shim.server import running_shim
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
-from llmservice.types import Message
-from providers.llamacpp.provider import _tokenize
+from llmservice.kernel.types import Message
+from llmservice.providers.llamacpp.provider import _tokenize
+from llmservice.rest.server import running_shim
 
 from .conftest import Service
 

@@ -11,8 +11,8 @@ import pytest
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import Settings
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import Settings
 
 from ..fakes.openai_server import fake_openai
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from llmservice.errors import InvalidRequest
-from llmservice.settings import LlamaCppSettings, SettingsError
-from llmservice.types import ChatRequest, Message, Sampling, TokenDelta
-from providers.llamacpp import LlamaCppProvider
-from providers.llamacpp.model_file import BUNDLED_MODEL_ID
+from llmservice.kernel.errors import InvalidRequest
+from llmservice.kernel.types import ChatRequest, Message, Sampling, TokenDelta
+from llmservice.providers.llamacpp import LlamaCppProvider
+from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_ID
+from llmservice.service.settings import LlamaCppSettings, SettingsError
 
 from .test_model_lifecycle import BUNDLED
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway_shim.server import running_shim
 from llmservice.app import running_service
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import Settings
+from llmservice.rest.server import running_shim
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import Settings
 
 from ..fakes.held_provider import HeldAtStart
 

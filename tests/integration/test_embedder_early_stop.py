@@ -9,10 +9,10 @@ import llama_cpp as llama
 import numpy as np
 import pytest
 
-from llmservice.settings import LlamaCppSettings
-from providers.llamacpp.embedder import Embedder
-from providers.llamacpp.model import LlamaModel
-from providers.llamacpp.model_file import bundled_model_path
+from llmservice.providers.llamacpp.embedder import Embedder
+from llmservice.providers.llamacpp.model import LlamaModel
+from llmservice.providers.llamacpp.model_file import bundled_model_path
+from llmservice.service.settings import LlamaCppSettings
 
 TEXTS = ["The cat sat on the mat.", "Quarterly revenue rose five percent.", "hi"]
 

@@ -18,20 +18,20 @@ import numpy as np
 import openai
 import pytest
 
-from gateway_shim.server import running_shim
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
-from llmservice.core import LLMCore
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import (
+from llmservice.providers.llamacpp.model_file import bundled_model_path
+from llmservice.rest.server import running_shim
+from llmservice.service.core import LLMCore
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import (
     EmbeddingsSettings,
     LlamaCppEmbeddingSettings,
     LlamaCppSettings,
     ServerSettings,
     Settings,
 )
-from providers.llamacpp.model_file import bundled_model_path
 
 TEXTS = ["The cat sat on the mat.", "A cat is sitting on a mat.", "Quarterly revenue rose five percent."]
 

@@ -15,10 +15,10 @@ from pydantic import SecretStr
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import OpenAISettings, ServerSettings, Settings
-from llmservice.types import ChatRequest, Message
-from providers.openai_family import openai_provider
+from llmservice.kernel.types import ChatRequest, Message
+from llmservice.providers.openai_family import openai_provider
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import OpenAISettings, ServerSettings, Settings
 
 from ..fakes.anthropic_server import fake_anthropic
 from ..fakes.ollama_server import fake_ollama

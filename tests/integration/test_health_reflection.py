@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from llmservice.app import running_service
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import Settings
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import Settings
 
 from ..fakes.held_provider import HeldAtStart
 from .conftest import Service

@@ -14,14 +14,14 @@ import openai
 import pytest
 import redis.asyncio as aioredis
 
-from gateway_shim.server import running_shim
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
-from llmservice.limits.rate_limit import Bucket
-from llmservice.limits.redis_store import RedisStore, SharedStore
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import Settings
+from llmservice.rest.server import running_shim
+from llmservice.service.limits.rate_limit import Bucket
+from llmservice.service.limits.redis_store import RedisStore, SharedStore
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import Settings
 
 from ..fakes.openai_server import fake_openai
 from ..fakes.words_provider import Words
@@ -115,7 +115,7 @@ async def test_with_redis_gone_limits_go_on_in_memory_and_say_so_once(
         one = [Bucket("rpm:b", 1, 1)]
         assert await shared.take(one, 0.0) == 0
         store.kill()
-        with caplog.at_level(logging.WARNING, logger="llmservice.sessions.fallback"):
+        with caplog.at_level(logging.WARNING, logger="llmservice.service.sessions.fallback"):
             assert await shared.take(one, 0.0) == 0  # memory has seen nothing yet
             assert await shared.take(one, 0.0) > 0  # but holds the limit from now on
         assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1

@@ -9,11 +9,11 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from gateway_shim.server import running_shim
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
-from llmservice.settings import OpenAISettings, ServerSettings, Settings
+from llmservice.rest.server import running_shim
+from llmservice.service.settings import OpenAISettings, ServerSettings, Settings
 
 from ..fakes.openai_server import fake_openai
 from ..fakes.upstream import Reply

@@ -20,9 +20,9 @@ from llmservice._pb.llmservice.v1 import model_admin_pb2 as admin_pb
 from llmservice._pb.llmservice.v1 import model_admin_pb2_grpc as admin_grpc
 from llmservice.app import running_service
 from llmservice.cli import main
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import Settings
-from providers.llamacpp.model_file import BUNDLED_MODEL_ID
+from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_ID
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import Settings
 
 from ..fakes.ollama_server import fake_ollama
 from .test_model_lifecycle import BUNDLED, models_dir  # noqa: F401 -- the fixture

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from llmservice.errors import NotFound
-from llmservice.settings import LlamaCppSettings
-from llmservice.types import ChatRequest, Message, Sampling, StreamEnd, TokenDelta
-from providers.llamacpp import LlamaCppProvider
-from providers.llamacpp.model_file import BUNDLED_MODEL_ID, bundled_model_path
+from llmservice.kernel.errors import NotFound
+from llmservice.kernel.types import ChatRequest, Message, Sampling, StreamEnd, TokenDelta
+from llmservice.providers.llamacpp import LlamaCppProvider
+from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_ID, bundled_model_path
+from llmservice.service.settings import LlamaCppSettings
 
 from .conftest import eventually
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from llmservice.settings import LlamaCppSettings, SettingsError
-from llmservice.types import ChatRequest, Message, Sampling, StreamEnd
-from providers.llamacpp import LlamaCppProvider
-from providers.llamacpp.model_file import bundled_model_path
+from llmservice.kernel.types import ChatRequest, Message, Sampling, StreamEnd
+from llmservice.providers.llamacpp import LlamaCppProvider
+from llmservice.providers.llamacpp.model_file import bundled_model_path
+from llmservice.service.settings import LlamaCppSettings, SettingsError
 
 
 async def test_a_configured_gguf_is_served_under_its_file_name(tmp_path: Path) -> None:

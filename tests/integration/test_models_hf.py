@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from providers.llamacpp import store
-from providers.llamacpp.pulling import HfFile, parse_hf
+from llmservice.providers.llamacpp import store
+from llmservice.providers.llamacpp.pulling import HfFile, parse_hf
 
 BLOB = bytes(range(256)) * 64
 SHA = hashlib.sha256(BLOB).hexdigest()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from llmservice.cli import main
-from providers.llamacpp import store
+from llmservice.providers.llamacpp import store
 
 BLOB = bytes(range(256)) * 4096 * 3  # 3 MB: several blocks
 SHA = hashlib.sha256(BLOB).hexdigest()

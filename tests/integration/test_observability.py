@@ -21,7 +21,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, get_current_span
 from pydantic import SecretStr
 
-from gateway_shim.server import running_shim
 from llmservice._pb.llmservice.v1 import chat_session_pb2 as session_pb
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as session_grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
@@ -29,8 +28,9 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
 from llmservice.observability.logs import RequestIdFilter, enable_payloads, formatter, secrets_of
 from llmservice.observability.tracing import Tracing
-from llmservice.sessions.mcp_client import McpConnection, ServerSpec
-from llmservice.settings import (
+from llmservice.rest.server import running_shim
+from llmservice.service.sessions.mcp_client import McpConnection, ServerSpec
+from llmservice.service.settings import (
     LLMChatSettings,
     LogSettings,
     OpenAISettings,

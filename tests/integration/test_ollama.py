@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from llmservice.errors import InvalidRequest, Unavailable
-from llmservice.settings import OllamaSettings
-from llmservice.types import ChatRequest, Constraint, Message, Sampling, SignalOptions
-from providers.ollama import OllamaProvider
+from llmservice.kernel.errors import InvalidRequest, Unavailable
+from llmservice.kernel.types import ChatRequest, Constraint, Message, Sampling, SignalOptions
+from llmservice.providers.ollama import OllamaProvider
+from llmservice.service.settings import OllamaSettings
 
 from ..fakes.ollama_server import fake_ollama
 from ..fakes.upstream import Upstream

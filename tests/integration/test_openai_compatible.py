@@ -14,9 +14,9 @@ import pytest
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import LlamaCppSettings, OpenAICompatibleSettings, ServerSettings, Settings
-from providers.llamacpp.model_file import bundled_model_path
+from llmservice.providers.llamacpp.model_file import bundled_model_path
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import LlamaCppSettings, OpenAICompatibleSettings, ServerSettings, Settings
 
 ALIAS = "smollm2-upstream"
 

@@ -13,12 +13,11 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import SecretStr
 
-from llmservice.errors import (
+from llmservice.kernel.errors import (
     InvalidRequest,
     NotFound,
 )
-from llmservice.settings import AzureOpenAISettings, OpenAICompatibleSettings, OpenAISettings
-from llmservice.types import (
+from llmservice.kernel.types import (
     ChatRequest,
     Message,
     Sampling,
@@ -32,13 +31,14 @@ from llmservice.types import (
     ToolChoice,
     assemble_tool_calls,
 )
-from providers.openai_family import (
+from llmservice.providers.openai_family import (
     OpenAIFamilyProvider,
     azure_openai_provider,
     openai_compatible_provider,
     openai_provider,
 )
-from providers.remote.retry import RetryPolicy
+from llmservice.providers.remote.retry import RetryPolicy
+from llmservice.service.settings import AzureOpenAISettings, OpenAICompatibleSettings, OpenAISettings
 
 from ..fakes.openai_server import Reply, fake_openai
 from ..fakes.upstream import Upstream

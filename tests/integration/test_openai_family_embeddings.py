@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from llmservice.embedding import EmbedRequest
-from llmservice.errors import InvalidRequest, NotFound, ProviderAuthFailed, Unavailable
-from llmservice.settings import AzureOpenAISettings
-from providers.openai_family import azure_openai_provider
+from llmservice.kernel.embedding import EmbedRequest
+from llmservice.kernel.errors import InvalidRequest, NotFound, ProviderAuthFailed, Unavailable
+from llmservice.providers.openai_family import azure_openai_provider
+from llmservice.service.settings import AzureOpenAISettings
 
 from ..fakes.openai_server import Reply, fake_openai, fake_vector
 from .test_openai_family import KEY, provider_for

@@ -14,7 +14,7 @@ import pytest
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
-from llmservice.metrics import provider_readings
+from llmservice.observability.metrics import provider_readings
 
 from .conftest import Service, eventually
 

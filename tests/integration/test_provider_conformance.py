@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from llmservice.errors import (
+from llmservice.grpc_api.status import to_status
+from llmservice.kernel.errors import (
     DeadlineExceeded,
     InvalidRequest,
     LLMServiceError,
@@ -31,17 +32,8 @@ from llmservice.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from llmservice.server.status import to_status
-from llmservice.settings import (
-    AnthropicSettings,
-    AzureOpenAISettings,
-    BedrockSettings,
-    OllamaSettings,
-    OpenAICompatibleSettings,
-    OpenAISettings,
-    WatsonxSettings,
-)
-from llmservice.types import (
+from llmservice.kernel.provider import Provider
+from llmservice.kernel.types import (
     ChatRequest,
     Message,
     StreamEnd,
@@ -52,12 +44,24 @@ from llmservice.types import (
     ToolCallDelta,
     assemble_tool_calls,
 )
-from providers.anthropic import AnthropicProvider
-from providers.base import Provider
-from providers.ollama import OllamaProvider
-from providers.openai_family import azure_openai_provider, openai_compatible_provider, openai_provider
-from providers.remote.retry import RetryPolicy
-from providers.watsonx import WatsonxProvider
+from llmservice.providers.anthropic import AnthropicProvider
+from llmservice.providers.ollama import OllamaProvider
+from llmservice.providers.openai_family import (
+    azure_openai_provider,
+    openai_compatible_provider,
+    openai_provider,
+)
+from llmservice.providers.remote.retry import RetryPolicy
+from llmservice.providers.watsonx import WatsonxProvider
+from llmservice.service.settings import (
+    AnthropicSettings,
+    AzureOpenAISettings,
+    BedrockSettings,
+    OllamaSettings,
+    OpenAICompatibleSettings,
+    OpenAISettings,
+    WatsonxSettings,
+)
 
 from ..fakes.anthropic_server import fake_anthropic
 from ..fakes.ollama_server import fake_ollama
@@ -89,7 +93,7 @@ def _fake_bedrock(*script: Reply) -> AbstractContextManager[Upstream]:
 
 def _bedrock(up: Upstream, **settings: Any) -> Provider:
     pytest.importorskip("botocore")
-    from providers.bedrock import BedrockProvider
+    from llmservice.providers.bedrock import BedrockProvider
 
     return BedrockProvider(BedrockSettings(model="m", region="eu-west-1", endpoint_url=up.url, **settings))
 
@@ -483,6 +487,6 @@ async def test_a_failed_iam_exchange_leaks_no_key(status: int, caplog: pytest.Lo
 
 
 def test_every_remote_backend_is_in_the_suite() -> None:
-    from providers import REMOTE
+    from llmservice.providers import REMOTE
 
     assert set(REMOTE) <= {b.name for b in BACKENDS}

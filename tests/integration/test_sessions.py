@@ -15,9 +15,9 @@ import redis.asyncio as aioredis
 from llmservice._pb.llmservice.v1 import chat_session_pb2 as pb
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as pb_grpc
 from llmservice.app import running_service
-from llmservice.registry import ProviderRegistry
-from llmservice.sessions.fallback import RETRY_AFTER_S
-from llmservice.settings import Settings
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.sessions.fallback import RETRY_AFTER_S
+from llmservice.service.settings import Settings
 
 from ..servers import MCP_TOKEN, RedisServer, demo_mcp_server, redis_server
 

@@ -11,12 +11,12 @@ from contextlib import contextmanager
 import pytest
 from pydantic import SecretStr
 
-from llmservice.auth import LOCAL
-from llmservice.core import LLMCore
-from llmservice.errors import Unavailable
-from llmservice.registry import ProviderRegistry
-from llmservice.sessions import SessionManager, ToolInvocation, TurnEvent, TurnFinal
-from llmservice.settings import LLMChatSettings, OllamaSettings, OpenAISettings, Settings
+from llmservice.kernel.errors import Unavailable
+from llmservice.service.auth import LOCAL
+from llmservice.service.core import LLMCore
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.sessions import SessionManager, ToolInvocation, TurnEvent, TurnFinal
+from llmservice.service.settings import LLMChatSettings, OllamaSettings, OpenAISettings, Settings
 
 from ..fakes.ollama_server import fake_ollama
 from ..fakes.openai_server import fake_openai

@@ -21,13 +21,13 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from llmservice.auth import Principal
-from llmservice.core import LLMCore
-from llmservice.errors import InvalidRequest, PermissionDenied, Unavailable
-from llmservice.registry import ProviderRegistry
-from llmservice.sessions import SessionManager, TurnFinal
-from llmservice.sessions.ownership import LOCK, OWNER, Ownership
-from llmservice.settings import CacheSettings, LLMChatSettings, OpenAISettings, Settings
+from llmservice.kernel.errors import InvalidRequest, PermissionDenied, Unavailable
+from llmservice.service.auth import Principal
+from llmservice.service.core import LLMCore
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.sessions import SessionManager, TurnFinal
+from llmservice.service.sessions.ownership import LOCK, OWNER, Ownership
+from llmservice.service.settings import CacheSettings, LLMChatSettings, OpenAISettings, Settings
 
 from ..fakes.openai_server import fake_openai
 from ..fakes.upstream import Reply
@@ -231,7 +231,7 @@ async def test_while_redis_is_down_an_unknown_session_is_unavailable_not_missing
         server = {"url": mcp_url, "auth_token": MCP_TOKEN}
         async with worker(config, "a") as a, worker(config, "b") as b:
             await a.connect(ALICE, "t-down", server, LLM)
-            caplog.set_level(logging.WARNING, logger="llmservice.sessions.fallback")
+            caplog.set_level(logging.WARNING, logger="llmservice.service.sessions.fallback")
             own.kill()
             with pytest.raises(Unavailable, match="unreachable"):
                 await b.chat(ALICE, "t-down", "hi")  # b never saw it: it cannot say it is gone

@@ -15,14 +15,20 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from gateway_shim.server import running_shim
 from llmservice.app import running_service
-from llmservice.auth import LOCAL
-from llmservice.core import LLMCore
-from llmservice.registry import ProviderRegistry
-from llmservice.sessions import SessionManager, ToolInvocation, TurnEvent, TurnFinal, TurnToken
-from llmservice.sessions.fallback import RETRY_AFTER_S
-from llmservice.settings import CacheSettings, LLMChatSettings, OpenAISettings, ServerSettings, Settings
+from llmservice.rest.server import running_shim
+from llmservice.service.auth import LOCAL
+from llmservice.service.core import LLMCore
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.sessions import SessionManager, ToolInvocation, TurnEvent, TurnFinal, TurnToken
+from llmservice.service.sessions.fallback import RETRY_AFTER_S
+from llmservice.service.settings import (
+    CacheSettings,
+    LLMChatSettings,
+    OpenAISettings,
+    ServerSettings,
+    Settings,
+)
 
 from ..fakes.openai_server import fake_openai
 from ..fakes.upstream import Reply, Upstream

@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway_shim.server import running_shim
 from llmservice.app import running_service
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import Settings
-from providers.llamacpp.provider import LlamaCppProvider
+from llmservice.providers.llamacpp.provider import LlamaCppProvider
+from llmservice.rest.server import running_shim
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import Settings
 
 from ..servers import MCP_TOKEN, demo_mcp_server
 from .conftest import eventually

@@ -14,9 +14,9 @@ import httpx
 import openai
 import pytest
 
-from gateway_shim.server import running_shim
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from llmservice.rest.server import running_shim
 
 from .conftest import Service, eventually
 

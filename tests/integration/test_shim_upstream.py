@@ -11,10 +11,10 @@ import httpx
 import openai
 import pytest
 
-from gateway_shim.server import running_shim
 from llmservice.app import running_service
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import Settings
+from llmservice.rest.server import running_shim
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import Settings
 
 from ..fakes.openai_server import Reply, fake_openai
 from ..fakes.upstream import Upstream

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import SecretStr
 
-from llmservice.errors import ProviderAuthFailed
-from llmservice.settings import WatsonxSettings
-from llmservice.types import ChatRequest, Message
-from providers.watsonx import WatsonxProvider
+from llmservice.kernel.errors import ProviderAuthFailed
+from llmservice.kernel.types import ChatRequest, Message
+from llmservice.providers.watsonx import WatsonxProvider
+from llmservice.service.settings import WatsonxSettings
 
 from ..fakes.upstream import Reply, Upstream
 from ..fakes.watsonx_server import Tokens, fake_watsonx

@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
-from llmservice.auth import LOCAL, AuthPolicy, Principal
-from llmservice.errors import Unauthenticated
-from llmservice.settings import AuthSettings, SettingsError
+from llmservice.kernel.errors import Unauthenticated
+from llmservice.service.auth import LOCAL, AuthPolicy, Principal
+from llmservice.service.settings import AuthSettings, SettingsError
 
 
 def test_open_mode_lets_everyone_in_as_local() -> None:

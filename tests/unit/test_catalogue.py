@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from llmservice.sessions.catalogue import ServerCatalogue
-from llmservice.settings import LLMChatSettings
+from llmservice.service.sessions.catalogue import ServerCatalogue
+from llmservice.service.settings import LLMChatSettings
 
 from ..servers import free_port
 

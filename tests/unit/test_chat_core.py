@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-from llmservice.auth import LOCAL, Principal
-from llmservice.core import LLMCore
-from llmservice.registry import ProviderRegistry
-from llmservice.types import ChatRequest, Message, StreamEvent
+from llmservice.kernel.types import ChatRequest, Message, StreamEvent
+from llmservice.service.auth import LOCAL, Principal
+from llmservice.service.core import LLMCore
+from llmservice.service.registry import ProviderRegistry
 
 from ..fakes.words_provider import Words
 

@@ -3,20 +3,20 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from gateway_shim import errors as shim_errors
-from gateway_shim.errors import from_grpc
-from gateway_shim.openai import codec as shim_codec
-from gateway_shim.openai import protocol as oa
-from llmservice import errors
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice.app import local_target
-from llmservice.registry import ProviderRegistry
-from llmservice.server import codec, status
-from llmservice.server.status import to_status
-from llmservice.settings import Settings, SettingsError
-from llmservice.types import ChatRequest, Completion, FinishReason, Message, Sampling, StreamEnd, Usage
-from llmservice.validation import MAX_CACHE_SALT, validate
-from providers import FACTORIES
+from llmservice.grpc_api import codec, status
+from llmservice.grpc_api.status import to_status
+from llmservice.kernel import errors
+from llmservice.kernel.types import ChatRequest, Completion, FinishReason, Message, Sampling, StreamEnd, Usage
+from llmservice.providers import FACTORIES
+from llmservice.rest import errors as shim_errors
+from llmservice.rest.errors import from_grpc
+from llmservice.rest.openai import codec as shim_codec
+from llmservice.rest.openai import protocol as oa
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import Settings, SettingsError
+from llmservice.service.validation import MAX_CACHE_SALT, validate
 
 
 def test_decode_keeps_unset_apart_from_zero() -> None:

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel
 
 from llmservice.cli import _parser
-from llmservice.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings, load_settings
+from llmservice.service.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

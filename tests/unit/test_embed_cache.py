@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmservice.embed_cache import EmbeddingCache, cache_key
+from llmservice.service.embed_cache import EmbeddingCache, cache_key
 
 
 def test_the_key_tells_apart_provider_model_length_and_text() -> None:

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmservice.core import LLMCore
-from llmservice.embed_cache import EmbeddingCache
-from llmservice.embedding import EmbedRequest, EmbedResult
-from llmservice.errors import InvalidRequest
-from llmservice.registry import ProviderRegistry
-from providers import Provider
+from llmservice.kernel.embedding import EmbedRequest, EmbedResult
+from llmservice.kernel.errors import InvalidRequest
+from llmservice.kernel.provider import Provider
+from llmservice.service.core import LLMCore
+from llmservice.service.embed_cache import EmbeddingCache
+from llmservice.service.registry import ProviderRegistry
 
 from ..fakes.one_model import OneModel
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from llmservice.server import codec
-from llmservice.types import Capabilities, ModelInfo
-from providers.llamacpp.gguf_info import FILE_TYPES
+from llmservice.grpc_api import codec
+from llmservice.kernel.types import Capabilities, ModelInfo
+from llmservice.providers.llamacpp.gguf_info import FILE_TYPES
 
 
 def test_file_types_have_their_usual_names() -> None:

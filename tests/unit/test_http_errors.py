@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from llmservice.errors import (
+from llmservice.kernel.errors import (
     DeadlineExceeded,
     InvalidRequest,
     LLMServiceError,
@@ -18,8 +18,8 @@ from llmservice.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from providers.remote.http import transport_errors
-from providers.remote.http_errors import failed_midway, from_status, redact, retry_after
+from llmservice.providers.remote.http import transport_errors
+from llmservice.providers.remote.http_errors import failed_midway, from_status, redact, retry_after
 
 KEY = "sk-abcdefghijklmnop"
 

@@ -14,7 +14,7 @@ from llmservice._pb.llmservice.v1 import chat_session_pb2 as session_pb
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as session_grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
-from llmservice.server.in_process import HandlerRegistry, InProcessChannel
+from llmservice.grpc_api.in_process import HandlerRegistry, InProcessChannel
 
 CALLER_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("caller_var", default="unset")
 
@@ -178,7 +178,7 @@ async def test_cancelling_the_awaiting_task_cancels_the_unary_handler(parts: Any
 
 async def test_a_reader_that_lags_holds_back_the_handler(parts: Any) -> None:
     """At most STREAM_BUFFER unread replies: a slow HTTP client slows the generation, as flow control does."""
-    from llmservice.server import in_process
+    from llmservice.grpc_api import in_process
 
     stub, servicer = parts[0], parts[1]
     call = stub.StreamChat(chat("endless"))

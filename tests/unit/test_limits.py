@@ -1,4 +1,4 @@
-"""Budgets, rate limits, pricing and usage (llmservice.limits), on a fake clock: no sleeps."""
+"""Budgets, rate limits, pricing and usage (llmservice.service.limits), on a fake clock: no sleeps."""
 
 from __future__ import annotations
 
@@ -10,18 +10,24 @@ import logging
 import grpc
 import pytest
 
-from llmservice.auth import LOCAL, Principal
-from llmservice.core import LLMCore
-from llmservice.errors import BudgetExhausted, RateLimited, ResourceExhausted
-from llmservice.limits import Limits, UsageKey
-from llmservice.limits.budgets import period
-from llmservice.limits.pricing import Price, PriceBook, estimate, unpriced
-from llmservice.limits.rate_limit import Bucket
-from llmservice.limits.store import MemoryStore
-from llmservice.registry import ProviderRegistry
-from llmservice.server.status import KIND_KEY, RETRY_AFTER_KEY, to_status
-from llmservice.settings import LimitsSettings, PriceSettings, PrincipalLimits, Settings, SettingsError
-from llmservice.types import ChatRequest, Message, Sampling, TokenDelta, Usage
+from llmservice.grpc_api.status import KIND_KEY, RETRY_AFTER_KEY, to_status
+from llmservice.kernel.errors import BudgetExhausted, RateLimited, ResourceExhausted
+from llmservice.kernel.types import ChatRequest, Message, Sampling, TokenDelta, Usage
+from llmservice.service.auth import LOCAL, Principal
+from llmservice.service.core import LLMCore
+from llmservice.service.limits import Limits, UsageKey
+from llmservice.service.limits.budgets import period
+from llmservice.service.limits.pricing import Price, PriceBook, estimate, unpriced
+from llmservice.service.limits.rate_limit import Bucket
+from llmservice.service.limits.store import MemoryStore
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import (
+    LimitsSettings,
+    PriceSettings,
+    PrincipalLimits,
+    Settings,
+    SettingsError,
+)
 
 from ..fakes.words_provider import Words
 
@@ -219,7 +225,7 @@ def test_a_price_key_needs_a_provider_and_limits_need_a_known_principal() -> Non
 
 async def test_usage_is_kept_per_principal_and_model_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     core = core_with({}, Clock())
-    with caplog.at_level(logging.INFO, logger="llmservice.limits.usage"):
+    with caplog.at_level(logging.INFO, logger="llmservice.service.limits.usage"):
         await core.complete(ask(), ALICE)
         await core.complete(ask(), ALICE)
         _ = [e async for e in core.stream(ask(), LOCAL).events]

@@ -7,8 +7,8 @@ from collections.abc import AsyncGenerator
 
 import pytest
 
-from llmservice.errors import InvalidRequest
-from llmservice.types import (
+from llmservice.kernel.errors import InvalidRequest
+from llmservice.kernel.types import (
     ChatRequest,
     FinishReason,
     Message,
@@ -21,7 +21,7 @@ from llmservice.types import (
     ToolChoice,
     Usage,
 )
-from providers.llamacpp import tools
+from llmservice.providers.llamacpp import tools
 
 WEATHER = Tool("get_weather", "Weather", '{"type": "object", "properties": {"city": {"type": "string"}}}')
 TIME = Tool("get_time", "Time", '{"type": "object", "properties": {}}')

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from llmservice.errors import ResourceExhausted
-from providers.llamacpp.pool import ModelPool
+from llmservice.kernel.errors import ResourceExhausted
+from llmservice.providers.llamacpp.pool import ModelPool
 
 MB = 1 << 20
 

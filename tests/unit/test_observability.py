@@ -14,9 +14,10 @@ import pytest
 from opentelemetry.trace import SpanKind
 from pydantic import SecretStr
 
-from llmservice.observability import context, tracing_for
+from llmservice.kernel import context
+from llmservice.observability import tracing_for
 from llmservice.observability.logs import PAYLOADS, RequestIdFilter, enable_payloads, formatter, secrets_of
-from llmservice.settings import CacheSettings, OpenAISettings, Settings, TracingSettings
+from llmservice.service.settings import CacheSettings, OpenAISettings, Settings, TracingSettings
 
 KEY = "sk-unit-REDACT-ME-0123456789"
 
@@ -98,9 +99,9 @@ def test_tracing_off_imports_no_tracing_code() -> None:
     assert tracing_for(TracingSettings(exporter="otlp", sdk_disabled=True)) is None
     code = (
         "import sys\n"
-        "import llmservice.app, gateway_shim.app\n"
+        "import llmservice.app, llmservice.rest.app\n"
         "from llmservice.observability import tracing_for\n"
-        "from llmservice.settings import TracingSettings\n"
+        "from llmservice.service.settings import TracingSettings\n"
         "assert tracing_for(TracingSettings()) is None\n"
         # (redis-py loads the SDK's metrics part by itself when the SDK is installed)
         "tracing = ('opentelemetry.sdk.trace', 'opentelemetry.exporter', 'llmservice.observability.trac')\n"

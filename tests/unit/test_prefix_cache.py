@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from providers.llamacpp.prefix_cache import (
+from llmservice.providers.llamacpp.prefix_cache import (
     GENERATED,
     TILE,
     TILED,

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from llmservice.types import Message
-from providers.llamacpp.prompt import BUILTIN_TEMPLATES, Segment, TemplatePrompt, template_source
+from llmservice.kernel.types import Message
+from llmservice.providers.llamacpp.prompt import BUILTIN_TEMPLATES, Segment, TemplatePrompt, template_source
 
 # SmolLM2-135M-Instruct's own template (tokenizer.chat_template of the bundled GGUF).
 SMOLLM2 = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmservice.errors import Unavailable
+from llmservice.kernel.errors import Unavailable
 
 from ..fakes.one_model import OneModel
 

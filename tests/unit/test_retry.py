@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from llmservice.errors import (
+from llmservice.kernel.errors import (
     DeadlineExceeded,
     InvalidRequest,
     LLMServiceError,
@@ -16,7 +16,7 @@ from llmservice.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from providers.remote.retry import RetryPolicy, call_with_retries, stream_with_retries
+from llmservice.providers.remote.retry import RetryPolicy, call_with_retries, stream_with_retries
 
 
 class FakeTime:

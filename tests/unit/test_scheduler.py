@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from llmservice.errors import DeadlineExceeded, ResourceExhausted
-from llmservice.scheduler import Queue, Scheduler
+from llmservice.kernel.errors import DeadlineExceeded, ResourceExhausted
+from llmservice.kernel.scheduler import Queue, Scheduler
 
 
 class FakeClock:

@@ -8,14 +8,14 @@ import logging
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from llmservice.errors import InvalidRequest, PermissionDenied
-from llmservice.sessions.fallback import RETRY_AFTER_S, RedisHealth, RedisOrMemory
-from llmservice.sessions.history import MemoryHistory, from_a_user_turn
-from llmservice.sessions.mcp_client import ServerSpec
-from llmservice.sessions.records import LLMChoice, SecretBox, SessionRecord, dump, load
-from llmservice.sessions.safety import UrlPolicy
-from llmservice.types import Message, ToolCall
-from providers.llamacpp.tools import AnswerText
+from llmservice.kernel.errors import InvalidRequest, PermissionDenied
+from llmservice.kernel.types import Message, ToolCall
+from llmservice.providers.llamacpp.tools import AnswerText
+from llmservice.service.sessions.fallback import RETRY_AFTER_S, RedisHealth, RedisOrMemory
+from llmservice.service.sessions.history import MemoryHistory, from_a_user_turn
+from llmservice.service.sessions.mcp_client import ServerSpec
+from llmservice.service.sessions.records import LLMChoice, SecretBox, SessionRecord, dump, load
+from llmservice.service.sessions.safety import UrlPolicy
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ async def test_an_outage_is_logged_once_and_its_end_once_for_all_stores(
 
     health = RedisHealth(clock=lambda: now[0])
     history, records = store("history"), store("records")
-    caplog.set_level(logging.WARNING, logger="llmservice.sessions.fallback")
+    caplog.set_level(logging.WARNING, logger="llmservice.service.sessions.fallback")
     for _ in range(3):
         assert await history.run(lambda s: s.op()) == "memory"
         assert await records.run(lambda s: s.op()) == "memory"

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from llmservice.errors import NotFound
-from llmservice.registry import ProviderRegistry
-from llmservice.settings import DOCUMENTED_ENV, SettingsError, load_settings, parse_overrides
+from llmservice.kernel.errors import NotFound
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import DOCUMENTED_ENV, SettingsError, load_settings, parse_overrides
 
 
 @pytest.fixture
@@ -271,7 +271,7 @@ region = "us-east-1"
 def test_several_named_deployments_of_every_provider_load_and_are_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from providers import REMOTE
+    from llmservice.providers import REMOTE
 
     pytest.importorskip("botocore")
     config = tmp_path / "llm.toml"

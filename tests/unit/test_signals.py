@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from llmservice.signals import Workspace, distribution, probabilities, top_indices
+from llmservice.kernel.signals import Workspace, distribution, probabilities, top_indices
 
 
 def reference(x: np.ndarray) -> tuple[np.ndarray, float]:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from providers.llamacpp.text import TextStream
+from llmservice.providers.llamacpp.text import TextStream
 
 
 def feed(stream: TextStream, pieces: list[bytes]) -> tuple[list[str], bool]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
-from llmservice.errors import InvalidRequest
-from llmservice.server import codec
-from llmservice.types import Completion, FinishReason, ToolCall, ToolCallDelta, Usage
-from llmservice.validation import validate
+from llmservice.grpc_api import codec
+from llmservice.kernel.errors import InvalidRequest
+from llmservice.kernel.types import Completion, FinishReason, ToolCall, ToolCallDelta, Usage
+from llmservice.service.validation import validate
 
 SCHEMA = '{"type": "object", "properties": {"city": {"type": "string"}}}'
 

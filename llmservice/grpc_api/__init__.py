@@ -1,0 +1,129 @@
+"""The grpc.aio server: LLMService (under both its names), health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from llmservice._pb.llmservice.v1 import chat_session_pb2 as session_pb
+from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as session_grpc
+from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
+from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from llmservice._pb.llmservice.v1 import model_admin_pb2 as admin_pb
+from llmservice._pb.llmservice.v1 import model_admin_pb2_grpc as admin_grpc
+from llmservice._pb.protocol import llm_service_pb2 as protocol_pb
+from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
+from llmservice.grpc_api.admin_servicer import ModelAdminServicer
+from llmservice.grpc_api.in_process import HandlerRegistry, InProcessChannel
+from llmservice.grpc_api.servicer import LLMServicer
+from llmservice.grpc_api.session_servicer import ChatSessionServicer
+from llmservice.observability.metrics import ServiceMetrics
+from llmservice.service.auth import AuthPolicy
+from llmservice.service.core import LLMCore
+from llmservice.service.model_admin import ModelAdmin
+from llmservice.service.sessions import SessionManager
+from llmservice.service.sessions.catalogue import ServerCatalogue
+from llmservice.service.settings import LLMChatSettings
+
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["LLMService"].full_name,
+    protocol_pb.DESCRIPTOR.services_by_name["LLMService"].full_name,
+)
+SESSION_SERVICE_NAME = session_pb.DESCRIPTOR.services_by_name["ChatSessionService"].full_name
+ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["ModelAdminService"].full_name
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.aio.Server
+    port: int
+    health: health_aio.HealthServicer
+    servicer: LLMServicer
+    metrics_port: int = -1  # Prometheus /metrics, once served (-1: off)
+    tracing: Any = None  # the instance's observability.tracing.Tracing when tracing is on
+    handlers: HandlerRegistry = field(default_factory=HandlerRegistry)  # for in-process calls
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+
+    def in_process_channel(self) -> InProcessChannel:
+        """A channel to this server's services that skips the sockets (the shim's, in `serve`)."""
+        return InProcessChannel(self.handlers, self.interceptors)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Health for the whole server ("") and for each LLMService name."""
+        status = _SERVING if serving else _NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def drain(self, grace_s: float) -> None:
+        """Report NOT_SERVING, refuse new calls, give in-flight LLM calls `grace_s` to finish.
+
+        New Chat and StreamChat calls get UNAVAILABLE (retry elsewhere) from the
+        servicer itself, so the answer does not depend on where in grpc's own shutdown
+        a call lands. Calls that never end by themselves (health watches) are cut as
+        soon as the LLM calls are done, rather than holding the process for the whole
+        grace period.
+        """
+        self.servicer.start_draining()
+        await self.set_serving(False)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.servicer.wait_idle(), grace_s)
+        await self.server.stop(0)
+
+
+async def start_server(
+    core: LLMCore,
+    host: str,
+    port: int,
+    auth: AuthPolicy | None = None,
+    sessions: SessionManager | None = None,
+    catalogue: ServerCatalogue | None = None,
+    admin: ModelAdmin | None = None,
+    metrics: ServiceMetrics | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> GrpcServer:
+    """Start serving on host:port (0 picks a free port); health says NOT_SERVING until set_serving."""
+    server = grpc.aio.server(interceptors=list(interceptors) or None)
+    handlers = HandlerRegistry()  # the same services, for in-process callers
+    auth = auth or AuthPolicy({})
+    servicer = LLMServicer(core, auth, metrics)
+    names: tuple[str, ...] = SERVICE_NAMES
+    session_servicer = admin_servicer = None
+    if sessions is not None:
+        session_servicer = ChatSessionServicer(
+            sessions, auth, catalogue or ServerCatalogue(LLMChatSettings())
+        )
+        names = (*names, SESSION_SERVICE_NAME)
+    if admin is not None:
+        admin_servicer = ModelAdminServicer(admin, auth)
+        names = (*names, ADMIN_SERVICE_NAME)
+    # The registry has the two methods the generated add_* functions call on a server.
+    for target in (server, cast(grpc.aio.Server, handlers)):
+        pb_grpc.add_LLMServiceServicer_to_server(servicer, target)
+        protocol_grpc.add_LLMServiceServicer_to_server(servicer, target)
+        if session_servicer is not None:
+            session_grpc.add_ChatSessionServiceServicer_to_server(session_servicer, target)
+        if admin_servicer is not None:
+            admin_grpc.add_ModelAdminServiceServicer_to_server(admin_servicer, target)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    await server.start()
+    result = GrpcServer(server, bound, health, servicer, handlers=handlers, interceptors=tuple(interceptors))
+    await result.set_serving(False)
+    return result

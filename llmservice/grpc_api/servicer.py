@@ -1,0 +1,153 @@
+"""The LLMService servicer: decode, call the core, encode. Served as llmservice.v1 and protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
+from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
+from llmservice.grpc_api import codec
+from llmservice.grpc_api.call_metrics import CallMetrics
+from llmservice.grpc_api.status import MODEL_NOT_FOUND, abort
+from llmservice.kernel.context import request_trailer
+from llmservice.kernel.errors import Unavailable
+from llmservice.kernel.types import ChatRequest, TokenDelta, ToolCallDelta
+from llmservice.observability.metrics import ServiceMetrics
+from llmservice.service.auth import AuthPolicy
+from llmservice.service.core import LLMCore
+
+
+class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
+    """Implements llmservice.v1.LLMService; protocol.LLMService is its Chat and StreamChat.
+
+    A chat call's NotFound is about the model it asked for (or the provider that would
+    serve it), and says so in its trailers (llm-error-kind: model_not_found).
+    """
+
+    def __init__(self, core: LLMCore, auth: AuthPolicy, metrics: ServiceMetrics | None = None) -> None:
+        self._core = core
+        self._auth = auth
+        self.metrics = metrics or ServiceMetrics()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._draining = False
+
+    @property
+    def core(self) -> LLMCore:
+        """The core this servicer calls (its embedding cache's counters, for tests and metrics)."""
+        return self._core
+
+    def start_draining(self) -> None:
+        """From now on, refuse new calls with UNAVAILABLE."""
+        self._draining = True
+
+    async def wait_idle(self) -> None:
+        """Return once no Chat or StreamChat call is running (for draining)."""
+        await self._idle.wait()
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        if self._draining:
+            raise Unavailable("this server is draining; retry on another replica")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def Chat(
+        self,
+        request: pb.LLMChatRequest,
+        context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.LLMChatResponse],
+    ) -> pb.LLMChatResponse:
+        call = CallMetrics(self.metrics, "Chat", context)
+        try:
+            with self._tracked():
+                principal = self._auth.authenticate(call.metadata)
+                completion = await self._core.complete(_decode(request, context), principal)
+        except Exception as exc:
+            call.failed(exc)
+            await abort(context, exc, not_found=MODEL_NOT_FOUND)
+        call.routed(completion.provider, completion.model)
+        call.ended("OK", completion.usage.completion_tokens)
+        return codec.encode_completion(completion)
+
+    async def StreamChat(
+        self,
+        request: pb.LLMChatRequest,
+        context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.LLMChatChunk],
+    ) -> AsyncIterator[pb.LLMChatChunk]:
+        call = CallMetrics(self.metrics, "StreamChat", context)
+        context.set_trailing_metadata(request_trailer())  # unary calls get theirs from CallContext
+        try:
+            with self._tracked():
+                principal = self._auth.authenticate(call.metadata)
+                stream = self._core.stream(_decode(request, context), principal)
+                call.routed(stream.provider, stream.model)
+                # aclosing: when the caller goes away, the provider's generator is closed at once,
+                # which cancels its work.
+                async with contextlib.aclosing(stream.events) as events:
+                    async for event in events:
+                        if isinstance(event, TokenDelta):
+                            if not call.first_token_s:
+                                call.first_token()
+                            yield codec.encode_token(event, stream.model)
+                        elif isinstance(event, ToolCallDelta):
+                            yield codec.encode_tool_call(event, stream.model)
+                        else:
+                            call.ended("OK", event.usage.completion_tokens)
+                            yield codec.encode_end(event, stream.model, stream.provider)
+        except Exception as exc:
+            call.failed(exc)
+            await abort(context, exc, not_found=MODEL_NOT_FOUND)
+        finally:
+            call.ended("CANCELLED")  # a caller that left: no effect once the call ended otherwise
+
+    async def ListModels(
+        self,
+        request: pb.ListModelsRequest,
+        context: grpc.aio.ServicerContext[pb.ListModelsRequest, pb.ListModelsResponse],
+    ) -> pb.ListModelsResponse:
+        try:
+            principal = self._auth.authenticate(context.invocation_metadata() or ())
+            return codec.encode_models(await self._core.list_models(principal))
+        except Exception as exc:
+            await abort(context, exc)
+
+    async def Embed(
+        self,
+        request: pb.EmbedRequest,
+        context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
+    ) -> pb.EmbedResponse:
+        call = CallMetrics(self.metrics, "Embed", context)
+        try:
+            with self._tracked():
+                principal = self._auth.authenticate(call.metadata)
+                embeddings = await self._core.embed(codec.decode_embed_request(request), principal)
+        except Exception as exc:
+            call.failed(exc)
+            await abort(context, exc, not_found=MODEL_NOT_FOUND)
+        call.routed(embeddings.provider, embeddings.model)
+        call.ended("OK")
+        return codec.encode_embeddings(embeddings)
+
+
+def _decode(request: pb.LLMChatRequest, context: grpc.aio.ServicerContext[Any, Any]) -> ChatRequest:
+    """The domain request, with the call's deadline on the monotonic clock."""
+    decoded = codec.decode_chat_request(request)
+    remaining = context.time_remaining()
+    if remaining is None:
+        return decoded
+    return dataclasses.replace(decoded, deadline=time.monotonic() + remaining)

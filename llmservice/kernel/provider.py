@@ -1,0 +1,113 @@
+"""The provider interface every backend implements."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import AsyncGenerator
+from types import TracebackType
+from typing import Self
+
+from llmservice.kernel.embedding import EmbedRequest, EmbedResult
+from llmservice.kernel.errors import InvalidRequest
+from llmservice.kernel.types import (
+    ChatRequest,
+    Completion,
+    ModelInfo,
+    StreamEvent,
+    TokenDelta,
+    ToolCallDelta,
+    assemble_tool_calls,
+)
+from llmservice.service.model_admin import PullProgress
+
+
+class Provider(abc.ABC):
+    """A backend that runs models. Owned by the application's lifespan as an async context manager.
+
+    `stream` yields TokenDelta and ToolCallDelta events and ends with exactly one StreamEnd; it raises
+    llmservice.kernel.errors types for everything that goes wrong. Closing the iterator early
+    (the caller cancelled) must stop the work it started.
+    """
+
+    name: str
+
+    async def start(self) -> None:  # noqa: B027 -- optional hook: most remote providers need none
+        """Make the provider ready to serve (load a model, open clients)."""
+
+    async def aclose(self) -> None:  # noqa: B027 -- optional hook
+        """Release everything `start` acquired."""
+
+    @property
+    @abc.abstractmethod
+    def default_model(self) -> str:
+        """The model used when a request names none."""
+
+    @abc.abstractmethod
+    async def list_models(self) -> list[ModelInfo]:
+        """The models this provider can run now."""
+
+    @abc.abstractmethod
+    def validate(self, model: str, request: ChatRequest) -> None:
+        """Raise InvalidRequest for anything in `request` that `model` cannot honour."""
+
+    @abc.abstractmethod
+    def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
+        """Generate a reply token by token."""
+
+    async def embed(self, model: str, request: EmbedRequest) -> EmbedResult:
+        """One vector per input of `request`, in order; by default, this provider has none."""
+        raise InvalidRequest("model", f"provider {self.name} offers no embeddings")
+
+    # Model lifecycle, for operators (ModelAdminService); by default, this provider has none.
+
+    async def load_model(self, model: str, *, make_default: bool = False) -> bool:
+        """Load `model` now (with make_default, it serves requests that name no model);
+        False when it was loaded already."""
+        raise InvalidRequest("provider", f"provider {self.name} does not load or unload models")
+
+    async def unload_model(self, model: str) -> bool:
+        """Unload `model` once its running requests end; False when it was not loaded."""
+        raise InvalidRequest("provider", f"provider {self.name} does not load or unload models")
+
+    def pull_model(self, source: str, *, sha256: str = "", name: str = "") -> AsyncGenerator[PullProgress]:
+        """Fetch a model, reporting progress; the last step's status is "success"."""
+        raise InvalidRequest("provider", f"provider {self.name} does not pull models")
+
+    async def delete_model(self, model: str) -> None:
+        """Delete a model's files."""
+        raise InvalidRequest("provider", f"provider {self.name} does not delete models")
+
+    async def complete(self, model: str, request: ChatRequest) -> Completion:
+        """Generate a whole reply; by default, the stream collected."""
+        parts: list[str] = []
+        calls: list[ToolCallDelta] = []
+        async with contextlib.aclosing(self.stream(model, request)) as events:
+            async for event in events:
+                if isinstance(event, TokenDelta):
+                    parts.append(event.text)
+                elif isinstance(event, ToolCallDelta):
+                    calls.append(event)
+                else:
+                    return Completion(
+                        "".join(parts),
+                        model,
+                        self.name,
+                        event.finish_reason,
+                        event.usage,
+                        assemble_tool_calls(calls),
+                    )
+        raise RuntimeError(f"provider {self.name} ended a stream without StreamEnd")
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()  # what start opened (an HTTP session, say) is not left to GC
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,321 @@
+"""The `aws_bedrock` backend: Bedrock's Converse and ConverseStream APIs.
+
+The AWS SDK does what must match AWS exactly: botocore finds the credentials (the
+standard chain: environment, profiles, roles), signs each request with SigV4, and
+decodes the binary event stream. The I/O is httpx, as for every other backend,
+because botocore is synchronous (aioboto3 would add a second HTTP stack). botocore
+comes with the `bedrock` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
+import botocore.eventstream
+import botocore.session
+import httpx
+
+from llmservice.kernel.errors import InvalidRequest, ProviderAuthFailed, Unavailable
+from llmservice.kernel.types import (
+    Capabilities,
+    ChatRequest,
+    Completion,
+    FinishReason,
+    Message,
+    ModelInfo,
+    StreamEnd,
+    StreamEvent,
+    TokenDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from llmservice.providers.remote.base import HttpProvider, attachment_text, base64_data
+from llmservice.providers.remote.http import error_message, transport_errors, unreadable
+from llmservice.providers.remote.http_errors import failed_midway, from_status
+from llmservice.service.settings import BedrockSettings
+
+log = logging.getLogger(__name__)
+
+_FINISH = {
+    "end_turn": FinishReason.STOP,
+    "stop_sequence": FinishReason.STOP,
+    "max_tokens": FinishReason.LENGTH,
+    "model_context_window_exceeded": FinishReason.LENGTH,
+    "tool_use": FinishReason.TOOL_CALLS,
+    "guardrail_intervened": FinishReason.CONTENT_FILTER,
+    "content_filtered": FinishReason.CONTENT_FILTER,
+}
+_IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
+
+
+class BedrockProvider(HttpProvider):
+    def __init__(self, settings: BedrockSettings, name: str = "aws_bedrock") -> None:
+        super().__init__(name, settings)
+        self._settings = settings
+        self._endpoint = settings.endpoint_url or f"https://bedrock-runtime.{settings.region}.amazonaws.com"
+        self._credentials: botocore.credentials.Credentials | None = None
+
+    @property
+    def default_model(self) -> str:
+        return self._settings.model
+
+    async def start(self) -> None:
+        # Found once through the AWS chain; refreshable ones (roles, SSO) renew themselves
+        # when asked for frozen credentials.
+        self._credentials = botocore.session.get_session().get_credentials()
+        if self._credentials is None:
+            raise ProviderAuthFailed(
+                f"provider {self.name} found no AWS credentials (AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or a role)"
+            )
+        await super().start()
+
+    async def list_models(self) -> list[ModelInfo]:
+        # Listing needs the control-plane API (bedrock, not bedrock-runtime) and its own
+        # permission; the configured model is what this deployment serves.
+        return [
+            ModelInfo(
+                self.default_model,
+                self.name,
+                capabilities=Capabilities(streaming=True, tools=True, vision=True),
+            )
+        ]
+
+    def validate(self, model: str, request: ChatRequest) -> None:
+        s = request.sampling
+        self.refuse(
+            "no such parameter in the Converse API",
+            seed=s.seed,
+            top_k=s.top_k,
+            min_p=s.min_p,
+            repetition_penalty=s.repetition_penalty,
+            signal_options=request.signals,
+            response_format=request.constraint,
+        )
+        if request.tool_choice is not None and request.tool_choice.mode == "none":
+            raise InvalidRequest(
+                "tool_choice", f"provider {self.name} cannot forbid tool calls; send no tools"
+            )
+        self.check_attachments(request, images=tuple(_IMAGE_FORMATS))
+
+    def _stream_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        return self._body(request)
+
+    def _complete_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+        return self._body(request)
+
+    async def _call(self, body: dict[str, Any], model: str) -> Completion:
+        url, headers, data = self._signed(model, "converse", body)
+        async with transport_errors(self.name, self.secrets()):
+            response = await self._ready().post(url, content=data, headers=headers)
+        await self._raise_for_status(response, model)
+        with unreadable(self.name):
+            return self._completion(response.json(), model)
+
+    def _completion(self, reply: dict[str, Any], model: str) -> Completion:
+        blocks = (reply.get("output") or {}).get("message", {}).get("content") or []
+        calls = tuple(
+            ToolCall(use["toolUseId"], use["name"], json.dumps(use.get("input") or {}))
+            for use in (b["toolUse"] for b in blocks if "toolUse" in b)
+        )
+        usage = reply.get("usage") or {}
+        return Completion(
+            "".join(b["text"] for b in blocks if "text" in b),
+            model,
+            self.name,
+            _FINISH.get(reply.get("stopReason") or "end_turn", FinishReason.STOP),
+            _usage(usage),
+            calls,
+        )
+
+    async def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
+        url, headers, data = self._signed(model, "converse-stream", body)
+        finish: FinishReason | None = None
+        usage = Usage()
+        tool_index: dict[int, int] = {}
+        async with (
+            transport_errors(self.name, self.secrets()),
+            self._ready().stream("POST", url, content=data, headers=headers) as response,
+        ):
+            await self._raise_for_status(response, model)
+            buffer = botocore.eventstream.EventStreamBuffer()
+            async for chunk in response.aiter_bytes():
+                buffer.add_data(chunk)
+                for message in _frames(buffer, self.name):
+                    with unreadable(self.name, "a stream"):
+                        kind, payload = _decode(message)
+                        if kind == "exception":
+                            raise failed_midway(self.name, str(payload.get("message", "")), self.secrets())
+                        events = _events(kind, payload, tool_index)
+                        if kind == "messageStop":
+                            finish = _FINISH.get(payload.get("stopReason", ""), FinishReason.STOP)
+                        elif kind == "metadata":
+                            usage = _usage(payload.get("usage") or {})
+                    for event in events:
+                        yield event
+        if finish is None:
+            raise Unavailable(f"provider {self.name} ended the stream before it finished")
+        yield StreamEnd(finish, usage)
+
+    def _signed(self, model: str, action: str, body: dict[str, Any]) -> tuple[str, dict[str, str], bytes]:
+        """URL, SigV4-signed headers and body of one Converse call."""
+        url = f"{self._endpoint}/model/{urllib.parse.quote(model, safe='')}/{action}"
+        data = json.dumps(body).encode()
+        request = botocore.awsrequest.AWSRequest(
+            method="POST", url=url, data=data, headers={"Content-Type": "application/json"}
+        )
+        if self._credentials is None:
+            raise RuntimeError(f"provider {self.name} used before start()")
+        frozen = self._credentials.get_frozen_credentials()
+        botocore.auth.SigV4Auth(frozen, "bedrock", self._settings.region).add_auth(request)
+        return url, dict(request.headers.items()), data
+
+    async def _raise_for_status(self, response: httpx.Response, model: str) -> None:
+        if response.status_code < 400:
+            return
+        await response.aread()
+        error_type = response.headers.get("x-amzn-errortype", "").split(":")[0]
+        message = (
+            f"{error_type}: {error_message(response.content)}"
+            if error_type
+            else error_message(response.content)
+        )
+        if response.status_code == 424:  # ModelErrorException: the model failed, not the request
+            raise Unavailable(f"provider {self.name} failed: {message}")
+        raise from_status(
+            self.name, response.status_code, message, response.headers, model=model, secrets=self.secrets()
+        )
+
+    def secrets(self) -> list[str]:
+        if self._credentials is None:
+            return []
+        frozen = self._credentials.get_frozen_credentials()
+        return [s for s in (frozen.secret_key, frozen.token) if s]
+
+    def _body(self, request: ChatRequest) -> dict[str, Any]:
+        s = request.sampling
+        system = [{"text": m.content} for m in request.messages if m.role == "system"]
+        inference = {
+            "maxTokens": s.max_tokens or self._settings.max_tokens,
+            "temperature": s.temperature if s.temperature is not None else self._settings.temperature,
+            "topP": s.top_p,
+            "stopSequences": list(s.stop) or None,
+        }
+        body: dict[str, Any] = {
+            "messages": _messages(request),
+            "inferenceConfig": {k: v for k, v in inference.items() if v is not None},
+        }
+        if system:
+            body["system"] = system
+        if request.tools:
+            tool_config: dict[str, Any] = {
+                "tools": [
+                    {
+                        "toolSpec": {
+                            "name": t.name,
+                            "description": t.description or t.name,
+                            "inputSchema": {"json": json.loads(t.parameters)},
+                        }
+                    }
+                    for t in request.tools
+                ]
+            }
+            choice = request.tool_choice
+            if choice is not None:
+                tool_config["toolChoice"] = {
+                    "auto": {"auto": {}},
+                    "required": {"any": {}},
+                    "function": {"tool": {"name": choice.name}},
+                }[choice.mode]
+            body["toolConfig"] = tool_config
+        return body
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    """Converse's inputTokens leave out the tokens read from and written to the prompt cache;
+    prompt_tokens here count every prompt token, the cached ones among them."""
+    read = usage.get("cacheReadInputTokens") or 0
+    written = usage.get("cacheWriteInputTokens") or 0
+    return Usage((usage.get("inputTokens") or 0) + read + written, usage.get("outputTokens") or 0, read)
+
+
+def _frames(buffer: botocore.eventstream.EventStreamBuffer, provider: str) -> Iterator[Any]:
+    """The whole event-stream messages in the buffer, one at a time."""
+    try:
+        yield from buffer
+    except botocore.eventstream.ParserError:
+        raise Unavailable(f"provider {provider} sent a stream that could not be read") from None
+
+
+def _decode(message: Any) -> tuple[str, dict[str, Any]]:
+    headers = message.headers
+    if headers.get(":message-type") == "exception":
+        payload = json.loads(message.payload or b"{}")
+        payload.setdefault("message", headers.get(":exception-type", "exception"))
+        return "exception", payload
+    return headers.get(":event-type", ""), json.loads(message.payload or b"{}")
+
+
+def _events(kind: str, payload: dict[str, Any], tool_index: dict[int, int]) -> list[StreamEvent]:
+    block = payload.get("contentBlockIndex", 0)
+    if kind == "contentBlockStart":
+        tool = (payload.get("start") or {}).get("toolUse")
+        if tool:
+            tool_index[block] = len(tool_index)
+            return [ToolCallDelta(tool_index[block], tool["toolUseId"], tool["name"])]
+    elif kind == "contentBlockDelta":
+        delta = payload.get("delta") or {}
+        if "text" in delta:
+            return [TokenDelta(delta["text"])]
+        if "toolUse" in delta and block in tool_index:
+            return [ToolCallDelta(tool_index[block], arguments=delta["toolUse"].get("input", ""))]
+    return []
+
+
+def _messages(request: ChatRequest) -> list[dict[str, Any]]:
+    """Converse turns: tool results are user turns, consecutive same-role turns merge."""
+    turns: list[dict[str, Any]] = []
+    last_user = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=-1)
+    for i, m in enumerate(request.messages):
+        if m.role == "system":
+            continue
+        content = _content(m)
+        if i == last_user:
+            content += _attachments(request)
+        role = "assistant" if m.role == "assistant" else "user"
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += content
+        else:
+            turns.append({"role": role, "content": content})
+    return turns
+
+
+def _content(m: Message) -> list[dict[str, Any]]:
+    if m.role == "tool":
+        return [{"toolResult": {"toolUseId": m.tool_call_id, "content": [{"text": m.content}]}}]
+    blocks: list[dict[str, Any]] = [{"text": m.content}] if m.content else []
+    blocks += [
+        {"toolUse": {"toolUseId": c.id, "name": c.name, "input": json.loads(c.arguments)}}
+        for c in m.tool_calls
+    ]
+    return blocks
+
+
+def _attachments(request: ChatRequest) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for i, a in enumerate(request.attachments):
+        if a.mime_type in _IMAGE_FORMATS:
+            blocks.append(
+                {"image": {"format": _IMAGE_FORMATS[a.mime_type], "source": {"bytes": base64_data(a)}}}
+            )
+        else:
+            blocks.append({"text": attachment_text(a, i)})
+    return blocks

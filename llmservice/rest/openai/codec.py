@@ -1,0 +1,177 @@
+"""OpenAI wire models to LLMService messages and back: the one conversion of this surface."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
+from llmservice.rest.errors import invalid
+from llmservice.rest.openai import protocol as oa
+
+FINISH = {
+    pb.FINISH_REASON_STOP: "stop",
+    pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
+    pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
+}
+MAX_TOP_LOGPROBS = 20
+_KNOWN = set(oa.ChatCompletionRequest.model_fields)
+
+
+def to_grpc(req: oa.ChatCompletionRequest, priority_header: str | None) -> pb.LLMChatRequest:
+    """The service request; anything the service would not honour is a 400 naming it."""
+    _refuse_unsupported(req)
+    msg = pb.LLMChatRequest(
+        model=req.model,
+        priority=_priority(req.priority, priority_header),
+        user=req.user or "",
+        cache_salt=req.cache_salt or "",
+    )
+    for i, m in enumerate(req.messages):
+        msg.messages.append(_message(i, m, msg))
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    if max_tokens is not None:
+        if max_tokens < 1:
+            raise invalid("max_tokens", f"{max_tokens} is not a positive count")
+        msg.max_tokens = max_tokens
+    for field in ("temperature", "top_p", "seed", "top_k", "min_p", "repetition_penalty"):
+        value = getattr(req, field)
+        if value is not None:
+            setattr(msg, field, value)
+    if req.stop is not None:
+        msg.stop.extend([req.stop] if isinstance(req.stop, str) else req.stop)
+    for i, tool in enumerate(req.tools or ()):
+        fn = tool.function
+        if fn.strict:
+            raise invalid(f"tools[{i}].function.strict", "strict: true is not supported; omit it")
+        msg.tools.append(
+            pb.Tool(name=fn.name, description=fn.description, parameters_json=json.dumps(fn.parameters))
+        )
+    if req.tool_choice is not None:
+        msg.tool_choice.CopyFrom(_tool_choice(req.tool_choice))
+    if req.response_format is not None and req.response_format.type != "text":
+        msg.response_format.CopyFrom(_response_format(req.response_format))
+    if req.logprobs:
+        top = req.top_logprobs or 0
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise invalid("top_logprobs", f"{top} is outside 0 .. {MAX_TOP_LOGPROBS}")
+        msg.signal_options.top_k = max(top, 1)
+    elif req.top_logprobs:
+        raise invalid("top_logprobs", "needs logprobs: true")
+    return msg
+
+
+def _refuse_unsupported(req: oa.ChatCompletionRequest) -> None:
+    unknown = sorted(set(req.model_extra or {}) - _KNOWN)
+    if unknown:
+        raise invalid(unknown[0], "is not a parameter this service supports")
+    if req.n not in (None, 1):
+        raise invalid("n", "only one choice per request (n = 1) is supported")
+    for field in ("frequency_penalty", "presence_penalty"):
+        if getattr(req, field) not in (None, 0, 0.0):
+            raise invalid(field, "is not supported; repetition_penalty is")
+    if req.logit_bias:
+        raise invalid("logit_bias", "is not supported")
+    if req.parallel_tool_calls is False:
+        raise invalid("parallel_tool_calls", "false is not supported")
+
+
+def _priority(body: int | None, header: str | None) -> int:
+    if body is not None:
+        return body
+    if header is None:
+        return 0
+    try:
+        value = int(header)
+    except ValueError:
+        value = None
+    if value is None or not oa.INT32_MIN <= value <= oa.INT32_MAX:  # past int32 it cannot go on the wire
+        raise invalid("x-priority", f"{header!r} is not an integer 0 .. 10")
+    return value
+
+
+def _message(index: int, m: oa.ChatMessage, request: pb.LLMChatRequest) -> pb.ChatMessage:
+    role = "system" if m.role == "developer" else m.role
+    out = pb.ChatMessage(role=role, tool_call_id=m.tool_call_id or "", name=m.name or "")
+    if isinstance(m.content, str) or m.content is None:
+        out.content = m.content or ""
+    else:
+        texts = []
+        for j, part in enumerate(m.content):
+            if isinstance(part, oa.TextPart):
+                texts.append(part.text)
+            else:
+                request.attachments.append(_image(f"messages[{index}].content[{j}]", part))
+        out.content = "".join(texts)
+    for call in m.tool_calls or ():
+        out.tool_calls.append(
+            pb.ToolCall(id=call.id, name=call.function.name, arguments_json=call.function.arguments)
+        )
+    return out
+
+
+def _image(where: str, part: oa.ImagePart) -> pb.Attachment:
+    url = part.image_url.url
+    if not url.startswith("data:") or ";base64," not in url:
+        raise invalid(
+            f"{where}.image_url.url", "images must be data: URLs (base64); the service fetches nothing"
+        )
+    if part.image_url.detail not in (None, "auto"):
+        raise invalid(f"{where}.image_url.detail", "only auto is supported")
+    mime = url[5:].split(";", 1)[0]
+    return pb.Attachment(mime_type=mime, data=url)
+
+
+def _tool_choice(choice: str | oa.NamedToolChoice) -> pb.ToolChoice:
+    if isinstance(choice, oa.NamedToolChoice):
+        return pb.ToolChoice(mode=pb.ToolChoice.MODE_FUNCTION, name=choice.function.get("name", ""))
+    modes = {
+        "auto": pb.ToolChoice.MODE_AUTO,
+        "none": pb.ToolChoice.MODE_NONE,
+        "required": pb.ToolChoice.MODE_REQUIRED,
+    }
+    return pb.ToolChoice(mode=modes[choice])
+
+
+def _response_format(fmt: oa.ResponseFormat) -> pb.ResponseFormat:
+    if fmt.type == "json_object":
+        return pb.ResponseFormat(json_object=True)
+    if fmt.json_schema is None:
+        raise invalid("response_format.json_schema", "is required with type json_schema")
+    return pb.ResponseFormat(json_schema=json.dumps(fmt.json_schema.schema_))
+
+
+def tool_calls(calls: Any) -> list[dict[str, Any]]:
+    return [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
+        for c in calls
+    ]
+
+
+def logprob(chunk: pb.LLMChatChunk) -> dict[str, Any]:
+    """OpenAI's logprob entry for one token, from its signal."""
+    signal = chunk.signal
+    top = [{"token": c.text, "logprob": _ln(c.prob), "bytes": list(c.text.encode())} for c in signal.top_k]
+    return {
+        "token": chunk.token,
+        "logprob": _ln(signal.confidence),
+        "bytes": list(chunk.token.encode()),
+        "top_logprobs": top,
+    }
+
+
+def _ln(p: float) -> float:
+    return math.log(p) if p > 0 else -9999.0
+
+
+def usage(reply: pb.LLMChatResponse | pb.LLMChatChunk) -> dict[str, Any]:
+    """OpenAI's usage object, from a whole reply or a stream's final chunk. Cached tokens go
+    where OpenAI puts them, always present (0: none), and are part of prompt_tokens."""
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": reply.cached_prompt_tokens},
+    }

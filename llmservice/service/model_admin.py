@@ -1,0 +1,79 @@
+"""Model administration for operators: load, unload (or swap the default), pull and delete.
+
+Only an admin principal may do these (in open local mode everyone is `local`, an admin);
+anyone else gets PermissionDenied. Which provider a call is about is resolved by the
+registry as for chat; what load or pull means is the provider's own business (the local
+engine's model pool; Ollama's pull and keep-alive).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from llmservice.kernel.errors import InvalidRequest, PermissionDenied
+from llmservice.service.auth import LOCAL, Principal
+
+if TYPE_CHECKING:  # providers import this module's PullProgress
+    from llmservice.kernel.provider import Provider
+    from llmservice.service.registry import ProviderRegistry
+
+
+@dataclass(frozen=True, slots=True)
+class PullProgress:
+    """One step of a pull: a status line, and bytes done of `total` (0: not known) when downloading."""
+
+    status: str
+    digest: str = ""
+    total: int = 0
+    completed: int = 0
+    model: str = ""  # on the last step: the id the pulled model is served under
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    provider: str
+    model: str
+    was_loaded: bool  # it was loaded before this call
+    is_default: bool
+
+
+class ModelAdmin:
+    """The operations behind ModelAdminService, on the registry's providers."""
+
+    def __init__(self, registry: ProviderRegistry) -> None:
+        self._registry = registry
+
+    async def load(
+        self, provider: str, model: str, *, make_default: bool = False, principal: Principal = LOCAL
+    ) -> Loaded:
+        found, model = self._provider(principal, provider, model)
+        fresh = await found.load_model(model, make_default=make_default)
+        return Loaded(found.name, model, not fresh, found.default_model == model)
+
+    async def unload(self, provider: str, model: str, principal: Principal = LOCAL) -> tuple[str, str, bool]:
+        """(provider, model, whether it was loaded)."""
+        found, model = self._provider(principal, provider, model)
+        return found.name, model, await found.unload_model(model)
+
+    def pull(
+        self, provider: str, source: str, *, sha256: str = "", name: str = "", principal: Principal = LOCAL
+    ) -> tuple[str, AsyncGenerator[PullProgress]]:
+        """The provider's name and the pull's progress; the last step's status is "success"."""
+        if not source:
+            raise InvalidRequest("source", "name the model to pull (a URL, hf://owner/repo/file.gguf, ...)")
+        found, _ = self._provider(principal, provider, source)
+        return found.name, found.pull_model(source, sha256=sha256, name=name)
+
+    async def delete(self, provider: str, model: str, principal: Principal = LOCAL) -> tuple[str, str]:
+        found, model = self._provider(principal, provider, model)
+        await found.delete_model(model)
+        return found.name, model
+
+    def _provider(self, principal: Principal, provider: str, model: str) -> tuple[Provider, str]:
+        if not principal.admin:
+            raise PermissionDenied(
+                f"principal {principal.name!r} may not administer models (auth.principals.<name>.admin)"
+            )
+        return self._registry.resolve(provider, model)

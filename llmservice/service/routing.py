@@ -1,0 +1,136 @@
+"""Fallback routes: one model name served by an ordered list of deployments.
+
+A request for the route's model goes to the first deployment that is not cooling
+down. If it fails before its first event with an error another deployment might not
+have (down, rate-limited, timed out, credentials rejected), that deployment cools
+down for a while and the next one is tried. A bad request is not retried elsewhere,
+and once an event has reached the caller nothing is: the caller sees the failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import replace
+
+from llmservice.kernel.errors import (
+    DeadlineExceeded,
+    LLMServiceError,
+    ProviderAuthFailed,
+    ResourceExhausted,
+    Unavailable,
+)
+from llmservice.kernel.provider import Provider
+from llmservice.kernel.types import Capabilities, ChatRequest, Completion, ModelInfo, StreamEnd, StreamEvent
+
+log = logging.getLogger(__name__)
+
+# Failures that say something about the deployment, not about the request.
+FALLBACK_ON: tuple[type[LLMServiceError], ...] = (
+    Unavailable,
+    ResourceExhausted,
+    DeadlineExceeded,
+    ProviderAuthFailed,
+)
+
+
+class FallbackRoute(Provider):
+    def __init__(
+        self,
+        model: str,
+        members: Sequence[Provider],
+        *,
+        cooldown_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = f"route {model}"
+        self._model = model
+        self.members = list(members)
+        self._cooldown_s = cooldown_s
+        self._clock = clock
+        self._cool_until: dict[str, float] = {}
+        self.fallbacks = 0  # times a request moved on to the next deployment
+
+    @property
+    def default_model(self) -> str:
+        return self._model
+
+    async def list_models(self) -> list[ModelInfo]:
+        """The route as one model, able to do what every one of its deployments can."""
+        capabilities = [await _capabilities(m) for m in self.members]
+        both = Capabilities(
+            *(all(getattr(c, f) for c in capabilities) for f in Capabilities.__dataclass_fields__)
+        )
+        return [ModelInfo(self._model, "route", capabilities=both)]
+
+    def validate(self, model: str, request: ChatRequest) -> None:
+        """Refuse what any deployment would refuse: whichever answers must honour the request."""
+        for member in self.members:
+            member.validate(member.default_model, request)
+
+    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
+        last: LLMServiceError | None = None
+        for member in self._in_order():
+            events = member.stream(member.default_model, request)
+            try:
+                first = await anext(events)
+            except StopAsyncIteration:
+                return
+            except FALLBACK_ON as exc:
+                await events.aclose()
+                last = self._failed(member, exc)
+                continue
+            try:
+                yield _served_by(first, member)
+                async for event in events:
+                    yield _served_by(event, member)
+            finally:
+                await events.aclose()
+            return
+        raise self._exhausted(last)
+
+    async def complete(self, model: str, request: ChatRequest) -> Completion:
+        last: LLMServiceError | None = None
+        for member in self._in_order():
+            try:
+                completion = await member.complete(member.default_model, request)
+            except FALLBACK_ON as exc:
+                last = self._failed(member, exc)
+                continue
+            return replace(completion, model=self._model)
+        raise self._exhausted(last)
+
+    def _in_order(self) -> list[Provider]:
+        """Deployments not cooling down, in route order; all of them if every one is."""
+        now = self._clock()
+        ready = [m for m in self.members if self._cool_until.get(m.name, 0.0) <= now]
+        return ready or list(self.members)
+
+    def _failed(self, member: Provider, exc: LLMServiceError) -> LLMServiceError:
+        log.warning(
+            "route %s: %s failed (%s); cooling it down for %gs",
+            self._model,
+            member.name,
+            exc.message,
+            self._cooldown_s,
+        )
+        self._cool_until[member.name] = self._clock() + self._cooldown_s
+        self.fallbacks += 1
+        return exc
+
+    def _exhausted(self, last: LLMServiceError | None) -> LLMServiceError:
+        detail = f"; the last said: {last.message}" if last else ""
+        retry = last.retry_after_s if last else None
+        return Unavailable(f"every deployment of {self._model} failed{detail}", retry_after_s=retry)
+
+
+def _served_by(event: StreamEvent, member: Provider) -> StreamEvent:
+    return replace(event, provider=member.name) if isinstance(event, StreamEnd) else event
+
+
+async def _capabilities(member: Provider) -> Capabilities:
+    for info in await member.list_models():
+        if info.id == member.default_model:
+            return info.capabilities
+    return Capabilities()

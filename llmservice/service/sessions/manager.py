@@ -1,0 +1,389 @@
+"""Chat sessions: connect a user to an MCP server and an LLM, run turns, disconnect.
+
+The state any worker needs (the session record, the history) lives in Redis, or in
+memory; the live MCP connection lives in the worker that owns the session (see
+ownership), rebuilt from the record when a turn lands on a worker that has none (or an
+older one). A rebuild trusts nothing in the record it would not accept at connect: the
+stdio command comes from this worker's configuration, URLs pass the URL policy again.
+Each turn runs the agent loop under the turn timeout and adds what it said and did to
+the history. A janitor closes connections idle for session_ttl (their ownership has
+lapsed) or whose session ended or moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llmservice.kernel.errors import DeadlineExceeded, InvalidRequest, PermissionDenied, Unavailable
+from llmservice.kernel.types import ChatRequest, Message, Sampling
+from llmservice.service.auth import Principal
+from llmservice.service.core import LLMCore
+from llmservice.service.sessions import fallback
+from llmservice.service.sessions.agent import ToolInvocation, TurnEvent, run_turn
+from llmservice.service.sessions.history import ChatHistoryManager
+from llmservice.service.sessions.mcp_client import McpConnection, ServerSpec, Transport
+from llmservice.service.sessions.ownership import Ownership
+from llmservice.service.sessions.records import LLMChoice, SecretBox, SessionRecord, SessionRecords
+from llmservice.service.sessions.safety import UrlPolicy
+from llmservice.service.settings import CacheSettings, LLMChatSettings
+
+if TYPE_CHECKING:
+    from llmservice.observability.tracing import Tracing
+
+log = logging.getLogger(__name__)
+
+TRANSPORTS: tuple[Transport, ...] = ("streamable_http", "sse", "stdio")
+LLM_CONFIG_KEYS = ("model", "temperature", "max_tokens", "top_p", "seed", "system_prompt")
+
+
+@dataclass(frozen=True)
+class Connected:
+    user_id: str
+    provider: str
+    tools: tuple[str, ...]
+
+
+@dataclass
+class _Live:
+    session_id: str
+    connection: McpConnection
+    last_used: float = field(default_factory=time.monotonic)
+    busy: int = 0  # turns running on it
+
+
+class SessionManager:
+    def __init__(
+        self,
+        core: LLMCore,
+        settings: LLMChatSettings,
+        cache: CacheSettings,
+        worker_id: str | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
+        """`tracing`: each model call of a turn becomes an `llm.request` span inside the turn's."""
+        self._core, self._settings, self._tracing = core, settings, tracing
+        self._redis = (
+            fallback.connect(cache.redis_url or "redis://127.0.0.1:6379/0") if cache.uses_redis else None
+        )
+        box = SecretBox(settings.secret_key.get_secret_value() if settings.secret_key else None)
+        if self._redis is not None and settings.secret_key is None:
+            log.warning("llmchat.secret_key is not set: sessions cannot move between workers")
+        health = fallback.RedisHealth()  # one per worker: an outage is logged once
+        self.history = ChatHistoryManager(
+            self._redis, settings.chat_history_max_messages, settings.chat_history_ttl, health
+        )
+        self.records = SessionRecords(self._redis, box, settings.chat_history_ttl, health)
+        worker = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.ownership = Ownership(self._redis, settings, worker)
+        self._urls = UrlPolicy(settings.allowed_hosts)
+        self._live: dict[str, _Live] = {}
+        self.tool_calls = {"ok": 0, "error": 0}  # MCP tool calls by outcome, ever (for metrics)
+        self._janitor: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> SessionManager:
+        self._janitor = asyncio.create_task(self._sweep_forever(), name="llmchat janitor")
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def sweep(self) -> None:
+        """Close this worker's connections idle for session_ttl (its ownership lapsed with
+        them), or whose session ended, was connected again or is owned by another worker.
+        A connection a turn is running on is left alone."""
+        idle_since = time.monotonic() - self._settings.session_ttl
+        for user_id, live in list(self._live.items()):
+            if live.busy:
+                continue
+            stale = live.last_used <= idle_since or not live.connection.alive
+            if not stale:
+                with contextlib.suppress(Unavailable):  # Redis down: only idleness counts
+                    record = await self.records.get(user_id)
+                    owner = await self.ownership.owner(user_id)
+                    stale = record is None or record.session_id != live.session_id
+                    stale = stale or owner not in (None, self.ownership.worker_id)
+            if stale and self._live.get(user_id) is live and not live.busy:
+                del self._live[user_id]
+                await live.connection.aclose()
+                await self.ownership.release(user_id)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.session_ttl / 2)
+            try:
+                await self.sweep()
+            except Exception:  # the janitor must outlive any one bad sweep
+                log.exception("llmchat: sweeping idle session connections failed")
+
+    async def aclose(self) -> None:
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
+        for user_id in list(self._live):
+            await self._drop(user_id)
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    @property
+    def active(self) -> int:
+        """Sessions whose MCP connection this worker holds open."""
+        return len(self._live)
+
+    async def connect(
+        self,
+        principal: Principal,
+        user_id: str,
+        server: Mapping[str, Any],
+        llm: Mapping[str, Any],
+        streaming: bool = True,
+    ) -> Connected:
+        _check_user_id(user_id)
+        existing = await self.records.get(user_id)
+        if existing is not None and existing.principal != principal.name:
+            raise PermissionDenied(f"session {user_id!r} belongs to another caller")
+        spec = await self._server_spec(server)
+        choice = await self._llm_choice(principal, llm)
+        # Reserve the user_id before the (slow) MCP connect: of two callers racing for a
+        # new user_id, one gets it and the other is refused, never both.
+        bound_to = await self.records.bind(user_id, principal.name)
+        if bound_to not in (None, principal.name):
+            raise PermissionDenied(f"session {user_id!r} belongs to another caller")
+        try:
+            connection = self._new_connection(spec)
+            tools = await connection.open()
+        except BaseException:
+            if bound_to is None:
+                await self.records.unbind(user_id, principal.name)
+            raise
+        record = SessionRecord(user_id, principal.name, spec, choice, streaming, tuple(t.name for t in tools))
+        await self._drop(user_id)
+        self._live[user_id] = _Live(record.session_id, connection)
+        await self.records.put(record)
+        await self.ownership.take(user_id)
+        return Connected(user_id, choice.provider, record.tools)
+
+    async def disconnect(self, principal: Principal, user_id: str) -> bool:
+        """End the session and forget its history; False if there was none."""
+        record = await self._own_record(principal, user_id, required=False)
+        await self._drop(user_id)
+        if record is None:
+            return False
+        await self.records.delete(user_id)
+        await self.history.clear(user_id)
+        await self.ownership.release(user_id)
+        return True
+
+    async def status(self, principal: Principal, user_id: str) -> bool:
+        return await self._own_record(principal, user_id, required=False) is not None
+
+    async def config(self, principal: Principal, user_id: str) -> dict[str, Any]:
+        record = await self._own_record(principal, user_id, required=True)
+        assert record is not None
+        return record.masked()
+
+    async def chat(self, principal: Principal, user_id: str, message: str) -> AsyncGenerator[TurnEvent]:
+        """Check everything, then return the turn's events (errors come before the first)."""
+        if not message.strip():
+            raise InvalidRequest("message", "is empty")
+        record = await self._own_record(principal, user_id, required=True)
+        assert record is not None
+        connection, kept = await self._connection(record)
+        return self._turn(principal, record, connection, kept, message)
+
+    async def _turn(
+        self, principal: Principal, record: SessionRecord, connection: McpConnection, kept: bool, message: str
+    ) -> AsyncGenerator[TurnEvent]:
+        added: list[Message] = []  # what the turn says and does, after the user's message
+        # Everything from the first await on is inside the try: a caller that leaves while
+        # the history is read still releases the turn's connection.
+        try:
+            history = await self.history.read(record.user_id)
+            llm = record.llm
+            system = (Message("system", llm.system_prompt),) if llm.system_prompt else ()
+            request = ChatRequest(
+                system + tuple(history) + (Message("user", message),),
+                model=llm.model,
+                provider=llm.provider,
+                sampling=Sampling(
+                    temperature=llm.temperature, top_p=llm.top_p, max_tokens=llm.max_tokens, seed=llm.seed
+                ),
+                tools=connection.tools,
+            )
+            steps = self._settings.max_steps
+            loop = run_turn(
+                self._core,
+                principal,
+                request,
+                connection.call,
+                max_steps=steps,
+                added=added,
+                tracing=self._tracing,
+            )
+            async with asyncio.timeout(self._settings.turn_timeout_s), contextlib.aclosing(loop) as events:
+                async for event in events:
+                    if isinstance(event, ToolInvocation):
+                        self.tool_calls["error" if event.is_error else "ok"] += 1
+                    yield event
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the turn took longer than {self._settings.turn_timeout_s:g} s (llmchat.turn_timeout_s)"
+            ) from None
+        finally:
+            await self._turn_ended(record, connection, kept, [Message("user", message), *added])
+
+    async def _turn_ended(
+        self, record: SessionRecord, connection: McpConnection, kept: bool, said: list[Message]
+    ) -> None:
+        if kept:
+            for live in self._live.values():
+                if live.connection is connection:
+                    live.busy -= 1
+                    live.last_used = time.monotonic()
+        else:
+            await asyncio.shield(connection.aclose())
+        # What was said and done is kept even when the turn failed midway.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.history.append(record.user_id, said))
+            await self.records.touch(record)
+            if kept:
+                await self.ownership.claim(record.user_id)
+
+    async def _connection(self, record: SessionRecord) -> tuple[McpConnection, bool]:
+        """A connection for one turn, and whether it is kept: this worker's own when it owns
+        the session (built from the record if need be), else one for this turn only."""
+        if (kept := await self._kept(record)) is not None:
+            return kept, True
+        async with self.ownership.building(record.user_id):
+            if (kept := await self._kept(record)) is not None:
+                return kept, True
+            if await self.ownership.claim(record.user_id):
+                await self._drop(record.user_id)  # dead, or of a session connected again since
+                try:
+                    connection = await self._rebuild(record)
+                except BaseException:
+                    await self.ownership.release(record.user_id)
+                    raise
+                self._live[record.user_id] = _Live(record.session_id, connection, busy=1)
+                log.info(
+                    "session %s: connection rebuilt on worker %s", record.user_id, self.ownership.worker_id
+                )
+                return connection, True
+        # Another live worker owns the session and holds it open: serve this one turn only.
+        return await self._rebuild(record), False
+
+    async def _kept(self, record: SessionRecord) -> McpConnection | None:
+        """The connection this worker keeps for the session, if current and still its own."""
+        live = self._live.get(record.user_id)
+        if live is None or live.session_id != record.session_id or not live.connection.alive:
+            return None
+        if not await self.ownership.claim(record.user_id):
+            return None  # another worker took over; the janitor closes ours once idle
+        live.busy += 1
+        live.last_used = time.monotonic()
+        return live.connection
+
+    async def _rebuild(self, record: SessionRecord) -> McpConnection:
+        """A connection from a record, checked as a connect would check it."""
+        connection = self._new_connection(await self._resolve(record.server))
+        await connection.open()
+        return connection
+
+    def _new_connection(self, spec: ServerSpec) -> McpConnection:
+        return McpConnection(
+            spec,
+            connect_timeout_s=self._settings.connect_timeout_s,
+            tool_timeout_s=self._settings.tool_timeout_s,
+        )
+
+    async def _own_record(
+        self, principal: Principal, user_id: str, *, required: bool
+    ) -> SessionRecord | None:
+        _check_user_id(user_id)
+        record = await self.records.get(user_id)
+        if record is None:
+            if required:
+                raise InvalidRequest("user_id", f"no session for {user_id!r}; connect first")
+            return None
+        if record.principal != principal.name:
+            raise PermissionDenied(f"session {user_id!r} belongs to another caller")
+        return record
+
+    async def _drop(self, user_id: str) -> None:
+        live = self._live.pop(user_id, None)
+        if live is not None:
+            await live.connection.aclose()
+
+    async def _server_spec(self, server: Mapping[str, Any]) -> ServerSpec:
+        url = str(server.get("url") or "").strip()
+        transport = server.get("transport") or "streamable_http"
+        token = str(server.get("auth_token") or "")
+        if transport not in TRANSPORTS:
+            raise InvalidRequest("server.transport", f"{transport!r} is not one of {', '.join(TRANSPORTS)}")
+        if not url:
+            raise InvalidRequest("server.url", "is required")
+        return await self._resolve(ServerSpec(url, transport, "" if transport == "stdio" else token))
+
+    async def _resolve(self, spec: ServerSpec) -> ServerSpec:
+        """The spec as this worker may open it: a stdio name mapped to the command this
+        worker's configuration gives it, a URL that passes the URL policy."""
+        if spec.transport == "stdio":
+            argv = self._settings.stdio_servers.get(spec.url)
+            if not argv:
+                known = ", ".join(sorted(self._settings.stdio_servers)) or "none are configured"
+                raise InvalidRequest(
+                    "server.url", f"stdio server {spec.url!r} is not in llmchat.stdio_servers ({known})"
+                )
+            return ServerSpec(spec.url, "stdio", "", tuple(argv))
+        if spec.transport not in TRANSPORTS:
+            raise InvalidRequest(
+                "server.transport", f"{spec.transport!r} is not one of {', '.join(TRANSPORTS)}"
+            )
+        await self._urls.check(spec.url)
+        return ServerSpec(spec.url, spec.transport, spec.auth_token)
+
+    async def _llm_choice(self, principal: Principal, llm: Mapping[str, Any]) -> LLMChoice:
+        config = dict(llm.get("config") or {})
+        unknown = sorted(set(config) - set(LLM_CONFIG_KEYS))
+        if unknown:
+            raise InvalidRequest(
+                f"llm.config.{unknown[0]}",
+                f"is not a session setting (those are: {', '.join(LLM_CONFIG_KEYS)})",
+            )
+        models = await self._core.list_models(principal)
+        providers = sorted({m.provider for m in models})
+        provider = str(llm.get("provider") or (models[0].provider if models else ""))
+        if provider not in providers:
+            raise InvalidRequest(
+                "llm.provider", f"{provider!r} is not configured here ({', '.join(providers)})"
+            )
+        try:
+            choice = LLMChoice(provider, **{k: v for k, v in config.items() if v not in (None, "")})
+        except TypeError as exc:
+            raise InvalidRequest("llm.config", str(exc)) from None
+        for name, kind in (
+            ("temperature", (int, float)),
+            ("top_p", (int, float)),
+            ("max_tokens", int),
+            ("seed", int),
+        ):
+            value = getattr(choice, name)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+                raise InvalidRequest(f"llm.config.{name}", f"must be a number, not {value!r}")
+        if choice.model and choice.model not in {m.id for m in models if m.provider == provider}:
+            raise InvalidRequest("llm.config.model", f"provider {provider} has no model {choice.model!r}")
+        return choice
+
+
+def _check_user_id(user_id: str) -> None:
+    if not user_id or len(user_id) > 200 or any(c.isspace() or not c.isprintable() for c in user_id):
+        raise InvalidRequest("user_id", "must be 1 to 200 printable characters without spaces")
