@@ -27,7 +27,7 @@ from llmservice.providers.llamacpp.model import LlamaModel
 from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_NAME, bundled_model_path
 from llmservice.providers.llamacpp.prompt import TemplatePrompt
 from llmservice.providers.llamacpp.provider import tokenize_segments
-from llmservice.service.settings import LlamaCppSettings
+from llmservice.providers.llamacpp.settings import LlamaCppSettings
 
 from .report import publish
 from .serve_process import llmservice_serve

@@ -22,8 +22,9 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
 from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_NAME
+from llmservice.providers.llamacpp.settings import LlamaCppSettings
 from llmservice.service.registry import ProviderRegistry
-from llmservice.service.settings import EmbeddingsSettings, LlamaCppSettings, ServerSettings, Settings
+from llmservice.service.settings import EmbeddingsSettings, ServerSettings, Settings
 
 from .report import publish
 

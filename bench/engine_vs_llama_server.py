@@ -27,7 +27,7 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.providers.llamacpp.model import LlamaModel
 from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_NAME, bundled_model_path
-from llmservice.service.settings import LlamaCppSettings
+from llmservice.providers.llamacpp.settings import LlamaCppSettings
 
 from . import bare_batch, llama_server
 from .decode_throughput import prompt_tokens, user_text_for

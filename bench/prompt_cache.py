@@ -39,7 +39,7 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.providers.llamacpp.model import LlamaModel
 from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_NAME, bundled_model_path
-from llmservice.service.settings import LlamaCppSettings
+from llmservice.providers.llamacpp.settings import LlamaCppSettings
 
 from .engine_vs_llama_server import N_CTX, SLOTS, llama_server_running
 from .report import machine, publish, render_section

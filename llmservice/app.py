@@ -124,9 +124,8 @@ def service_metrics(
 
 def _schedulers(registry: ProviderRegistry) -> Iterator[tuple[str, Scheduler]]:
     for name, provider in registry.providers():
-        scheduler = getattr(provider, "scheduler", None)
-        if isinstance(scheduler, Scheduler):
-            yield name, scheduler
+        if provider.scheduler is not None:
+            yield name, provider.scheduler
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,8 @@ from typing import Any
 
 import grpc
 
-from llmservice.service.settings import SettingsError, load_settings
+from llmservice.kernel.settings import SettingsError
+from llmservice.service.settings import load_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,7 +102,11 @@ def _models_parser(commands: Any) -> None:
 
 
 def _models_dir(args: argparse.Namespace) -> Path:
-    return load_settings(args.config, args.overrides).llamacpp.cache_dir
+    from llmservice.providers.llamacpp.settings import LlamaCppSettings
+
+    section = load_settings(args.config, args.overrides).section("llamacpp")
+    assert isinstance(section, LlamaCppSettings)
+    return section.cache_dir
 
 
 def _models_pull(args: argparse.Namespace) -> int:

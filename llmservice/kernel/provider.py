@@ -1,25 +1,34 @@
-"""The provider interface every backend implements."""
+"""The provider interface every backend implements, and the entry that declares a provider kind.
+
+A provider kind is one `ProviderEntry`: its name, its settings section, the variables it
+documents, whether it bills per token, and a factory. The service's settings, pricing,
+registry and docs read the entries (`llmservice.providers.entries`); nothing else names
+a kind.
+"""
 
 from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from llmservice.kernel.embedding import EmbedRequest, EmbedResult
 from llmservice.kernel.errors import InvalidRequest
+from llmservice.kernel.scheduler import Scheduler
+from llmservice.kernel.settings import ProviderSettings
 from llmservice.kernel.types import (
     ChatRequest,
     Completion,
     ModelInfo,
+    PullProgress,
     StreamEvent,
     TokenDelta,
     ToolCallDelta,
     assemble_tool_calls,
 )
-from llmservice.service.model_admin import PullProgress
 
 
 class Provider(abc.ABC):
@@ -78,6 +87,18 @@ class Provider(abc.ABC):
         """Delete a model's files."""
         raise InvalidRequest("provider", f"provider {self.name} does not delete models")
 
+    # What operators see of it (the metrics port).
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        """The queue its calls wait in by priority, when it has one."""
+        return None
+
+    def counters(self) -> Mapping[str, int]:
+        """What it counts by itself, by name: `preemptions`, `fallbacks`, `retries`, the prompt
+        cache's (`llmservice.observability.metrics.PROVIDER_COUNTERS` lists every name)."""
+        return {}
+
     async def complete(self, model: str, request: ChatRequest) -> Completion:
         """Generate a whole reply; by default, the stream collected."""
         parts: list[str] = []
@@ -111,3 +132,25 @@ class Provider(abc.ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+ProviderFactory = Callable[[Any, str], Provider]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEntry:
+    """One provider kind, as its folder declares it.
+
+    `factory(section, name)` builds the provider from its settings section, under the
+    name it serves as (the kind itself, or a deployment's name); it imports the
+    implementation only then, so listing the kinds loads no SDK and no shared library.
+    """
+
+    kind: str  # its settings section, its name in LLM_PROVIDER and in [deployments]
+    title: str  # what it talks to, for the docs
+    settings: type[ProviderSettings]
+    factory: ProviderFactory
+    env: Mapping[str, str] = field(default_factory=dict)  # documented variable -> key in its section
+    paid: bool = False  # bills per token: left unpriced, start-up warns
+    local: bool = False  # runs in-process: built only as the default, never as a deployment
+    extra: str = ""  # the pip extra it needs, if any

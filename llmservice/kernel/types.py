@@ -212,6 +212,17 @@ def assemble_tool_calls(deltas: list[ToolCallDelta]) -> tuple[ToolCall, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class PullProgress:
+    """One step of a pull: a status line, and bytes done of `total` (0: not known) when downloading."""
+
+    status: str
+    digest: str = ""
+    total: int = 0
+    completed: int = 0
+    model: str = ""  # on the last step: the id the pulled model is served under
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities:
     streaming: bool = True
     tools: bool = False

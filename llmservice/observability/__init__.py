@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmservice.service.settings import SettingsError, TracingSettings
+from llmservice.kernel.settings import SettingsError
+from llmservice.observability.settings import TracingSettings
 
 if TYPE_CHECKING:
     from llmservice.observability.tracing import Tracing

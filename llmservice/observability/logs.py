@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, SecretStr
 
 from llmservice.kernel.context import REQUEST_ID
-from llmservice.providers.remote.http_errors import redact
+from llmservice.kernel.redact import redact
 
 Format = Literal["text", "json", "kv"]
 PAYLOADS = logging.getLogger("llmservice.payloads")

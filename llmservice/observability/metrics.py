@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from llmservice.kernel.provider import Provider
 from llmservice.kernel.scheduler import Scheduler
 
 SURFACE_KEY = "llm-surface"  # gRPC metadata: which surface a call came through
@@ -116,48 +117,42 @@ class SchedulerCollector(Collector):
         yield from (depth, waited, admitted, shed, expired)
 
 
-# Plain counters providers keep, by attribute: (attribute, metric, help).
-_PROVIDER_COUNTERS = (
-    ("preemptions", "llmservice_engine_preemptions_total", "Running sequences paused for a more urgent one"),
-    ("evictions", "llmservice_engine_evictions_total", "Paused sequences whose cache was dropped"),
-    ("interruptions", "llmservice_engine_interruptions_total", "Decode steps stopped for a more urgent job"),
-    ("fallbacks", "llmservice_route_fallbacks_total", "Requests a route moved on to its next deployment"),
-    ("prompt_tokens_computed", "llmservice_prompt_tokens_computed_total", "Prompt tokens the engine decoded"),
-    ("prompt_tokens_reused", "llmservice_prompt_tokens_reused_total", "Prompt tokens served from cache"),
-    ("prompt_cache_hits", "llmservice_prompt_cache_hits_total", "Requests that reused a cached prefix"),
-    ("prompt_cache_misses", "llmservice_prompt_cache_misses_total", "Requests that reused no cached prefix"),
-    (
-        "prompt_cache_evictions",
+# What providers count by themselves (Provider.counters), by name: (metric, help). A name not
+# listed here is exported as llmservice_provider_NAME_total.
+PROVIDER_COUNTERS: dict[str, tuple[str, str]] = {
+    "preemptions": ("llmservice_engine_preemptions_total", "Running sequences paused for a more urgent one"),
+    "evictions": ("llmservice_engine_evictions_total", "Paused sequences whose cache was dropped"),
+    "interruptions": ("llmservice_engine_interruptions_total", "Decode steps stopped for a more urgent job"),
+    "fallbacks": ("llmservice_route_fallbacks_total", "Requests a route moved on to its next deployment"),
+    "prompt_tokens_computed": ("llmservice_prompt_tokens_computed_total", "Prompt tokens the engine decoded"),
+    "prompt_tokens_reused": ("llmservice_prompt_tokens_reused_total", "Prompt tokens served from cache"),
+    "prompt_cache_hits": ("llmservice_prompt_cache_hits_total", "Requests that reused a cached prefix"),
+    "prompt_cache_misses": ("llmservice_prompt_cache_misses_total", "Requests that reused no cached prefix"),
+    "prompt_cache_evictions": (
         "llmservice_prompt_cache_evictions_total",
         "Finished caches that left the context (to host memory, or dropped)",
     ),
-    (
-        "prompt_cache_host_evictions",
+    "prompt_cache_host_evictions": (
         "llmservice_prompt_cache_host_evictions_total",
         "Caches dropped from host memory to stay in llamacpp.prompt_cache_mb",
     ),
-    ("prompt_cache_host_bytes", "llmservice_prompt_cache_host_bytes", "Host memory held by prompt caches"),
-    (
-        "warm_tokens_computed",
+    "warm_tokens_computed": (
         "llmservice_prompt_tokens_warmed_total",
         "Tokens prefilled while idle so that a conversation's next turn finds them cached",
     ),
-)
+    "prompt_cache_host_bytes": ("llmservice_prompt_cache_host_bytes", "Host memory held by prompt caches"),
+    "retries": ("llmservice_provider_retries_total", "Upstream calls retried after a retryable failure"),
+}
 
 
 def provider_readings(
-    providers: Iterable[tuple[str, object]],
+    providers: Iterable[tuple[str, Provider]],
 ) -> Iterator[tuple[str, str, dict[str, str], float]]:
     """What each provider counts by itself: engine preemptions, route fallbacks, retries."""
     for name, provider in providers:
-        for attribute, metric, doc in _PROVIDER_COUNTERS:
-            value = getattr(provider, attribute, None)
-            if isinstance(value, int):
-                yield metric, doc, {"provider": name}, value
-        taken = getattr(getattr(provider, "retry", None), "taken", None)
-        if taken is not None:
-            doc = "Upstream calls retried after a retryable failure"
-            yield "llmservice_provider_retries_total", doc, {"provider": name}, taken.count
+        for counter, value in provider.counters().items():
+            metric, doc = PROVIDER_COUNTERS.get(counter) or (f"llmservice_provider_{counter}_total", counter)
+            yield metric, doc, {"provider": name}, value
 
 
 class CountersCollector(Collector):

@@ -29,7 +29,7 @@ from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from llmservice.kernel.context import OUTGOING, Headers
-from llmservice.service.settings import TracingSettings
+from llmservice.observability.settings import TracingSettings
 
 _PROPAGATOR = TraceContextTextMapPropagator()  # stateless: one for every instance is fine
 

@@ -1,88 +1,63 @@
-"""Provider backends, each behind the `Provider` interface and built by name.
+"""Provider backends: each folder here is one provider (or a family), behind `Provider`.
 
-`FACTORIES` is the one place that knows which kinds exist: each builds a provider from
-its settings section and the name it serves under (the kind itself, or a deployment's
-name from llm.toml). The registry decides which to build. Providers never import the
-HTTP shim.
+A provider's folder declares its kinds in `ENTRIES` (its `__init__`, which imports no SDK):
+the settings section, the variables it documents, whether it bills per token, and a
+factory. `entries()` gathers the built-in folders in the order below, then any
+third-party provider registered under the entry point group `llmservice.providers`
+(an entry point names a `ProviderEntry` or a sequence of them). The service's settings,
+pricing, registry and docs read them; nothing else names a kind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import functools
+import importlib
+import importlib.metadata
+import pkgutil
+from collections.abc import Iterable, Mapping
 
-from llmservice.kernel.provider import Provider
-from llmservice.service.settings import SettingsError
+from llmservice.kernel.provider import ProviderEntry
+from llmservice.kernel.settings import SettingsError
+
+ENTRY_POINT_GROUP = "llmservice.providers"
+
+# The built-in folders that come first, in this order (the local engine, then the OpenAI
+# family); any other folder holding ENTRIES follows in name order.
+_FIRST = ("llamacpp", "openai_family")
 
 
-def _llamacpp(settings: Any, name: str) -> Provider:
-    from llmservice.providers.llamacpp import (
-        LlamaCppProvider,  # imported on use: it loads llama.cpp's shared library
+@functools.cache
+def entries() -> Mapping[str, ProviderEntry]:
+    """Every provider kind this installation knows, by kind."""
+    found: dict[str, ProviderEntry] = {}
+    for origin, entry in (*_built_in(), *_plugged_in()):
+        if not isinstance(entry, ProviderEntry):
+            raise SettingsError(f"{origin}: {entry!r} is not a ProviderEntry")
+        if entry.kind in found:
+            raise SettingsError(f"{origin}: provider kind {entry.kind!r} is declared twice")
+        found[entry.kind] = entry
+    return found
+
+
+def _built_in() -> Iterable[tuple[str, ProviderEntry]]:
+    names = sorted(
+        (info.name for info in pkgutil.iter_modules(__path__) if info.ispkg),
+        key=lambda name: (_FIRST.index(name) if name in _FIRST else len(_FIRST), name),
     )
-
-    return LlamaCppProvider(settings)
-
-
-def _openai(settings: Any, name: str) -> Provider:
-    from llmservice.providers.openai_family import openai_provider
-
-    return openai_provider(settings, name)
+    for name in names:
+        module = importlib.import_module(f"{__name__}.{name}")
+        for entry in getattr(module, "ENTRIES", ()):  # remote/ holds what remote backends share
+            yield module.__name__, entry
 
 
-def _azure_openai(settings: Any, name: str) -> Provider:
-    from llmservice.providers.openai_family import azure_openai_provider
-
-    return azure_openai_provider(settings, name)
-
-
-def _openai_compatible(settings: Any, name: str) -> Provider:
-    from llmservice.providers.openai_family import openai_compatible_provider
-
-    return openai_compatible_provider(settings, name)
+def _plugged_in() -> Iterable[tuple[str, ProviderEntry]]:
+    for point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = point.load()
+        except Exception as exc:
+            raise SettingsError(f"entry point {point.name} ({point.value}): {exc}") from None
+        for entry in loaded if isinstance(loaded, list | tuple) else (loaded,):
+            yield f"entry point {point.name}", entry
 
 
-def _anthropic(settings: Any, name: str) -> Provider:
-    from llmservice.providers.anthropic import AnthropicProvider
-
-    return AnthropicProvider(settings, name)
-
-
-def _ollama(settings: Any, name: str) -> Provider:
-    from llmservice.providers.ollama import OllamaProvider
-
-    return OllamaProvider(settings, name)
-
-
-def _watsonx(settings: Any, name: str) -> Provider:
-    from llmservice.providers.watsonx import WatsonxProvider
-
-    return WatsonxProvider(settings, name)
-
-
-def _aws_bedrock(settings: Any, name: str) -> Provider:
-    try:
-        from llmservice.providers.bedrock import BedrockProvider
-    except ImportError as exc:  # botocore comes with the optional extra
-        raise SettingsError(
-            f"provider aws_bedrock needs the bedrock extra: pip install 'llmservice[bedrock]' ({exc})"
-        ) from None
-
-    return BedrockProvider(settings, name)
-
-
-FACTORIES: dict[str, Callable[[Any, str], Provider]] = {
-    "llamacpp": _llamacpp,
-    "openai": _openai,
-    "azure_openai": _azure_openai,
-    "openai_compatible": _openai_compatible,
-    "anthropic": _anthropic,
-    "ollama": _ollama,
-    "watsonx": _watsonx,
-    "aws_bedrock": _aws_bedrock,
-}
-
-# Remote providers are built when their required settings are present (or when one is
-# the default, which then fails naming what is missing); the local engine only as default.
-REMOTE = ("openai", "azure_openai", "openai_compatible", "anthropic", "ollama", "watsonx", "aws_bedrock")
-
-__all__ = ["FACTORIES", "REMOTE", "Provider"]
+__all__ = ["ENTRY_POINT_GROUP", "ProviderEntry", "entries"]

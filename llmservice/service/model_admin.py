@@ -13,22 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from llmservice.kernel.errors import InvalidRequest, PermissionDenied
+from llmservice.kernel.types import PullProgress
 from llmservice.service.auth import LOCAL, Principal
 
-if TYPE_CHECKING:  # providers import this module's PullProgress
+if TYPE_CHECKING:
     from llmservice.kernel.provider import Provider
     from llmservice.service.registry import ProviderRegistry
-
-
-@dataclass(frozen=True, slots=True)
-class PullProgress:
-    """One step of a pull: a status line, and bytes done of `total` (0: not known) when downloading."""
-
-    status: str
-    digest: str = ""
-    total: int = 0
-    completed: int = 0
-    model: str = ""  # on the last step: the id the pulled model is served under
 
 
 @dataclass(frozen=True, slots=True)

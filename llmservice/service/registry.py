@@ -9,10 +9,12 @@ from types import TracebackType
 from typing import Self
 
 from llmservice.kernel.errors import NotFound
+from llmservice.kernel.provider import Provider
+from llmservice.kernel.settings import SettingsError
 from llmservice.kernel.types import ModelInfo
-from llmservice.providers import FACTORIES, REMOTE, Provider
+from llmservice.providers import entries
 from llmservice.service.routing import FallbackRoute
-from llmservice.service.settings import Settings, SettingsError, env_name
+from llmservice.service.settings import Settings, env_name
 
 
 class ProviderRegistry:
@@ -33,17 +35,20 @@ class ProviderRegistry:
         """The default provider, every remote one whose settings are present, the named
         deployments of llm.toml, and the fallback routes over them. A remote provider
         with some of its settings but not all it needs fails here, naming what is missing."""
-        known = sorted(set(FACTORIES) | set(settings.deployments))
+        kinds = entries()
+        known = sorted(set(kinds) | set(settings.deployments))
         if settings.provider not in known:
             raise SettingsError(
                 f"provider {settings.provider!r} [env LLM_PROVIDER] is not a known provider or deployment; "
                 f"known: {', '.join(known)}"
             )
         providers: dict[str, Provider] = {}
-        if settings.provider == "llamacpp":
-            providers["llamacpp"] = FACTORIES["llamacpp"](settings.llamacpp, "llamacpp")
-        for kind in REMOTE:
-            section = getattr(settings, kind)
+        for kind, entry in kinds.items():
+            section = settings.section(kind)
+            if entry.local:  # in-process: only as the default
+                if kind == settings.provider:
+                    providers[kind] = entry.factory(section, kind)
+                continue
             missing = section.missing()
             if missing and (kind == settings.provider or section.model_fields_set):
                 # the default, or one configured in part (a key without its endpoint, say):
@@ -52,18 +57,18 @@ class ProviderRegistry:
                 why = "is the default" if kind == settings.provider else "is configured in part"
                 raise SettingsError(f"provider {kind} {why} but needs {variables}")
             if not missing:
-                providers[kind] = FACTORIES[kind](section, kind)
+                providers[kind] = entry.factory(section, kind)
         for name, deployment in settings.deployments.items():
-            if name in FACTORIES:
+            if name in kinds:
                 raise SettingsError(f"deployments.{name}: that is the name of a provider; pick another")
             try:
-                section = deployment.with_key()
+                configured = deployment.with_key()
             except SettingsError as exc:
                 raise SettingsError(f"deployments.{name}: {exc}") from None
-            missing = section.missing()
+            missing = configured.missing()
             if missing:
                 raise SettingsError(f"deployments.{name} needs {', '.join(missing)}")
-            providers[name] = FACTORIES[deployment.provider](section, name)
+            providers[name] = kinds[deployment.provider].factory(configured, name)
         routes: dict[str, Provider] = {}
         for model, members in settings.routes.items():
             unknown = [m for m in members if m not in providers]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import replace
 
 from llmservice.kernel.errors import (
@@ -55,6 +55,9 @@ class FallbackRoute(Provider):
     @property
     def default_model(self) -> str:
         return self._model
+
+    def counters(self) -> Mapping[str, int]:
+        return {"fallbacks": self.fallbacks}
 
     async def list_models(self) -> list[ModelInfo]:
         """The route as one model, able to do what every one of its deployments can."""

@@ -13,9 +13,9 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, Union, cast
 
-from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, create_model, model_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -24,39 +24,24 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-ENV_PREFIX = "LLMSERVICE_"
-ENV_NESTED_DELIMITER = "__"
+from llmservice.kernel.provider import ProviderEntry
+from llmservice.kernel.settings import (
+    ENV_NESTED_DELIMITER,
+    ENV_PREFIX,
+    ProviderSettings,
+    Section,
+    SettingsError,
+    nested_env_name,
+)
+from llmservice.observability.settings import LogSettings, TracingSettings
+from llmservice.providers import entries
+
 DEFAULT_CONFIG_FILE = Path("llm.toml")
 
-# The provider variables every deployment of this kind of service knows, mapped to
-# where they live in the settings tree. Provider issues extend this table.
-DOCUMENTED_ENV: dict[str, tuple[str, ...]] = {
+# The variables every deployment of this kind of service knows, mapped to where they
+# live in the settings tree.
+_SERVICE_ENV: dict[str, tuple[str, ...]] = {
     "LLM_PROVIDER": ("provider",),
-    "OPENAI_API_KEY": ("openai", "api_key"),
-    "OPENAI_MODEL": ("openai", "model"),
-    "OPENAI_BASE_URL": ("openai", "base_url"),
-    "OPENAI_TEMPERATURE": ("openai", "temperature"),
-    "AZURE_OPENAI_API_KEY": ("azure_openai", "api_key"),
-    "AZURE_OPENAI_ENDPOINT": ("azure_openai", "endpoint"),
-    "AZURE_OPENAI_DEPLOYMENT": ("azure_openai", "deployment"),
-    "AZURE_OPENAI_API_VERSION": ("azure_openai", "api_version"),
-    "AZURE_OPENAI_TEMPERATURE": ("azure_openai", "temperature"),
-    "ANTHROPIC_API_KEY": ("anthropic", "api_key"),
-    "ANTHROPIC_MODEL": ("anthropic", "model"),
-    "ANTHROPIC_TEMPERATURE": ("anthropic", "temperature"),
-    "ANTHROPIC_MAX_TOKENS": ("anthropic", "max_tokens"),
-    "WATSONX_APIKEY": ("watsonx", "api_key"),
-    "WATSONX_URL": ("watsonx", "url"),
-    "WATSONX_PROJECT_ID": ("watsonx", "project_id"),
-    "WATSONX_MODEL_ID": ("watsonx", "model"),
-    "WATSONX_TEMPERATURE": ("watsonx", "temperature"),
-    "AWS_BEDROCK_MODEL_ID": ("aws_bedrock", "model"),
-    "AWS_BEDROCK_REGION": ("aws_bedrock", "region"),
-    "AWS_BEDROCK_TEMPERATURE": ("aws_bedrock", "temperature"),
-    "AWS_BEDROCK_MAX_TOKENS": ("aws_bedrock", "max_tokens"),
-    "OLLAMA_MODEL": ("ollama", "model"),
-    "OLLAMA_BASE_URL": ("ollama", "base_url"),
-    "OLLAMA_TEMPERATURE": ("ollama", "temperature"),
     "CACHE_TYPE": ("cache", "type"),
     "REDIS_URL": ("cache", "redis_url"),
     "LLMCHAT_CHAT_HISTORY_TTL": ("llmchat", "chat_history_ttl"),
@@ -82,16 +67,13 @@ DOCUMENTED_ENV: dict[str, tuple[str, ...]] = {
     "OTEL_TRACES_SAMPLER_ARG": ("tracing", "sample_ratio"),
 }
 
-
-class SettingsError(Exception):
-    """Settings that cannot be used; the message names each offending key or variable."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# Every documented variable: the service's own, then each provider's (its entry's `env`).
+DOCUMENTED_ENV: dict[str, tuple[str, ...]] = _SERVICE_ENV | {
+    variable: (entry.kind, key) for entry in entries().values() for variable, key in entry.env.items()
+}
 
 
-class ServerSettings(_Section):
+class ServerSettings(Section):
     host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
     http_port: int = Field(
@@ -113,7 +95,7 @@ class ServerSettings(_Section):
     )
 
 
-class PrincipalSettings(_Section):
+class PrincipalSettings(Section):
     """One caller: the key it presents (by its SHA-256, or read from a variable) and its models."""
 
     key_sha256: str = Field("", description="hex SHA-256 of the API key (so the file holds no key)")
@@ -135,210 +117,10 @@ class PrincipalSettings(_Section):
         return self.key_sha256.lower()
 
 
-class AuthSettings(_Section):
+class AuthSettings(Section):
     """API keys and what each caller may use. No principals: open local mode."""
 
     principals: dict[str, PrincipalSettings] = Field(default_factory=dict)
-
-
-class LlamaCppEmbeddingSettings(_Section):
-    """The local model in embedding mode: a context of its own beside the decode engine's."""
-
-    enabled: bool = Field(True, description="serve embeddings from the loaded model")
-    n_ctx: int = Field(512, ge=8, description="tokens embedded per decode step; the longest input allowed")
-    n_seqs: int = Field(16, ge=1, description="inputs embedded together in one decode step")
-    max_request_tokens: int = Field(
-        2048,
-        ge=8,
-        description="tokens one Embed call may carry in all (llama.cpp sets aside ~1 MB of logits each)",
-    )
-    n_threads: int = Field(
-        0, ge=0, description="0 means half the cores (at least one): decode keeps the rest"
-    )
-
-
-class LlamaCppSettings(_Section):
-    model_path: FilePath | None = Field(None, description="a GGUF file; unset means the bundled model")
-    model_id: str = Field("", description="id shown in ListModels; defaults to the file name")
-    chat_template: str = Field(
-        "",
-        description=(
-            "how the configured model is prompted: empty uses the GGUF's own chat template; else a "
-            "built-in name (chatml, gemma, llama3) or a Jinja file. A model with neither only "
-            "completes text: chat requests to it are refused"
-        ),
-    )
-    chat_templates: dict[str, str] = Field(
-        default_factory=dict, description="the same for the other models in cache_dir, by model id"
-    )
-    cache_dir: Path = Field(Path.home() / ".cache" / "llmservice" / "models")
-    n_ctx: int = Field(4096, ge=64, description="context window of each sequence, in tokens")
-    n_batch: int = Field(256, ge=1, description="prompt tokens prefilled per decode step (the chunk size)")
-    n_slots: int = Field(0, ge=0, description="sequences decoded together; 0 sizes it for the machine")
-    cached_sequences: int = Field(
-        0,
-        ge=0,
-        description=(
-            "cache streams in the context, n_ctx tokens each: sequences decoding, paused, and finished "
-            "ones kept for prompt caching share them, finished ones giving way first; 0 means twice n_slots"
-        ),
-    )
-    batch_invariant: bool = Field(
-        True,
-        description=(
-            "a seeded request's output is the same alone or beside others; past 256 tokens of "
-            "context that costs a lone sequence up to ~30% of its decode speed (docs/prompt-cache.md)"
-        ),
-    )
-    prompt_cache: Literal["exact", "off"] = Field(
-        "exact",
-        description=(
-            "reuse cached prompt prefixes across requests: exact gives the same bits as computing "
-            "the prompt afresh; off computes every prompt in full"
-        ),
-    )
-    prompt_cache_mb: int = Field(
-        1024,
-        ge=0,
-        description="host memory for prompt caches that must leave the context (llama-server's --cache-ram)",
-    )
-    prompt_cache_shared: bool = Field(
-        False,
-        description=(
-            "let callers reuse caches made for other principals (a common system prompt, say); a hit "
-            "is faster, so this lets one caller learn what another sent. cache_salt still partitions"
-        ),
-    )
-    max_sequences: int = Field(
-        0,
-        ge=0,
-        description=(
-            "sequences the engine holds at once; those beyond the cached ones wait or are "
-            "recomputed when they resume; 0 means cached_sequences + n_slots"
-        ),
-    )
-    max_waiting: int = Field(
-        64, ge=0, description="requests queued for a slot before the least urgent is shed"
-    )
-    aging_s: float = Field(10.0, ge=0, description="seconds of waiting that count as one priority step")
-    n_threads: int = Field(0, ge=0, description="0 means one per core")
-    temperature: float = Field(0.0, ge=0, le=2, description="used when a request sets none")
-    max_tokens: int = Field(512, ge=1, description="used when a request sets none")
-    idle_unload_s: float = Field(
-        0.0, ge=0, description="unload a model unused this long (it loads again on its next use); 0: never"
-    )
-    memory_budget_mb: int = Field(
-        0,
-        ge=0,
-        description=(
-            "weights (file sizes) of the models loaded at once; loading one more unloads the least "
-            "recently used first; 0: no budget"
-        ),
-    )
-    embeddings: LlamaCppEmbeddingSettings = LlamaCppEmbeddingSettings()
-
-
-class RemoteSettings(_Section):
-    """What every remote backend has: a request timeout and a retry budget."""
-
-    timeout_s: float = Field(120.0, gt=0, description="one upstream call, first byte to last")
-    connect_timeout_s: float = Field(10.0, gt=0)
-    max_attempts: int = Field(3, ge=1, description="tries per call, the first included")
-    max_concurrency: int = Field(64, ge=1, description="calls in flight at once; more wait, by priority")
-    max_waiting: int = Field(256, ge=0, description="calls queued for a slot before the least urgent is shed")
-
-
-class OpenAISettings(RemoteSettings):
-    api_key: SecretStr | None = None
-    model: str = "gpt-4o-mini"
-    base_url: str = "https://api.openai.com/v1"
-    temperature: float | None = Field(None, ge=0, le=2)
-
-    def missing(self) -> list[str]:
-        return [] if self.api_key else ["api_key"]
-
-
-class AzureOpenAISettings(RemoteSettings):
-    api_key: SecretStr | None = None
-    endpoint: str = Field("", description="https://NAME.openai.azure.com")
-    deployment: str = Field("", description="the deployment name, used as the model id")
-    api_version: str = "2024-10-21"
-    temperature: float | None = Field(None, ge=0, le=2)
-
-    def missing(self) -> list[str]:
-        return [name for name in ("api_key", "endpoint", "deployment") if not getattr(self, name)]
-
-
-class OpenAICompatibleSettings(RemoteSettings):
-    """Any server that speaks the OpenAI API: vLLM, LM Studio, HF TGI, OpenRouter, llama.cpp."""
-
-    base_url: str = Field("", description="e.g. http://127.0.0.1:8000/v1")
-    api_key: SecretStr | None = Field(None, description="sent as a Bearer token when set")
-    model: str = Field("", description="default model; empty asks the server for its first model")
-    temperature: float | None = Field(None, ge=0, le=2)
-    flavour: Literal["generic", "llamacpp", "vllm", "lmstudio", "openrouter", "tgi"] = Field(
-        "generic",
-        description=(
-            "which server it is: decides the names top_k, min_p and the repetition penalty go by; "
-            "generic refuses them, since an unknown server may drop them silently"
-        ),
-    )
-
-    def missing(self) -> list[str]:
-        return [] if self.base_url else ["base_url"]
-
-
-class AnthropicSettings(RemoteSettings):
-    api_key: SecretStr | None = None
-    model: str = "claude-sonnet-4-5"
-    base_url: str = "https://api.anthropic.com"
-    temperature: float | None = Field(None, ge=0, le=1)
-    max_tokens: int = Field(4096, ge=1, description="Anthropic requires one; used when a request sets none")
-    api_version: str = Field("2023-06-01", description="the anthropic-version header")
-
-    def missing(self) -> list[str]:
-        return [] if self.api_key else ["api_key"]
-
-
-class WatsonxSettings(RemoteSettings):
-    api_key: SecretStr | None = None
-    url: str = Field("", description="the region's endpoint, e.g. https://us-south.ml.cloud.ibm.com")
-    project_id: str = ""
-    model: str = "ibm/granite-3-8b-instruct"
-    temperature: float | None = Field(None, ge=0, le=2)
-    iam_url: str = Field("https://iam.cloud.ibm.com", description="where the API key becomes a token")
-    api_version: str = Field("2024-10-08", description="the version query parameter")
-
-    def missing(self) -> list[str]:
-        return [name for name in ("api_key", "url", "project_id") if not getattr(self, name)]
-
-
-class BedrockSettings(RemoteSettings):
-    """AWS Bedrock's Converse API. Credentials come from the standard AWS chain
-    (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_PROFILE, roles)."""
-
-    model: str = Field(
-        "", description="a model or inference profile id, e.g. anthropic.claude-3-haiku-20240307-v1:0"
-    )
-    region: str = ""
-    temperature: float | None = Field(None, ge=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    endpoint_url: str = Field("", description="overrides https://bedrock-runtime.REGION.amazonaws.com")
-
-    def missing(self) -> list[str]:
-        return [name for name in ("model", "region") if not getattr(self, name)]
-
-
-class OllamaSettings(RemoteSettings):
-    """An Ollama server's native API (not its OpenAI-compatible one)."""
-
-    base_url: str = "http://127.0.0.1:11434"
-    model: str = Field("", description="default model; Ollama has none of its own")
-    temperature: float | None = Field(None, ge=0, le=2)
-    keep_alive: str = Field("5m", description="how long Ollama keeps a model loaded after a request")
-
-    def missing(self) -> list[str]:
-        return [] if self.model else ["model"]
 
 
 # A named deployment in llm.toml: one provider's settings under a name of its own, so a
@@ -351,9 +133,12 @@ class OllamaSettings(RemoteSettings):
 
 
 class _Deployment(BaseModel):
+    """What a deployment adds to its provider's settings: the `provider` it is, and where its key is."""
+
+    provider: str
     api_key_env: str = Field("", description="environment variable holding this deployment's key")
 
-    def with_key(self) -> Any:
+    def with_key(self) -> Self:
         """These settings, with the key read from `api_key_env` when one is named."""
         if not self.api_key_env:
             return self
@@ -363,52 +148,32 @@ class _Deployment(BaseModel):
             raise SettingsError(f"environment variable {self.api_key_env} (api_key_env) is not set")
         return self.model_copy(update={"api_key": SecretStr(os.environ[self.api_key_env])})
 
-
-class OpenAIDeployment(OpenAISettings, _Deployment):
-    provider: Literal["openai"]
-
-
-class AzureOpenAIDeployment(AzureOpenAISettings, _Deployment):
-    provider: Literal["azure_openai"]
+    def missing(self) -> list[str]:
+        return []  # the provider's settings say (they come first in a deployment's bases)
 
 
-class OpenAICompatibleDeployment(OpenAICompatibleSettings, _Deployment):
-    provider: Literal["openai_compatible"]
+def _deployment(entry: ProviderEntry) -> type[_Deployment]:
+    """`[deployments.NAME]` of this kind: its provider's settings, a `provider` tag and api_key_env."""
+    name = entry.settings.__name__.removesuffix("Settings") + "Deployment"
+    tag: Any = cast(Any, Literal)[entry.kind]
+    bases: Any = (entry.settings, _Deployment)  # the provider's settings first: their config and missing()
+    return cast(
+        type[_Deployment], create_model(name, __base__=bases, __module__=__name__, provider=(tag, ...))
+    )
 
 
-class AnthropicDeployment(AnthropicSettings, _Deployment):
-    provider: Literal["anthropic"]
+def _deployment_union() -> Any:
+    models = [_deployment(entry) for entry in entries().values() if not entry.local]
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[tuple(models)], Field(discriminator="provider")]  # noqa: UP007 -- built at run time
 
 
-class OllamaDeployment(OllamaSettings, _Deployment):
-    provider: Literal["ollama"]
-
-
-class WatsonxDeployment(WatsonxSettings, _Deployment):
-    provider: Literal["watsonx"]
-
-
-class BedrockDeployment(BedrockSettings, _Deployment):
-    provider: Literal["aws_bedrock"]
-
-
-Deployment = Annotated[
-    OpenAIDeployment
-    | AzureOpenAIDeployment
-    | OpenAICompatibleDeployment
-    | AnthropicDeployment
-    | OllamaDeployment
-    | WatsonxDeployment
-    | BedrockDeployment,
-    Field(discriminator="provider"),
-]
-
-
-class RoutingSettings(_Section):
+class RoutingSettings(Section):
     cooldown_s: float = Field(30.0, ge=0, description="how long a failing deployment is skipped")
 
 
-class CacheSettings(_Section):
+class CacheSettings(Section):
     type: Literal["auto", "memory", "redis"] = Field(
         "auto", description="where chat sessions and history live; auto: Redis when redis_url is set"
     )
@@ -419,14 +184,14 @@ class CacheSettings(_Section):
         return self.type == "redis" or (self.type == "auto" and bool(self.redis_url))
 
 
-class PriceSettings(_Section):
+class PriceSettings(Section):
     """What a model costs, in USD per million tokens (the providers' own unit)."""
 
     input_per_mtok: float = Field(0.0, ge=0, description="USD per million prompt (input) tokens")
     output_per_mtok: float = Field(0.0, ge=0, description="USD per million completion (output) tokens")
 
 
-class PrincipalLimits(_Section):
+class PrincipalLimits(Section):
     """One caller's limits; 0 means no limit."""
 
     requests_per_minute: int = Field(0, ge=0)
@@ -435,7 +200,7 @@ class PrincipalLimits(_Section):
     budget_period: Literal["total", "day", "month"] = Field("month", description="UTC calendar periods")
 
 
-class LimitsSettings(_Section):
+class LimitsSettings(Section):
     """Rate limits and budgets per principal, shared through Redis when cache.redis_url is set.
 
     `principals` is keyed by principal name ("local" in open mode); "*" applies to every
@@ -448,35 +213,7 @@ class LimitsSettings(_Section):
     )
 
 
-class LogSettings(_Section):
-    format: Literal["text", "json", "kv"] = Field("text", description="json: JSON lines; kv: key=value")
-    payloads: bool = Field(
-        False, description="debug: log request and reply payloads (secrets are redacted even then)"
-    )
-
-
-class TracingSettings(_Section):
-    """OpenTelemetry tracing (the `tracing` extra), from the standard OTEL_* variables."""
-
-    exporter: Literal["none", "otlp", "console"] = Field(
-        "none", description="OTEL_TRACES_EXPORTER; none: tracing off, nothing of it is imported"
-    )
-    sdk_disabled: bool = False
-    service_name: str = "llmservice"
-    resource_attributes: str = Field("", description="key=value,key=value")
-    endpoint: str = Field("", description="the collector's base URL; /v1/traces is added")
-    traces_endpoint: str = Field("", description="the full traces URL; wins over endpoint")
-    headers: SecretStr | None = Field(None, description="key=value,key=value sent with each export")
-    traces_headers: SecretStr | None = None
-    timeout_ms: int = Field(10000, gt=0)
-    sample_ratio: float = Field(1.0, ge=0, le=1, description="of new traces; a caller's decision is kept")
-
-    @property
-    def enabled(self) -> bool:
-        return self.exporter != "none" and not self.sdk_disabled
-
-
-class EmbeddingsSettings(_Section):
+class EmbeddingsSettings(Section):
     """The Embed API: how many inputs a call may carry, and the persistent cache of vectors."""
 
     max_inputs: int = Field(2048, ge=1, description="texts per Embed call")
@@ -486,7 +223,7 @@ class EmbeddingsSettings(_Section):
     )
 
 
-class CatalogueServer(_Section):
+class CatalogueServer(Section):
     """An MCP server the service offers to chat sessions (shown by the web chat page)."""
 
     url: str = Field(description="http(s) URL, or for stdio the name of a command in llmchat.stdio_servers")
@@ -495,7 +232,7 @@ class CatalogueServer(_Section):
     requires_token: bool = Field(False, description="sessions must bring an auth_token for it")
 
 
-class LLMChatSettings(_Section):
+class LLMChatSettings(Section):
     """Chat sessions (/llmchat): history, multi-worker ownership, the agent loop, and safety."""
 
     chat_history_ttl: int = Field(
@@ -540,7 +277,9 @@ class LLMChatSettings(_Section):
         return self
 
 
-class Settings(BaseSettings):
+class ServiceSettings(BaseSettings):
+    """The settings tree without the provider sections, which `Settings` adds from the entries."""
+
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter=ENV_NESTED_DELIMITER,
@@ -553,15 +292,7 @@ class Settings(BaseSettings):
     logs: LogSettings = LogSettings()
     tracing: TracingSettings = TracingSettings()
     server: ServerSettings = ServerSettings()
-    llamacpp: LlamaCppSettings = LlamaCppSettings()
-    openai: OpenAISettings = OpenAISettings()
-    azure_openai: AzureOpenAISettings = AzureOpenAISettings()
-    openai_compatible: OpenAICompatibleSettings = OpenAICompatibleSettings()
-    anthropic: AnthropicSettings = AnthropicSettings()
-    ollama: OllamaSettings = OllamaSettings()
-    watsonx: WatsonxSettings = WatsonxSettings()
-    aws_bedrock: BedrockSettings = BedrockSettings()
-    deployments: dict[str, Deployment] = Field(default_factory=dict)
+    deployments: dict[str, _Deployment] = Field(default_factory=dict)
     # A model name served by an ordered list of deployments: the first that works answers.
     routes: dict[str, list[str]] = Field(default_factory=dict)
     routing: RoutingSettings = RoutingSettings()
@@ -589,6 +320,25 @@ class Settings(BaseSettings):
             _DocumentedEnvSource(settings_cls),
             TomlConfigSettingsSource(settings_cls),
         )
+
+    def section(self, kind: str) -> ProviderSettings:
+        """The settings section of provider kind `kind`."""
+        return cast(ProviderSettings, getattr(self, kind))
+
+
+def _compose() -> type[ServiceSettings]:
+    """ServiceSettings with a section per provider kind, and `deployments` of those kinds."""
+    sections: dict[str, Any] = {kind: (entry.settings, entry.settings()) for kind, entry in entries().items()}
+    deployments: Any = (dict[str, _deployment_union()], Field(default_factory=dict))  # type: ignore[misc]
+    return create_model(
+        "Settings", __base__=ServiceSettings, __module__=__name__, deployments=deployments, **sections
+    )
+
+
+if TYPE_CHECKING:
+    Settings = ServiceSettings
+else:
+    Settings = _compose()
 
 
 class _DocumentedEnvSource(InitSettingsSource):
@@ -664,6 +414,4 @@ def _describe(exc: ValidationError, config_file: Path | None) -> str:
 def env_name(path: Sequence[str]) -> str:
     """The environment variable that sets a settings path, e.g. LLMSERVICE_SERVER__GRPC_PORT."""
     documented = [name for name, target in DOCUMENTED_ENV.items() if target == tuple(path)]
-    if documented:
-        return documented[0]
-    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(part.upper() for part in path)
+    return documented[0] if documented else nested_env_name(path)

@@ -10,8 +10,8 @@ pytest.importorskip("botocore")  # the bedrock extra
 
 from llmservice.kernel.errors import ProviderAuthFailed, Unavailable
 from llmservice.kernel.types import ChatRequest, Message, Sampling, StreamEnd, Tool, ToolChoice
-from llmservice.providers.bedrock import BedrockProvider
-from llmservice.service.settings import BedrockSettings
+from llmservice.providers.bedrock.provider import BedrockProvider
+from llmservice.providers.bedrock.settings import BedrockSettings
 
 from ..fakes.bedrock_server import fake_bedrock
 from ..fakes.upstream import Reply

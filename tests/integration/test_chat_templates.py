@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from llmservice.kernel.errors import InvalidRequest
+from llmservice.kernel.settings import SettingsError
 from llmservice.kernel.types import ChatRequest, Message, Sampling, TokenDelta
-from llmservice.providers.llamacpp import LlamaCppProvider
 from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_ID
-from llmservice.service.settings import LlamaCppSettings, SettingsError
+from llmservice.providers.llamacpp.provider import LlamaCppProvider
+from llmservice.providers.llamacpp.settings import LlamaCppSettings
 
 from .test_model_lifecycle import BUNDLED
 

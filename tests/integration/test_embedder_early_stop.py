@@ -12,7 +12,7 @@ import pytest
 from llmservice.providers.llamacpp.embedder import Embedder
 from llmservice.providers.llamacpp.model import LlamaModel
 from llmservice.providers.llamacpp.model_file import bundled_model_path
-from llmservice.service.settings import LlamaCppSettings
+from llmservice.providers.llamacpp.settings import LlamaCppSettings
 
 TEXTS = ["The cat sat on the mat.", "Quarterly revenue rose five percent.", "hi"]
 

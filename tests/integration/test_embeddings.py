@@ -22,16 +22,11 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
 from llmservice.providers.llamacpp.model_file import bundled_model_path
+from llmservice.providers.llamacpp.settings import LlamaCppEmbeddingSettings, LlamaCppSettings
 from llmservice.rest.server import running_shim
 from llmservice.service.core import LLMCore
 from llmservice.service.registry import ProviderRegistry
-from llmservice.service.settings import (
-    EmbeddingsSettings,
-    LlamaCppEmbeddingSettings,
-    LlamaCppSettings,
-    ServerSettings,
-    Settings,
-)
+from llmservice.service.settings import EmbeddingsSettings, ServerSettings, Settings
 
 TEXTS = ["The cat sat on the mat.", "A cat is sitting on a mat.", "Quarterly revenue rose five percent."]
 

@@ -16,9 +16,10 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
 from llmservice.kernel.types import ChatRequest, Message
-from llmservice.providers.openai_family import openai_provider
+from llmservice.providers.openai_family.provider import openai_provider
+from llmservice.providers.openai_family.settings import OpenAISettings
 from llmservice.service.registry import ProviderRegistry
-from llmservice.service.settings import OpenAISettings, ServerSettings, Settings
+from llmservice.service.settings import ServerSettings, Settings
 
 from ..fakes.anthropic_server import fake_anthropic
 from ..fakes.ollama_server import fake_ollama

@@ -12,8 +12,9 @@ from pydantic import SecretStr
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
+from llmservice.providers.openai_family.settings import OpenAISettings
 from llmservice.rest.server import running_shim
-from llmservice.service.settings import OpenAISettings, ServerSettings, Settings
+from llmservice.service.settings import ServerSettings, Settings
 
 from ..fakes.openai_server import fake_openai
 from ..fakes.upstream import Reply

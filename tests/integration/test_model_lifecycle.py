@@ -18,9 +18,9 @@ import pytest
 
 from llmservice.kernel.errors import NotFound
 from llmservice.kernel.types import ChatRequest, Message, Sampling, StreamEnd, TokenDelta
-from llmservice.providers.llamacpp import LlamaCppProvider
 from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_ID, bundled_model_path
-from llmservice.service.settings import LlamaCppSettings
+from llmservice.providers.llamacpp.provider import LlamaCppProvider
+from llmservice.providers.llamacpp.settings import LlamaCppSettings
 
 from .conftest import eventually
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from llmservice.kernel.settings import SettingsError
 from llmservice.kernel.types import ChatRequest, Message, Sampling, StreamEnd
-from llmservice.providers.llamacpp import LlamaCppProvider
 from llmservice.providers.llamacpp.model_file import bundled_model_path
-from llmservice.service.settings import LlamaCppSettings, SettingsError
+from llmservice.providers.llamacpp.provider import LlamaCppProvider
+from llmservice.providers.llamacpp.settings import LlamaCppSettings
 
 
 async def test_a_configured_gguf_is_served_under_its_file_name(tmp_path: Path) -> None:

@@ -27,17 +27,12 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
 from llmservice.observability.logs import RequestIdFilter, enable_payloads, formatter, secrets_of
+from llmservice.observability.settings import LogSettings, TracingSettings
 from llmservice.observability.tracing import Tracing
+from llmservice.providers.openai_family.settings import OpenAISettings
 from llmservice.rest.server import running_shim
 from llmservice.service.sessions.mcp_client import McpConnection, ServerSpec
-from llmservice.service.settings import (
-    LLMChatSettings,
-    LogSettings,
-    OpenAISettings,
-    ServerSettings,
-    Settings,
-    TracingSettings,
-)
+from llmservice.service.settings import LLMChatSettings, ServerSettings, Settings
 
 from ..fakes.openai_server import fake_openai
 from ..fakes.upstream import Reply

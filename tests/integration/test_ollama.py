@@ -9,8 +9,8 @@ import pytest
 
 from llmservice.kernel.errors import InvalidRequest, Unavailable
 from llmservice.kernel.types import ChatRequest, Constraint, Message, Sampling, SignalOptions
-from llmservice.providers.ollama import OllamaProvider
-from llmservice.service.settings import OllamaSettings
+from llmservice.providers.ollama.provider import OllamaProvider
+from llmservice.providers.ollama.settings import OllamaSettings
 
 from ..fakes.ollama_server import fake_ollama
 from ..fakes.upstream import Upstream

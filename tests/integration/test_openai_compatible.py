@@ -15,8 +15,10 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
 from llmservice.providers.llamacpp.model_file import bundled_model_path
+from llmservice.providers.llamacpp.settings import LlamaCppSettings
+from llmservice.providers.openai_family.settings import OpenAICompatibleSettings
 from llmservice.service.registry import ProviderRegistry
-from llmservice.service.settings import LlamaCppSettings, OpenAICompatibleSettings, ServerSettings, Settings
+from llmservice.service.settings import ServerSettings, Settings
 
 ALIAS = "smollm2-upstream"
 

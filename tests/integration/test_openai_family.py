@@ -31,14 +31,18 @@ from llmservice.kernel.types import (
     ToolChoice,
     assemble_tool_calls,
 )
-from llmservice.providers.openai_family import (
+from llmservice.providers.openai_family.provider import (
     OpenAIFamilyProvider,
     azure_openai_provider,
     openai_compatible_provider,
     openai_provider,
 )
+from llmservice.providers.openai_family.settings import (
+    AzureOpenAISettings,
+    OpenAICompatibleSettings,
+    OpenAISettings,
+)
 from llmservice.providers.remote.retry import RetryPolicy
-from llmservice.service.settings import AzureOpenAISettings, OpenAICompatibleSettings, OpenAISettings
 
 from ..fakes.openai_server import Reply, fake_openai
 from ..fakes.upstream import Upstream

@@ -8,8 +8,8 @@ from pydantic import SecretStr
 
 from llmservice.kernel.embedding import EmbedRequest
 from llmservice.kernel.errors import InvalidRequest, NotFound, ProviderAuthFailed, Unavailable
-from llmservice.providers.openai_family import azure_openai_provider
-from llmservice.service.settings import AzureOpenAISettings
+from llmservice.providers.openai_family.provider import azure_openai_provider
+from llmservice.providers.openai_family.settings import AzureOpenAISettings
 
 from ..fakes.openai_server import Reply, fake_openai, fake_vector
 from .test_openai_family import KEY, provider_for

@@ -15,7 +15,7 @@ import pytest
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
-from llmservice.providers.llamacpp import LlamaCppProvider
+from llmservice.providers.llamacpp.provider import LlamaCppProvider
 from llmservice.service.registry import ProviderRegistry
 from llmservice.service.settings import Settings
 

@@ -44,24 +44,24 @@ from llmservice.kernel.types import (
     ToolCallDelta,
     assemble_tool_calls,
 )
-from llmservice.providers.anthropic import AnthropicProvider
-from llmservice.providers.ollama import OllamaProvider
-from llmservice.providers.openai_family import (
+from llmservice.providers.anthropic.provider import AnthropicProvider
+from llmservice.providers.anthropic.settings import AnthropicSettings
+from llmservice.providers.bedrock.settings import BedrockSettings
+from llmservice.providers.ollama.provider import OllamaProvider
+from llmservice.providers.ollama.settings import OllamaSettings
+from llmservice.providers.openai_family.provider import (
     azure_openai_provider,
     openai_compatible_provider,
     openai_provider,
 )
-from llmservice.providers.remote.retry import RetryPolicy
-from llmservice.providers.watsonx import WatsonxProvider
-from llmservice.service.settings import (
-    AnthropicSettings,
+from llmservice.providers.openai_family.settings import (
     AzureOpenAISettings,
-    BedrockSettings,
-    OllamaSettings,
     OpenAICompatibleSettings,
     OpenAISettings,
-    WatsonxSettings,
 )
+from llmservice.providers.remote.retry import RetryPolicy
+from llmservice.providers.watsonx.provider import WatsonxProvider
+from llmservice.providers.watsonx.settings import WatsonxSettings
 
 from ..fakes.anthropic_server import fake_anthropic
 from ..fakes.ollama_server import fake_ollama
@@ -93,7 +93,7 @@ def _fake_bedrock(*script: Reply) -> AbstractContextManager[Upstream]:
 
 def _bedrock(up: Upstream, **settings: Any) -> Provider:
     pytest.importorskip("botocore")
-    from llmservice.providers.bedrock import BedrockProvider
+    from llmservice.providers.bedrock.provider import BedrockProvider
 
     return BedrockProvider(BedrockSettings(model="m", region="eu-west-1", endpoint_url=up.url, **settings))
 
@@ -487,6 +487,8 @@ async def test_a_failed_iam_exchange_leaks_no_key(status: int, caplog: pytest.Lo
 
 
 def test_every_remote_backend_is_in_the_suite() -> None:
-    from llmservice.providers import REMOTE
+    from llmservice.providers import entries
 
-    assert set(REMOTE) <= {b.name for b in BACKENDS}
+    remote = [kind for kind, entry in entries().items() if not entry.local]
+
+    assert set(remote) <= {b.name for b in BACKENDS}

@@ -13,10 +13,11 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
 from llmservice.kernel.errors import InvalidRequest, Unavailable
+from llmservice.kernel.settings import SettingsError
 from llmservice.kernel.types import ChatRequest, Message, StreamEnd, TokenDelta
 from llmservice.service.registry import ProviderRegistry
 from llmservice.service.routing import FallbackRoute
-from llmservice.service.settings import ServerSettings, Settings, SettingsError, load_settings
+from llmservice.service.settings import ServerSettings, Settings, load_settings
 
 from ..fakes.openai_server import fake_openai
 from ..fakes.upstream import Reply, Upstream

@@ -12,11 +12,20 @@ import pytest
 from pydantic import SecretStr
 
 from llmservice.kernel.errors import Unavailable
+from llmservice.providers.ollama.settings import OllamaSettings
+from llmservice.providers.openai_family.settings import OpenAISettings
 from llmservice.service.auth import LOCAL
 from llmservice.service.core import LLMCore
 from llmservice.service.registry import ProviderRegistry
-from llmservice.service.sessions import SessionManager, ToolInvocation, TurnEvent, TurnFinal
-from llmservice.service.settings import LLMChatSettings, OllamaSettings, OpenAISettings, Settings
+from llmservice.service.sessions import (
+    LLMConfig,
+    ServerConfig,
+    SessionManager,
+    ToolInvocation,
+    TurnEvent,
+    TurnFinal,
+)
+from llmservice.service.settings import LLMChatSettings, Settings
 
 from ..fakes.ollama_server import fake_ollama
 from ..fakes.openai_server import fake_openai
@@ -62,7 +71,7 @@ async def one_turn(settings: Settings, mcp_url: str, provider: str) -> list[Turn
     registry = ProviderRegistry.from_settings(settings)
     async with registry, SessionManager(LLMCore(registry), settings.llmchat, settings.cache) as sessions:
         await sessions.connect(
-            LOCAL, "n-1", {"url": mcp_url, "auth_token": MCP_TOKEN}, {"provider": provider}
+            LOCAL, "n-1", ServerConfig(mcp_url, auth_token=MCP_TOKEN), LLMConfig(provider=provider)
         )
         return [e async for e in await sessions.chat(LOCAL, "n-1", "What is 2 plus 3, plus 1?")]
 

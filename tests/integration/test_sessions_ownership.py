@@ -22,20 +22,21 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 
 from llmservice.kernel.errors import InvalidRequest, PermissionDenied, Unavailable
+from llmservice.providers.openai_family.settings import OpenAISettings
 from llmservice.service.auth import Principal
 from llmservice.service.core import LLMCore
 from llmservice.service.registry import ProviderRegistry
-from llmservice.service.sessions import SessionManager, TurnFinal
+from llmservice.service.sessions import LLMConfig, ServerConfig, SessionManager, TurnFinal
 from llmservice.service.sessions.ownership import LOCK, OWNER, Ownership
-from llmservice.service.settings import CacheSettings, LLMChatSettings, OpenAISettings, Settings
+from llmservice.service.settings import CacheSettings, LLMChatSettings, Settings
 
 from ..fakes.openai_server import fake_openai
 from ..fakes.upstream import Reply
 from ..servers import MCP_TOKEN, RedisServer, demo_mcp_server, redis_server
 
 ALICE, BOB = Principal("alice"), Principal("bob")
-TIME = {"url": "time", "transport": "stdio"}
-LLM = {"provider": "openai"}
+TIME = ServerConfig("time", "stdio")
+LLM = LLMConfig(provider="openai")
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ async def test_a_rebuild_checks_the_url_policy_again(
 ) -> None:
     config = settings(llm_url, redis.url)
     async with worker(config, "a") as a, worker(config, "b") as b:
-        await a.connect(ALICE, "t-url", {"url": mcp_url, "auth_token": MCP_TOKEN}, LLM)
+        await a.connect(ALICE, "t-url", ServerConfig(mcp_url, auth_token=MCP_TOKEN), LLM)
         await tamper(store, "t-url", url="http://169.254.169.254/latest/mcp")
         with pytest.raises(PermissionDenied, match="metadata"):
             await b.chat(ALICE, "t-url", "hi")
@@ -138,7 +139,7 @@ async def test_a_live_owner_keeps_the_session_and_a_dead_ones_is_taken_over(
     redis: RedisServer, llm_url: str, mcp_url: str, store: aioredis.Redis
 ) -> None:
     config = settings(llm_url, redis.url, session_ttl=2)
-    server = {"url": mcp_url, "auth_token": MCP_TOKEN}
+    server = ServerConfig(mcp_url, auth_token=MCP_TOKEN)
     async with worker(config, "b") as b:
         async with worker(config, "a") as a:
             await a.connect(ALICE, "t-own", server, LLM)
@@ -187,7 +188,7 @@ async def test_two_callers_racing_for_a_new_user_id_cannot_both_have_it(
     redis: RedisServer, llm_url: str, mcp_url: str, store: aioredis.Redis
 ) -> None:
     config = settings(llm_url, redis.url)
-    server = {"url": mcp_url, "auth_token": MCP_TOKEN}
+    server = ServerConfig(mcp_url, auth_token=MCP_TOKEN)
     async with worker(config, "a") as a, worker(config, "b") as b:
         results = await asyncio.gather(
             a.connect(ALICE, "t-race", server, LLM),
@@ -208,7 +209,7 @@ async def test_a_failed_connect_leaves_the_user_id_free(redis: RedisServer, llm_
     config = settings(llm_url, redis.url)
     async with worker(config, "a") as a:
         with pytest.raises(Unavailable):
-            await a.connect(ALICE, "t-free", {"url": "http://127.0.0.1:9/mcp"}, LLM)
+            await a.connect(ALICE, "t-free", ServerConfig("http://127.0.0.1:9/mcp"), LLM)
         await a.connect(BOB, "t-free", TIME, LLM)
 
 
@@ -228,7 +229,7 @@ async def test_while_redis_is_down_an_unknown_session_is_unavailable_not_missing
 ) -> None:
     with redis_server() as own:
         config = settings(llm_url, own.url)
-        server = {"url": mcp_url, "auth_token": MCP_TOKEN}
+        server = ServerConfig(mcp_url, auth_token=MCP_TOKEN)
         async with worker(config, "a") as a, worker(config, "b") as b:
             await a.connect(ALICE, "t-down", server, LLM)
             caplog.set_level(logging.WARNING, logger="llmservice.service.sessions.fallback")

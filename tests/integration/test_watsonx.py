@@ -10,8 +10,8 @@ from pydantic import SecretStr
 
 from llmservice.kernel.errors import ProviderAuthFailed
 from llmservice.kernel.types import ChatRequest, Message
-from llmservice.providers.watsonx import WatsonxProvider
-from llmservice.service.settings import WatsonxSettings
+from llmservice.providers.watsonx.provider import WatsonxProvider
+from llmservice.providers.watsonx.settings import WatsonxSettings
 
 from ..fakes.upstream import Reply, Upstream
 from ..fakes.watsonx_server import Tokens, fake_watsonx

@@ -7,8 +7,9 @@ import hashlib
 import pytest
 
 from llmservice.kernel.errors import Unauthenticated
+from llmservice.kernel.settings import SettingsError
 from llmservice.service.auth import LOCAL, AuthPolicy, Principal
-from llmservice.service.settings import AuthSettings, SettingsError
+from llmservice.service.settings import AuthSettings
 
 
 def test_open_mode_lets_everyone_in_as_local() -> None:

@@ -8,14 +8,15 @@ from llmservice.app import local_target
 from llmservice.grpc_api import codec, status
 from llmservice.grpc_api.status import to_status
 from llmservice.kernel import errors
+from llmservice.kernel.settings import SettingsError
 from llmservice.kernel.types import ChatRequest, Completion, FinishReason, Message, Sampling, StreamEnd, Usage
-from llmservice.providers import FACTORIES
+from llmservice.providers import entries
 from llmservice.rest import errors as shim_errors
 from llmservice.rest.errors import from_grpc
 from llmservice.rest.openai import codec as shim_codec
 from llmservice.rest.openai import protocol as oa
 from llmservice.service.registry import ProviderRegistry
-from llmservice.service.settings import Settings, SettingsError
+from llmservice.service.settings import Settings
 from llmservice.service.validation import MAX_CACHE_SALT, validate
 
 
@@ -203,7 +204,7 @@ def test_unexpected_errors_do_not_leak_their_message() -> None:
 def test_unknown_provider_fails_at_start_up_naming_the_variable() -> None:
     with pytest.raises(SettingsError, match=r"'nope' \[env LLM_PROVIDER\].*known: ") as raised:
         ProviderRegistry.from_settings(Settings(provider="nope"))
-    assert all(name in str(raised.value) for name in FACTORIES)
+    assert all(name in str(raised.value) for name in entries())
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,8 @@ import yaml
 from pydantic import BaseModel
 
 from llmservice.cli import _parser
-from llmservice.service.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings, load_settings
+from llmservice.kernel.settings import ENV_NESTED_DELIMITER, ENV_PREFIX
+from llmservice.service.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -12,6 +12,7 @@ import pytest
 
 from llmservice.grpc_api.status import KIND_KEY, RETRY_AFTER_KEY, to_status
 from llmservice.kernel.errors import BudgetExhausted, RateLimited, ResourceExhausted
+from llmservice.kernel.settings import SettingsError
 from llmservice.kernel.types import ChatRequest, Message, Sampling, TokenDelta, Usage
 from llmservice.service.auth import LOCAL, Principal
 from llmservice.service.core import LLMCore
@@ -21,13 +22,7 @@ from llmservice.service.limits.pricing import Price, PriceBook, estimate, unpric
 from llmservice.service.limits.rate_limit import Bucket
 from llmservice.service.limits.store import MemoryStore
 from llmservice.service.registry import ProviderRegistry
-from llmservice.service.settings import (
-    LimitsSettings,
-    PriceSettings,
-    PrincipalLimits,
-    Settings,
-    SettingsError,
-)
+from llmservice.service.settings import LimitsSettings, PriceSettings, PrincipalLimits, Settings
 
 from ..fakes.words_provider import Words
 

@@ -17,7 +17,9 @@ from pydantic import SecretStr
 from llmservice.kernel import context
 from llmservice.observability import tracing_for
 from llmservice.observability.logs import PAYLOADS, RequestIdFilter, enable_payloads, formatter, secrets_of
-from llmservice.service.settings import CacheSettings, OpenAISettings, Settings, TracingSettings
+from llmservice.observability.settings import TracingSettings
+from llmservice.providers.openai_family.settings import OpenAISettings
+from llmservice.service.settings import CacheSettings, Settings
 
 KEY = "sk-unit-REDACT-ME-0123456789"
 

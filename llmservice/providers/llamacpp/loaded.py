@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmservice.kernel.scheduler import Scheduler
+from llmservice.kernel.settings import SettingsError
 from llmservice.providers.llamacpp.embedder import Embedder
 from llmservice.providers.llamacpp.engine import Engine
 from llmservice.providers.llamacpp.gguf_info import quantization
 from llmservice.providers.llamacpp.model import LlamaModel
 from llmservice.providers.llamacpp.prompt import TemplatePrompt, template_source
-from llmservice.service.settings import LlamaCppSettings, SettingsError
+from llmservice.providers.llamacpp.settings import LlamaCppSettings
 
 log = logging.getLogger(__name__)
 

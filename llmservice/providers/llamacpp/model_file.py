@@ -13,7 +13,7 @@ import importlib.util
 import sysconfig
 from pathlib import Path
 
-from llmservice.service.settings import SettingsError
+from llmservice.kernel.settings import SettingsError
 
 BUNDLED_MODEL_ID = "smollm2-135m-instruct-q4_1"
 BUNDLED_MODEL_NAME = "SmolLM2 135M Instruct Q4_1"  # for people: logs, benchmark tables

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,12 +15,15 @@ from llmservice.kernel.embedding import EmbedRequest, EmbedResult
 from llmservice.kernel.errors import InvalidRequest, NotFound
 from llmservice.kernel.provider import Provider
 from llmservice.kernel.scheduler import Scheduler
+from llmservice.kernel.settings import SettingsError
+from llmservice.kernel.settings import nested_env_name as env_name
 from llmservice.kernel.types import (
     Capabilities,
     ChatRequest,
     FinishReason,
     Message,
     ModelInfo,
+    PullProgress,
     StreamEnd,
     StreamEvent,
     TokenDelta,
@@ -36,8 +39,7 @@ from llmservice.providers.llamacpp.pool import Clock, ModelPool
 from llmservice.providers.llamacpp.prompt import Segment, TemplatePrompt
 from llmservice.providers.llamacpp.pulling import pulling
 from llmservice.providers.llamacpp.sampling import GrammarError, SamplerConfig, check_grammar
-from llmservice.service.model_admin import PullProgress
-from llmservice.service.settings import LlamaCppSettings, SettingsError, env_name
+from llmservice.providers.llamacpp.settings import LlamaCppSettings
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +449,9 @@ class LlamaCppProvider(Provider):
         """An engine is prefilling a conversation for its next turn (for tests)."""
         return any(m.engine.warming for m in self._pool.values())
 
+    def counters(self) -> Mapping[str, int]:
+        return {name: getattr(self, name) for name in _COUNTERS}
+
     def _sum(self, counter: str) -> int:
         return sum(getattr(m.engine, counter) for m in self._pool.values())
 
@@ -455,6 +460,22 @@ class LlamaCppProvider(Provider):
         if sink is None:
             sink = self._sinks[loop] = _LoopSink(loop)
         return sink
+
+
+# What `counters` reports: every one a property above.
+_COUNTERS = (
+    "preemptions",
+    "evictions",
+    "interruptions",
+    "prompt_tokens_computed",
+    "prompt_tokens_reused",
+    "prompt_cache_hits",
+    "prompt_cache_misses",
+    "prompt_cache_evictions",
+    "prompt_cache_host_evictions",
+    "prompt_cache_host_bytes",
+    "warm_tokens_computed",
+)
 
 
 @dataclass

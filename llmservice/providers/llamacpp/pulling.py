@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from llmservice.kernel.errors import InvalidRequest, Unavailable
+from llmservice.kernel.types import PullProgress
 from llmservice.providers.llamacpp import store
-from llmservice.service.model_admin import PullProgress
 
 HF_SCHEME = "hf://"
 _STEP = 1 << 20  # progress at most once a MB

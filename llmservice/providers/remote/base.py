@@ -20,12 +20,12 @@ import httpx
 
 from llmservice.kernel.errors import InvalidRequest, LLMServiceError
 from llmservice.kernel.provider import Provider
+from llmservice.kernel.redact import redact
 from llmservice.kernel.scheduler import Scheduler
 from llmservice.kernel.types import Attachment, ChatRequest, Completion, StreamEvent
 from llmservice.providers.remote.http import make_client
-from llmservice.providers.remote.http_errors import redact
 from llmservice.providers.remote.retry import RetryPolicy, call_with_retries, stream_with_retries
-from llmservice.service.settings import RemoteSettings
+from llmservice.providers.remote.settings import RemoteSettings
 
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml")
 
@@ -34,9 +34,16 @@ class RemoteProvider(Provider):
     def __init__(self, name: str, settings: RemoteSettings) -> None:
         self.name = name
         self.retry = RetryPolicy(attempts=settings.max_attempts)
-        self.scheduler = Scheduler(
+        self._scheduler = Scheduler(
             settings.max_concurrency, max_waiting=settings.max_waiting, clock=time.monotonic
         )
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._scheduler
+
+    def counters(self) -> Mapping[str, int]:
+        return {"retries": self.retry.taken.count}
 
     async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         body = self._stream_body(model, request)

@@ -18,7 +18,7 @@ import httpx
 from llmservice.kernel.errors import DeadlineExceeded, ProviderTimeout, Unavailable
 from llmservice.providers.remote.aiohttp_transport import AiohttpClient
 from llmservice.providers.remote.http_errors import from_status, redact
-from llmservice.service.settings import RemoteSettings
+from llmservice.providers.remote.settings import RemoteSettings
 
 
 def make_client(

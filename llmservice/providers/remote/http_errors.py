@@ -20,6 +20,9 @@ from llmservice.kernel.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from llmservice.kernel.redact import redact
+
+__all__ = ["failed_midway", "from_status", "redact", "retry_after"]
 
 
 def from_status(
@@ -80,16 +83,3 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(when.timestamp() - time.time(), 0.0)
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret, and any 8-character run of one, replaced by `***`."""
-    for secret in secrets:
-        if not secret:
-            continue
-        text = text.replace(secret, "***")
-        for i in range(0, max(len(secret) - 7, 0)):
-            fragment = secret[i : i + 8]
-            if fragment in text:
-                text = text.replace(fragment, "***")
-    return text

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Self
 
 from llmservice.kernel.errors import BudgetExhausted, RateLimited
+from llmservice.kernel.settings import SettingsError
 from llmservice.kernel.types import ChatRequest, StreamEnd, StreamEvent, TokenDelta, Usage
 from llmservice.service.auth import LOCAL, Principal
 from llmservice.service.limits import budgets
@@ -26,7 +27,7 @@ from llmservice.service.limits.pricing import PriceBook, estimate, estimate_text
 from llmservice.service.limits.rate_limit import Bucket
 from llmservice.service.limits.store import LimitStore, MemoryStore
 from llmservice.service.limits.usage import UsageLedger
-from llmservice.service.settings import LimitsSettings, PrincipalLimits, Settings, SettingsError
+from llmservice.service.settings import LimitsSettings, PrincipalLimits, Settings
 
 log = logging.getLogger(__name__)
 

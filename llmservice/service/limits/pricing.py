@@ -14,14 +14,14 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from llmservice.kernel.settings import SettingsError
 from llmservice.kernel.types import ChatRequest, Usage
-from llmservice.service.settings import PriceSettings, Settings, SettingsError
+from llmservice.providers import entries
+from llmservice.service.settings import PriceSettings, Settings
 
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators around each message
 ATTACHMENT_TOKENS = 512  # an image or file, whatever its size in base64
-# Provider kinds that bill per token; a warning at start-up names any of them left unpriced.
-PAID_KINDS = ("openai", "azure_openai", "anthropic", "watsonx", "aws_bedrock")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +106,13 @@ def unpriced(settings: Settings, book: PriceBook) -> Iterator[str]:
 
 def _paid_providers(settings: Settings) -> Iterator[tuple[str, str, str]]:
     """(name, kind, default model) of each paid provider the registry would build."""
-    for kind in PAID_KINDS:
-        section = getattr(settings, kind)
+    paid = [kind for kind, entry in entries().items() if entry.paid]  # a warning names any left unpriced
+    for kind in paid:
+        section = settings.section(kind)
         if not section.missing():
             yield kind, kind, _default_model(section)
     for name, deployment in settings.deployments.items():
-        if deployment.provider in PAID_KINDS:
+        if deployment.provider in paid:
             yield name, deployment.provider, _default_model(deployment)
 
 

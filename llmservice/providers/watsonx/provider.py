@@ -35,7 +35,7 @@ from llmservice.providers.remote import openai_shapes
 from llmservice.providers.remote.base import HttpProvider
 from llmservice.providers.remote.http import raise_for_status, transport_errors, unreadable
 from llmservice.providers.remote.http_errors import failed_midway
-from llmservice.service.settings import WatsonxSettings
+from llmservice.providers.watsonx.settings import WatsonxSettings
 
 log = logging.getLogger(__name__)
 

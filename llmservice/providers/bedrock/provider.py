@@ -37,10 +37,10 @@ from llmservice.kernel.types import (
     ToolCallDelta,
     Usage,
 )
+from llmservice.providers.bedrock.settings import BedrockSettings
 from llmservice.providers.remote.base import HttpProvider, attachment_text, base64_data
 from llmservice.providers.remote.http import error_message, transport_errors, unreadable
 from llmservice.providers.remote.http_errors import failed_midway, from_status
-from llmservice.service.settings import BedrockSettings
 
 log = logging.getLogger(__name__)
 

@@ -43,12 +43,16 @@ from llmservice.kernel.types import (
     ToolCall,
     Usage,
 )
+from llmservice.providers.openai_family.settings import (
+    AzureOpenAISettings,
+    OpenAICompatibleSettings,
+    OpenAISettings,
+)
 from llmservice.providers.remote import openai_shapes
 from llmservice.providers.remote.base import RemoteProvider, attachment_text
 from llmservice.providers.remote.http import make_client
 from llmservice.providers.remote.http_errors import failed_midway, from_status, redact
 from llmservice.providers.remote.retry import call_with_retries
-from llmservice.service.settings import AzureOpenAISettings, OpenAICompatibleSettings, OpenAISettings
 
 log = logging.getLogger(__name__)
 

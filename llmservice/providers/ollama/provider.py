@@ -23,6 +23,7 @@ from llmservice.kernel.types import (
     FinishReason,
     Message,
     ModelInfo,
+    PullProgress,
     StreamEnd,
     StreamEvent,
     TokenDelta,
@@ -31,12 +32,11 @@ from llmservice.kernel.types import (
     Usage,
     assemble_tool_calls,
 )
+from llmservice.providers.ollama.settings import OllamaSettings
 from llmservice.providers.remote import openai_shapes
 from llmservice.providers.remote.base import HttpProvider, attachment_text, base64_data
 from llmservice.providers.remote.http import raise_for_status, transport_errors, unreadable
 from llmservice.providers.remote.http_errors import failed_midway
-from llmservice.service.model_admin import PullProgress
-from llmservice.service.settings import OllamaSettings
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from llmservice.kernel.types import (
     ToolCallDelta,
     Usage,
 )
+from llmservice.providers.anthropic.settings import AnthropicSettings
 from llmservice.providers.remote.base import HttpProvider, attachment_text, base64_data
 from llmservice.providers.remote.http import raise_for_status, transport_errors, unreadable
 from llmservice.providers.remote.http_errors import failed_midway
-from llmservice.service.settings import AnthropicSettings
 
 log = logging.getLogger(__name__)
 
