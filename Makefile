@@ -29,10 +29,11 @@ test-e2e: $(PYSTAMP) system-packages  ## browser tests of the web chat page
 proto: $(PYSTAMP) $(NODESTAMP)  ## regenerate llmservice/_pb from protos/
 	$(BUF) generate
 
-lint: $(PYSTAMP) $(NODESTAMP)  ## ruff (lint and format), mypy, buf lint: make test runs these first
+lint: $(PYSTAMP) $(NODESTAMP)  ## ruff (lint and format), mypy, the import contracts, buf lint: make test runs these first
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BUF) lint
 
 bench: $(PYSTAMP)  ## benchmarks: bench/results/*.json and docs/benchmarks.md
