@@ -1,6 +1,7 @@
 """Command line: `llmservice serve` runs the service, `llmservice chat` talks to a running one,
 `llmservice models pull|list|rm` manages local GGUF files, `llmservice models load|unload`
-asks a running service to load or unload a model."""
+asks a running service to load or unload a model, `llmservice providers` lists the
+provider kinds installed."""
 
 from __future__ import annotations
 
@@ -65,8 +66,22 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, default=0)
     chat.add_argument("--seed", type=int)
     chat.set_defaults(run=_chat)
+
+    providers = commands.add_parser("providers", help="the provider kinds installed (third-party ones too)")
+    providers.add_argument(
+        "--reference", action="store_true", help="every setting of every kind (docs/providers.md)"
+    )
+    providers.set_defaults(run=_providers)
     _models_parser(commands)
     return parser
+
+
+def _providers(args: argparse.Namespace) -> int:
+    from llmservice.providers import entries
+    from llmservice.providers.reference import reference, summary
+
+    print((reference if args.reference else summary)(entries().values()), end="")
+    return 0
 
 
 def _models_parser(commands: Any) -> None:
