@@ -1,4 +1,4 @@
-"""Per-token signals from logits: pure functions over numpy arrays (shared/DESIGN.md section 3).
+"""Per-token signals from logits: pure functions over numpy arrays (docs/ARCHITECTURE.md, Signals).
 
 For a vocabulary of V logits x, with m = max(x), e = exp(x - m) and Z = sum(e):
 p = e / Z, and the entropy in bits is H = (ln Z - sum(p * (x - m))) / ln 2, so one

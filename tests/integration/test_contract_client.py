@@ -1,6 +1,6 @@
 """A plugin built from the published contract table alone works unchanged.
 
-The client is generated here from the table in shared/DESIGN.md (package `protocol`)
+The client is generated here from the published table in docs/ARCHITECTURE.md (package `protocol`)
 and runs in its own process, as a plugin would, knowing nothing of llmservice.v1.
 """
 
