@@ -16,7 +16,7 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.grpc_api import codec
 from llmservice.grpc_api.call_metrics import CallMetrics
-from llmservice.grpc_api.status import MODEL_NOT_FOUND, abort
+from llmservice.grpc_api.status import MODEL_NOT_FOUND, errors_to_status
 from llmservice.kernel.context import request_trailer
 from llmservice.kernel.errors import Unavailable
 from llmservice.kernel.types import ChatRequest, TokenDelta, ToolCallDelta
@@ -67,23 +67,21 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
             if not self._in_flight:
                 self._idle.set()
 
+    @errors_to_status(not_found=MODEL_NOT_FOUND)
     async def Chat(
         self,
         request: pb.LLMChatRequest,
         context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.LLMChatResponse],
     ) -> pb.LLMChatResponse:
         call = CallMetrics(self.metrics, "Chat", context)
-        try:
-            with self._tracked():
-                principal = self._auth.authenticate(call.metadata)
-                completion = await self._core.complete(_decode(request, context), principal)
-        except Exception as exc:
-            call.failed(exc)
-            await abort(context, exc, not_found=MODEL_NOT_FOUND)
+        with _counted(call), self._tracked():
+            principal = self._auth.authenticate(call.metadata)
+            completion = await self._core.complete(_decode(request, context), principal)
         call.routed(completion.provider, completion.model)
         call.ended("OK", completion.usage.completion_tokens)
         return codec.encode_completion(completion)
 
+    @errors_to_status(not_found=MODEL_NOT_FOUND)
     async def StreamChat(
         self,
         request: pb.LLMChatRequest,
@@ -92,7 +90,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         call = CallMetrics(self.metrics, "StreamChat", context)
         context.set_trailing_metadata(request_trailer())  # unary calls get theirs from CallContext
         try:
-            with self._tracked():
+            with _counted(call), self._tracked():
                 principal = self._auth.authenticate(call.metadata)
                 stream = self._core.stream(_decode(request, context), principal)
                 call.routed(stream.provider, stream.model)
@@ -109,39 +107,41 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
                         else:
                             call.ended("OK", event.usage.completion_tokens)
                             yield codec.encode_end(event, stream.model, stream.provider)
-        except Exception as exc:
-            call.failed(exc)
-            await abort(context, exc, not_found=MODEL_NOT_FOUND)
         finally:
             call.ended("CANCELLED")  # a caller that left: no effect once the call ended otherwise
 
+    @errors_to_status()
     async def ListModels(
         self,
         request: pb.ListModelsRequest,
         context: grpc.aio.ServicerContext[pb.ListModelsRequest, pb.ListModelsResponse],
     ) -> pb.ListModelsResponse:
-        try:
-            principal = self._auth.authenticate(context.invocation_metadata() or ())
-            return codec.encode_models(await self._core.list_models(principal))
-        except Exception as exc:
-            await abort(context, exc)
+        principal = self._auth.authenticate(context.invocation_metadata() or ())
+        return codec.encode_models(await self._core.list_models(principal))
 
+    @errors_to_status(not_found=MODEL_NOT_FOUND)
     async def Embed(
         self,
         request: pb.EmbedRequest,
         context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> pb.EmbedResponse:
         call = CallMetrics(self.metrics, "Embed", context)
-        try:
-            with self._tracked():
-                principal = self._auth.authenticate(call.metadata)
-                embeddings = await self._core.embed(codec.decode_embed_request(request), principal)
-        except Exception as exc:
-            call.failed(exc)
-            await abort(context, exc, not_found=MODEL_NOT_FOUND)
+        with _counted(call), self._tracked():
+            principal = self._auth.authenticate(call.metadata)
+            embeddings = await self._core.embed(codec.decode_embed_request(request), principal)
         call.routed(embeddings.provider, embeddings.model)
         call.ended("OK")
         return codec.encode_embeddings(embeddings)
+
+
+@contextlib.contextmanager
+def _counted(call: CallMetrics) -> Iterator[None]:
+    """Count a call that fails here as failed, under the status code its error is sent with."""
+    try:
+        yield
+    except Exception as exc:
+        call.failed(exc)
+        raise
 
 
 def _decode(request: pb.LLMChatRequest, context: grpc.aio.ServicerContext[Any, Any]) -> ChatRequest:

@@ -10,10 +10,12 @@ import grpc
 
 from llmservice._pb.llmservice.v1 import chat_session_pb2 as pb
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as pb_grpc
-from llmservice.grpc_api.status import abort
+from llmservice.grpc_api.status import errors_to_status
 from llmservice.kernel.context import request_trailer
 from llmservice.service.auth import AuthPolicy, Principal
 from llmservice.service.sessions import (
+    LLMConfig,
+    ServerConfig,
     SessionManager,
     ToolInvocation,
     ToolStarted,
@@ -33,18 +35,15 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
     def _principal(self, context: Context) -> Principal:
         return self._auth.authenticate(context.invocation_metadata() or ())
 
+    @errors_to_status()
     async def Connect(self, request: pb.ConnectRequest, context: Context) -> pb.ConnectResponse:
-        try:
-            server = {
-                "url": request.server.url,
-                "transport": request.server.transport,
-                "auth_token": request.server.auth_token,
-            }
-            connected = await self._sessions.connect(
-                self._principal(context), request.user_id, server, _llm(request.llm), request.streaming
-            )
-        except Exception as exc:
-            await abort(context, exc)
+        connected = await self._sessions.connect(
+            self._principal(context),
+            request.user_id,
+            _server(request.server),
+            _llm(request.llm),
+            request.streaming,
+        )
         return pb.ConnectResponse(
             status="connected",
             user_id=connected.user_id,
@@ -53,48 +52,38 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
             tools=connected.tools,
         )
 
+    @errors_to_status()
     async def Chat(self, request: pb.ChatRequest, context: Context) -> pb.ChatResponse:
-        try:
-            events = await self._sessions.chat(self._principal(context), request.user_id, request.message)
-            async with contextlib.aclosing(events) as running:
-                async for event in running:
-                    if isinstance(event, TurnFinal):
-                        return final(request.user_id, event)
-        except Exception as exc:
-            await abort(context, exc)
+        events = await self._sessions.chat(self._principal(context), request.user_id, request.message)
+        async with contextlib.aclosing(events) as running:
+            async for event in running:
+                if isinstance(event, TurnFinal):
+                    return final(request.user_id, event)
         raise AssertionError("a turn always ends with its final event or an error")
 
+    @errors_to_status()
     async def StreamChat(
         self, request: pb.StreamChatRequest, context: Context
     ) -> AsyncIterator[pb.StreamChatResponse]:
         context.set_trailing_metadata(request_trailer())  # unary calls get theirs from CallContext
-        try:
-            events = await self._sessions.chat(self._principal(context), request.user_id, request.message)
-            async with contextlib.aclosing(events) as running:
-                async for event in running:
-                    yield encode_event(request.user_id, event)
-        except Exception as exc:
-            await abort(context, exc)
+        events = await self._sessions.chat(self._principal(context), request.user_id, request.message)
+        async with contextlib.aclosing(events) as running:
+            async for event in running:
+                yield encode_event(request.user_id, event)
 
+    @errors_to_status()
     async def Disconnect(self, request: pb.DisconnectRequest, context: Context) -> pb.DisconnectResponse:
-        try:
-            was = await self._sessions.disconnect(self._principal(context), request.user_id)
-        except Exception as exc:
-            await abort(context, exc)
+        was = await self._sessions.disconnect(self._principal(context), request.user_id)
         return pb.DisconnectResponse(user_id=request.user_id, was_connected=was)
 
+    @errors_to_status()
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GetStatusResponse:
-        try:
-            connected = await self._sessions.status(self._principal(context), request.user_id)
-        except Exception as exc:
-            await abort(context, exc)
+        connected = await self._sessions.status(self._principal(context), request.user_id)
         return pb.GetStatusResponse(user_id=request.user_id, connected=connected)
 
+    @errors_to_status()
     async def GetConfig(self, request: pb.GetConfigRequest, context: Context) -> pb.GetConfigResponse:
-        try:
-            config = await self._sessions.config(self._principal(context), request.user_id)
-        except Exception as exc:
-            await abort(context, exc)
+        config = await self._sessions.config(self._principal(context), request.user_id)
         llm = config["llm"]
         return pb.GetConfigResponse(
             user_id=config["user_id"],
@@ -104,12 +93,10 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
             tools=config["tools"],
         )
 
+    @errors_to_status()
     async def ListServers(self, request: pb.ListServersRequest, context: Context) -> pb.ListServersResponse:
-        try:
-            self._principal(context)
-            entries = await self._catalogue.entries(refresh=request.refresh)
-        except Exception as exc:
-            await abort(context, exc)
+        self._principal(context)
+        entries = await self._catalogue.entries(refresh=request.refresh)
         return pb.ListServersResponse(
             servers=[
                 pb.CatalogueServer(
@@ -127,12 +114,20 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
         )
 
 
-def _llm(llm: pb.LLMConfig) -> dict[str, Any]:
-    config: dict[str, Any] = {"model": llm.model, "system_prompt": llm.system_prompt}
-    for name in ("temperature", "max_tokens", "top_p", "seed"):
-        if llm.HasField(name):
-            config[name] = getattr(llm, name)
-    return {"provider": llm.provider, "config": config}
+def _server(server: pb.McpServer) -> ServerConfig:
+    return ServerConfig(server.url, server.transport, server.auth_token)
+
+
+def _llm(llm: pb.LLMConfig) -> LLMConfig:
+    return LLMConfig(
+        provider=llm.provider,
+        model=llm.model,
+        temperature=llm.temperature if llm.HasField("temperature") else None,
+        max_tokens=llm.max_tokens if llm.HasField("max_tokens") else None,
+        top_p=llm.top_p if llm.HasField("top_p") else None,
+        seed=llm.seed if llm.HasField("seed") else None,
+        system_prompt=llm.system_prompt,
+    )
 
 
 def _invocation(i: ToolInvocation) -> pb.ToolInvocation:

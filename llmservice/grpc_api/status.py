@@ -7,12 +7,19 @@ the trailing metadata, so no client has to read the text:
     llm-error-param   the request field at fault (INVALID_ARGUMENT), e.g. messages[1].role
     llm-error-kind    what was not found, e.g. model_not_found (NOT_FOUND), or which limit
                       was reached: rate_limit_exceeded, insufficient_quota (RESOURCE_EXHAUSTED)
+
+Every servicer method is decorated with `errors_to_status`, so a handler raises domain
+errors and never catches them; the in-process channel calls the same decorated methods.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import logging
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 
@@ -27,6 +34,8 @@ KIND_KEY = "llm-error-kind"
 MODEL_NOT_FOUND = "model_not_found"
 
 Trailers = tuple[tuple[str, str], ...]
+Context = grpc.aio.ServicerContext[Any, Any]
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 
 _CODES: dict[type[errors.LLMServiceError], grpc.StatusCode] = {
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -80,12 +89,44 @@ def _sendable(value: str) -> bool:
     return bool(value) and value.isascii() and value.isprintable()
 
 
-async def abort(
-    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, not_found: str | None = None
-) -> NoReturn:
+async def abort(context: Context, exc: Exception, not_found: str | None = None) -> NoReturn:
     """End the call with the status for `exc`, and its structured facts and request id in the trailers."""
     code, details, trailers = to_status(exc, not_found)
     log.info("call failed: %s %s", code.name, details)
     context.set_trailing_metadata((*trailers, *request_trailer()))
     await context.abort(code, details)
     raise AssertionError("context.abort returned")  # it raises; this tells the type checker
+
+
+def errors_to_status(not_found: str | None = None) -> Callable[[_Method], _Method]:
+    """Decorate a servicer method, a coroutine or an async generator: an exception it raises
+    ends the call through `abort` (a stream's, after the replies it has sent).
+
+    Cancellation (asyncio.CancelledError) passes through untouched. `not_found` as in `to_status`.
+    """
+
+    def decorate(method: _Method) -> _Method:
+        if inspect.isasyncgenfunction(method):
+
+            @functools.wraps(method)
+            async def streaming(self: object, request: Any, context: Context) -> AsyncIterator[Any]:
+                try:
+                    # aclosing: closing this stream closes the method's at once, not when collected.
+                    async with contextlib.aclosing(method(self, request, context)) as replies:
+                        async for reply in replies:
+                            yield reply
+                except Exception as exc:
+                    await abort(context, exc, not_found)
+
+            return cast(_Method, streaming)
+
+        @functools.wraps(method)
+        async def unary(self: object, request: Any, context: Context) -> Any:
+            try:
+                return await method(self, request, context)
+            except Exception as exc:
+                await abort(context, exc, not_found)
+
+        return cast(_Method, unary)
+
+    return decorate

@@ -19,7 +19,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +29,9 @@ from llmservice.service.auth import Principal
 from llmservice.service.core import LLMCore
 from llmservice.service.sessions import fallback
 from llmservice.service.sessions.agent import ToolInvocation, TurnEvent, run_turn
+from llmservice.service.sessions.config import TRANSPORTS, LLMConfig, ServerConfig
 from llmservice.service.sessions.history import ChatHistoryManager
-from llmservice.service.sessions.mcp_client import McpConnection, ServerSpec, Transport
+from llmservice.service.sessions.mcp_client import McpConnection, ServerSpec
 from llmservice.service.sessions.ownership import Ownership
 from llmservice.service.sessions.records import LLMChoice, SecretBox, SessionRecord, SessionRecords
 from llmservice.service.sessions.safety import UrlPolicy
@@ -40,9 +41,6 @@ if TYPE_CHECKING:
     from llmservice.observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
-
-TRANSPORTS: tuple[Transport, ...] = ("streamable_http", "sse", "stdio")
-LLM_CONFIG_KEYS = ("model", "temperature", "max_tokens", "top_p", "seed", "system_prompt")
 
 
 @dataclass(frozen=True)
@@ -143,15 +141,15 @@ class SessionManager:
         self,
         principal: Principal,
         user_id: str,
-        server: Mapping[str, Any],
-        llm: Mapping[str, Any],
+        server: ServerConfig,
+        llm: LLMConfig,
         streaming: bool = True,
     ) -> Connected:
         _check_user_id(user_id)
         existing = await self.records.get(user_id)
         if existing is not None and existing.principal != principal.name:
             raise PermissionDenied(f"session {user_id!r} belongs to another caller")
-        spec = await self._server_spec(server)
+        spec = await self._resolve(server.spec())
         choice = await self._llm_choice(principal, llm)
         # Reserve the user_id before the (slow) MCP connect: of two callers racing for a
         # new user_id, one gets it and the other is refused, never both.
@@ -323,16 +321,6 @@ class SessionManager:
         if live is not None:
             await live.connection.aclose()
 
-    async def _server_spec(self, server: Mapping[str, Any]) -> ServerSpec:
-        url = str(server.get("url") or "").strip()
-        transport = server.get("transport") or "streamable_http"
-        token = str(server.get("auth_token") or "")
-        if transport not in TRANSPORTS:
-            raise InvalidRequest("server.transport", f"{transport!r} is not one of {', '.join(TRANSPORTS)}")
-        if not url:
-            raise InvalidRequest("server.url", "is required")
-        return await self._resolve(ServerSpec(url, transport, "" if transport == "stdio" else token))
-
     async def _resolve(self, spec: ServerSpec) -> ServerSpec:
         """The spec as this worker may open it: a stdio name mapped to the command this
         worker's configuration gives it, a URL that passes the URL policy."""
@@ -351,37 +339,26 @@ class SessionManager:
         await self._urls.check(spec.url)
         return ServerSpec(spec.url, spec.transport, spec.auth_token)
 
-    async def _llm_choice(self, principal: Principal, llm: Mapping[str, Any]) -> LLMChoice:
-        config = dict(llm.get("config") or {})
-        unknown = sorted(set(config) - set(LLM_CONFIG_KEYS))
-        if unknown:
-            raise InvalidRequest(
-                f"llm.config.{unknown[0]}",
-                f"is not a session setting (those are: {', '.join(LLM_CONFIG_KEYS)})",
-            )
+    async def _llm_choice(self, principal: Principal, llm: LLMConfig) -> LLMChoice:
+        """The provider and model `llm` names, as this caller may use them (empty: the defaults)."""
         models = await self._core.list_models(principal)
         providers = sorted({m.provider for m in models})
-        provider = str(llm.get("provider") or (models[0].provider if models else ""))
+        provider = llm.provider or (models[0].provider if models else "")
         if provider not in providers:
             raise InvalidRequest(
                 "llm.provider", f"{provider!r} is not configured here ({', '.join(providers)})"
             )
-        try:
-            choice = LLMChoice(provider, **{k: v for k, v in config.items() if v not in (None, "")})
-        except TypeError as exc:
-            raise InvalidRequest("llm.config", str(exc)) from None
-        for name, kind in (
-            ("temperature", (int, float)),
-            ("top_p", (int, float)),
-            ("max_tokens", int),
-            ("seed", int),
-        ):
-            value = getattr(choice, name)
-            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-                raise InvalidRequest(f"llm.config.{name}", f"must be a number, not {value!r}")
-        if choice.model and choice.model not in {m.id for m in models if m.provider == provider}:
-            raise InvalidRequest("llm.config.model", f"provider {provider} has no model {choice.model!r}")
-        return choice
+        if llm.model and llm.model not in {m.id for m in models if m.provider == provider}:
+            raise InvalidRequest("llm.config.model", f"provider {provider} has no model {llm.model!r}")
+        return LLMChoice(
+            provider,
+            model=llm.model,
+            temperature=llm.temperature,
+            max_tokens=llm.max_tokens,
+            top_p=llm.top_p,
+            seed=llm.seed,
+            system_prompt=llm.system_prompt,
+        )
 
 
 def _check_user_id(user_id: str) -> None:
