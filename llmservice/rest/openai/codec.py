@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice.rest.errors import invalid
 from llmservice.rest.openai import protocol as oa
 
-FINISH = {
+FINISH: dict[int, oa.FinishReason] = {
     pb.FINISH_REASON_STOP: "stop",
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
@@ -143,23 +144,52 @@ def _response_format(fmt: oa.ResponseFormat) -> pb.ResponseFormat:
     return pb.ResponseFormat(json_schema=json.dumps(fmt.json_schema.schema_))
 
 
-def tool_calls(calls: Any) -> list[dict[str, Any]]:
+def tool_calls(calls: Iterable[pb.ToolCall]) -> list[oa.ToolCall]:
     return [
-        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
+        oa.ToolCall(
+            id=c.id, type="function", function=oa.FunctionCall(name=c.name, arguments=c.arguments_json)
+        )
         for c in calls
     ]
 
 
-def logprob(chunk: pb.LLMChatChunk) -> dict[str, Any]:
-    """OpenAI's logprob entry for one token, from its signal."""
+def delta(chunk: pb.LLMChatChunk, top_logprobs: int | None) -> tuple[oa.ChoiceDelta, oa.Logprobs | None]:
+    """What one chunk adds to a streamed reply (an empty delta: nothing), and its token's
+    logprobs where they were asked for (top_logprobs not None) and the chunk has a signal."""
+    out = oa.ChoiceDelta()
+    logprobs = None
+    if chunk.token:
+        out.content = chunk.token
+        if top_logprobs is not None and chunk.HasField("signal"):
+            logprobs = oa.Logprobs(content=[logprob(chunk, top_logprobs)], refusal=None)
+    if chunk.HasField("tool_call"):
+        out.tool_calls = [_tool_call_delta(chunk.tool_call)]
+    return out, logprobs
+
+
+def _tool_call_delta(d: pb.ToolCallDelta) -> oa.ToolCallDelta:
+    """A piece of a streamed tool call: its id and name come with its first piece only."""
+    function = oa.FunctionDelta(arguments=d.arguments_json)
+    if d.name:
+        function.name = d.name
+    out = oa.ToolCallDelta(index=d.index, function=function)
+    if d.id:
+        out.id, out.type = d.id, "function"
+    return out
+
+
+def logprob(chunk: pb.LLMChatChunk, top: int) -> oa.TokenLogprob:
+    """OpenAI's logprob entry for one token, from its signal, with its `top` likeliest tokens."""
     signal = chunk.signal
-    top = [{"token": c.text, "logprob": _ln(c.prob), "bytes": list(c.text.encode())} for c in signal.top_k]
-    return {
-        "token": chunk.token,
-        "logprob": _ln(signal.confidence),
-        "bytes": list(chunk.token.encode()),
-        "top_logprobs": top,
-    }
+    return oa.TokenLogprob(
+        token=chunk.token,
+        logprob=_ln(signal.confidence),
+        bytes=list(chunk.token.encode()),
+        top_logprobs=[
+            oa.TopLogprob(token=c.text, logprob=_ln(c.prob), bytes=list(c.text.encode()))
+            for c in signal.top_k[:top]
+        ],
+    )
 
 
 def _ln(p: float) -> float:
@@ -167,8 +197,9 @@ def _ln(p: float) -> float:
 
 
 def usage(reply: pb.LLMChatResponse | pb.LLMChatChunk) -> dict[str, Any]:
-    """OpenAI's usage object, from a whole reply or a stream's final chunk. Cached tokens go
-    where OpenAI puts them, always present (0: none), and are part of prompt_tokens."""
+    """OpenAI's usage object (as the dict oa.Usage is validated from), from a whole reply or
+    a stream's final chunk. Cached tokens go where OpenAI puts them, always present (0: none),
+    and are part of prompt_tokens."""
     return {
         "prompt_tokens": reply.prompt_tokens,
         "completion_tokens": reply.completion_tokens,

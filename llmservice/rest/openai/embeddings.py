@@ -14,13 +14,14 @@ from typing import Any, Literal
 import grpc
 import numpy as np
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.rest.disconnect import cancelled_on_disconnect
 from llmservice.rest.errors import from_grpc, invalid
+from llmservice.rest.openai.protocol import dump
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -36,7 +37,7 @@ class EmbeddingRequest(BaseModel):
 
 
 class EmbeddingData(BaseModel):
-    object: Literal["embedding"] = "embedding"
+    object: Literal["embedding"]
     index: int
     embedding: list[float] | str
 
@@ -47,7 +48,7 @@ class EmbeddingUsage(BaseModel):
 
 
 class EmbeddingList(BaseModel):
-    object: Literal["list"] = "list"
+    object: Literal["list"]
     data: list[EmbeddingData]
     model: str
     usage: EmbeddingUsage
@@ -72,7 +73,7 @@ def to_grpc(req: EmbeddingRequest) -> pb.EmbedRequest:
 
 async def embeddings(
     stub: pb_grpc.LLMServiceAsyncStub, req: EmbeddingRequest, metadata: Metadata, request: Request
-) -> JSONResponse:
+) -> Response:
     call = stub.Embed(to_grpc(req), metadata=metadata)
     try:
         async with cancelled_on_disconnect(request, call):  # a client that leaves stops the work
@@ -80,13 +81,16 @@ async def embeddings(
     except grpc.aio.AioRpcError as exc:
         raise from_grpc(exc) from None
     encode = _base64 if req.encoding_format == "base64" else list
-    data = [
-        {"object": "embedding", "index": i, "embedding": encode(e.values)}
-        for i, e in enumerate(reply.embeddings)
-    ]
-    usage = {"prompt_tokens": reply.prompt_tokens, "total_tokens": reply.total_tokens}
-    body: dict[str, Any] = {"object": "list", "data": data, "model": reply.model, "usage": usage}
-    return JSONResponse(body)
+    body = EmbeddingList(
+        object="list",
+        data=[
+            EmbeddingData(object="embedding", index=i, embedding=encode(e.values))
+            for i, e in enumerate(reply.embeddings)
+        ],
+        model=reply.model,
+        usage=EmbeddingUsage(prompt_tokens=reply.prompt_tokens, total_tokens=reply.total_tokens),
+    )
+    return Response(dump(body), media_type="application/json")
 
 
 def _base64(values: Any) -> str:

@@ -127,6 +127,16 @@ class ChatCompletionRequest(BaseModel):
     )
 
 
+# Replies. Names and nullability follow the openai SDK's types (openai.types.chat,
+# openai.types.model); field order is wire order. A field without a default is on the
+# wire in every reply, null included where it is nullable (refusal, logprobs,
+# system_fingerprint); one with a default is there only where its builder set it (usage
+# on a stream's last chunk only; a delta's parts that changed), since `dump` writes
+# what was set and nothing else.
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
 class TopLogprob(BaseModel):
     token: str
     logprob: float
@@ -139,7 +149,7 @@ class TokenLogprob(TopLogprob):
 
 class Logprobs(BaseModel):
     content: list[TokenLogprob] | None
-    refusal: None = None
+    refusal: list[TokenLogprob] | None
 
 
 class PromptTokensDetails(BaseModel):
@@ -153,39 +163,74 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails
 
 
-class ReplyMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
+class ChatCompletionMessage(BaseModel):
+    role: Literal["assistant"]
     content: str | None
+    refusal: str | None
     tool_calls: list[ToolCall] | None = None
-    refusal: None = None
 
 
-class Choice(BaseModel):
-    index: int = 0
-    message: ReplyMessage
-    finish_reason: str
-    logprobs: Logprobs | None = None
+class ChatCompletionChoice(BaseModel):
+    index: int
+    message: ChatCompletionMessage
+    finish_reason: FinishReason
+    logprobs: Logprobs | None
 
 
 class ChatCompletion(BaseModel):
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
+    object: Literal["chat.completion"]
     created: int
     model: str
-    choices: list[Choice]
+    choices: list[ChatCompletionChoice]
     usage: Usage
-    system_fingerprint: str | None = None
+    system_fingerprint: str | None
+
+
+class FunctionDelta(BaseModel):
+    arguments: str
+    name: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    function: FunctionDelta
+    id: str | None = None
+    type: Literal["function"] | None = None
+
+
+class ChoiceDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: ChoiceDelta
+    logprobs: Logprobs | None
+    finish_reason: FinishReason | None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    system_fingerprint: str | None
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
 
 
 class Model(BaseModel):
     id: str
-    object: Literal["model"] = "model"
-    created: int = 0
+    object: Literal["model"]
+    created: int
     owned_by: str
 
 
 class ModelList(BaseModel):
-    object: Literal["list"] = "list"
+    object: Literal["list"]
     data: list[Model]
 
 
@@ -198,3 +243,8 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+def dump(reply: BaseModel) -> bytes:
+    """The reply's JSON: every field its builder set, null included, and no other."""
+    return reply.__pydantic_serializer__.to_json(reply, exclude_unset=True)

@@ -61,11 +61,11 @@ def router() -> APIRouter:
         return await emb.embeddings(request.app.state.llm, body, caller_metadata(request), request)
 
     @api.get("/models", response_model=oa.ModelList, summary="List the models the caller may use")
-    async def list_models(request: Request) -> dict[str, Any]:
-        return {"object": "list", "data": await _serving(request).models(caller_metadata(request))}
+    async def list_models(request: Request) -> Response:
+        return await _serving(request).models(caller_metadata(request))
 
     @api.get("/models/{model_id:path}", response_model=oa.Model, summary="One model")
-    async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    async def get_model(model_id: str, request: Request) -> Response:
         return await _serving(request).model(model_id, caller_metadata(request))
 
     return api

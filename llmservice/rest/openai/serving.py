@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.requests import Request
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
@@ -40,47 +40,22 @@ class OpenAIServing:
         if req.stream:
             return await self._stream(req, msg, request, metadata)
         if req.logprobs:  # per-token signals only come with StreamChat
-            return JSONResponse(await self._collect(req, msg, request, metadata))
+            return _json(await self._collect(req, msg, request, metadata))
         call = self._stub.Chat(msg, metadata=metadata)
         try:
             async with cancelled_on_disconnect(request, call):
                 reply = await call
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from None
-        calls = codec.tool_calls(reply.tool_calls)
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": reply.content or (None if calls else ""),
-            "refusal": None,
-        }
-        if calls:
-            message["tool_calls"] = calls
-        return JSONResponse(
-            {
-                "id": _completion_id(),
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": reply.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": message,
-                        "finish_reason": codec.FINISH.get(reply.finish_reason, "stop"),
-                        "logprobs": None,
-                    }
-                ],
-                "usage": codec.usage(reply),
-                "system_fingerprint": None,
-            }
-        )
+        return _json(_completion(reply, reply.content, codec.tool_calls(reply.tool_calls), None))
 
     async def _collect(
         self, req: oa.ChatCompletionRequest, msg: pb.LLMChatRequest, request: Request, metadata: Metadata
-    ) -> dict[str, Any]:
+    ) -> oa.ChatCompletion:
         """A whole reply from StreamChat, for requests that want logprobs."""
         text: list[str] = []
-        logprobs: list[dict[str, Any]] = []
-        calls: dict[int, dict[str, Any]] = {}
+        logprobs: list[oa.TokenLogprob] = []
+        calls: dict[int, oa.ToolCall] = {}
         last = pb.LLMChatChunk()
         call = self._stub.StreamChat(msg, metadata=metadata)
         try:
@@ -90,34 +65,13 @@ class OpenAIServing:
                     if chunk.token:
                         text.append(chunk.token)
                         if chunk.HasField("signal"):
-                            logprobs.append(_trimmed(codec.logprob(chunk), req.top_logprobs or 0))
+                            logprobs.append(codec.logprob(chunk, req.top_logprobs or 0))
                     if chunk.HasField("tool_call"):
                         _merge_call(calls, chunk.tool_call)
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from None
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": "".join(text) or (None if calls else ""),
-            "refusal": None,
-        }
-        if calls:
-            message["tool_calls"] = [calls[i] for i in sorted(calls)]
-        return {
-            "id": _completion_id(),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": last.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "finish_reason": codec.FINISH.get(last.finish_reason, "stop"),
-                    "logprobs": {"content": logprobs, "refusal": None},
-                }
-            ],
-            "usage": codec.usage(last),
-            "system_fingerprint": None,
-        }
+        merged = [calls[i] for i in sorted(calls)]
+        return _completion(last, "".join(text), merged, oa.Logprobs(content=logprobs, refusal=None))
 
     async def _stream(
         self, req: oa.ChatCompletionRequest, msg: pb.LLMChatRequest, request: Request, metadata: Metadata
@@ -134,69 +88,78 @@ class OpenAIServing:
             frames, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
-    async def models(self, metadata: Metadata) -> list[dict[str, Any]]:
+    async def models(self, metadata: Metadata) -> Response:
+        return _json(oa.ModelList(object="list", data=await self._models(metadata)))
+
+    async def model(self, model_id: str, metadata: Metadata) -> Response:
+        for m in await self._models(metadata):
+            if m.id == model_id:
+                return _json(m)
+        raise APIError(
+            404, f"model {model_id!r} not found", "not_found_error", param="model", code="model_not_found"
+        )
+
+    async def _models(self, metadata: Metadata) -> list[oa.Model]:
         try:
             reply = await self._stub.ListModels(pb.ListModelsRequest(), metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from None
-        seen: dict[str, dict[str, Any]] = {}
+        seen: dict[str, oa.Model] = {}
         for m in reply.models:
-            seen.setdefault(m.id, {"id": m.id, "object": "model", "created": 0, "owned_by": m.provider})
+            if m.id not in seen:  # one entry per id, though several providers serve it
+                seen[m.id] = oa.Model(id=m.id, object="model", created=0, owned_by=m.provider)
         return list(seen.values())
 
-    async def model(self, model_id: str, metadata: Metadata) -> dict[str, Any]:
-        for m in await self.models(metadata):
-            if m["id"] == model_id:
-                return m
-        raise APIError(
-            404, f"model {model_id!r} not found", "not_found_error", param="model", code="model_not_found"
-        )
+
+def _completion(
+    reply: pb.LLMChatResponse | pb.LLMChatChunk,
+    content: str,
+    calls: list[oa.ToolCall],
+    logprobs: oa.Logprobs | None,
+) -> oa.ChatCompletion:
+    """The whole reply, from the service's reply (or a stream's last chunk) and its parts."""
+    message = oa.ChatCompletionMessage(
+        role="assistant", content=content or (None if calls else ""), refusal=None
+    )
+    if calls:  # absent, not null, when there are none
+        message.tool_calls = calls
+    choice = oa.ChatCompletionChoice(
+        index=0,
+        message=message,
+        finish_reason=codec.FINISH.get(reply.finish_reason, "stop"),
+        logprobs=logprobs,
+    )
+    return oa.ChatCompletion(
+        id=_completion_id(),
+        object="chat.completion",
+        created=int(time.time()),
+        model=reply.model,
+        choices=[choice],
+        usage=codec.usage(reply),
+        system_fingerprint=None,
+    )
 
 
 async def _frames(
     call: Any, first: Any, include_usage: bool, top_logprobs: int | None
 ) -> AsyncIterator[bytes]:
-    completion_id, created = _completion_id(), int(time.time())
-    chunk = first
-    model = getattr(first, "model", "")
-
-    def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        body = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": None,
-            "choices": choices,
-            **extra,
-        }
-        return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
-
+    frames = _ChunkFrames(getattr(first, "model", ""))
     # The role frame goes out with the first token's, in one write.
-    role = frame(
-        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
-    )
+    role = frames.choice(oa.ChoiceDelta(role="assistant", content=""))
+    chunk = first
     try:
         while chunk is not grpc.aio.EOF:
             if chunk.done:
-                finish = codec.FINISH.get(chunk.finish_reason, "stop")
-                yield role + frame([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}])
+                yield role + frames.choice(
+                    oa.ChoiceDelta(), finish=codec.FINISH.get(chunk.finish_reason, "stop")
+                )
                 role = b""
                 if include_usage:
-                    yield frame([], usage=codec.usage(chunk))
+                    yield frames.usage(chunk)
                 break
-            delta: dict[str, Any] = {}
-            logprobs = None
-            if chunk.token:
-                delta["content"] = chunk.token
-                if top_logprobs is not None and chunk.HasField("signal"):
-                    logprobs = {"content": [_trimmed(codec.logprob(chunk), top_logprobs)], "refusal": None}
-            if chunk.HasField("tool_call"):
-                delta["tool_calls"] = [_call_delta(chunk.tool_call)]
-            if delta:
-                yield role + frame(
-                    [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}]
-                )
+            delta, logprobs = codec.delta(chunk, top_logprobs)
+            if delta.model_fields_set:
+                yield role + frames.choice(delta, logprobs)
                 role = b""
             chunk = await call.read()
         yield role + b"data: [DONE]\n\n"
@@ -206,27 +169,67 @@ async def _frames(
         call.cancel()  # the client went away (or we are done): the service stops generating
 
 
-def _call_delta(d: pb.ToolCallDelta) -> dict[str, Any]:
-    out: dict[str, Any] = {"index": d.index, "function": {"arguments": d.arguments_json}}
-    if d.id:
-        out["id"], out["type"] = d.id, "function"
-    if d.name:
-        out["function"]["name"] = d.name
-    return out
+class _ChunkFrames:
+    """The event-stream frames of one streamed completion. Its chunks differ only in their
+    choice (and the last in its usage), so the rest of a frame is written once per stream."""
+
+    def __init__(self, model: str) -> None:
+        self._chunk = oa.ChatCompletionChunk(
+            id=_completion_id(),
+            object="chat.completion.chunk",
+            created=int(time.time()),
+            model=model,
+            system_fingerprint=None,
+            choices=[],
+        )
+        # Each frame writes its choice between the halves. `"choices":[]` cannot occur
+        # inside a JSON string, where its quotes would be escaped.
+        head, tail = _event_json(self._chunk).split(b'"choices":[]')
+        self._head, self._tail = b"data: " + head + b'"choices":[', b"]" + tail + b"\n\n"
+
+    def choice(
+        self,
+        delta: oa.ChoiceDelta,
+        logprobs: oa.Logprobs | None = None,
+        finish: oa.FinishReason | None = None,
+    ) -> bytes:
+        choice = oa.ChunkChoice(index=0, delta=delta, logprobs=logprobs, finish_reason=finish)
+        return self._head + _event_json(choice) + self._tail
+
+    def usage(self, last: pb.LLMChatChunk) -> bytes:
+        """The usage chunk (stream_options.include_usage): no choices, the whole reply's usage."""
+        usage = oa.Usage.model_validate(codec.usage(last))
+        return b"data: " + _event_json(self._chunk.model_copy(update={"usage": usage})) + b"\n\n"
 
 
-def _merge_call(calls: dict[int, dict[str, Any]], d: pb.ToolCallDelta) -> None:
-    call = calls.setdefault(
-        d.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
-    )
-    call["id"] = call["id"] or d.id
-    call["function"]["name"] = call["function"]["name"] or d.name
-    call["function"]["arguments"] += d.arguments_json
+# JSON may carry U+0085, U+2028 and U+2029 unescaped, but a reader that splits an event
+# stream into lines as str.splitlines does (httpx's aiter_lines does) would cut the event.
+_LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
 
 
-def _trimmed(entry: dict[str, Any], top: int) -> dict[str, Any]:
-    entry["top_logprobs"] = entry["top_logprobs"][:top]
-    return entry
+def _event_json(reply: oa.ChatCompletionChunk | oa.ChunkChoice) -> bytes:
+    """oa.dump, safe to put on one line of an event stream."""
+    data = oa.dump(reply)
+    if data.isascii():
+        return data
+    for raw, escaped in _LINE_BREAKS:
+        data = data.replace(raw, escaped)
+    return data
+
+
+def _merge_call(calls: dict[int, oa.ToolCall], d: pb.ToolCallDelta) -> None:
+    call = calls.get(d.index)
+    if call is None:
+        call = calls[d.index] = oa.ToolCall(
+            id="", type="function", function=oa.FunctionCall(name="", arguments="")
+        )
+    call.id = call.id or d.id
+    call.function.name = call.function.name or d.name
+    call.function.arguments += d.arguments_json
+
+
+def _json(reply: oa.ChatCompletion | oa.ModelList | oa.Model) -> Response:
+    return Response(oa.dump(reply), media_type="application/json")
 
 
 def _completion_id() -> str:
