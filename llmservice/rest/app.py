@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as session_grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.rest import web
-from llmservice.rest.errors import APIError, invalid
+from llmservice.rest.errors import APIError, from_grpc, invalid
 from llmservice.rest.llmchat.router import router as llmchat_router
 from llmservice.rest.llmchat.serving import LLMChatServing
 from llmservice.rest.metrics import MetricsMiddleware, ShimMetrics
@@ -76,6 +76,7 @@ def create_app(target: str, tracing: Tracing | None = None, connect: Connect | N
     app.state.metrics = metrics
     web.mount(app)
     app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(grpc.aio.AioRpcError, _grpc_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     _document_chat_request(app)
@@ -101,6 +102,12 @@ def _document_chat_request(app: FastAPI) -> None:
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
     return exc.response()
+
+
+async def _grpc_error(request: Request, exc: Exception) -> JSONResponse:
+    """A gRPC call that failed before its reply began: the one mapping of status to HTTP."""
+    assert isinstance(exc, grpc.aio.AioRpcError)
+    return from_grpc(exc).response()
 
 
 _HTTP_ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error"}

@@ -49,11 +49,9 @@ class LLMChatServing:
         server = pb.McpServer(
             url=body.server.url, transport=body.server.transport, auth_token=body.server.auth_token or ""
         )
-        reply = await _call(
-            self._sessions.Connect(
-                pb.ConnectRequest(user_id=body.user_id, server=server, llm=llm, streaming=body.streaming),
-                metadata=metadata,
-            )
+        reply = await self._sessions.Connect(
+            pb.ConnectRequest(user_id=body.user_id, server=server, llm=llm, streaming=body.streaming),
+            metadata=metadata,
         )
         return {
             "status": reply.status,
@@ -67,7 +65,7 @@ class LLMChatServing:
         turn = pb.ChatRequest(user_id=body.user_id, message=body.message)
         call = self._sessions.Chat(turn, metadata=metadata)
         async with cancelled_on_disconnect(request, call):  # a client that leaves ends the turn
-            reply = await _call(call)
+            reply = await call
         return final(reply)
 
     async def stream(self, body: lc.ChatRequest, metadata: Metadata, request: Request) -> StreamingResponse:
@@ -75,23 +73,21 @@ class LLMChatServing:
             pb.StreamChatRequest(user_id=body.user_id, message=body.message), metadata=metadata
         )
         async with cancelled_on_disconnect(request, call):  # the first event may be a long tool call away
-            first = await _call(call.read())
+            first = await call.read()
         return StreamingResponse(
             _frames(call, first), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
     async def disconnect(self, body: lc.DisconnectRequest, metadata: Metadata) -> dict[str, Any]:
-        reply = await _call(
-            self._sessions.Disconnect(pb.DisconnectRequest(user_id=body.user_id), metadata=metadata)
-        )
+        reply = await self._sessions.Disconnect(pb.DisconnectRequest(user_id=body.user_id), metadata=metadata)
         return {"user_id": reply.user_id, "status": "disconnected", "was_connected": reply.was_connected}
 
     async def status(self, user_id: str, metadata: Metadata) -> dict[str, Any]:
-        reply = await _call(self._sessions.GetStatus(pb.GetStatusRequest(user_id=user_id), metadata=metadata))
+        reply = await self._sessions.GetStatus(pb.GetStatusRequest(user_id=user_id), metadata=metadata)
         return {"user_id": reply.user_id, "connected": reply.connected}
 
     async def config(self, user_id: str, metadata: Metadata) -> dict[str, Any]:
-        reply = await _call(self._sessions.GetConfig(pb.GetConfigRequest(user_id=user_id), metadata=metadata))
+        reply = await self._sessions.GetConfig(pb.GetConfigRequest(user_id=user_id), metadata=metadata)
         llm: dict[str, Any] = {"model": reply.llm.model, "system_prompt": reply.llm.system_prompt}
         for name in ("temperature", "max_tokens", "top_p", "seed"):
             llm[name] = getattr(reply.llm, name) if reply.llm.HasField(name) else None
@@ -108,9 +104,7 @@ class LLMChatServing:
         }
 
     async def servers(self, refresh: bool, metadata: Metadata) -> dict[str, Any]:
-        reply = await _call(
-            self._sessions.ListServers(pb.ListServersRequest(refresh=refresh), metadata=metadata)
-        )
+        reply = await self._sessions.ListServers(pb.ListServersRequest(refresh=refresh), metadata=metadata)
         servers = [
             {
                 "name": s.name,
@@ -128,7 +122,7 @@ class LLMChatServing:
         return {"servers": servers}
 
     async def models(self, metadata: Metadata) -> dict[str, Any]:
-        reply = await _call(self._llm.ListModels(llm_pb.ListModelsRequest(), metadata=metadata))
+        reply = await self._llm.ListModels(llm_pb.ListModelsRequest(), metadata=metadata)
         models = [
             {
                 "id": m.id,
@@ -138,13 +132,6 @@ class LLMChatServing:
             for m in reply.models
         ]
         return {"models": models}
-
-
-async def _call(awaitable: Any) -> Any:
-    try:
-        return await awaitable
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc) from None
 
 
 def _arguments(text: str) -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 from typing import Any, Literal
 
-import grpc
 import numpy as np
 from fastapi import Request
 from fastapi.responses import Response
@@ -20,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.rest.disconnect import cancelled_on_disconnect
-from llmservice.rest.errors import from_grpc, invalid
+from llmservice.rest.errors import invalid
 from llmservice.rest.openai.protocol import dump
 
 Metadata = tuple[tuple[str, str], ...]
@@ -75,11 +74,8 @@ async def embeddings(
     stub: pb_grpc.LLMServiceAsyncStub, req: EmbeddingRequest, metadata: Metadata, request: Request
 ) -> Response:
     call = stub.Embed(to_grpc(req), metadata=metadata)
-    try:
-        async with cancelled_on_disconnect(request, call):  # a client that leaves stops the work
-            reply = await call
-    except grpc.aio.AioRpcError as exc:
-        raise from_grpc(exc) from None
+    async with cancelled_on_disconnect(request, call):  # a client that leaves stops the work
+        reply = await call
     encode = _base64 if req.encoding_format == "base64" else list
     body = EmbeddingList(
         object="list",

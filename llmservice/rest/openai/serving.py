@@ -42,11 +42,8 @@ class OpenAIServing:
         if req.logprobs:  # per-token signals only come with StreamChat
             return _json(await self._collect(req, msg, request, metadata))
         call = self._stub.Chat(msg, metadata=metadata)
-        try:
-            async with cancelled_on_disconnect(request, call):
-                reply = await call
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc) from None
+        async with cancelled_on_disconnect(request, call):
+            reply = await call
         return _json(_completion(reply, reply.content, codec.tool_calls(reply.tool_calls), None))
 
     async def _collect(
@@ -58,18 +55,15 @@ class OpenAIServing:
         calls: dict[int, oa.ToolCall] = {}
         last = pb.LLMChatChunk()
         call = self._stub.StreamChat(msg, metadata=metadata)
-        try:
-            async with cancelled_on_disconnect(request, call):
-                async for chunk in call:
-                    last = chunk
-                    if chunk.token:
-                        text.append(chunk.token)
-                        if chunk.HasField("signal"):
-                            logprobs.append(codec.logprob(chunk, req.top_logprobs or 0))
-                    if chunk.HasField("tool_call"):
-                        _merge_call(calls, chunk.tool_call)
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc) from None
+        async with cancelled_on_disconnect(request, call):
+            async for chunk in call:
+                last = chunk
+                if chunk.token:
+                    text.append(chunk.token)
+                    if chunk.HasField("signal"):
+                        logprobs.append(codec.logprob(chunk, req.top_logprobs or 0))
+                if chunk.HasField("tool_call"):
+                    _merge_call(calls, chunk.tool_call)
         merged = [calls[i] for i in sorted(calls)]
         return _completion(last, "".join(text), merged, oa.Logprobs(content=logprobs, refusal=None))
 
@@ -77,11 +71,8 @@ class OpenAIServing:
         self, req: oa.ChatCompletionRequest, msg: pb.LLMChatRequest, request: Request, metadata: Metadata
     ) -> Response:
         call = self._stub.StreamChat(msg, metadata=metadata)
-        try:
-            async with cancelled_on_disconnect(request, call):  # it may wait in the queue
-                first = await call.read()
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc) from None
+        async with cancelled_on_disconnect(request, call):  # it may wait in the queue
+            first = await call.read()
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         frames = _frames(call, first, include_usage, req.top_logprobs or 0 if req.logprobs else None)
         return StreamingResponse(
@@ -100,10 +91,7 @@ class OpenAIServing:
         )
 
     async def _models(self, metadata: Metadata) -> list[oa.Model]:
-        try:
-            reply = await self._stub.ListModels(pb.ListModelsRequest(), metadata=metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc) from None
+        reply = await self._stub.ListModels(pb.ListModelsRequest(), metadata=metadata)
         seen: dict[str, oa.Model] = {}
         for m in reply.models:
             if m.id not in seen:  # one entry per id, though several providers serve it
