@@ -460,7 +460,10 @@ class Engine:
         """One tiled decode of the newest warming job (see prefix_cache.py)."""
         seq = self._warming
         if seq is None:
-            seq = self._warming = self._start_warming(self._warm.pop())
+            # The job leaves _warm only once it is _warming (or found to need nothing), so
+            # `warming` never reads False in between.
+            seq = self._warming = self._start_warming(self._warm[-1])
+            self._warm.pop()
             if seq is None:
                 return
         end = seq.ends[0]
