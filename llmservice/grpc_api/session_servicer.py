@@ -14,7 +14,7 @@ from llmservice.grpc_api.status import errors_to_status
 from llmservice.kernel.context import request_trailer
 from llmservice.service.auth import AuthPolicy, Principal
 from llmservice.service.sessions import (
-    LLMConfig,
+    LLMChoice,
     ServerConfig,
     SessionManager,
     ToolInvocation,
@@ -83,14 +83,14 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
 
     @errors_to_status()
     async def GetConfig(self, request: pb.GetConfigRequest, context: Context) -> pb.GetConfigResponse:
-        config = await self._sessions.config(self._principal(context), request.user_id)
-        llm = config["llm"]
+        record = await self._sessions.config(self._principal(context), request.user_id)
+        server = record.server
         return pb.GetConfigResponse(
-            user_id=config["user_id"],
-            server=pb.McpServer(**config["server"]),
-            llm=pb.LLMConfig(provider=llm["provider"], **llm["config"]),
-            streaming=config["streaming"],
-            tools=config["tools"],
+            user_id=record.user_id,
+            server=pb.McpServer(url=server.url, transport=server.transport, auth_token=server.auth_token),
+            llm=_encode_llm(record.llm),
+            streaming=record.streaming,
+            tools=record.tools,
         )
 
     @errors_to_status()
@@ -118,8 +118,8 @@ def _server(server: pb.McpServer) -> ServerConfig:
     return ServerConfig(server.url, server.transport, server.auth_token)
 
 
-def _llm(llm: pb.LLMConfig) -> LLMConfig:
-    return LLMConfig(
+def _llm(llm: pb.LLMConfig) -> LLMChoice:
+    return LLMChoice(
         provider=llm.provider,
         model=llm.model,
         temperature=llm.temperature if llm.HasField("temperature") else None,
@@ -128,6 +128,14 @@ def _llm(llm: pb.LLMConfig) -> LLMConfig:
         seed=llm.seed if llm.HasField("seed") else None,
         system_prompt=llm.system_prompt,
     )
+
+
+def _encode_llm(llm: LLMChoice) -> pb.LLMConfig:
+    out = pb.LLMConfig(provider=llm.provider, model=llm.model, system_prompt=llm.system_prompt)
+    for name in ("temperature", "max_tokens", "top_p", "seed"):  # optional: unset stays unset
+        if getattr(llm, name) is not None:
+            setattr(out, name, getattr(llm, name))
+    return out
 
 
 def _invocation(i: ToolInvocation) -> pb.ToolInvocation:

@@ -18,7 +18,7 @@ from llmservice.service.auth import LOCAL
 from llmservice.service.core import LLMCore
 from llmservice.service.registry import ProviderRegistry
 from llmservice.service.sessions import (
-    LLMConfig,
+    LLMChoice,
     ServerConfig,
     SessionManager,
     ToolInvocation,
@@ -71,7 +71,7 @@ async def one_turn(settings: Settings, mcp_url: str, provider: str) -> list[Turn
     registry = ProviderRegistry.from_settings(settings)
     async with registry, SessionManager(LLMCore(registry), settings.llmchat, settings.cache) as sessions:
         await sessions.connect(
-            LOCAL, "n-1", ServerConfig(mcp_url, auth_token=MCP_TOKEN), LLMConfig(provider=provider)
+            LOCAL, "n-1", ServerConfig(mcp_url, auth_token=MCP_TOKEN), LLMChoice(provider=provider)
         )
         return [e async for e in await sessions.chat(LOCAL, "n-1", "What is 2 plus 3, plus 1?")]
 

@@ -26,7 +26,7 @@ from llmservice.providers.openai_family.settings import OpenAISettings
 from llmservice.service.auth import Principal
 from llmservice.service.core import LLMCore
 from llmservice.service.registry import ProviderRegistry
-from llmservice.service.sessions import LLMConfig, ServerConfig, SessionManager, TurnFinal
+from llmservice.service.sessions import LLMChoice, ServerConfig, SessionManager, TurnFinal
 from llmservice.service.sessions.ownership import LOCK, OWNER, Ownership
 from llmservice.service.settings import CacheSettings, LLMChatSettings, Settings
 
@@ -36,7 +36,7 @@ from ..servers import MCP_TOKEN, RedisServer, demo_mcp_server, redis_server
 
 ALICE, BOB = Principal("alice"), Principal("bob")
 TIME = ServerConfig("time", "stdio")
-LLM = LLMConfig(provider="openai")
+LLM = LLMChoice(provider="openai")
 
 
 @pytest.fixture(scope="module")

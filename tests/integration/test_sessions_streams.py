@@ -22,7 +22,7 @@ from llmservice.service.auth import LOCAL
 from llmservice.service.core import LLMCore
 from llmservice.service.registry import ProviderRegistry
 from llmservice.service.sessions import (
-    LLMConfig,
+    LLMChoice,
     ServerConfig,
     SessionManager,
     ToolInvocation,
@@ -114,7 +114,7 @@ async def test_a_trimmed_history_goes_to_the_model_from_a_user_turn(mcp_url: str
         config = settings(upstream, store.url, chat_history_max_messages=6)
         async with manager(config) as sessions:
             await sessions.connect(
-                LOCAL, "s-trim", ServerConfig(mcp_url, auth_token=MCP_TOKEN), LLMConfig(provider="openai")
+                LOCAL, "s-trim", ServerConfig(mcp_url, auth_token=MCP_TOKEN), LLMChoice(provider="openai")
             )
             for ask in ("first?", "second?", "third?"):
                 assert isinstance((await turn(sessions, "s-trim", ask))[-1], TurnFinal)
@@ -136,7 +136,7 @@ async def test_redis_killed_during_a_turn_loses_nothing(mcp_url: str) -> None:
     with redis_server() as store, fake_openai(slow) as upstream:
         async with manager(settings(upstream, store.url)) as sessions:
             await sessions.connect(
-                LOCAL, "s-kill", ServerConfig(mcp_url, auth_token=MCP_TOKEN), LLMConfig(provider="openai")
+                LOCAL, "s-kill", ServerConfig(mcp_url, auth_token=MCP_TOKEN), LLMChoice(provider="openai")
             )
             events = await sessions.chat(LOCAL, "s-kill", "during?")
             seen: list[TurnEvent] = []
@@ -168,7 +168,7 @@ async def test_a_server_everything_tool_end_to_end() -> None:
     with fake_openai(echo, Reply(text="It said hello.")) as upstream:
         async with manager(settings(upstream)) as sessions:
             connected = await sessions.connect(
-                LOCAL, "s-every", ServerConfig("everything", "stdio"), LLMConfig(provider="openai")
+                LOCAL, "s-every", ServerConfig("everything", "stdio"), LLMChoice(provider="openai")
             )
             assert "echo" in connected.tools
             events = await turn(sessions, "s-every", "Echo something.")
@@ -188,7 +188,7 @@ async def test_a_caller_that_leaves_while_the_history_is_read_releases_the_conne
     with fake_openai(ANSWER) as upstream:
         async with manager(settings(upstream)) as sessions:
             server = ServerConfig(mcp_url, auth_token=MCP_TOKEN)
-            await sessions.connect(LOCAL, "s-leave", server, LLMConfig(provider="openai"))
+            await sessions.connect(LOCAL, "s-leave", server, LLMChoice(provider="openai"))
             reading, never = asyncio.Event(), asyncio.Event()
 
             async def stuck_read(user_id: str) -> list[Any]:

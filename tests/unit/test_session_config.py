@@ -7,7 +7,7 @@ import pytest
 from llmservice._pb.llmservice.v1 import chat_session_pb2 as pb
 from llmservice.grpc_api.session_servicer import _llm, _server
 from llmservice.kernel.errors import InvalidRequest
-from llmservice.service.sessions import LLMConfig, ServerConfig
+from llmservice.service.sessions import LLMChoice, ServerConfig
 from llmservice.service.sessions.mcp_client import ServerSpec
 
 
@@ -41,7 +41,7 @@ def test_a_bad_server_names_its_field(server: ServerConfig, field: str, message:
 
 
 def test_the_llm_decode_keeps_unset_apart_from_zero() -> None:
-    assert _llm(pb.LLMConfig(provider="openai")) == LLMConfig(provider="openai")
+    assert _llm(pb.LLMConfig(provider="openai")) == LLMChoice(provider="openai")
     zero = _llm(pb.LLMConfig(model="m", temperature=0.0, seed=0, system_prompt="be brief"))
-    assert zero == LLMConfig(model="m", temperature=0.0, seed=0, system_prompt="be brief")
+    assert zero == LLMChoice(model="m", temperature=0.0, seed=0, system_prompt="be brief")
     assert (zero.max_tokens, zero.top_p) == (None, None)

@@ -111,7 +111,7 @@ def test_records_keep_secrets_sealed() -> None:
     text = dump(record, box)
     assert "tok-123" not in text
     assert load(text, box) == record
-    assert record.masked()["server"]["auth_token"] == "********"
+    assert record.masked().server.auth_token == "********"
     with pytest.raises(Exception, match="secret_key"):
         load(text, SecretBox("another key"))
 

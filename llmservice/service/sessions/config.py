@@ -1,8 +1,8 @@
-"""What a connect asks for: the MCP server and the LLM, decoded from the wire once.
+"""What a connect asks for of its MCP server, decoded from the wire once.
 
-Both are taken as the caller sent them. `ServerConfig.spec` makes the server's fields a
-`ServerSpec`; what this worker's configuration allows (stdio names, the URL policy) and
-which providers and models exist are the session manager's to check.
+It is taken as the caller sent it. `ServerConfig.spec` makes its fields a `ServerSpec`;
+what this worker's configuration allows (stdio names, the URL policy) is the session
+manager's to check. The LLM a connect asks for is a `records.LLMChoice` from the start.
 """
 
 from __future__ import annotations
@@ -33,19 +33,6 @@ class ServerConfig:
         if not url:
             raise InvalidRequest("server.url", "is required")
         return ServerSpec(url, transport, "" if transport == "stdio" else self.auth_token)
-
-
-@dataclass(frozen=True)
-class LLMConfig:
-    """The LLM: an empty provider is the first one configured, an empty model its default."""
-
-    provider: str = ""
-    model: str = ""
-    temperature: float | None = None
-    max_tokens: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    system_prompt: str = ""
 
 
 def _is_transport(name: str) -> TypeGuard[Transport]:

@@ -20,8 +20,8 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from llmservice.kernel.errors import DeadlineExceeded, InvalidRequest, PermissionDenied, Unavailable
 from llmservice.kernel.types import ChatRequest, Message, Sampling
@@ -29,7 +29,7 @@ from llmservice.service.auth import Principal
 from llmservice.service.core import LLMCore
 from llmservice.service.sessions import fallback
 from llmservice.service.sessions.agent import ToolInvocation, TurnEvent, run_turn
-from llmservice.service.sessions.config import TRANSPORTS, LLMConfig, ServerConfig
+from llmservice.service.sessions.config import TRANSPORTS, ServerConfig
 from llmservice.service.sessions.history import ChatHistoryManager
 from llmservice.service.sessions.mcp_client import McpConnection, ServerSpec
 from llmservice.service.sessions.ownership import Ownership
@@ -142,7 +142,7 @@ class SessionManager:
         principal: Principal,
         user_id: str,
         server: ServerConfig,
-        llm: LLMConfig,
+        llm: LLMChoice,
         streaming: bool = True,
     ) -> Connected:
         _check_user_id(user_id)
@@ -184,7 +184,7 @@ class SessionManager:
     async def status(self, principal: Principal, user_id: str) -> bool:
         return await self._own_record(principal, user_id, required=False) is not None
 
-    async def config(self, principal: Principal, user_id: str) -> dict[str, Any]:
+    async def config(self, principal: Principal, user_id: str) -> SessionRecord:
         record = await self._own_record(principal, user_id, required=True)
         assert record is not None
         return record.masked()
@@ -339,7 +339,7 @@ class SessionManager:
         await self._urls.check(spec.url)
         return ServerSpec(spec.url, spec.transport, spec.auth_token)
 
-    async def _llm_choice(self, principal: Principal, llm: LLMConfig) -> LLMChoice:
+    async def _llm_choice(self, principal: Principal, llm: LLMChoice) -> LLMChoice:
         """The provider and model `llm` names, as this caller may use them (empty: the defaults)."""
         models = await self._core.list_models(principal)
         providers = sorted({m.provider for m in models})
@@ -350,15 +350,7 @@ class SessionManager:
             )
         if llm.model and llm.model not in {m.id for m in models if m.provider == provider}:
             raise InvalidRequest("llm.config.model", f"provider {provider} has no model {llm.model!r}")
-        return LLMChoice(
-            provider,
-            model=llm.model,
-            temperature=llm.temperature,
-            max_tokens=llm.max_tokens,
-            top_p=llm.top_p,
-            seed=llm.seed,
-            system_prompt=llm.system_prompt,
-        )
+        return replace(llm, provider=provider)
 
 
 def _check_user_id(user_id: str) -> None:

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from cryptography.fernet import Fernet, InvalidToken
@@ -34,7 +34,10 @@ BINDING = "llmchat:user:{}"
 
 @dataclass(frozen=True)
 class LLMChoice:
-    provider: str
+    """The LLM a session talks to; as a connect asks for it, an empty provider means the
+    first one configured and an empty model its default."""
+
+    provider: str = ""
     model: str = ""
     temperature: float | None = None
     max_tokens: int | None = None
@@ -54,17 +57,10 @@ class SessionRecord:
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # a new one per connect
     created: float = field(default_factory=time.time)
 
-    def masked(self) -> dict[str, Any]:
-        server = {"url": self.server.url, "transport": self.server.transport}
-        server["auth_token"] = "********" if self.server.auth_token else ""
-        llm = {k: v for k, v in asdict(self.llm).items() if k != "provider" and v not in (None, "")}
-        return {
-            "user_id": self.user_id,
-            "server": server,
-            "llm": {"provider": self.llm.provider, "config": llm},
-            "streaming": self.streaming,
-            "tools": list(self.tools),
-        }
+    def masked(self) -> SessionRecord:
+        """The record as its owner may see it: the MCP token, if any, masked."""
+        token = "********" if self.server.auth_token else ""
+        return replace(self, server=replace(self.server, auth_token=token))
 
 
 class SecretBox:
