@@ -3,7 +3,7 @@ refuses unknown keys, and the error that names what cannot be used."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -28,6 +28,15 @@ class ProviderSettings(Section):
 
 ENV_PREFIX = "LLMSERVICE_"
 ENV_NESTED_DELIMITER = "__"
+
+
+def env_name(path: Sequence[str], documented: Mapping[str, Sequence[str]]) -> str:
+    """The variable that sets a settings path: a documented one (`documented` maps each
+    to the path it sets), else the generic one."""
+    for name, target in documented.items():
+        if tuple(target) == tuple(path):
+            return name
+    return nested_env_name(path)
 
 
 def nested_env_name(path: Sequence[str]) -> str:

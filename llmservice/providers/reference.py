@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from llmservice.kernel.provider import ProviderEntry
-from llmservice.kernel.settings import nested_env_name
+from llmservice.kernel.settings import env_name, nested_env_name
 
 HEADER = """# Providers
 
@@ -25,8 +25,7 @@ as the variable shown, or with `--set kind.key=value`.
 
 def variable(entry: ProviderEntry, key: str) -> str:
     """The variable that sets `key` of `entry`'s section: its documented one, else the generic one."""
-    documented = [name for name, target in entry.env.items() if target == key]
-    return documented[0] if documented else nested_env_name((entry.kind, key))
+    return env_name((entry.kind, key), {name: (entry.kind, k) for name, k in entry.env.items()})
 
 
 def required(entry: ProviderEntry) -> list[str]:

@@ -31,8 +31,8 @@ from llmservice.kernel.settings import (
     ProviderSettings,
     Section,
     SettingsError,
-    nested_env_name,
 )
+from llmservice.kernel.settings import env_name as kernel_env_name
 from llmservice.observability.settings import LogSettings, TracingSettings
 from llmservice.providers import entries
 
@@ -164,8 +164,6 @@ def _deployment(entry: ProviderEntry) -> type[_Deployment]:
 
 def _deployment_union() -> Any:
     models = [_deployment(entry) for entry in entries().values() if not entry.local]
-    if len(models) == 1:
-        return models[0]
     return Annotated[Union[tuple(models)], Field(discriminator="provider")]  # noqa: UP007 -- built at run time
 
 
@@ -413,5 +411,4 @@ def _describe(exc: ValidationError, config_file: Path | None) -> str:
 
 def env_name(path: Sequence[str]) -> str:
     """The environment variable that sets a settings path, e.g. LLMSERVICE_SERVER__GRPC_PORT."""
-    documented = [name for name, target in DOCUMENTED_ENV.items() if target == tuple(path)]
-    return documented[0] if documented else nested_env_name(path)
+    return kernel_env_name(path, DOCUMENTED_ENV)

@@ -99,14 +99,16 @@ def test_a_cache_salt_past_its_limit_is_refused_by_name() -> None:
 
 def test_the_shim_tells_cached_prompt_tokens_where_openai_does() -> None:
     reply = pb.LLMChatResponse(prompt_tokens=7, completion_tokens=3, cached_prompt_tokens=4)
-    assert shim_codec.usage(reply) == {
+    assert shim_codec.usage(reply).model_dump() == {
         "prompt_tokens": 7,
         "completion_tokens": 3,
         "total_tokens": 10,
         "prompt_tokens_details": {"cached_tokens": 4},
     }
     end = pb.LLMChatChunk(done=True, prompt_tokens=7, completion_tokens=3)
-    assert shim_codec.usage(end)["prompt_tokens_details"] == {"cached_tokens": 0}  # present, 0: none
+    assert shim_codec.usage(end).model_dump()["prompt_tokens_details"] == {
+        "cached_tokens": 0
+    }  # present, 0: none
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from typing import Any
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice.rest.errors import invalid
@@ -196,13 +195,12 @@ def _ln(p: float) -> float:
     return math.log(p) if p > 0 else -9999.0
 
 
-def usage(reply: pb.LLMChatResponse | pb.LLMChatChunk) -> dict[str, Any]:
-    """OpenAI's usage object (as the dict oa.Usage is validated from), from a whole reply or
-    a stream's final chunk. Cached tokens go where OpenAI puts them, always present (0: none),
-    and are part of prompt_tokens."""
-    return {
-        "prompt_tokens": reply.prompt_tokens,
-        "completion_tokens": reply.completion_tokens,
-        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": reply.cached_prompt_tokens},
-    }
+def usage(reply: pb.LLMChatResponse | pb.LLMChatChunk) -> oa.Usage:
+    """OpenAI's usage object, from a whole reply or a stream's final chunk. Cached tokens go
+    where OpenAI puts them, always present (0: none), and are part of prompt_tokens."""
+    return oa.Usage(
+        prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens,
+        total_tokens=reply.prompt_tokens + reply.completion_tokens,
+        prompt_tokens_details=oa.PromptTokensDetails(cached_tokens=reply.cached_prompt_tokens),
+    )

@@ -186,8 +186,8 @@ class _ChunkFrames:
 
     def usage(self, last: pb.LLMChatChunk) -> bytes:
         """The usage chunk (stream_options.include_usage): no choices, the whole reply's usage."""
-        usage = oa.Usage.model_validate(codec.usage(last))
-        return b"data: " + _event_json(self._chunk.model_copy(update={"usage": usage})) + b"\n\n"
+        chunk = self._chunk.model_copy(update={"usage": codec.usage(last)})
+        return b"data: " + _event_json(chunk) + b"\n\n"
 
 
 # JSON may carry U+0085, U+2028 and U+2029 unescaped, but a reader that splits an event
