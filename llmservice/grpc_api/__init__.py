@@ -11,7 +11,6 @@ from typing import Any, cast
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from llmservice._pb.llmservice.v1 import chat_session_pb2 as session_pb
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as session_grpc
@@ -21,6 +20,7 @@ from llmservice._pb.llmservice.v1 import model_admin_pb2 as admin_pb
 from llmservice._pb.llmservice.v1 import model_admin_pb2_grpc as admin_grpc
 from llmservice._pb.protocol import llm_service_pb2 as protocol_pb
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
+from llmservice.grpc_api import reflection
 from llmservice.grpc_api.admin_servicer import ModelAdminServicer
 from llmservice.grpc_api.in_process import HandlerRegistry, InProcessChannel
 from llmservice.grpc_api.servicer import LLMServicer
@@ -116,10 +116,7 @@ async def start_server(
             admin_grpc.add_ModelAdminServiceServicer_to_server(admin_servicer, target)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    reflection.enable((*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")

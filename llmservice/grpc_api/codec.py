@@ -57,15 +57,21 @@ def decode_chat_request(msg: pb.LLMChatRequest) -> ChatRequest:
             top_k=msg.top_k or None,
             min_p=msg.min_p if msg.HasField("min_p") else None,
             repetition_penalty=msg.repetition_penalty if msg.HasField("repetition_penalty") else None,
+            frequency_penalty=msg.frequency_penalty if msg.HasField("frequency_penalty") else None,
+            presence_penalty=msg.presence_penalty if msg.HasField("presence_penalty") else None,
         ),
         attachments=tuple(Attachment(a.mime_type, a.data, a.filename) for a in msg.attachments),
         priority=msg.priority,
         signals=_signal_options(msg),
         constraint=_constraint(msg),
-        tools=tuple(Tool(t.name, t.description, t.parameters_json or NO_PARAMETERS) for t in msg.tools),
+        tools=tuple(
+            Tool(t.name, t.description, t.parameters_json or NO_PARAMETERS, t.strict) for t in msg.tools
+        ),
         tool_choice=_tool_choice(msg),
         user=msg.user,
         cache_salt=msg.cache_salt,
+        parallel_tool_calls=msg.parallel_tool_calls if msg.HasField("parallel_tool_calls") else None,
+        raw_prompt=msg.raw_prompt or None,
     )
 
 

@@ -120,6 +120,16 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         return codec.encode_models(await self._core.list_models(principal))
 
     @errors_to_status(not_found=MODEL_NOT_FOUND)
+    async def CountTokens(
+        self,
+        request: pb.LLMChatRequest,
+        context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.CountTokensResponse],
+    ) -> pb.CountTokensResponse:
+        principal = self._auth.authenticate(context.invocation_metadata() or ())
+        provider, model, n = await self._core.count_tokens(_decode(request, context), principal)
+        return pb.CountTokensResponse(input_tokens=n, model=model, provider=provider)
+
+    @errors_to_status(not_found=MODEL_NOT_FOUND)
     async def Embed(
         self,
         request: pb.EmbedRequest,

@@ -40,6 +40,9 @@ class Provider(abc.ABC):
     """
 
     name: str
+    # What it honours beyond chat; the core refuses requests that need what it lacks.
+    raw_prompts: bool = False  # continues a raw prompt (ChatRequest.raw_prompt), no chat template
+    strict_tools: bool = False  # holds each tool call's arguments to its tool's schema
 
     async def start(self) -> None:  # noqa: B027 -- optional hook: most remote providers need none
         """Make the provider ready to serve (load a model, open clients)."""
@@ -63,6 +66,10 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         """Generate a reply token by token."""
+
+    async def count_tokens(self, model: str, request: ChatRequest) -> int:
+        """The prompt's size in `model`'s tokens (the prompt_tokens a reply would report)."""
+        raise InvalidRequest("model", f"provider {self.name} cannot count tokens")
 
     async def embed(self, model: str, request: EmbedRequest) -> EmbedResult:
         """One vector per input of `request`, in order; by default, this provider has none."""

@@ -40,6 +40,7 @@ class Tool:
     name: str
     description: str = ""
     parameters: str = NO_PARAMETERS
+    strict: bool = False  # a call's arguments must be valid against `parameters`
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,9 @@ class Sampling:
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    # OpenAI's penalties, in [-2, 2]: by how often, or whether, a token is in the output so far.
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,10 @@ class ChatRequest:
     # so that one principal's prompts cannot be probed through another's cache hits.
     cache_salt: str = ""
     principal: str = ""
+    parallel_tool_calls: bool | None = None  # False: at most one tool call per reply
+    # The legacy completions API: text continued as it is, with no chat template. When set,
+    # `messages` is empty.
+    raw_prompt: str | None = None
 
 
 class FinishReason(StrEnum):

@@ -25,14 +25,15 @@ async def _disconnected(receive: Receive) -> None:
 
 
 @contextlib.asynccontextmanager
-async def cancelled_on_disconnect(request: Request, call: Any) -> AsyncIterator[None]:
-    """For the block, a client that leaves cancels `call` (a grpc.aio call); the block then ends
-    with a 499 rather than the CancelledError the cancelled call raises."""
+async def cancelled_on_disconnect(request: Request, *calls: Any) -> AsyncIterator[None]:
+    """For the block, a client that leaves cancels `calls` (grpc.aio calls); the block then ends
+    with a 499 rather than the CancelledError a cancelled call raises."""
     watcher = asyncio.create_task(_disconnected(request.receive))
 
     def cancel_call(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is None:
-            call.cancel()
+            for call in calls:
+                call.cancel()
 
     watcher.add_done_callback(cancel_call)
     try:

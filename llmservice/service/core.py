@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
 
 from llmservice.kernel.embedding import Embeddings, EmbedRequest, Vector, validate_embed
-from llmservice.kernel.errors import LLMServiceError, NotFound, Unavailable
+from llmservice.kernel.errors import InvalidRequest, LLMServiceError, NotFound, Unavailable
 from llmservice.kernel.provider import Provider
-from llmservice.kernel.types import ChatRequest, Completion, ModelInfo, StreamEvent, Usage
+from llmservice.kernel.types import (
+    ChatRequest,
+    Completion,
+    ModelInfo,
+    StreamEvent,
+    ToolCallDelta,
+    Usage,
+)
 from llmservice.service.auth import LOCAL, Principal
 from llmservice.service.embed_cache import EmbeddingCache, cache_key
 from llmservice.service.limits import Limits
@@ -45,6 +53,8 @@ class LLMCore:
             async with self.limits.chat(principal, provider.name, model, request) as ticket:
                 completion = await provider.complete(model, request)
                 ticket.used(completion.usage, completion.provider)
+            if request.parallel_tool_calls is False and len(completion.tool_calls) > 1:
+                completion = replace(completion, tool_calls=completion.tool_calls[:1])
         except LLMServiceError as exc:
             exc.provider = exc.provider or provider.name
             raise
@@ -55,8 +65,19 @@ class LLMCore:
         provider, model = self._route(request, principal)
         request = _as(request, principal)
         events = provider.stream(model, request)
+        if request.parallel_tool_calls is False:
+            events = _one_tool_call(events)
         events = self.limits.metered(principal, provider.name, model, request, events)
         return Stream(provider.name, model, events)
+
+    async def count_tokens(self, request: ChatRequest, principal: Principal = LOCAL) -> tuple[str, str, int]:
+        """(provider, model, the prompt's size in tokens), checked and routed as a chat is."""
+        provider, model = self._route(request, principal)
+        try:
+            return provider.name, model, await provider.count_tokens(model, _as(request, principal))
+        except LLMServiceError as exc:
+            exc.provider = exc.provider or provider.name
+            raise
 
     async def embed(self, request: EmbedRequest, principal: Principal = LOCAL) -> Embeddings:
         """One vector per input: from the cache where it has them, from the provider for the rest."""
@@ -92,7 +113,12 @@ class LLMCore:
 
     def _route(self, request: ChatRequest, principal: Principal) -> tuple[Provider, str]:
         validate(request)
-        return self._resolve(request.provider, request.model, principal, lambda p, m: p.validate(m, request))
+
+        def check(provider: Provider, model: str) -> None:
+            _supported(provider, request)
+            provider.validate(model, request)
+
+        return self._resolve(request.provider, request.model, principal, check)
 
     def _resolve(
         self,
@@ -116,6 +142,28 @@ class LLMCore:
 
     async def list_models(self, principal: Principal = LOCAL) -> list[ModelInfo]:
         return [m for m in await self._registry.list_models() if principal.may_use(m.provider, m.id)]
+
+
+def _supported(provider: Provider, request: ChatRequest) -> None:
+    """Refuse what the provider cannot honour of the requests only some providers take."""
+    if request.raw_prompt is not None and not provider.raw_prompts:
+        raise InvalidRequest(
+            "prompt", f"provider {provider.name} has no raw completion (no chat template); use chat"
+        )
+    if not provider.strict_tools:
+        for i, tool in enumerate(request.tools):
+            if tool.strict:
+                raise InvalidRequest(
+                    f"tools[{i}].strict", f"provider {provider.name} cannot hold tool calls to their schema"
+                )
+
+
+async def _one_tool_call(events: AsyncGenerator[StreamEvent]) -> AsyncGenerator[StreamEvent]:
+    """parallel_tool_calls false, whatever the provider did: the first call only."""
+    async with contextlib.aclosing(events) as running:
+        async for event in running:
+            if not (isinstance(event, ToolCallDelta) and event.index > 0):
+                yield event
 
 
 def _as(request: ChatRequest, principal: Principal) -> ChatRequest:

@@ -51,6 +51,9 @@ class FallbackRoute(Provider):
         self._clock = clock
         self._cool_until: dict[str, float] = {}
         self.fallbacks = 0  # times a request moved on to the next deployment
+        # Whichever deployment answers must honour the request: what all of them can.
+        self.raw_prompts = all(m.raw_prompts for m in self.members)
+        self.strict_tools = all(m.strict_tools for m in self.members)
 
     @property
     def default_model(self) -> str:
@@ -103,6 +106,11 @@ class FallbackRoute(Provider):
                 continue
             return replace(completion, model=self._model)
         raise self._exhausted(last)
+
+    async def count_tokens(self, model: str, request: ChatRequest) -> int:
+        """As the deployment a chat would go to now counts them."""
+        member = self._in_order()[0]
+        return await member.count_tokens(member.default_model, request)
 
     def _in_order(self) -> list[Provider]:
         """Deployments not cooling down, in route order; all of them if every one is."""

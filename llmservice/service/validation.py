@@ -16,7 +16,9 @@ TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def validate(request: ChatRequest) -> None:
-    if not request.messages:
+    if request.raw_prompt is not None:
+        _validate_raw_prompt(request)
+    elif not request.messages:
         raise InvalidRequest("messages", "no messages, and no user_prompt or system_prompt to use instead")
     s = request.sampling
     if s.temperature is not None and not 0 <= s.temperature <= 2:
@@ -40,6 +42,10 @@ def validate(request: ChatRequest) -> None:
         raise InvalidRequest("min_p", f"{s.min_p} is outside [0, 1)")
     if s.repetition_penalty is not None and not 0 < s.repetition_penalty <= 2:
         raise InvalidRequest("repetition_penalty", f"{s.repetition_penalty} is outside (0, 2]")
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = getattr(s, name)
+        if value is not None and not -2 <= value <= 2:
+            raise InvalidRequest(name, f"{value} is outside [-2, 2]")
     if request.signals is not None and not 1 <= request.signals.top_k <= MAX_SIGNAL_TOP_K:
         raise InvalidRequest(
             "signal_options.top_k", f"{request.signals.top_k} is outside 1 .. {MAX_SIGNAL_TOP_K} (0 means 10)"
@@ -52,6 +58,15 @@ def validate(request: ChatRequest) -> None:
         )
     _validate_tools(request)
     _validate_turns(request)
+
+
+def _validate_raw_prompt(request: ChatRequest) -> None:
+    if request.messages:
+        raise InvalidRequest("raw_prompt", "a raw prompt comes instead of messages, not with them")
+    if not request.raw_prompt:
+        raise InvalidRequest("prompt", "is empty: there is nothing to continue")
+    if request.tools or request.tool_choice is not None:
+        raise InvalidRequest("tools", "a raw prompt has no chat format to call tools in")
 
 
 def _validate_tools(request: ChatRequest) -> None:
@@ -80,9 +95,16 @@ def _validate_tools(request: ChatRequest) -> None:
 
 
 def _validate_turns(request: ChatRequest) -> None:
+    calls: set[str] = set()  # the ids of the tool calls made so far
     for i, message in enumerate(request.messages):
         if message.role == "tool" and not message.tool_call_id:
             raise InvalidRequest(f"messages[{i}].tool_call_id", "a tool turn must say which call it answers")
+        if message.role == "tool" and message.tool_call_id not in calls:
+            raise InvalidRequest(
+                f"messages[{i}].tool_call_id",
+                f"{message.tool_call_id!r} answers no tool call of an earlier assistant turn",
+            )
+        calls.update(c.id for c in message.tool_calls)
         if message.tool_calls and message.role != "assistant":
             raise InvalidRequest(f"messages[{i}].tool_calls", "only assistant turns carry tool calls")
         for j, call in enumerate(message.tool_calls):

@@ -68,23 +68,39 @@ def _check_reflection(target: str) -> None:
         assert {"llmservice.v1.LLMService", "protocol.LLMService", "grpc.health.v1.Health"} <= services
         pool = DescriptorPool(db)
         v1 = pool.FindServiceByName("llmservice.v1.LLMService")
-        assert [m.name for m in v1.methods] == ["Chat", "StreamChat", "ListModels", "Embed"]
+        assert [m.name for m in v1.methods] == ["Chat", "StreamChat", "ListModels", "Embed", "CountTokens"]
         legacy = pool.FindServiceByName("protocol.LLMService")
         assert legacy.FindMethodByName("StreamChat").output_type.full_name == "llmservice.v1.LLMChatChunk"
 
 
 @pytest.mark.skipif(not BUF.exists(), reason="buf is installed by `make test` (npm ci)")
-async def test_buf_curl_calls_through_reflection(service: Service) -> None:
-    """buf curl knows nothing of our protos: it reads them from the server by reflection."""
+@pytest.mark.parametrize("protocol", ["grpc-v1", "grpc-v1alpha"])
+async def test_buf_curl_calls_through_reflection(service: Service, protocol: str) -> None:
+    """buf curl knows nothing of our protos: it reads them from the server by reflection,
+    speaking only the reflection protocol it is told to (tools that know v1 alone, too)."""
     base = f"http://{service.target}"
-    common = [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge"]
+    common = [
+        str(BUF),
+        "curl",
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        "--reflect-protocol",
+        protocol,
+    ]
     models = await run(*common, f"{base}/llmservice.v1.LLMService/ListModels")
     assert json.loads(models)["models"][0]["id"] == "smollm2-135m-instruct-q4_1"
     body = json.dumps({"userPrompt": "Say hi.", "maxTokens": 3})
     chat = await run(*common, "-d", body, f"{base}/protocol.LLMService/Chat")
     assert json.loads(chat)["completionTokens"] == 3
     listed = await run(*common, "--list-methods", base)
-    assert "protocol.LLMService/StreamChat" in listed.split()
+    # Listing methods describes every service, reflection itself (under both names) too.
+    assert {
+        "protocol.LLMService/StreamChat",
+        "llmservice.v1.LLMService/CountTokens",
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    } <= set(listed.split())
 
 
 async def run(*argv: str) -> str:

@@ -115,8 +115,9 @@ async def test_an_unknown_model_fails_before_any_stream_byte(client: openai.Asyn
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"n": 2}, "n"),
-        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"n": 17}, "n"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty"),
+        ({"store": True}, "store"),
         ({"made_up": 1}, "made_up"),
         ({"temperature": 5}, "temperature"),
         ({"logit_bias": {"1": 2}}, "logit_bias"),
@@ -161,9 +162,9 @@ IMAGE = "data:image/png;base64,iVBORw0KGgo="
         (HELLO, {"stream": True, "stream_options": {"include_usage": True, "foo": 1}}, "stream_options.foo"),
         (HELLO, {"response_format": {"type": "json_object", "foo": 1}}, "response_format.foo"),
         (
-            HELLO,
-            {"tools": [{"type": "function", "function": {"name": "f", "strict": True}}]},
-            "tools[0].function.strict",
+            [{"role": "tool", "tool_call_id": "call_nowhere", "content": "42"}],
+            {},
+            "messages[0].tool_call_id",
         ),
         ([{"role": "assistant", "content": "hi", "refusal": "no"}], {}, "messages[0].refusal"),
         ([{"role": "user"}, {"content": "hi"}], {}, "messages[1].role"),

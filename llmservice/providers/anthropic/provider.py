@@ -84,6 +84,8 @@ class AnthropicProvider(HttpProvider):
             seed=s.seed,
             min_p=s.min_p,
             repetition_penalty=s.repetition_penalty,
+            frequency_penalty=s.frequency_penalty,
+            presence_penalty=s.presence_penalty,
             signal_options=request.signals,
             response_format=request.constraint,
         )
@@ -203,6 +205,10 @@ class AnthropicProvider(HttpProvider):
                 "required": {"type": "any"},
                 "function": {"type": "tool", "name": choice.name},
             }[choice.mode]
+        if request.tools and request.parallel_tool_calls is False:
+            tool_choice = body.setdefault("tool_choice", {"type": "auto"})
+            if tool_choice["type"] != "none":
+                tool_choice["disable_parallel_tool_use"] = True
         return body
 
 

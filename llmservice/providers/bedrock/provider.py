@@ -97,6 +97,8 @@ class BedrockProvider(HttpProvider):
             top_k=s.top_k,
             min_p=s.min_p,
             repetition_penalty=s.repetition_penalty,
+            frequency_penalty=s.frequency_penalty,
+            presence_penalty=s.presence_penalty,
             signal_options=request.signals,
             response_format=request.constraint,
         )

@@ -52,6 +52,8 @@ class LlamaCppProvider(Provider):
     by file name without .gguf; each is loaded on first use and kept in a ModelPool."""
 
     name = "llamacpp"
+    raw_prompts = True
+    strict_tools = True  # every tool call is generated under its tool's schema, as a grammar
 
     def __init__(self, settings: LlamaCppSettings, clock: Clock = time.monotonic) -> None:
         self._settings = settings
@@ -221,7 +223,7 @@ class LlamaCppProvider(Provider):
     def validate(self, model: str, request: ChatRequest) -> None:
         self._check_model(model)
         with self._pool.peek(model) as loaded:
-            if loaded is not None:  # else refused once it is loaded, before it runs
+            if loaded is not None and request.raw_prompt is None:  # else refused once loaded
                 _chat_template(loaded, model)
         if request.tools and request.constraint is not None:
             raise InvalidRequest(
@@ -242,6 +244,16 @@ class LlamaCppProvider(Provider):
             with self._pool.peek(model) as loaded:
                 if loaded is not None:  # else checked once it is loaded, before it runs
                     _check_grammars(loaded.model, request)
+
+    async def count_tokens(self, model: str, request: ChatRequest) -> int:
+        """The prompt as `stream` would run it, tool catalogue included."""
+        self._check_model(model)
+        async with self._pool.use(model) as loaded:
+            if request.tools and (request.tool_choice is None or request.tool_choice.mode != "none"):
+                request = tools.with_tools(request)
+            else:
+                request = replace(request, messages=tools.plain_turns(request.messages, calls_as_json=False))
+            return len(_prompt_tokens(loaded, model, request))
 
     async def embed(self, model: str, request: EmbedRequest) -> EmbedResult:
         self._check_model(model)
@@ -305,7 +317,7 @@ class LlamaCppProvider(Provider):
         self, loaded: LoadedModel, model: str, request: ChatRequest
     ) -> AsyncGenerator[StreamEvent]:
         engine, scheduler = loaded.engine, loaded.scheduler
-        prompt = _tokenize(loaded, model, _with_attachments(request))
+        prompt = _prompt_tokens(loaded, model, request)
         if len(prompt) >= engine.n_ctx:
             raise InvalidRequest(
                 "messages",
@@ -326,6 +338,8 @@ class LlamaCppProvider(Provider):
                 top_k=s.top_k,
                 min_p=s.min_p,
                 repetition_penalty=s.repetition_penalty,
+                frequency_penalty=s.frequency_penalty,
+                presence_penalty=s.presence_penalty,
                 seed=s.seed,
                 grammar=grammar_for(request.constraint) if request.constraint else None,
             ),
@@ -514,7 +528,11 @@ class _Counters:
 
 def _resendable(end: StreamEnd, request: ChatRequest) -> bool:
     """A reply a client sends back as the next turn's history (attachments it would not resend)."""
-    return end.finish_reason in (FinishReason.STOP, FinishReason.LENGTH) and not request.attachments
+    return (
+        end.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+        and not request.attachments
+        and request.raw_prompt is None
+    )
 
 
 def _check_grammars(model: LlamaModel, request: ChatRequest) -> None:
@@ -553,6 +571,13 @@ def _tokenize(
     except ValueError as exc:  # the template's own raise_exception: a conversation it refuses
         raise InvalidRequest("messages", str(exc)) from None
     return tokenize_segments(loaded.model, segments)
+
+
+def _prompt_tokens(loaded: LoadedModel, model: str, request: ChatRequest) -> list[int]:
+    """The tokens the model reads: a raw prompt as it is, or the conversation in its chat template."""
+    if request.raw_prompt is not None:
+        return tokenize_segments(loaded.model, [Segment(request.raw_prompt)])
+    return _tokenize(loaded, model, _with_attachments(request))
 
 
 def tokenize_segments(model: LlamaModel, segments: list[Segment]) -> list[int]:

@@ -30,6 +30,8 @@ class SamplerConfig:
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
     seed: int | None = None
     grammar: str | None = None  # GBNF with a `root` rule
 
@@ -48,9 +50,16 @@ class Sampler:
         self.plain_greedy = False
         if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
             self.penalties = llama.llama_sampler_init_penalties(
-                PENALTY_WINDOW, config.repetition_penalty, 0.0, 0.0
+                model.n_vocab, PENALTY_WINDOW, config.repetition_penalty, 0.0, 0.0
             )
             self._add(self.penalties)
+        # OpenAI's penalties count the output only (the prompt is not accepted into them).
+        frequency, presence = config.frequency_penalty or 0.0, config.presence_penalty or 0.0
+        output_penalties = frequency != 0 or presence != 0
+        if output_penalties:
+            self._add(
+                llama.llama_sampler_init_penalties(model.n_vocab, PENALTY_WINDOW, 1.0, frequency, presence)
+            )
         if config.grammar is not None:
             # Before any truncation, so the survivors always include tokens the grammar allows.
             try:
@@ -60,7 +69,12 @@ class Sampler:
                 raise
         # Plain greedy needs no candidate array: argmax over the logits view gives the same
         # token (the first of equal maxima, as llama.cpp's greedy sampler) at a tenth of the cost.
-        self.plain_greedy = config.temperature <= 0 and self.penalties is None and config.grammar is None
+        self.plain_greedy = (
+            config.temperature <= 0
+            and self.penalties is None
+            and not output_penalties
+            and config.grammar is None
+        )
         if config.temperature <= 0:
             self._add(llama.llama_sampler_init_greedy())
             return

@@ -209,6 +209,8 @@ class OllamaProvider(HttpProvider):
             "top_k": s.top_k,
             "min_p": s.min_p,
             "repeat_penalty": s.repetition_penalty,
+            "frequency_penalty": s.frequency_penalty,
+            "presence_penalty": s.presence_penalty,
             "seed": s.seed,
             "stop": list(s.stop) or None,
             "num_predict": s.max_tokens,

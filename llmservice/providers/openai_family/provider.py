@@ -88,6 +88,8 @@ Settings = OpenAISettings | AzureOpenAISettings | OpenAICompatibleSettings
 class OpenAIFamilyProvider(RemoteProvider):
     """One OpenAI-style upstream: a client, a default model, and what it accepts."""
 
+    strict_tools = True  # passed on as each function's `strict`
+
     def __init__(
         self,
         name: str,
@@ -287,12 +289,16 @@ class OpenAIFamilyProvider(RemoteProvider):
             body["tools"] = openai_shapes.function_tools(request)
         if request.tool_choice is not None:
             body["tool_choice"] = openai_shapes.tool_choice(request.tool_choice)
+        if request.tools and request.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = request.parallel_tool_calls
         optional = {
             "temperature": s.temperature if s.temperature is not None else self._settings.temperature,
             "top_p": s.top_p,
             "max_tokens": s.max_tokens,
             "seed": s.seed,
             "stop": list(s.stop) or None,
+            "frequency_penalty": s.frequency_penalty,
+            "presence_penalty": s.presence_penalty,
             # the server's own, under its names; validate refused those it lacks
             **{wire: getattr(s, field) for field, wire in self._extras.items()},
         }

@@ -32,6 +32,7 @@ def function_tools(request: ChatRequest) -> list[dict[str, Any]]:
                 "name": t.name,
                 "description": t.description,
                 "parameters": json.loads(t.parameters),
+                **({"strict": True} if t.strict else {}),
             },
         }
         for t in request.tools

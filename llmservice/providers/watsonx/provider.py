@@ -229,6 +229,8 @@ class WatsonxProvider(HttpProvider):
             "max_tokens": s.max_tokens,
             "seed": s.seed,
             "stop": list(s.stop) or None,
+            "frequency_penalty": s.frequency_penalty,
+            "presence_penalty": s.presence_penalty,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         if request.tools:

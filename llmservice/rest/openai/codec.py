@@ -17,6 +17,16 @@ FINISH: dict[int, oa.FinishReason] = {
     pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
 }
 MAX_TOP_LOGPROBS = 20
+_SAMPLING = (
+    "temperature",
+    "top_p",
+    "seed",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+)
 _KNOWN = set(oa.ChatCompletionRequest.model_fields)
 
 
@@ -29,28 +39,47 @@ def to_grpc(req: oa.ChatCompletionRequest, priority_header: str | None) -> pb.LL
         user=req.user or "",
         cache_salt=req.cache_salt or "",
     )
+    legacy_call = ""  # the id given to the last legacy function_call, which a function turn answers
     for i, m in enumerate(req.messages):
-        msg.messages.append(_message(i, m, msg))
+        out = _message(i, m, msg)
+        if m.function_call is not None:
+            legacy_call, fn = f"call_legacy_{i}", m.function_call
+            out.tool_calls.append(pb.ToolCall(id=legacy_call, name=fn.name, arguments_json=fn.arguments))
+        if m.role == "function":
+            if not legacy_call:
+                raise invalid(f"messages[{i}]", "a function turn must follow an assistant's function_call")
+            out.role, out.tool_call_id = "tool", legacy_call
+        msg.messages.append(out)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_tokens is not None:
         if max_tokens < 1:
             raise invalid("max_tokens", f"{max_tokens} is not a positive count")
         msg.max_tokens = max_tokens
-    for field in ("temperature", "top_p", "seed", "top_k", "min_p", "repetition_penalty"):
+    for field in _SAMPLING:
         value = getattr(req, field)
         if value is not None:
             setattr(msg, field, value)
     if req.stop is not None:
         msg.stop.extend([req.stop] if isinstance(req.stop, str) else req.stop)
-    for i, tool in enumerate(req.tools or ()):
-        fn = tool.function
-        if fn.strict:
-            raise invalid(f"tools[{i}].function.strict", "strict: true is not supported; omit it")
-        msg.tools.append(
-            pb.Tool(name=fn.name, description=fn.description, parameters_json=json.dumps(fn.parameters))
-        )
+    if req.functions is not None:  # the legacy functions API: one call per reply
+        if req.tools is not None:
+            raise invalid("functions", "give tools or the legacy functions, not both")
+        msg.parallel_tool_calls = False
+        msg.tools.extend(_tool(fn) for fn in req.functions)
+        if req.function_call is not None:
+            fc = req.function_call
+            msg.tool_choice.CopyFrom(
+                _tool_choice(
+                    fc if isinstance(fc, str) else oa.NamedToolChoice(type="function", function=dict(fc))
+                )
+            )
+    elif req.function_call is not None:
+        raise invalid("function_call", "needs functions")
+    msg.tools.extend(_tool(tool.function) for tool in req.tools or ())
     if req.tool_choice is not None:
         msg.tool_choice.CopyFrom(_tool_choice(req.tool_choice))
+    if req.parallel_tool_calls is not None:
+        msg.parallel_tool_calls = req.parallel_tool_calls
     if req.response_format is not None and req.response_format.type != "text":
         msg.response_format.CopyFrom(_response_format(req.response_format))
     if req.logprobs:
@@ -63,19 +92,36 @@ def to_grpc(req: oa.ChatCompletionRequest, priority_header: str | None) -> pb.LL
     return msg
 
 
+def _tool(fn: oa.FunctionDefinition) -> pb.Tool:
+    return pb.Tool(
+        name=fn.name,
+        description=fn.description,
+        parameters_json=json.dumps(fn.parameters),
+        strict=bool(fn.strict),
+    )
+
+
 def _refuse_unsupported(req: oa.ChatCompletionRequest) -> None:
     unknown = sorted(set(req.model_extra or {}) - _KNOWN)
     if unknown:
         raise invalid(unknown[0], "is not a parameter this service supports")
-    if req.n not in (None, 1):
-        raise invalid("n", "only one choice per request (n = 1) is supported")
-    for field in ("frequency_penalty", "presence_penalty"):
-        if getattr(req, field) not in (None, 0, 0.0):
-            raise invalid(field, "is not supported; repetition_penalty is")
     if req.logit_bias:
         raise invalid("logit_bias", "is not supported")
-    if req.parallel_tool_calls is False:
-        raise invalid("parallel_tool_calls", "false is not supported")
+    if req.store:
+        raise invalid("store", "chat completions are not stored here; the Responses API stores replies")
+
+
+def choices(msg: pb.LLMChatRequest, n: int) -> list[pb.LLMChatRequest]:
+    """The request once per choice; with a seed, choice i samples with seed + i (wrapping in
+    int64), so the choices differ and the same request gives the same choices again."""
+    out = [msg]
+    for i in range(1, n):
+        copy = pb.LLMChatRequest()
+        copy.CopyFrom(msg)
+        if msg.HasField("seed"):
+            copy.seed = (msg.seed + i + 2**63) % 2**64 - 2**63
+        out.append(copy)
+    return out
 
 
 def _priority(body: int | None, header: str | None) -> int:
@@ -195,12 +241,14 @@ def _ln(p: float) -> float:
     return math.log(p) if p > 0 else -9999.0
 
 
-def usage(reply: pb.LLMChatResponse | pb.LLMChatChunk) -> oa.Usage:
+def usage(reply: pb.LLMChatResponse | pb.LLMChatChunk, completion_tokens: int | None = None) -> oa.Usage:
     """OpenAI's usage object, from a whole reply or a stream's final chunk. Cached tokens go
-    where OpenAI puts them, always present (0: none), and are part of prompt_tokens."""
+    where OpenAI puts them, always present (0: none), and are part of prompt_tokens. With n
+    choices, the prompt is counted once and `completion_tokens` are all of theirs."""
+    completion = reply.completion_tokens if completion_tokens is None else completion_tokens
     return oa.Usage(
         prompt_tokens=reply.prompt_tokens,
-        completion_tokens=reply.completion_tokens,
-        total_tokens=reply.prompt_tokens + reply.completion_tokens,
+        completion_tokens=completion,
+        total_tokens=reply.prompt_tokens + completion,
         prompt_tokens_details=oa.PromptTokensDetails(cached_tokens=reply.cached_prompt_tokens),
     )

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 INT32_MAX = 2**31 - 1  # the wire's int32 fields (max_tokens, top_k, priority)
 INT32_MIN = -(2**31)
+MAX_CHOICES = 16  # n: each choice is a generation of its own
 
 
 class _Strict(BaseModel):
@@ -46,11 +47,13 @@ class ToolCall(_Strict):
 
 
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # "function": the legacy functions API's result turn (it answers the last function_call)
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart | ImagePart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    function_call: FunctionCall | None = None  # the legacy functions API's call
     refusal: None = None  # a reply sent back as history carries refusal: null
 
 
@@ -64,6 +67,10 @@ class FunctionDefinition(_Strict):
 class ToolDefinition(_Strict):
     type: Literal["function"]
     function: FunctionDefinition
+
+
+class FunctionName(_Strict):
+    name: str
 
 
 class NamedToolChoice(_Strict):
@@ -101,13 +108,17 @@ class ChatCompletionRequest(BaseModel):
     tools: list[ToolDefinition] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # The legacy functions API: tools by another name; the reply's call is `function_call`.
+    functions: list[FunctionDefinition] | None = None
+    function_call: Literal["none", "auto"] | FunctionName | None = None
+    store: bool | None = None
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = None
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
@@ -168,6 +179,7 @@ class ChatCompletionMessage(BaseModel):
     content: str | None
     refusal: str | None
     tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None  # instead of tool_calls, for a `functions` request
 
 
 class ChatCompletionChoice(BaseModel):
@@ -203,6 +215,7 @@ class ChoiceDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
+    function_call: FunctionDelta | None = None  # instead of tool_calls, for a `functions` request
 
 
 class ChunkChoice(BaseModel):

@@ -59,6 +59,11 @@ class LLMServiceStub:
                 request_serializer=llmservice_dot_v1_dot_llm__service__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=llmservice_dot_v1_dot_llm__service__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.CountTokens = channel.unary_unary(
+                '/llmservice.v1.LLMService/CountTokens',
+                request_serializer=llmservice_dot_v1_dot_llm__service__pb2.LLMChatRequest.SerializeToString,
+                response_deserializer=llmservice_dot_v1_dot_llm__service__pb2.CountTokensResponse.FromString,
+                _registered_method=True)
 
 
 class LLMServiceServicer:
@@ -98,6 +103,14 @@ class LLMServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountTokens(self, request, context):
+        """CountTokens says how many tokens the request's prompt is for its model (what
+        prompt_tokens of a Chat with the same request would be), generating nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LLMServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -120,6 +133,11 @@ def add_LLMServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=llmservice_dot_v1_dot_llm__service__pb2.EmbedRequest.FromString,
                     response_serializer=llmservice_dot_v1_dot_llm__service__pb2.EmbedResponse.SerializeToString,
+            ),
+            'CountTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTokens,
+                    request_deserializer=llmservice_dot_v1_dot_llm__service__pb2.LLMChatRequest.FromString,
+                    response_serializer=llmservice_dot_v1_dot_llm__service__pb2.CountTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -235,6 +253,33 @@ class LLMService:
             '/llmservice.v1.LLMService/Embed',
             llmservice_dot_v1_dot_llm__service__pb2.EmbedRequest.SerializeToString,
             llmservice_dot_v1_dot_llm__service__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmservice.v1.LLMService/CountTokens',
+            llmservice_dot_v1_dot_llm__service__pb2.LLMChatRequest.SerializeToString,
+            llmservice_dot_v1_dot_llm__service__pb2.CountTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

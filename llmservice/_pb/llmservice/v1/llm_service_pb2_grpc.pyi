@@ -54,6 +54,10 @@ class LLMServiceStub:
     """ListModels lists the models this service can run, with their capabilities."""
     Embed: _grpc.UnaryUnaryMultiCallable[_llm_service_pb2.EmbedRequest, _llm_service_pb2.EmbedResponse]
     """Embed turns each input text into one vector, in order."""
+    CountTokens: _grpc.UnaryUnaryMultiCallable[_llm_service_pb2.LLMChatRequest, _llm_service_pb2.CountTokensResponse]
+    """CountTokens says how many tokens the request's prompt is for its model (what
+    prompt_tokens of a Chat with the same request would be), generating nothing.
+    """
 
 @_typing.type_check_only
 class LLMServiceAsyncStub(LLMServiceStub):
@@ -75,6 +79,10 @@ class LLMServiceAsyncStub(LLMServiceStub):
     """ListModels lists the models this service can run, with their capabilities."""
     Embed: _aio.UnaryUnaryMultiCallable[_llm_service_pb2.EmbedRequest, _llm_service_pb2.EmbedResponse]  # type: ignore[assignment]
     """Embed turns each input text into one vector, in order."""
+    CountTokens: _aio.UnaryUnaryMultiCallable[_llm_service_pb2.LLMChatRequest, _llm_service_pb2.CountTokensResponse]  # type: ignore[assignment]
+    """CountTokens says how many tokens the request's prompt is for its model (what
+    prompt_tokens of a Chat with the same request would be), generating nothing.
+    """
 
 class LLMServiceServicer(metaclass=_abc_1.ABCMeta):
     """LLMService gives every caller one way to use large language models, whether
@@ -117,5 +125,15 @@ class LLMServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_llm_service_pb2.EmbedResponse, _abc.Awaitable[_llm_service_pb2.EmbedResponse]]:
         """Embed turns each input text into one vector, in order."""
+
+    @_abc_1.abstractmethod
+    def CountTokens(
+        self,
+        request: _llm_service_pb2.LLMChatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_llm_service_pb2.CountTokensResponse, _abc.Awaitable[_llm_service_pb2.CountTokensResponse]]:
+        """CountTokens says how many tokens the request's prompt is for its model (what
+        prompt_tokens of a Chat with the same request would be), generating nothing.
+        """
 
 def add_LLMServiceServicer_to_server(servicer: LLMServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
