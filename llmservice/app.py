@@ -31,6 +31,7 @@ from llmservice.service.registry import ProviderRegistry
 from llmservice.service.sessions import SessionManager
 from llmservice.service.sessions.catalogue import ServerCatalogue
 from llmservice.service.settings import Settings
+from llmservice.service.stored_responses import StoredResponses
 
 if TYPE_CHECKING:
     from llmservice.observability.tracing import Tracing
@@ -63,6 +64,7 @@ async def running_service(
     core = LLMCore(registry, embed_cache, e.max_inputs, limits)
     sessions = SessionManager(core, settings.llmchat, settings.cache, tracing=tracing)
     catalogue = ServerCatalogue(settings.llmchat)
+    responses = StoredResponses(settings.responses, settings.cache)
     metrics = service_metrics(registry, sessions, embed_cache)
     server = await start_server(
         core,
@@ -74,6 +76,7 @@ async def running_service(
         ModelAdmin(registry),
         metrics,
         [CallContext(tracing, payloads=settings.logs.payloads)],
+        responses,
     )
     server.tracing = tracing
     if on_listening:
@@ -82,6 +85,7 @@ async def running_service(
         async with (
             registry,
             sessions,
+            responses,
             limits,
             embed_cache or contextlib.nullcontext(),
             metrics_served(metrics, settings.server.host, settings.server.metrics_port) as metrics_port,

@@ -18,11 +18,14 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice._pb.llmservice.v1 import model_admin_pb2 as admin_pb
 from llmservice._pb.llmservice.v1 import model_admin_pb2_grpc as admin_grpc
+from llmservice._pb.llmservice.v1 import response_store_pb2 as store_pb
+from llmservice._pb.llmservice.v1 import response_store_pb2_grpc as store_grpc
 from llmservice._pb.protocol import llm_service_pb2 as protocol_pb
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.grpc_api import reflection
 from llmservice.grpc_api.admin_servicer import ModelAdminServicer
 from llmservice.grpc_api.in_process import HandlerRegistry, InProcessChannel
+from llmservice.grpc_api.response_store_servicer import ResponseStoreServicer
 from llmservice.grpc_api.servicer import LLMServicer
 from llmservice.grpc_api.session_servicer import ChatSessionServicer
 from llmservice.observability.metrics import ServiceMetrics
@@ -32,6 +35,7 @@ from llmservice.service.model_admin import ModelAdmin
 from llmservice.service.sessions import SessionManager
 from llmservice.service.sessions.catalogue import ServerCatalogue
 from llmservice.service.settings import LLMChatSettings
+from llmservice.service.stored_responses import StoredResponses
 
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["LLMService"].full_name,
@@ -39,6 +43,7 @@ SERVICE_NAMES = (
 )
 SESSION_SERVICE_NAME = session_pb.DESCRIPTOR.services_by_name["ChatSessionService"].full_name
 ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["ModelAdminService"].full_name
+STORE_SERVICE_NAME = store_pb.DESCRIPTOR.services_by_name["ResponseStoreService"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -90,6 +95,7 @@ async def start_server(
     admin: ModelAdmin | None = None,
     metrics: ServiceMetrics | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    responses: StoredResponses | None = None,
 ) -> GrpcServer:
     """Start serving on host:port (0 picks a free port); health says NOT_SERVING until set_serving."""
     server = grpc.aio.server(interceptors=list(interceptors) or None)
@@ -106,6 +112,9 @@ async def start_server(
     if admin is not None:
         admin_servicer = ModelAdminServicer(admin, auth)
         names = (*names, ADMIN_SERVICE_NAME)
+    store_servicer = ResponseStoreServicer(responses, auth) if responses is not None else None
+    if store_servicer is not None:
+        names = (*names, STORE_SERVICE_NAME)
     # The registry has the two methods the generated add_* functions call on a server.
     for target in (server, cast(grpc.aio.Server, handlers)):
         pb_grpc.add_LLMServiceServicer_to_server(servicer, target)
@@ -114,6 +123,8 @@ async def start_server(
             session_grpc.add_ChatSessionServiceServicer_to_server(session_servicer, target)
         if admin_servicer is not None:
             admin_grpc.add_ModelAdminServiceServicer_to_server(admin_servicer, target)
+        if store_servicer is not None:
+            store_grpc.add_ResponseStoreServiceServicer_to_server(store_servicer, target)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable((*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)

@@ -182,6 +182,19 @@ class CacheSettings(Section):
         return self.type == "redis" or (self.type == "auto" and bool(self.redis_url))
 
 
+class ResponsesSettings(Section):
+    """Responses kept for the Responses API's `store` (previous_response_id, GET /v1/responses/{id}):
+    in Redis when the cache uses it (memory otherwise), per principal."""
+
+    ttl_s: int = Field(
+        30 * 24 * 3600, ge=1, description="seconds a stored response is kept (OpenAI: 30 days)"
+    )
+    max_memory_documents: int = Field(
+        10_000, ge=1, description="stored responses kept in memory (without Redis), the oldest dropped first"
+    )
+    max_bytes: int = Field(16 * 2**20, ge=1024, description="the largest stored response")
+
+
 class PriceSettings(Section):
     """What a model costs, in USD per million tokens (the providers' own unit)."""
 
@@ -296,6 +309,7 @@ class ServiceSettings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     auth: AuthSettings = AuthSettings()
     cache: CacheSettings = CacheSettings()
+    responses: ResponsesSettings = ResponsesSettings()
     llmchat: LLMChatSettings = LLMChatSettings()
     embeddings: EmbeddingsSettings = EmbeddingsSettings()
     # Prices keyed by "provider/model" (fnmatch patterns: "openai/*", "gpt-eu/*").

@@ -46,6 +46,8 @@ _ANNOTATIONS = {
     "readOnly",
     "writeOnly",
 }
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
 _SUBSCHEMA_MAPS = {"properties", "$defs", "definitions"}
 _SUBSCHEMA_LISTS = {"oneOf", "anyOf", "allOf", "prefixItems"}
 
@@ -63,9 +65,12 @@ def grammar_for(constraint: Constraint) -> str:
         raise ValueError(f"not valid JSON: {exc.msg} at character {exc.pos}") from None
     _check_enforceable(schema, "#")
     try:
-        return str(json_schema_to_gbnf(constraint.text))
+        grammar = str(json_schema_to_gbnf(constraint.text))
     except Exception as exc:  # the converter raises bare exceptions for schemas it does not support
         raise ValueError(f"unsupported JSON schema: {exc}") from None
+    # The converter's string characters admit raw control characters (a newline inside a
+    # string), which JSON forbids: llama.cpp's own converter excludes them, as here.
+    return grammar.replace(_LOOSE_CHAR, _JSON_CHAR)
 
 
 def _check_enforceable(schema: object, path: str) -> None:
