@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -15,14 +15,19 @@ from starlette.exceptions import HTTPException
 
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as session_grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from llmservice._pb.llmservice.v1 import response_store_pb2_grpc as store_grpc
 from llmservice.rest import web
-from llmservice.rest.errors import APIError, from_grpc, invalid
+from llmservice.rest.anthropic.router import router as anthropic_router
+from llmservice.rest.errors import APIError, from_grpc
 from llmservice.rest.llmchat.router import router as llmchat_router
 from llmservice.rest.llmchat.serving import LLMChatServing
 from llmservice.rest.metrics import MetricsMiddleware, ShimMetrics
 from llmservice.rest.openai import protocol as oa
+from llmservice.rest.openai import responses
+from llmservice.rest.openai import responses_protocol as rp
 from llmservice.rest.openai.router import router
 from llmservice.rest.openai.serving import OpenAIServing
+from llmservice.rest.params import validation_error
 from llmservice.rest.request_context import RequestContextMiddleware
 
 if TYPE_CHECKING:
@@ -55,6 +60,9 @@ def create_app(target: str, tracing: Tracing | None = None, connect: Connect | N
             channel = cast(grpc.aio.Channel, opened)  # or a stand-in the stubs use the same way
             llm = pb_grpc.LLMServiceStub(channel)
             app.state.openai = OpenAIServing(llm)
+            app.state.responses = responses.ResponsesServing(
+                llm, store_grpc.ResponseStoreServiceStub(channel)
+            )
             app.state.llm = llm  # for routes that call the service directly (embeddings)
             app.state.llmchat = LLMChatServing(session_grpc.ChatSessionServiceStub(channel), llm)
             yield
@@ -66,7 +74,9 @@ def create_app(target: str, tracing: Tracing | None = None, connect: Connect | N
         lifespan=lifespan,
     )
     app.include_router(router(), prefix="/v1")
+    app.include_router(responses.router(), prefix="/v1")
     app.include_router(router(), include_in_schema=False)
+    app.include_router(anthropic_router(), prefix="/v1")
     app.include_router(llmchat_router(), prefix="/llmchat")
     app.include_router(llmchat_router(), prefix="/v1/llmchat", include_in_schema=False)
     metrics = ShimMetrics()
@@ -90,10 +100,11 @@ def _document_chat_request(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = generate()
-            schema = oa.ChatCompletionRequest.model_json_schema(ref_template=REF_TEMPLATE)
             components = doc.setdefault("components", {}).setdefault("schemas", {})
-            components.update(schema.pop("$defs", {}))
-            components["ChatCompletionRequest"] = schema
+            for model in (oa.ChatCompletionRequest, rp.ResponseRequest):
+                schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+                components.update(schema.pop("$defs", {}))
+                components[model.__name__] = schema
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -124,34 +135,4 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 becomes OpenAI's 400, naming the most specific offending parameter."""
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors() or [{"loc": ("body",), "msg": "invalid request", "type": ""}]
-    found = [(_path(exc.body, e.get("loc", ()), e.get("type") == "missing"), e) for e in errors]
-    path, first = max(found, key=lambda f: (f[1].get("type") == "extra_forbidden", len(f[0])))
-    if first.get("type") == "extra_forbidden":
-        return invalid(_name(path), "is not a parameter this service supports").response()
-    return invalid(_name(path), str(first.get("msg", "invalid"))).response()
-
-
-def _path(body: Any, loc: Sequence[Any], missing: bool) -> list[str | int]:
-    """The part of `loc` that is a real path into the request body: pydantic puts the
-    names of union members (e.g. 'str') into the locations of their errors."""
-    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
-    path: list[str | int] = []
-    node = body
-    for i, part in enumerate(parts):
-        if (isinstance(node, dict) and part in node) or (
-            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        ):
-            node = node[part]
-            path.append(part)
-        elif missing and i == len(parts) - 1:
-            path.append(part)  # the field that is missing
-    return path
-
-
-def _name(path: Sequence[str | int]) -> str:
-    """messages[0].content[1].image_url, as OpenAI names a parameter."""
-    name = ""
-    for part in path:
-        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else part
-    return name or "body"
+    return validation_error(exc).response()

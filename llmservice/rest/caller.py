@@ -17,6 +17,18 @@ _FROM_HTTP = (("llm-surface", "http"),)
 
 
 def caller_metadata(request: Request) -> Metadata:
+    return _metadata(request.headers.get("authorization"))
+
+
+def api_key_caller_metadata(request: Request) -> Metadata:
+    """As caller_metadata, for clients that may send their key as Anthropic's do (`x-api-key:
+    <key>`): it goes on as `authorization: Bearer <key>`. An authorization header wins."""
     authorization = request.headers.get("authorization")
+    if not authorization and (key := request.headers.get("x-api-key")):
+        authorization = f"Bearer {key}"
+    return _metadata(authorization)
+
+
+def _metadata(authorization: str | None) -> Metadata:
     sent = (("authorization", authorization), *_FROM_HTTP) if authorization else _FROM_HTTP
     return (*sent, *OUTGOING.get())

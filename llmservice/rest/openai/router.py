@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from llmservice.rest.body import parse_body
 from llmservice.rest.caller import caller_metadata
+from llmservice.rest.openai import completions as cmp
 from llmservice.rest.openai import embeddings as emb
 from llmservice.rest.openai import protocol as oa
 from llmservice.rest.openai.serving import OpenAIServing
@@ -49,6 +50,17 @@ def router() -> APIRouter:
         body = parse_body(oa.ChatCompletionRequest, await request.body())
         metadata, priority = caller_metadata(request), request.headers.get("x-priority")
         return await _serving(request).chat(body, request, metadata, priority)
+
+    @api.post(
+        "/completions",
+        response_model=cmp.Completion,
+        summary="Create a completion of a raw prompt (the legacy Completions API)",
+        openapi_extra=cmp.BODY_DOC,
+    )
+    async def completions(request: Request) -> Response:
+        body = parse_body(cmp.CompletionRequest, await request.body())
+        metadata, priority = caller_metadata(request), request.headers.get("x-priority")
+        return await cmp.completions(request.app.state.llm, body, request, metadata, priority)
 
     @api.post(
         "/embeddings",
