@@ -13,6 +13,7 @@ from . import (
     engine_vs_llama_server,
     gateway_overhead,
     prompt_cache,
+    rest_surfaces,
     shim_vs_litellm,
 )
 
@@ -25,6 +26,7 @@ BENCHES = {
         agent_turn,
         gateway_overhead,
         shim_vs_litellm,
+        rest_surfaces,
         embeddings,
     )
 }

@@ -1,4 +1,5 @@
-"""A local server speaking OpenAI's Chat Completions wire format (and Azure OpenAI's paths).
+"""A local server speaking OpenAI's Chat Completions wire format (and Azure OpenAI's paths),
+and its legacy Completions API (a raw prompt continued) with the same script.
 
 A scripted success streams as SSE with CRLF line ends, comments and pings, tool-call
 deltas and logprobs when asked, a usage-only last chunk and `[DONE]`; or comes as one
@@ -40,6 +41,29 @@ def _logprobs(word: str, top: int) -> dict[str, object]:
     candidates = [(word, 0.8)] + [(f"alt{i}", 0.1 / 2**i) for i in range(top - 1)]
     entries = [{"token": t, "logprob": math.log(p), "bytes": list(t.encode())} for t, p in candidates]
     return {"content": [{**entries[0], "top_logprobs": entries[:top]}], "refusal": None}
+
+
+def _legacy_logprobs(words: list[str], top: int) -> dict[str, object]:
+    """The legacy Completions API's logprobs of `words`: parallel lists, each word at p = 0.8
+    with runners-up at 0.1, 0.05, ... (top at least 1: the chosen word)."""
+    offsets = [sum(len(w) for w in words[:i]) for i in range(len(words))]
+    alternatives = [(f"alt{i}", 0.1 / 2**i) for i in range(max(top, 1) - 1)]
+    return {
+        "tokens": words,
+        "token_logprobs": [math.log(0.8) for _ in words],
+        "top_logprobs": [{w: math.log(0.8), **{t: math.log(p) for t, p in alternatives}} for w in words],
+        "text_offset": offsets,
+    }
+
+
+def _text_chunk(text: str, finish: str | None = None, logprobs: object = None) -> dict[str, object]:
+    return {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": "fake-model",
+        "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}],
+    }
 
 
 def _tool_call_chunks(calls: list[tuple[str, str, str]]) -> list[dict[str, object]]:
@@ -180,6 +204,64 @@ def _app(fake: Upstream) -> Starlette:
         # out of order on purpose: clients must place each vector by its index
         return JSONResponse({"object": "list", "data": data[::-1], "model": body["model"], "usage": usage})
 
+    async def text_completions(request: Request) -> Response:
+        """The legacy Completions API: `prompt` continued with the scripted text, whole or streamed."""
+        body = await request.json()
+        reply = fake.take(body, dict(request.headers), request.url.path)
+        if reply.status != 200:
+            error = {"message": reply.error, "type": "error", "param": None, "code": None}
+            return JSONResponse({"error": error}, status_code=reply.status, headers=reply.headers)
+        words = reply.words
+        top = body.get("logprobs")  # the legacy API's: an int, how many top logprobs
+        if not body.get("stream"):
+            if (bad := bad_body(reply)) is not None:
+                return Response(bad, media_type="application/json")
+            choice = {
+                "text": reply.text,
+                "index": 0,
+                "logprobs": _legacy_logprobs(words, top) if top is not None else None,
+                "finish_reason": "stop",
+            }
+            whole = {**_text_chunk(""), "model": body["model"], "choices": [choice], "usage": _usage(reply)}
+            return JSONResponse(whole)
+
+        async def frames() -> AsyncIterator[bytes]:
+            finished = False
+            try:
+                async for frame in _frames():
+                    yield frame
+                finished = True
+            finally:
+                if not finished:
+                    fake.abandoned += 1
+
+        async def _frames() -> AsyncIterator[bytes]:
+            yield b": a comment the client must skip\r\n\r\n"
+            offset = 0
+            for i, word in enumerate(words):
+                if reply.cut_after is not None and i == reply.cut_after:
+                    raise ConnectionResetError("cut midway on purpose")
+                if i == 1 and (bad := bad_body(reply)) is not None:
+                    yield b"data: " + bad + b"\r\n\r\n"
+                if i == 1 and reply.error_midway:
+                    error = {"message": reply.error_midway, "type": "server_error", "code": None}
+                    yield b"data: " + json.dumps({"error": error}).encode() + b"\r\n\r\n"
+                logprobs = None
+                if top is not None:
+                    logprobs = {**_legacy_logprobs([word], top), "text_offset": [offset]}
+                offset += len(word)
+                data = json.dumps(_text_chunk(word, None, logprobs), indent=1 if reply.multiline else None)
+                yield b"".join(b"data: " + line.encode() + b"\r\n" for line in data.splitlines()) + b"\r\n"
+                yield b": ping\r\n\r\n"
+                await asyncio.sleep(reply.pace_s)
+            yield b"data: " + json.dumps(_text_chunk("", "stop")).encode() + b"\r\n\r\n"
+            if (body.get("stream_options") or {}).get("include_usage"):
+                final = {**_text_chunk(""), "choices": [], "usage": _usage(reply)}
+                yield b"data: " + json.dumps(final).encode() + b"\r\n\r\n"
+            yield b"data: [DONE]\r\n\r\n"
+
+        return StreamingResponse(frames(), media_type="text/event-stream", headers=reply.headers)
+
     async def models(request: Request) -> Response:
         return JSONResponse(
             {"object": "list", "data": [{"id": "fake-model", "object": "model", "owned_by": "me"}]}
@@ -192,13 +274,22 @@ def _app(fake: Upstream) -> Starlette:
             return JSONResponse({"error": error}, status_code=404)
         return await completions(request)
 
+    async def azure_text_completions(request: Request) -> Response:
+        """Azure OpenAI's legacy Completions API, as its chat: api-version required."""
+        if "api-version" not in request.query_params:
+            error = {"code": "404", "message": "Resource not found"}
+            return JSONResponse({"error": error}, status_code=404)
+        return await text_completions(request)
+
     return Starlette(
         routes=[
             Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/v1/completions", text_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/openai/deployments/{deployment}/embeddings", embeddings, methods=["POST"]),
             Route("/openai/deployments/{deployment}/chat/completions", azure_completions, methods=["POST"]),
+            Route("/openai/deployments/{deployment}/completions", azure_text_completions, methods=["POST"]),
         ]
     )
 

@@ -40,6 +40,7 @@ from llmservice.kernel.types import (
     ModelInfo,
     StreamEnd,
     StreamEvent,
+    TokenDelta,
     ToolCall,
     Usage,
 )
@@ -64,7 +65,9 @@ _FINISH = {
     "content_filter": FinishReason.CONTENT_FILTER,
 }
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs
+MAX_RAW_LOGPROBS = 5  # OpenAI's limit on a raw completion's `logprobs`
 _PATH = "/chat/completions"
+_RAW_PATH = "/completions"  # a raw prompt, continued with no chat template (the legacy API)
 _EMBED_PATH = "/embeddings"
 
 # Sampling parameters beyond OpenAI's, by the name each kind of server reads them under
@@ -89,6 +92,7 @@ class OpenAIFamilyProvider(RemoteProvider):
     """One OpenAI-style upstream: a client, a default model, and what it accepts."""
 
     strict_tools = True  # passed on as each function's `strict`
+    raw_prompts = True  # sent to the upstream's /completions, which every server of the family has
 
     def __init__(
         self,
@@ -158,18 +162,30 @@ class OpenAIFamilyProvider(RemoteProvider):
                     f"provider {self.name} reports top logprobs only: "
                     "no sampler stages and no full distribution",
                 )
-            if request.signals.top_k > MAX_TOP_LOGPROBS:
+            limit = MAX_TOP_LOGPROBS if request.raw_prompt is None else MAX_RAW_LOGPROBS
+            if request.signals.top_k > limit:
                 raise InvalidRequest(
                     "signal_options.top_k",
-                    f"provider {self.name} gives at most {MAX_TOP_LOGPROBS} top logprobs per token",
+                    f"provider {self.name} gives at most {limit} top logprobs per token"
+                    + ("" if request.raw_prompt is None else " of a raw completion"),
                 )
         if request.constraint is not None and request.constraint.kind == "grammar":
             raise InvalidRequest("response_format.grammar", f"provider {self.name} takes no GBNF grammar")
+        if request.raw_prompt is not None:
+            if request.constraint is not None:
+                raise InvalidRequest(
+                    "response_format",
+                    f"provider {self.name} constrains chat replies only, not raw completions",
+                )
+            if request.attachments:
+                raise InvalidRequest("attachments", "a raw prompt is sent as it is: it takes no attachments")
         self.check_attachments(request, images=("image/",))
 
     def _stream_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
         body = {**self._body(model, request), "stream": True, "stream_options": {"include_usage": True}}
-        if request.signals is not None:
+        if request.signals is not None and request.raw_prompt is not None:
+            body["logprobs"] = request.signals.top_k  # the legacy API's: how many top logprobs
+        elif request.signals is not None:
             body["logprobs"] = True
             body["top_logprobs"] = request.signals.top_k
         return body
@@ -201,9 +217,10 @@ class OpenAIFamilyProvider(RemoteProvider):
         return result
 
     async def _call(self, body: dict[str, Any], model: str) -> Completion:
-        reply = await self._post_json(_PATH, body, model)
+        raw = "prompt" in body
+        reply = await self._post_json(_RAW_PATH if raw else _PATH, body, model)
         try:
-            return self._completion(reply, model)
+            return self._raw_completion(reply, model) if raw else self._completion(reply, model)
         except (KeyError, TypeError, AttributeError):  # JSON, but not the shape of a reply
             raise Unavailable(f"provider {self.name} sent a reply that could not be read") from None
 
@@ -246,12 +263,29 @@ class OpenAIFamilyProvider(RemoteProvider):
             calls,
         )
 
+    def _raw_completion(self, reply: dict[str, Any], model: str) -> Completion:
+        """A whole /completions reply: the first choice's text."""
+        choices = reply.get("choices") or []
+        if not choices:
+            raise Unavailable(f"provider {self.name} answered with no choices")
+        return Completion(
+            choices[0].get("text") or "",
+            model,
+            self.name,
+            _FINISH.get(choices[0].get("finish_reason") or "stop", FinishReason.STOP),
+            openai_shapes.usage(reply.get("usage") or {}),
+        )
+
     async def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
         finish: FinishReason | None = None
         usage = Usage()
         response: httpx.Response | None = None
+        raw = "prompt" in body
+        events_of = _raw_choice_events if raw else openai_shapes.choice_events
         try:
-            response = await self._ready().post(_PATH, body=body, cast_to=httpx.Response, stream=True)
+            response = await self._ready().post(
+                _RAW_PATH if raw else _PATH, body=body, cast_to=httpx.Response, stream=True
+            )
             async for sse in httpx_sse.EventSource(response).aiter_sse():
                 if sse.data == "[DONE]":
                     break
@@ -263,7 +297,7 @@ class OpenAIFamilyProvider(RemoteProvider):
                 if chunk.get("usage"):
                     usage = openai_shapes.usage(chunk["usage"])
                 for choice in (chunk.get("choices") or [])[:1]:
-                    for event in openai_shapes.choice_events(choice):
+                    for event in events_of(choice):
                         yield event
                     if choice.get("finish_reason"):
                         finish = _FINISH.get(choice["finish_reason"], FinishReason.STOP)
@@ -284,7 +318,10 @@ class OpenAIFamilyProvider(RemoteProvider):
 
     def _body(self, model: str, request: ChatRequest) -> dict[str, Any]:
         s = request.sampling
-        body: dict[str, Any] = {"model": model, "messages": _messages(request)}
+        if request.raw_prompt is not None:  # no tools, no response_format: validation refused them
+            body: dict[str, Any] = {"model": model, "prompt": request.raw_prompt}
+        else:
+            body = {"model": model, "messages": _messages(request)}
         if request.tools:
             body["tools"] = openai_shapes.function_tools(request)
         if request.tool_choice is not None:
@@ -364,6 +401,29 @@ def _upstream_message(exc: openai.APIStatusError) -> str:
         if isinstance(message, str):
             return message
     return exc.response.reason_phrase
+
+
+def _raw_choice_events(choice: dict[str, Any]) -> list[StreamEvent]:
+    """The text of one streamed /completions choice, with signals where logprobs came (the
+    legacy shape: parallel lists of tokens, their logprobs and their top logprobs)."""
+    text = choice.get("text") or ""
+    if not text:
+        return []
+    logprobs = choice.get("logprobs") or {}
+    tokens = logprobs.get("tokens") or []
+    tops = logprobs.get("top_logprobs") or [None] * len(tokens)  # a server that lists none
+    entries = [
+        {
+            "token": token,
+            "logprob": logprob,
+            "top_logprobs": [{"token": t, "logprob": p} for t, p in (top or {}).items()],
+        }
+        for token, logprob, top in zip(tokens, logprobs.get("token_logprobs") or [], tops, strict=False)
+        if logprob is not None
+    ]
+    if len(entries) > 1 and "".join(e["token"] for e in entries) == text:
+        return [TokenDelta(e["token"], signal=openai_shapes.logprob_signal(e)) for e in entries]
+    return [TokenDelta(text, signal=openai_shapes.logprob_signal(entries[-1]) if entries else None)]
 
 
 def _messages(request: ChatRequest) -> list[dict[str, Any]]:
