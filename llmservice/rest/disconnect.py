@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -44,3 +44,15 @@ async def cancelled_on_disconnect(request: Request, *calls: Any) -> AsyncIterato
         raise
     finally:
         watcher.cancel()
+
+
+async def all_of(calls: Sequence[Any], waits: Sequence[Awaitable[Any]]) -> list[Any]:
+    """Each of `waits` (on `calls`, grpc.aio calls), in order; the first failure cancels the rest."""
+    if len(waits) == 1:
+        return [await waits[0]]
+    try:
+        return list(await asyncio.gather(*waits))
+    except BaseException:
+        for call in calls:
+            call.cancel()
+        raise

@@ -17,7 +17,7 @@ FINISH: dict[int, oa.FinishReason] = {
     pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
 }
 MAX_TOP_LOGPROBS = 20
-_SAMPLING = (
+SAMPLING = (  # request fields that go on the wire as they are
     "temperature",
     "top_p",
     "seed",
@@ -35,7 +35,7 @@ def to_grpc(req: oa.ChatCompletionRequest, priority_header: str | None) -> pb.LL
     _refuse_unsupported(req)
     msg = pb.LLMChatRequest(
         model=req.model,
-        priority=_priority(req.priority, priority_header),
+        priority=priority(req.priority, priority_header),
         user=req.user or "",
         cache_salt=req.cache_salt or "",
     )
@@ -55,7 +55,7 @@ def to_grpc(req: oa.ChatCompletionRequest, priority_header: str | None) -> pb.LL
         if max_tokens < 1:
             raise invalid("max_tokens", f"{max_tokens} is not a positive count")
         msg.max_tokens = max_tokens
-    for field in _SAMPLING:
+    for field in SAMPLING:
         value = getattr(req, field)
         if value is not None:
             setattr(msg, field, value)
@@ -124,7 +124,7 @@ def choices(msg: pb.LLMChatRequest, n: int) -> list[pb.LLMChatRequest]:
     return out
 
 
-def _priority(body: int | None, header: str | None) -> int:
+def priority(body: int | None, header: str | None) -> int:
     if body is not None:
         return body
     if header is None:

@@ -22,7 +22,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, Literal
 
 import grpc
@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
-from llmservice.rest.disconnect import cancelled_on_disconnect
+from llmservice.rest.disconnect import all_of, cancelled_on_disconnect
 from llmservice.rest.errors import from_grpc, invalid
 from llmservice.rest.openai import codec
 from llmservice.rest.openai import protocol as oa
@@ -147,16 +147,6 @@ _FINISH: dict[int, FinishReason] = {
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
 }
-_SAMPLING = (
-    "temperature",
-    "top_p",
-    "seed",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "frequency_penalty",
-    "presence_penalty",
-)
 _KNOWN = set(CompletionRequest.model_fields)
 
 
@@ -174,7 +164,7 @@ def to_grpc(req: CompletionRequest, priority_header: str | None) -> list[pb.LLMC
         )
     base = pb.LLMChatRequest(
         model=req.model,
-        priority=_priority(req.priority, priority_header),
+        priority=codec.priority(req.priority, priority_header),
         user=req.user or "",
         cache_salt=req.cache_salt or "",
     )
@@ -182,7 +172,7 @@ def to_grpc(req: CompletionRequest, priority_header: str | None) -> list[pb.LLMC
     if max_tokens < 1:
         raise invalid("max_tokens", f"{max_tokens} is not a positive count")
     base.max_tokens = max_tokens
-    for field in _SAMPLING:
+    for field in codec.SAMPLING:
         value = getattr(req, field)
         if value is not None:
             setattr(base, field, value)
@@ -230,21 +220,6 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str]
     return texts
 
 
-def _priority(body: int | None, header: str | None) -> int:
-    """The body's priority, else the x-priority header's, else 0 (as for chat)."""
-    if body is not None:
-        return body
-    if header is None:
-        return 0
-    try:
-        value = int(header)
-    except ValueError:
-        value = None
-    if value is None or not oa.INT32_MIN <= value <= oa.INT32_MAX:  # past int32 it cannot go on the wire
-        raise invalid("x-priority", f"{header!r} is not an integer 0 .. 10")
-    return value
-
-
 async def completions(
     stub: pb_grpc.LLMServiceAsyncStub,
     req: CompletionRequest,
@@ -258,7 +233,7 @@ async def completions(
     if req.stream:
         calls = [stub.StreamChat(m, metadata=metadata) for m in msgs]
         async with cancelled_on_disconnect(request, *calls):  # it may wait in the queue
-            firsts = await _all(calls, [c.read() for c in calls])
+            firsts = await all_of(calls, [c.read() for c in calls])
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         frames = _frames(calls, firsts, echoes, n, include_usage, req.logprobs)
         return StreamingResponse(
@@ -268,11 +243,11 @@ async def completions(
     if req.logprobs is not None:  # per-token signals only come with StreamChat
         streams = [stub.StreamChat(m, metadata=metadata) for m in msgs]
         async with cancelled_on_disconnect(request, *streams):
-            parts = await _all(streams, [_collect(c, req.logprobs) for c in streams])
+            parts = await all_of(streams, [_collect(c, req.logprobs) for c in streams])
     else:
         unary = [stub.Chat(m, metadata=metadata) for m in msgs]
         async with cancelled_on_disconnect(request, *unary):
-            replies = await _all(unary, unary)
+            replies = await all_of(unary, unary)
         parts = [(r, r.content, None) for r in replies]
     body = Completion(
         id=_completion_id(),
@@ -295,18 +270,6 @@ async def completions(
 
 # One choice of a whole reply: the reply (or its stream's last chunk), its text, its logprobs.
 _Choice = tuple[pb.LLMChatResponse | pb.LLMChatChunk, str, CompletionLogprobs | None]
-
-
-async def _all(calls: Sequence[Any], waits: Sequence[Awaitable[Any]]) -> list[Any]:
-    """Each of `waits` (on `calls`, grpc.aio calls), in order; the first failure cancels the rest."""
-    if len(waits) == 1:
-        return [await waits[0]]
-    try:
-        return list(await asyncio.gather(*waits))
-    except BaseException:
-        for call in calls:
-            call.cancel()
-        raise
 
 
 async def _collect(call: Any, top: int) -> _Choice:

@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -22,7 +22,7 @@ from starlette.requests import Request
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
-from llmservice.rest.disconnect import cancelled_on_disconnect
+from llmservice.rest.disconnect import all_of, cancelled_on_disconnect
 from llmservice.rest.errors import APIError, from_grpc
 from llmservice.rest.openai import codec
 from llmservice.rest.openai import protocol as oa
@@ -45,11 +45,11 @@ class OpenAIServing:
         if req.logprobs:  # per-token signals only come with StreamChat
             streams = [self._stub.StreamChat(m, metadata=metadata) for m in msgs]
             async with cancelled_on_disconnect(request, *streams):
-                parts = await _all(streams, [_collect(req, c) for c in streams])
+                parts = await all_of(streams, [_collect(req, c) for c in streams])
         else:
             calls = [self._stub.Chat(m, metadata=metadata) for m in msgs]
             async with cancelled_on_disconnect(request, *calls):
-                replies = await _all(calls, calls)
+                replies = await all_of(calls, calls)
             parts = [(r, r.content, codec.tool_calls(r.tool_calls), None) for r in replies]
         return _json(_completion(parts, legacy))
 
@@ -63,7 +63,7 @@ class OpenAIServing:
     ) -> Response:
         calls = [self._stub.StreamChat(m, metadata=metadata) for m in msgs]
         async with cancelled_on_disconnect(request, *calls):  # it may wait in the queue
-            firsts = await _all(calls, [c.read() for c in calls])
+            firsts = await all_of(calls, [c.read() for c in calls])
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         top_logprobs = req.top_logprobs or 0 if req.logprobs else None
         if len(calls) == 1:
@@ -96,18 +96,6 @@ class OpenAIServing:
 
 # One choice of a whole reply: the reply (or a stream's last chunk), its text, calls, logprobs.
 _Choice = tuple[pb.LLMChatResponse | pb.LLMChatChunk, str, list[oa.ToolCall], oa.Logprobs | None]
-
-
-async def _all(calls: Sequence[Any], waits: Sequence[Awaitable[Any]]) -> list[Any]:
-    """Each of `waits` (on `calls`, grpc.aio calls), in order; the first failure cancels the rest."""
-    if len(waits) == 1:
-        return [await waits[0]]
-    try:
-        return list(await asyncio.gather(*waits))
-    except BaseException:
-        for call in calls:
-            call.cancel()
-        raise
 
 
 async def _collect(req: oa.ChatCompletionRequest, call: Any) -> _Choice:
