@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import os
+import socket
+import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +18,7 @@ import pytest
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
 from llmservice.providers.llamacpp.provider import LlamaCppProvider
+from llmservice.rest.server import running_shim
 from llmservice.service.registry import ProviderRegistry
 from llmservice.service.settings import ServerSettings, Settings
 
@@ -58,3 +64,50 @@ async def eventually(predicate: Callable[[], bool], timeout_s: float = 30) -> No
     async with asyncio.timeout(timeout_s):
         while not predicate():  # noqa: ASYNC110 -- polling is the point
             await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def shim_in_front_of(settings: dict[str, Any]) -> AsyncIterator[str]:
+    """The root URL of a shim in front of its own service with these settings (a remote
+    provider behind it, usually), both on free ports."""
+    config = Settings.model_validate({"server": {"grpc_port": 0}, **settings})
+    async with (
+        running_service(config, registry=ProviderRegistry.from_settings(config)) as server,
+        running_shim(f"127.0.0.1:{server.port}", "127.0.0.1", 0, connect=server.in_process_channel) as port,
+    ):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every name looked up is refused unless it is loopback's; the names asked for are kept."""
+    asked: list[str] = []
+    lookup = socket.getaddrinfo
+
+    def loopback(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        if name not in ("127.0.0.1", "localhost", "::1", "None"):
+            asked.append(name)
+            raise socket.gaierror(socket.EAI_NONAME, f"{name}: only loopback in this test")
+        return lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback)
+    return asked
+
+
+@pytest.fixture
+async def litellm() -> AsyncIterator[Any]:
+    """litellm, imported with its model cost map read from the package (never fetched) and
+    its telemetry off. The HTTP clients it keeps are its own: it closes the ones it can, and
+    those it leaves open (its OpenAI SDK clients are reference cycles) are collected here,
+    where their unclosed-socket warnings are litellm's, not in whatever test runs next."""
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # read when it is imported
+    import litellm
+
+    litellm.telemetry = False
+    yield litellm
+    await litellm.close_litellm_async_clients()
+    litellm.in_memory_llm_clients_cache.flush_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()

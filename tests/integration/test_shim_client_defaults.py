@@ -1,9 +1,10 @@
 """What popular clients send by default is honoured, not refused: parallel_tool_calls, strict
 tools, penalties, store=false, the legacy functions API and n > 1; through the openai SDK
-and LangChain's ChatOpenAI, unchanged, on the bundled model."""
+and LangChain's ChatOpenAI, unchanged, on the bundled model and on a remote provider."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -15,7 +16,9 @@ from pydantic import BaseModel, Field
 
 from llmservice.rest.server import running_shim
 
-from .conftest import Service
+from ..fakes.openai_server import Reply, fake_openai
+from ..fakes.upstream import Upstream
+from .conftest import Service, shim_in_front_of
 
 WEATHER = {
     "type": "function",
@@ -256,3 +259,114 @@ async def test_langchain_on_the_responses_api(base_url: str) -> None:
     assert "4" in message.text or "four" in message.text.lower()
     chunks = [c async for c in llm.astream("What is 2+2?")]
     assert "".join(c.text for c in chunks) == message.text
+
+
+# The same fields on a remote provider (a fake OpenAI upstream): passed on, not dropped.
+
+
+@contextlib.asynccontextmanager
+async def _remote(*script: Reply) -> AsyncIterator[tuple[str, Upstream]]:
+    """(the shim's /v1 URL, the upstream) of a service in front of a fake OpenAI."""
+    with fake_openai(*script) as upstream:
+        settings = {
+            "provider": "openai",
+            "openai": {"api_key": "k", "base_url": upstream.url + "/v1", "model": "fake-model"},
+        }
+        async with shim_in_front_of(settings) as root:
+            yield root + "/v1", upstream
+
+
+LEGACY_CALL = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+CALL = Reply(text="", tool_calls=[("call_1", "get_weather", '{"city": "Paris"}')])
+
+
+async def test_a_remote_provider_is_sent_what_the_client_sent() -> None:
+    strict = {**WEATHER, "function": {**WEATHER["function"], "strict": True}}  # type: ignore[dict-item]
+    async with (
+        _remote(CALL, Reply(text="Sunny.")) as (base_url, upstream),
+        openai.AsyncOpenAI(api_key="unused", base_url=base_url, max_retries=0) as client,
+    ):
+        called = await client.chat.completions.create(
+            model="fake-model",
+            messages=ASK,  # type: ignore[arg-type]
+            tools=[strict],  # type: ignore[list-item]
+            tool_choice="required",
+            parallel_tool_calls=False,
+            frequency_penalty=0.5,
+            presence_penalty=-0.5,
+            store=False,
+        )
+        answered = await client.chat.completions.create(  # type: ignore[call-overload]
+            model="fake-model",
+            messages=[
+                *ASK,
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "function_call": {"name": "get_weather", "arguments": "{}"},
+                },
+                {"role": "function", "name": "get_weather", "content": "Sunny, 21 degrees"},
+            ],
+            functions=[WEATHER["function"]],
+            function_call="auto",
+        )
+    calls = called.choices[0].message.tool_calls or []
+    assert [(c.id, c.function.name) for c in calls] == [("call_1", "get_weather")]  # type: ignore[union-attr]
+    assert answered.choices[0].message.content == "Sunny."
+    sent = upstream.requests[0]
+    assert sent["tools"][0]["function"]["strict"] is True
+    assert sent["parallel_tool_calls"] is False
+    assert (sent["frequency_penalty"], sent["presence_penalty"]) == (0.5, -0.5)
+    assert "store" not in sent  # nothing asks the upstream to keep it
+    legacy = upstream.requests[1]  # the legacy functions API became tools and a tool turn
+    assert legacy["tools"][0]["function"]["name"] == "get_weather"
+    assert legacy["tool_choice"] == "auto"
+    history = legacy["messages"]
+    assert [m["role"] for m in history] == ["user", "assistant", "tool"]
+    assert history[2]["tool_call_id"] == history[1]["tool_calls"][0]["id"]
+    assert history[2]["content"] == "Sunny, 21 degrees"
+
+
+async def test_n_choices_on_a_remote_provider() -> None:
+    async with (
+        _remote(Reply(text="red"), Reply(text="blue")) as (base_url, upstream),
+        openai.AsyncOpenAI(api_key="unused", base_url=base_url, max_retries=0) as client,
+    ):
+        whole = await client.chat.completions.create(
+            model="fake-model",
+            messages=ASK,  # type: ignore[arg-type]
+            n=2,
+            seed=7,
+        )
+    assert sorted(c.message.content or "" for c in whole.choices) == ["blue", "red"]
+    assert [c.index for c in whole.choices] == [0, 1]
+    assert sorted(r["seed"] for r in upstream.requests) == [7, 8]  # one request a choice, seeds apart
+    assert whole.usage is not None
+    assert whole.usage.prompt_tokens == 5  # the prompt counted once
+    assert whole.usage.completion_tokens == 2
+
+
+async def test_langchain_on_a_remote_provider() -> None:
+    place = Reply(text="", tool_calls=[("call_1", "Place", '{"city": "Paris", "country": "France"}')])
+    async with _remote(place, CALL, Reply(text="Four.")) as (base_url, upstream):
+        llm = ChatOpenAI(model="fake-model", base_url=base_url, api_key="unused", max_retries=0)
+        found = await llm.with_structured_output(Place, method="function_calling").ainvoke("Paris?")
+
+        def get_weather(city: str) -> str:
+            """The weather in a city."""
+            return "Sunny"
+
+        bound_llm = llm.bind_tools([get_weather], strict=True, tool_choice="get_weather")
+        message = await bound_llm.ainvoke("Weather?")
+        on_responses = ChatOpenAI(
+            model="fake-model", base_url=base_url, api_key="unused", max_retries=0, use_responses_api=True
+        )
+        answer = await on_responses.ainvoke("What is 2+2?")
+    assert found == Place(city="Paris", country="France")
+    assert message.tool_calls[0]["args"] == {"city": "Paris"}  # type: ignore[attr-defined]
+    assert answer.text == "Four."
+    structured, bound, responses = upstream.requests
+    assert responses["messages"] == [{"role": "user", "content": "What is 2+2?"}]
+    assert structured["parallel_tool_calls"] is False
+    assert bound["tools"][0]["function"]["strict"] is True
+    assert bound["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
-import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -18,21 +16,15 @@ import openai
 import pytest
 from pydantic import SecretStr
 
-from llmservice.app import running_service
 from llmservice.kernel.types import ChatRequest, SignalOptions, StreamEnd, TokenDelta
 from llmservice.providers.openai_family.provider import azure_openai_provider
 from llmservice.providers.openai_family.settings import AzureOpenAISettings
 from llmservice.rest.server import running_shim
-from llmservice.service.registry import ProviderRegistry
-from llmservice.service.settings import Settings
 
 from ..fakes.anthropic_server import fake_anthropic
 from ..fakes.openai_server import Reply, fake_openai
 from ..fakes.upstream import Upstream
-from .conftest import Service, eventually
-
-# litellm reads this when it is imported: its model cost map from the package, never fetched.
-os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+from .conftest import Service, eventually, shim_in_front_of
 
 FRANCE = "The capital of France is"
 COUNTING = "1, 2, 3, 4,"  # continued for as long as it is let: the model never ends it itself
@@ -323,31 +315,11 @@ async def test_the_route_is_in_the_openapi_document(base_url: str) -> None:
     assert "#/$defs/" not in str(schema)
 
 
-@pytest.fixture
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every name looked up is refused unless it is loopback's; the names asked for are kept."""
-    asked: list[str] = []
-    lookup = socket.getaddrinfo
-
-    def loopback(host: Any, *args: Any, **kwargs: Any) -> Any:
-        name = host.decode() if isinstance(host, bytes) else str(host)
-        if name not in ("127.0.0.1", "localhost", "::1", "None"):
-            asked.append(name)
-            raise socket.gaierror(socket.EAI_NONAME, f"{name}: only loopback in this test")
-        return lookup(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", loopback)
-    return asked
-
-
 # What litellm's own modules warn about as it loads them, lazily, during the call, is not ours.
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 async def test_litellm_text_completion_reaches_the_raw_completion(
-    client: openai.AsyncOpenAI, base_url: str, service: Service, loopback_only: list[str]
+    client: openai.AsyncOpenAI, base_url: str, service: Service, loopback_only: list[str], litellm: Any
 ) -> None:
-    import litellm
-
-    litellm.telemetry = False
     model = service.engine.default_model
     expected = await client.completions.create(model=model, prompt=FRANCE, temperature=0, max_tokens=6)
     reply = await litellm.atext_completion(
@@ -377,11 +349,9 @@ def upstream() -> Iterator[Upstream]:
 @contextlib.asynccontextmanager
 async def shim_client(settings: dict[str, Any]) -> AsyncIterator[openai.AsyncOpenAI]:
     """An openai client of a shim in front of a service with these settings."""
-    config = Settings.model_validate({"server": {"grpc_port": 0}, **settings})
     async with (
-        running_service(config, registry=ProviderRegistry.from_settings(config)) as server,
-        running_shim(f"127.0.0.1:{server.port}", "127.0.0.1", 0, connect=server.in_process_channel) as port,
-        openai.AsyncOpenAI(api_key="unused", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0) as client,
+        shim_in_front_of(settings) as root,
+        openai.AsyncOpenAI(api_key="unused", base_url=root + "/v1", max_retries=0) as client,
     ):
         yield client
 
@@ -457,6 +427,22 @@ async def test_remote_logprobs_come_from_the_upstreams_legacy_logprobs(
     assert logprobs.token_logprobs == pytest.approx([math.log(0.8)] * 3)
     assert logprobs.top_logprobs is not None
     assert logprobs.top_logprobs[0] == pytest.approx({"one ": math.log(0.8), "alt0": math.log(0.1)})
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+async def test_litellm_text_completion_on_a_remote_provider(
+    remote: openai.AsyncOpenAI, upstream: Upstream, litellm: Any
+) -> None:
+    reply = await litellm.atext_completion(
+        model="openai/fake-model",
+        api_base=str(remote.base_url),
+        api_key="unused",
+        prompt=PROMPT,
+        max_tokens=5,
+    )
+    assert reply.choices[0].text == "one two three"
+    assert upstream.paths[-1] == "/v1/completions"
+    assert upstream.requests[-1]["prompt"] == PROMPT
 
 
 async def test_a_provider_with_no_raw_completion_is_a_400_naming_the_prompt() -> None:

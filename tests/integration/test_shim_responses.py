@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import openai
@@ -12,7 +14,9 @@ import pytest
 
 from llmservice.rest.server import running_shim
 
-from .conftest import Service
+from ..fakes.openai_server import Reply, fake_openai
+from ..fakes.upstream import Upstream
+from .conftest import Service, shim_in_front_of
 
 WEATHER = {
     "type": "function",
@@ -260,3 +264,152 @@ async def test_what_is_not_honoured_is_a_400_naming_it(
 async def test_an_unknown_model_is_a_404_before_any_stream(client: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         await client.responses.create(model="no-such-model", input="Hi", stream=True)
+
+
+# A remote provider behind the service: a fake OpenAI upstream (its Chat Completions), scripted
+# per test.
+
+
+@contextlib.asynccontextmanager
+async def _remote(*script: Reply) -> AsyncIterator[tuple[openai.AsyncOpenAI, Upstream]]:
+    with fake_openai(*script) as upstream:
+        settings = {
+            "provider": "openai",
+            "openai": {"api_key": "k", "base_url": upstream.url + "/v1", "model": "fake-model"},
+        }
+        async with (
+            shim_in_front_of(settings) as root,
+            openai.AsyncOpenAI(api_key="unused", base_url=root + "/v1", max_retries=0) as client,
+        ):
+            yield client, upstream
+
+
+async def test_a_remote_model_answers_whole_and_streamed() -> None:
+    async with _remote(Reply(text="one two three", cached_tokens=2)) as (client, upstream):
+        ask: dict[str, Any] = {
+            "model": "fake-model",
+            "instructions": "Be brief.",
+            "input": [{"role": "user", "content": [{"type": "input_text", "text": "Count."}]}],
+            "max_output_tokens": 8,
+            "temperature": 0.5,
+            "top_p": 0.9,
+        }
+        whole = await client.responses.create(**ask)
+        async with client.responses.stream(**ask) as stream:
+            text = "".join([e.delta async for e in stream if e.type == "response.output_text.delta"])
+            final = await stream.get_final_response()
+    assert whole.output_text == text == final.output_text == "one two three"
+    for response in (whole, final):
+        assert response.model == "fake-model"
+        assert response.status == "completed"
+        usage = response.usage
+        assert usage is not None  # of the fake's 5 prompt tokens, 2 came from its cache
+        assert (usage.input_tokens, usage.input_tokens_details.cached_tokens, usage.output_tokens) == (
+            5,
+            2,
+            3,
+        )
+    sent = upstream.requests[0]
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Count."},
+    ]
+    assert (sent["max_tokens"], sent["temperature"], sent["top_p"]) == (8, 0.5, 0.9)
+
+
+async def test_a_remote_function_call_and_its_output() -> None:
+    call = Reply(text="", tool_calls=[("call_1", "get_weather", '{"city": "Paris"}')])
+    async with _remote(call, Reply(text="Sunny.")) as (client, upstream):
+        ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+        called = await client.responses.create(
+            model="fake-model", input=ask, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False
+        )
+        item = called.output[0]
+        assert (item.type, item.call_id, item.name, item.arguments) == (  # type: ignore[union-attr]
+            "function_call",
+            "call_1",
+            "get_weather",
+            '{"city": "Paris"}',
+        )
+        answered = await client.responses.create(
+            model="fake-model",
+            previous_response_id=called.id,
+            input=[{"type": "function_call_output", "call_id": "call_1", "output": "Sunny, 21 degrees"}],
+            tools=[WEATHER],
+        )
+    assert answered.output_text == "Sunny."
+    first = upstream.requests[0]
+    assert (first["tool_choice"], first["parallel_tool_calls"]) == ("required", False)
+    assert first["tools"][0]["function"]["parameters"] == WEATHER["parameters"]
+    history = upstream.requests[1]["messages"]  # the stored turn, then the call's output
+    assert [m["role"] for m in history] == ["user", "assistant", "tool"]
+    assert history[1]["tool_calls"][0]["function"] == {
+        "name": "get_weather",
+        "arguments": '{"city": "Paris"}',
+    }
+    assert (history[2]["tool_call_id"], history[2]["content"]) == ("call_1", "Sunny, 21 degrees")
+
+
+async def test_a_remote_stream_that_fails_midway_ends_with_response_failed() -> None:
+    failing = Reply(text="one two three four", error_midway="the upstream is overloaded")
+    async with _remote(failing) as (client, _):
+        stream = await client.responses.create(model="fake-model", input="Hi", stream=True)
+        events = [e async for e in stream]
+        with pytest.raises(openai.NotFoundError):  # a failed response is not kept
+            await client.responses.retrieve(events[0].response.id)  # type: ignore[union-attr]
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.failed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")  # type: ignore[union-attr]
+    assert text == "one "  # a token came before the failure
+    failed = events[-1].response  # type: ignore[union-attr]
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert "overloaded" in failed.error.message
+
+
+async def test_a_remote_rate_limit_is_a_429_with_its_retry_after() -> None:
+    limited = Reply(status=429, error="quota", headers={"retry-after": "120"})
+    async with _remote(limited) as (client, _):
+        with pytest.raises(openai.RateLimitError) as raised:
+            await client.responses.create(model="fake-model", input="Hi")
+        with pytest.raises(openai.RateLimitError):
+            await client.responses.create(model="fake-model", input="Hi", stream=True)
+    assert raised.value.response.headers["retry-after"] == "120"
+
+
+# What litellm's own modules warn about as it loads them, lazily, during the call, is not ours.
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+async def test_litellm_responses_on_the_bundled_model_and_a_remote_one(
+    base_url: str, service: Service, loopback_only: list[str], litellm: Any
+) -> None:
+    local = await litellm.aresponses(
+        model=f"openai/{service.engine.default_model}",
+        input="What is 2+2?",
+        api_base=base_url,
+        api_key="unused",
+        temperature=0,
+        max_output_tokens=40,
+    )
+    assert re.search(r"\b4\b|\bfour\b", _text_of(local), re.I), _text_of(local)
+    async with _remote(Reply(text="one two three")) as (client, _):
+        remote = await litellm.aresponses(
+            model="openai/fake-model", input="Hi", api_base=str(client.base_url), api_key="unused"
+        )
+        streamed = await litellm.aresponses(
+            model="openai/fake-model",
+            input="Hi",
+            api_base=str(client.base_url),
+            api_key="unused",
+            stream=True,
+        )
+        events = [e async for e in streamed]
+    assert _text_of(remote) == "one two three"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "one two three"
+    assert events[-1].type == "response.completed"
+    assert loopback_only == []
+
+
+def _text_of(response: Any) -> str:
+    return "".join(part.text for item in response.output if item.type == "message" for part in item.content)
