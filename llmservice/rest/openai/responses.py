@@ -111,7 +111,7 @@ class ResponsesServing:
         items, new = _input(req.input)
         conversation = [oa.ChatMessage.model_validate(m) for m in history] + new
         msg = codec.to_grpc(_chat_request(req, conversation), priority)
-        turn = _Turn(req, [m.model_dump(exclude_none=True) for m in conversation], items)
+        turn = _Turn(req, conversation, items)
         if req.stream:
             stream = self._llm.StreamChat(msg, metadata=metadata)
             async with cancelled_on_disconnect(request, stream):  # it may wait in the queue
@@ -155,9 +155,10 @@ class ResponsesServing:
 
     async def _events(self, turn: _Turn, call: Any, first: Any, metadata: Metadata) -> AsyncIterator[bytes]:
         events = _Events()
-        start = turn.response(None)
-        yield events.frame("response.created", response=start)
-        yield events.frame("response.in_progress", response=start)
+        start = turn.response(None).model_dump(mode="json")  # once, for both events
+        yield events.frame("response.created", response=start) + events.frame(
+            "response.in_progress", response=start
+        )
         text: _TextItem | None = None
         calls: dict[int, _CallItem] = {}
         output = 0  # the next output index
@@ -223,7 +224,7 @@ class _Turn:
     """One request's conversation and reply, as the response and the stored record see them."""
 
     def __init__(
-        self, req: rp.ResponseRequest, conversation: list[dict[str, Any]], items: list[dict[str, Any]]
+        self, req: rp.ResponseRequest, conversation: list[oa.ChatMessage], items: list[dict[str, Any]]
     ):
         self.req, self.conversation, self.items = req, conversation, items
         self.id = f"resp_{uuid.uuid4().hex}"
@@ -231,7 +232,7 @@ class _Turn:
         self.text = ""
         self.calls: list[pb.ToolCall] = []
         self._message_id = f"msg_{uuid.uuid4().hex}"
-        self._call_ids = [f"fc_{uuid.uuid4().hex}" for _ in range(16)]
+        self._call_ids: list[str] = []  # made as calls come, the same for every look at the output
 
     def output(self, status: str) -> list[rp.OutputItem]:
         out: list[rp.OutputItem] = []
@@ -239,8 +240,8 @@ class _Turn:
             item_status = "incomplete" if status == "incomplete" else "completed"
             text = [rp.OutputText(text=self.text)]
             out.append(rp.OutputMessage(id=self._message_id, status=item_status, content=text))
-        for i, c in enumerate(self.calls):
-            fc_id = self._call_ids[i] if i < len(self._call_ids) else f"fc_{uuid.uuid4().hex}"
+        self._call_ids += [f"fc_{uuid.uuid4().hex}" for _ in range(len(self.calls) - len(self._call_ids))]
+        for fc_id, c in zip(self._call_ids, self.calls, strict=False):
             out.append(
                 rp.OutputFunctionCall(
                     id=fc_id, call_id=c.id, name=c.name, arguments=c.arguments_json, status="completed"
@@ -269,7 +270,7 @@ class _Turn:
                 output_tokens_details=rp.OutputTokensDetails(),
                 total_tokens=reply.prompt_tokens + reply.completion_tokens,
             )
-        fmt = req.text.format if req.text and req.text.format else rp.TextFormat(type="text")
+        fmt = req.text.format if req.text and req.text.format else None
         return rp.Response(
             id=self.id,
             created_at=self.created,
@@ -283,7 +284,7 @@ class _Turn:
             previous_response_id=req.previous_response_id,
             store=req.store,
             temperature=req.temperature,
-            text={"format": fmt.model_dump(by_alias=True, exclude_none=True)},
+            text={"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}},
             tool_choice=_dumped(req.tool_choice) if req.tool_choice is not None else "auto",
             tools=[t.model_dump(exclude_none=True) for t in req.tools or ()],
             top_p=req.top_p,
@@ -300,7 +301,8 @@ class _Turn:
                 {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
                 for c in self.calls
             ]
-        return {"messages": [*self.conversation, reply], "input_items": self.items}
+        conversation = [m.model_dump(exclude_none=True) for m in self.conversation]
+        return {"messages": [*conversation, reply], "input_items": self.items}
 
 
 class _Events:
