@@ -295,6 +295,7 @@ async def test_a_remote_provider_is_sent_what_the_client_sent() -> None:
             frequency_penalty=0.5,
             presence_penalty=-0.5,
             store=False,
+            user="end-user-7",
         )
         answered = await client.chat.completions.create(  # type: ignore[call-overload]
             model="fake-model",
@@ -318,6 +319,7 @@ async def test_a_remote_provider_is_sent_what_the_client_sent() -> None:
     assert sent["parallel_tool_calls"] is False
     assert (sent["frequency_penalty"], sent["presence_penalty"]) == (0.5, -0.5)
     assert "store" not in sent  # nothing asks the upstream to keep it
+    assert sent["user"] == "end-user-7"
     legacy = upstream.requests[1]  # the legacy functions API became tools and a tool turn
     assert legacy["tools"][0]["function"]["name"] == "get_weather"
     assert legacy["tool_choice"] == "auto"

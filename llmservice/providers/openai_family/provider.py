@@ -340,6 +340,8 @@ class OpenAIFamilyProvider(RemoteProvider):
             **{wire: getattr(s, field) for field, wire in self._extras.items()},
         }
         body.update({k: v for k, v in optional.items() if v is not None})
+        if request.user:  # the end user, for the upstream's abuse monitoring
+            body["user"] = request.user
         if request.constraint is not None:
             if request.constraint.kind == "json_object":
                 body["response_format"] = {"type": "json_object"}
