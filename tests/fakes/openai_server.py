@@ -108,8 +108,7 @@ def _app(fake: Upstream) -> Starlette:
         body = await request.json()
         reply = fake.take(body, dict(request.headers), request.url.path)
         if reply.status != 200:
-            error = {"message": reply.error, "type": "error", "param": None, "code": None}
-            return JSONResponse({"error": error}, status_code=reply.status, headers=reply.headers)
+            return _error_reply(reply)
         words = reply.words
         calls = [
             {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
@@ -141,16 +140,6 @@ def _app(fake: Upstream) -> Starlette:
                 }
             )
 
-        async def frames() -> AsyncIterator[bytes]:
-            finished = False
-            try:
-                async for frame in _frames():
-                    yield frame
-                finished = True
-            finally:
-                if not finished:
-                    fake.abandoned += 1
-
         async def _frames() -> AsyncIterator[bytes]:
             yield b": a comment the client must skip\r\n\r\n"
             yield b"data: " + json.dumps(_chunk({"role": "assistant", "content": ""})).encode() + b"\r\n\r\n"
@@ -178,15 +167,16 @@ def _app(fake: Upstream) -> Starlette:
             yield b"data: " + json.dumps(final).encode() + b"\r\n\r\n"
             yield b"data: [DONE]\r\n\r\n"
 
-        return StreamingResponse(frames(), media_type="text/event-stream", headers=reply.headers)
+        return StreamingResponse(
+            _counted(fake, _frames()), media_type="text/event-stream", headers=reply.headers
+        )
 
     async def embeddings(request: Request) -> Response:
         """Each text's vector from its SHA-256 (so equal texts give equal vectors), unit length."""
         body = await request.json()
         reply = fake.take(body, dict(request.headers), request.url.path)
         if reply.status != 200:
-            error = {"message": reply.error, "type": "error", "param": None, "code": None}
-            return JSONResponse({"error": error}, status_code=reply.status, headers=reply.headers)
+            return _error_reply(reply)
         if (bad := bad_body(reply)) is not None:
             return Response(bad, media_type="application/json")
         texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
@@ -209,8 +199,7 @@ def _app(fake: Upstream) -> Starlette:
         body = await request.json()
         reply = fake.take(body, dict(request.headers), request.url.path)
         if reply.status != 200:
-            error = {"message": reply.error, "type": "error", "param": None, "code": None}
-            return JSONResponse({"error": error}, status_code=reply.status, headers=reply.headers)
+            return _error_reply(reply)
         words = reply.words
         top = body.get("logprobs")  # the legacy API's: an int, how many top logprobs
         if not body.get("stream"):
@@ -224,16 +213,6 @@ def _app(fake: Upstream) -> Starlette:
             }
             whole = {**_text_chunk(""), "model": body["model"], "choices": [choice], "usage": _usage(reply)}
             return JSONResponse(whole)
-
-        async def frames() -> AsyncIterator[bytes]:
-            finished = False
-            try:
-                async for frame in _frames():
-                    yield frame
-                finished = True
-            finally:
-                if not finished:
-                    fake.abandoned += 1
 
         async def _frames() -> AsyncIterator[bytes]:
             yield b": a comment the client must skip\r\n\r\n"
@@ -260,7 +239,9 @@ def _app(fake: Upstream) -> Starlette:
                 yield b"data: " + json.dumps(final).encode() + b"\r\n\r\n"
             yield b"data: [DONE]\r\n\r\n"
 
-        return StreamingResponse(frames(), media_type="text/event-stream", headers=reply.headers)
+        return StreamingResponse(
+            _counted(fake, _frames()), media_type="text/event-stream", headers=reply.headers
+        )
 
     async def models(request: Request) -> Response:
         return JSONResponse(
@@ -299,3 +280,21 @@ def fake_openai(*script: Reply, tls: tuple[str, str] | None = None) -> Iterator[
     """OpenAI at `url + "/v1"`; Azure OpenAI at `url` as its endpoint."""
     with serving(_app, script, tls=tls) as upstream:
         yield upstream
+
+
+def _error_reply(reply: Reply) -> Response:
+    """A scripted failure, in OpenAI's error body."""
+    error = {"message": reply.error, "type": "error", "param": None, "code": None}
+    return JSONResponse({"error": error}, status_code=reply.status, headers=reply.headers)
+
+
+async def _counted(fake: Upstream, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The frames, counting a stream the client left before its end in `fake.abandoned`."""
+    finished = False
+    try:
+        async for frame in frames:
+            yield frame
+        finished = True
+    finally:
+        if not finished:
+            fake.abandoned += 1

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import openai
 import pytest
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
@@ -21,6 +22,9 @@ from llmservice.providers.llamacpp.provider import LlamaCppProvider
 from llmservice.rest.server import running_shim
 from llmservice.service.registry import ProviderRegistry
 from llmservice.service.settings import ServerSettings, Settings
+
+from ..fakes.openai_server import Reply, fake_openai
+from ..fakes.upstream import Upstream
 
 
 @dataclass
@@ -64,6 +68,21 @@ async def eventually(predicate: Callable[[], bool], timeout_s: float = 30) -> No
     async with asyncio.timeout(timeout_s):
         while not predicate():  # noqa: ASYNC110 -- polling is the point
             await asyncio.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+async def base_url(service: Service) -> AsyncIterator[str]:
+    """The /v1 URL of a shim in front of the shared service, in process as `llmservice serve`
+    runs it (test_metrics.py and test_observability.py drive one over real gRPC)."""
+    async with running_shim(service.target, "127.0.0.1", 0, connect=service.in_process) as port:
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture
+async def client(base_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The official openai client of that shim."""
+    async with openai.AsyncOpenAI(api_key="unused", base_url=base_url, max_retries=0) as client:
+        yield client
 
 
 @contextlib.asynccontextmanager
@@ -111,3 +130,15 @@ async def litellm() -> AsyncIterator[Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
+
+
+@contextlib.asynccontextmanager
+async def shim_in_front_of_fake_openai(
+    *script: Reply, **settings: Any
+) -> AsyncIterator[tuple[str, Upstream]]:
+    """(the shim's root URL, the upstream) of a service whose provider is a fake OpenAI
+    upstream answering with `script` (model fake-model); `settings` go to the service too."""
+    with fake_openai(*script) as upstream:
+        openai_settings = {"api_key": "k", "base_url": upstream.url + "/v1", "model": "fake-model"}
+        async with shim_in_front_of({"provider": "openai", "openai": openai_settings, **settings}) as root:
+            yield root, upstream

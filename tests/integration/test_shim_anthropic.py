@@ -19,9 +19,9 @@ from llmservice.rest.anthropic import codec
 from llmservice.rest.anthropic import protocol as an
 from llmservice.rest.server import running_shim
 
-from ..fakes.openai_server import Reply, fake_openai
+from ..fakes.openai_server import Reply
 from ..fakes.upstream import Upstream
-from .conftest import Service, eventually, shim_in_front_of
+from .conftest import Service, eventually, shim_in_front_of_fake_openai
 
 ARITHMETIC = [{"role": "user", "content": "What is 2+2?"}]
 HELLO = [{"role": "user", "content": "Name three colours."}]
@@ -318,14 +318,8 @@ async def _remote(*script: Reply, keyed: bool = False) -> AsyncIterator[tuple[st
     """(the shim's root URL, the upstream) of a service in front of a fake OpenAI; with
     `keyed`, one principal with the key KEY_A."""
     auth = {"principals": {"a": {"key_sha256": hashlib.sha256(KEY_A.encode()).hexdigest(), "models": ["*"]}}}
-    with fake_openai(*script) as upstream:
-        settings = {
-            "provider": "openai",
-            "openai": {"api_key": "k", "base_url": upstream.url + "/v1", "model": "fake-model"},
-            **({"auth": auth} if keyed else {}),
-        }
-        async with shim_in_front_of(settings) as root:
-            yield root, upstream
+    async with shim_in_front_of_fake_openai(*script, **({"auth": auth} if keyed else {})) as remote:
+        yield remote
 
 
 def _sdk(root: str, key: str = "unused") -> anthropic.AsyncAnthropic:

@@ -14,11 +14,9 @@ import pytest
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
-from llmservice.rest.server import running_shim
-
-from ..fakes.openai_server import Reply, fake_openai
+from ..fakes.openai_server import Reply
 from ..fakes.upstream import Upstream
-from .conftest import Service, shim_in_front_of
+from .conftest import shim_in_front_of_fake_openai
 
 WEATHER = {
     "type": "function",
@@ -34,18 +32,6 @@ WEATHER = {
     },
 }
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-@pytest.fixture(scope="module")
-async def base_url(service: Service) -> AsyncIterator[str]:
-    async with running_shim(service.target, "127.0.0.1", 0, connect=service.in_process) as port:
-        yield f"http://127.0.0.1:{port}/v1"
-
-
-@pytest.fixture
-async def client(base_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(api_key="unused", base_url=base_url, max_retries=0) as client:
-        yield client
 
 
 async def test_parallel_tool_calls_false_and_strict_tools(client: openai.AsyncOpenAI) -> None:
@@ -267,13 +253,8 @@ async def test_langchain_on_the_responses_api(base_url: str) -> None:
 @contextlib.asynccontextmanager
 async def _remote(*script: Reply) -> AsyncIterator[tuple[str, Upstream]]:
     """(the shim's /v1 URL, the upstream) of a service in front of a fake OpenAI."""
-    with fake_openai(*script) as upstream:
-        settings = {
-            "provider": "openai",
-            "openai": {"api_key": "k", "base_url": upstream.url + "/v1", "model": "fake-model"},
-        }
-        async with shim_in_front_of(settings) as root:
-            yield root + "/v1", upstream
+    async with shim_in_front_of_fake_openai(*script) as (root, upstream):
+        yield root + "/v1", upstream
 
 
 LEGACY_CALL = {"name": "get_weather", "arguments": '{"city": "Paris"}'}

@@ -19,7 +19,6 @@ from pydantic import SecretStr
 from llmservice.kernel.types import ChatRequest, SignalOptions, StreamEnd, TokenDelta
 from llmservice.providers.openai_family.provider import azure_openai_provider
 from llmservice.providers.openai_family.settings import AzureOpenAISettings
-from llmservice.rest.server import running_shim
 
 from ..fakes.anthropic_server import fake_anthropic
 from ..fakes.openai_server import Reply, fake_openai
@@ -34,18 +33,6 @@ def _counts(usage: Any) -> tuple[int, int, int]:
     """Usage without its cached tokens, which depend on what ran before."""
     assert usage is not None
     return usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
-
-
-@pytest.fixture(scope="module")
-async def base_url(service: Service) -> AsyncIterator[str]:
-    async with running_shim(service.target, "127.0.0.1", 0, connect=service.in_process) as port:
-        yield f"http://127.0.0.1:{port}/v1"
-
-
-@pytest.fixture
-async def client(base_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(api_key="unused", base_url=base_url, max_retries=0) as client:
-        yield client
 
 
 async def test_a_raw_prompt_is_continued_with_no_chat_template(client: openai.AsyncOpenAI) -> None:

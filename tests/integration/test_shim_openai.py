@@ -7,7 +7,6 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -16,25 +15,10 @@ import pytest
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
-from llmservice.rest.server import running_shim
 
 from .conftest import Service, eventually
 
 HELLO = [{"role": "user", "content": "Name three colours."}]
-
-
-@pytest.fixture(scope="module")
-async def base_url(service: Service) -> AsyncIterator[str]:
-    # As `llmservice serve` runs it: in process (tests/integration/test_metrics.py and
-    # test_observability.py drive a shim over real gRPC).
-    async with running_shim(service.target, "127.0.0.1", 0, connect=service.in_process) as port:
-        yield f"http://127.0.0.1:{port}/v1"
-
-
-@pytest.fixture
-async def client(base_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(api_key="unused", base_url=base_url, max_retries=0) as client:
-        yield client
 
 
 async def test_chat_streamed_and_whole_agree_at_temperature_zero(client: openai.AsyncOpenAI) -> None:

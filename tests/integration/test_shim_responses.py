@@ -12,11 +12,9 @@ import httpx
 import openai
 import pytest
 
-from llmservice.rest.server import running_shim
-
-from ..fakes.openai_server import Reply, fake_openai
+from ..fakes.openai_server import Reply
 from ..fakes.upstream import Upstream
-from .conftest import Service, shim_in_front_of
+from .conftest import Service, shim_in_front_of_fake_openai
 
 WEATHER = {
     "type": "function",
@@ -24,18 +22,6 @@ WEATHER = {
     "description": "The weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
-
-
-@pytest.fixture(scope="module")
-async def base_url(service: Service) -> AsyncIterator[str]:
-    async with running_shim(service.target, "127.0.0.1", 0, connect=service.in_process) as port:
-        yield f"http://127.0.0.1:{port}/v1"
-
-
-@pytest.fixture
-async def client(base_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(api_key="unused", base_url=base_url, max_retries=0) as client:
-        yield client
 
 
 async def test_a_text_input_gets_an_answer_with_usage(client: openai.AsyncOpenAI) -> None:
@@ -272,16 +258,11 @@ async def test_an_unknown_model_is_a_404_before_any_stream(client: openai.AsyncO
 
 @contextlib.asynccontextmanager
 async def _remote(*script: Reply) -> AsyncIterator[tuple[openai.AsyncOpenAI, Upstream]]:
-    with fake_openai(*script) as upstream:
-        settings = {
-            "provider": "openai",
-            "openai": {"api_key": "k", "base_url": upstream.url + "/v1", "model": "fake-model"},
-        }
-        async with (
-            shim_in_front_of(settings) as root,
-            openai.AsyncOpenAI(api_key="unused", base_url=root + "/v1", max_retries=0) as client,
-        ):
-            yield client, upstream
+    async with (
+        shim_in_front_of_fake_openai(*script) as (root, upstream),
+        openai.AsyncOpenAI(api_key="unused", base_url=root + "/v1", max_retries=0) as client,
+    ):
+        yield client, upstream
 
 
 async def test_a_remote_model_answers_whole_and_streamed() -> None:
