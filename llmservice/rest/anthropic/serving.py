@@ -28,6 +28,7 @@ from llmservice.rest.anthropic import codec
 from llmservice.rest.anthropic import protocol as an
 from llmservice.rest.anthropic.errors import AnthropicError, as_anthropic
 from llmservice.rest.disconnect import cancelled_on_disconnect
+from llmservice.rest.event_stream import line_safe
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -93,7 +94,7 @@ async def _events(call: Any, first: Any) -> AsyncIterator[bytes]:
     except (grpc.aio.AioRpcError, AnthropicError) as exc:  # failed midway: say so in the stream itself
         error = as_anthropic(exc)
         assert error is not None
-        yield b"".join(out) + b"event: error\ndata: " + _line_safe(an.dump(error.body())) + b"\n\n"
+        yield b"".join(out) + b"event: error\ndata: " + line_safe(an.dump(error.body())) + b"\n\n"
     finally:
         call.cancel()  # the client went away (or we are done): the service stops generating
 
@@ -163,20 +164,7 @@ def _message_start(model: str) -> bytes:
 
 
 def _event(event: an.StreamEvent) -> bytes:
-    return b"event: " + event.type.encode() + b"\ndata: " + _line_safe(an.dump(event)) + b"\n\n"
-
-
-# JSON may carry U+0085, U+2028 and U+2029 unescaped, but a reader that splits an event
-# stream into lines as str.splitlines does (httpx's aiter_lines does) would cut the event.
-_LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
-
-
-def _line_safe(data: bytes) -> bytes:
-    if data.isascii():
-        return data
-    for raw, escaped in _LINE_BREAKS:
-        data = data.replace(raw, escaped)
-    return data
+    return b"event: " + event.type.encode() + b"\ndata: " + line_safe(an.dump(event)) + b"\n\n"
 
 
 def _json(reply: an.Message | an.MessageTokensCount) -> Response:

@@ -35,6 +35,7 @@ from llmservice.rest.body import parse_body
 from llmservice.rest.caller import caller_metadata
 from llmservice.rest.disconnect import cancelled_on_disconnect
 from llmservice.rest.errors import APIError, from_grpc, invalid
+from llmservice.rest.event_stream import line_safe
 from llmservice.rest.openai import codec
 from llmservice.rest.openai import protocol as oa
 from llmservice.rest.openai import responses_protocol as rp
@@ -316,10 +317,8 @@ class _Events:
         self._seq += 1
         for key, value in fields.items():
             data[key] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-        body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-        # U+2028 and kin cut a line for readers that split as str.splitlines does.
-        body = body.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
-        return f"event: {kind}\ndata: {body}\n\n".encode()
+        body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        return b"event: " + kind.encode() + b"\ndata: " + line_safe(body) + b"\n\n"
 
 
 class _TextItem:

@@ -24,6 +24,7 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.rest.disconnect import all_of, cancelled_on_disconnect
 from llmservice.rest.errors import APIError, from_grpc
+from llmservice.rest.event_stream import line_safe
 from llmservice.rest.openai import codec
 from llmservice.rest.openai import protocol as oa
 
@@ -268,19 +269,9 @@ class _ChunkFrames:
         return b"data: " + _event_json(chunk) + b"\n\n"
 
 
-# JSON may carry U+0085, U+2028 and U+2029 unescaped, but a reader that splits an event
-# stream into lines as str.splitlines does (httpx's aiter_lines does) would cut the event.
-_LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
-
-
 def _event_json(reply: oa.ChatCompletionChunk | oa.ChunkChoice) -> bytes:
     """oa.dump, safe to put on one line of an event stream."""
-    data = oa.dump(reply)
-    if data.isascii():
-        return data
-    for raw, escaped in _LINE_BREAKS:
-        data = data.replace(raw, escaped)
-    return data
+    return line_safe(oa.dump(reply))
 
 
 def _merge_call(calls: dict[int, oa.ToolCall], d: pb.ToolCallDelta) -> None:
