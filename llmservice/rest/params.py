@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 
 from llmservice.rest.errors import APIError, invalid
 
@@ -21,6 +22,14 @@ def validation_error(exc: RequestValidationError) -> APIError:
     if first.get("type") == "extra_forbidden":
         return invalid(_name(path), "is not a parameter this service supports")
     return invalid(_name(path), str(first.get("msg", "invalid")))
+
+
+def refuse_unknown(req: BaseModel) -> None:
+    """A 400 naming the first parameter `req` took in that its model does not declare (the
+    request models allow extra keys so that this names them, rather than pydantic's error)."""
+    unknown = sorted(req.model_extra or {})
+    if unknown:
+        raise invalid(unknown[0], "is not a parameter this service supports")
 
 
 def _path(body: Any, loc: Sequence[Any], missing: bool) -> list[str | int]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
+from typing import Any
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice.rest.errors import invalid
 from llmservice.rest.openai import protocol as oa
+from llmservice.rest.params import refuse_unknown
 
 FINISH: dict[int, oa.FinishReason] = {
     pb.FINISH_REASON_STOP: "stop",
@@ -27,7 +29,6 @@ SAMPLING = (  # request fields that go on the wire as they are
     "frequency_penalty",
     "presence_penalty",
 )
-_KNOWN = set(oa.ChatCompletionRequest.model_fields)
 
 
 def to_grpc(req: oa.ChatCompletionRequest, priority_header: str | None) -> pb.LLMChatRequest:
@@ -102,9 +103,7 @@ def _tool(fn: oa.FunctionDefinition) -> pb.Tool:
 
 
 def _refuse_unsupported(req: oa.ChatCompletionRequest) -> None:
-    unknown = sorted(set(req.model_extra or {}) - _KNOWN)
-    if unknown:
-        raise invalid(unknown[0], "is not a parameter this service supports")
+    refuse_unknown(req)
     if req.logit_bias:
         raise invalid("logit_bias", "is not supported")
     if req.store:
@@ -122,6 +121,15 @@ def choices(msg: pb.LLMChatRequest, n: int) -> list[pb.LLMChatRequest]:
             copy.seed = (msg.seed + i + 2**63) % 2**64 - 2**63
         out.append(copy)
     return out
+
+
+# The x-priority header that priority() reads, as the OpenAPI document of a route names it.
+PRIORITY_HEADER_DOC: dict[str, Any] = {
+    "name": "x-priority",
+    "in": "header",
+    "required": False,
+    "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "X-Priority"},
+}
 
 
 def priority(body: int | None, header: str | None) -> int:

@@ -37,6 +37,7 @@ from llmservice.rest.errors import from_grpc, invalid
 from llmservice.rest.event_stream import line_safe
 from llmservice.rest.openai import codec
 from llmservice.rest.openai import protocol as oa
+from llmservice.rest.params import refuse_unknown
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -129,14 +130,7 @@ def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
 
 # The body is parsed by the handler (parse_body), so the document is told its schema here.
 BODY_DOC: dict[str, Any] = {
-    "parameters": [
-        {
-            "name": "x-priority",
-            "in": "header",
-            "required": False,
-            "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "X-Priority"},
-        }
-    ],
+    "parameters": [codec.PRIORITY_HEADER_DOC],
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": _inlined(CompletionRequest.model_json_schema())}},
@@ -148,7 +142,6 @@ _FINISH: dict[int, FinishReason] = {
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
 }
-_KNOWN = set(CompletionRequest.model_fields)
 
 
 def to_grpc(req: CompletionRequest, priority_header: str | None) -> list[pb.LLMChatRequest]:
@@ -191,9 +184,7 @@ def to_grpc(req: CompletionRequest, priority_header: str | None) -> list[pb.LLMC
 
 
 def _refuse_unsupported(req: CompletionRequest) -> None:
-    unknown = sorted(set(req.model_extra or {}) - _KNOWN)
-    if unknown:
-        raise invalid(unknown[0], "is not a parameter this service supports")
+    refuse_unknown(req)
     if req.suffix:
         raise invalid("suffix", "insertion is not supported: a prompt is only continued")
     if req.logit_bias:

@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.rest.disconnect import cancelled_on_disconnect
-from llmservice.rest.errors import invalid
 from llmservice.rest.openai.protocol import dump
+from llmservice.rest.params import refuse_unknown
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -63,9 +63,7 @@ BODY_DOC: dict[str, Any] = {
 
 
 def to_grpc(req: EmbeddingRequest) -> pb.EmbedRequest:
-    unknown = sorted(req.model_extra or {})
-    if unknown:
-        raise invalid(unknown[0], "is not a parameter this service supports")
+    refuse_unknown(req)
     texts = [req.input] if isinstance(req.input, str) else req.input
     return pb.EmbedRequest(input=texts, model=req.model, dimensions=req.dimensions, user=req.user or "")
 

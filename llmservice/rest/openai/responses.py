@@ -39,9 +39,9 @@ from llmservice.rest.event_stream import line_safe
 from llmservice.rest.openai import codec
 from llmservice.rest.openai import protocol as oa
 from llmservice.rest.openai import responses_protocol as rp
+from llmservice.rest.params import refuse_unknown
 
 Metadata = tuple[tuple[str, str], ...]
-_KNOWN = set(rp.ResponseRequest.model_fields)
 BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -405,9 +405,7 @@ class _CallItem:
 
 
 def _refuse_unsupported(req: rp.ResponseRequest) -> None:
-    unknown = sorted(set(req.model_extra or {}) - _KNOWN)
-    if unknown:
-        raise invalid(unknown[0], "is not a parameter this service supports")
+    refuse_unknown(req)
     if req.include:
         raise invalid("include", f"{req.include[0]!r}: nothing beyond the output can be included")
     if req.reasoning and any(v is not None for v in req.reasoning.values()):

@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from llmservice.rest.body import parse_body
 from llmservice.rest.caller import caller_metadata
+from llmservice.rest.openai import codec
 from llmservice.rest.openai import completions as cmp
 from llmservice.rest.openai import embeddings as emb
 from llmservice.rest.openai import protocol as oa
@@ -21,14 +22,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # FastAPI's dependency solving, so the document says what the body and header are; the
 # app puts ChatCompletionRequest's schema in the components (llmservice.rest.app).
 CHAT_DOC: dict[str, Any] = {
-    "parameters": [
-        {
-            "name": "x-priority",
-            "in": "header",
-            "required": False,
-            "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "X-Priority"},
-        }
-    ],
+    "parameters": [codec.PRIORITY_HEADER_DOC],
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
