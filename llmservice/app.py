@@ -62,7 +62,9 @@ async def running_service(
     embed_cache = EmbeddingCache(e.cache_dir / CACHE_FILE) if e.cache else None
     limits = Limits.from_settings(settings)
     core = LLMCore(registry, embed_cache, e.max_inputs, limits)
-    sessions = SessionManager(core, settings.llmchat, settings.cache, tracing=tracing)
+    sessions = SessionManager(
+        core, settings.llmchat, settings.cache, tracing=tracing, sections=settings.section
+    )
     catalogue = ServerCatalogue(settings.llmchat)
     responses = StoredResponses(settings.responses, settings.cache)
     metrics = service_metrics(registry, sessions, embed_cache)

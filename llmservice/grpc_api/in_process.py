@@ -19,6 +19,8 @@ What a call does here is what it does over the network, minus the sockets:
 - a message larger than gRPC's default limit for what a side receives (4 MiB, which
   both the server and the shim's channel keep) fails as it would on the network, with
   RESOURCE_EXHAUSTED;
+- a stream's initial metadata is what the handler sent with `send_initial_metadata`, or
+  nothing once the call ended without it;
 - `cancel()`, or cancelling the task that awaits the call, cancels the handler's task;
   a stream holds at most `STREAM_BUFFER` replies the caller has not read yet.
 """
@@ -80,6 +82,9 @@ class _ServicerContext:
     def __init__(self, metadata: tuple[tuple[str, str | bytes], ...], deadline: float | None) -> None:
         self._metadata, self._deadline = metadata, deadline
         self.trailing: tuple[tuple[str, str | bytes], ...] = ()
+        self.initial: asyncio.Future[tuple[tuple[str, str | bytes], ...]] = (
+            asyncio.get_running_loop().create_future()
+        )
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._metadata
@@ -89,6 +94,10 @@ class _ServicerContext:
 
     def set_trailing_metadata(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
         self.trailing = tuple(metadata)
+
+    async def send_initial_metadata(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+        if not self.initial.done():
+            self.initial.set_result(tuple(metadata))
 
     async def abort(
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: Sequence[Any] = ()
@@ -204,6 +213,9 @@ class _Rpc:
         except Exception as exc:
             log.exception("in-process call %s failed", self._method)
             error = self._error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
+        finally:
+            if not self.context.initial.done():  # ended without sending any
+                self.context.initial.set_result(())
         if self._unary:
             raise error
         await self.replies.put(_End(error))  # waits for room, as a full HTTP/2 window would
@@ -289,6 +301,12 @@ class _UnaryStreamCall:
                 raise item.error
             return grpc.aio.EOF
         return self._deserialize(item) if self._deserialize else item
+
+    async def initial_metadata(self) -> grpc.aio.Metadata:
+        initial = self._rpc.context.initial
+        if not initial.done():  # sent, or the call ended (a call cancelled unstarted never runs)
+            await asyncio.wait([initial, self._rpc.task], return_when=asyncio.FIRST_COMPLETED)
+        return grpc.aio.Metadata(*initial.result()) if initial.done() else grpc.aio.Metadata()
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._messages()

@@ -1,9 +1,14 @@
-"""The ChatSessionService servicer: decode, call the session manager, encode."""
+"""The ChatSessionService servicer: decode, call the session manager, encode.
+
+A turn's events are stamped with wall-clock times (a tool's `start` and `end`) as they
+pass through here, which is as they happen.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -55,10 +60,12 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
     @errors_to_status()
     async def Chat(self, request: pb.ChatRequest, context: Context) -> pb.ChatResponse:
         events = await self._sessions.chat(self._principal(context), request.user_id, request.message)
+        clock = _Clock()
         async with contextlib.aclosing(events) as running:
             async for event in running:
+                clock.saw(event)
                 if isinstance(event, TurnFinal):
-                    return final(request.user_id, event)
+                    return final(request.user_id, event, clock)
         raise AssertionError("a turn always ends with its final event or an error")
 
     @errors_to_status()
@@ -67,14 +74,23 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
     ) -> AsyncIterator[pb.StreamChatResponse]:
         context.set_trailing_metadata(request_trailer())  # unary calls get theirs from CallContext
         events = await self._sessions.chat(self._principal(context), request.user_id, request.message)
+        await context.send_initial_metadata(TURN_STARTED)  # what fails from here on is the turn's
+        clock = _Clock()
         async with contextlib.aclosing(events) as running:
             async for event in running:
-                yield encode_event(request.user_id, event)
+                clock.saw(event)
+                yield encode_event(request.user_id, event, clock)
 
     @errors_to_status()
     async def Disconnect(self, request: pb.DisconnectRequest, context: Context) -> pb.DisconnectResponse:
         was = await self._sessions.disconnect(self._principal(context), request.user_id)
-        return pb.DisconnectResponse(user_id=request.user_id, was_connected=was)
+        if was:
+            status, message = "disconnected", "Successfully disconnected"
+        else:
+            status, message = "no_active_session", "No active session to disconnect"
+        return pb.DisconnectResponse(
+            user_id=request.user_id, was_connected=was, status=status, message=message
+        )
 
     @errors_to_status()
     async def GetStatus(self, request: pb.GetStatusRequest, context: Context) -> pb.GetStatusResponse:
@@ -118,45 +134,73 @@ def _server(server: pb.McpServer) -> ServerConfig:
     return ServerConfig(server.url, server.transport, server.auth_token)
 
 
+SAMPLING = ("temperature", "max_tokens", "top_p", "seed")  # optional: unset stays unset
+FIRST_PROVIDER_FIELD = 8  # LLMConfig's fields from here on: the session's own provider settings
+TURN_STARTED = (("llm-turn", "started"),)
+
+
 def _llm(llm: pb.LLMConfig) -> LLMChoice:
+    given = {f.name: value for f, value in llm.ListFields()}  # set strings, present numbers
+    config = {f.name: value for f, value in llm.ListFields() if f.number >= FIRST_PROVIDER_FIELD}
     return LLMChoice(
         provider=llm.provider,
         model=llm.model,
-        temperature=llm.temperature if llm.HasField("temperature") else None,
-        max_tokens=llm.max_tokens if llm.HasField("max_tokens") else None,
-        top_p=llm.top_p if llm.HasField("top_p") else None,
-        seed=llm.seed if llm.HasField("seed") else None,
         system_prompt=llm.system_prompt,
+        config=config,
+        **{name: given.get(name) for name in SAMPLING},
     )
 
 
 def _encode_llm(llm: LLMChoice) -> pb.LLMConfig:
     out = pb.LLMConfig(provider=llm.provider, model=llm.model, system_prompt=llm.system_prompt)
-    for name in ("temperature", "max_tokens", "top_p", "seed"):  # optional: unset stays unset
+    for name in SAMPLING:
         if getattr(llm, name) is not None:
             setattr(out, name, getattr(llm, name))
+    for name, value in llm.config.items():
+        setattr(out, name, value)
     return out
 
 
-def _invocation(i: ToolInvocation) -> pb.ToolInvocation:
+class _Clock:
+    """When each tool call of a turn started and ended, as its events went by (RFC 3339)."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, str] = {}
+        self.ended: dict[str, str] = {}
+
+    def saw(self, event: TurnEvent) -> None:
+        if isinstance(event, ToolStarted):
+            self.started[event.id] = _now()
+        elif isinstance(event, ToolInvocation):
+            self.ended[event.id] = _now()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _invocation(i: ToolInvocation, clock: _Clock) -> pb.ToolInvocation:
     return pb.ToolInvocation(
         id=i.id,
-        name=i.name,
-        arguments_json=i.arguments,
-        result=i.result,
+        tool=i.name,
+        input_json=i.arguments,
+        output=i.result,
         is_error=i.is_error,
         elapsed_ms=i.elapsed_ms,
+        start=clock.started.get(i.id, ""),
+        end=clock.ended.get(i.id, ""),
     )
 
 
-def final(user_id: str, event: TurnFinal) -> pb.ChatResponse:
+def final(user_id: str, event: TurnFinal, clock: _Clock) -> pb.ChatResponse:
     return pb.ChatResponse(
         user_id=user_id,
         response=event.response,
         tool_used=bool(event.tool_invocations),
         tools=[i.name for i in event.tool_invocations],
-        tool_invocations=[_invocation(i) for i in event.tool_invocations],
-        elapsed_ms=event.elapsed_ms,
+        tool_invocations=len(event.tool_invocations),
+        tool_calls=[_invocation(i, clock) for i in event.tool_invocations],
+        elapsed_ms=round(event.elapsed_ms),
         usage=pb.TurnUsage(
             prompt_tokens=event.usage.prompt_tokens,
             completion_tokens=event.usage.completion_tokens,
@@ -166,15 +210,16 @@ def final(user_id: str, event: TurnFinal) -> pb.ChatResponse:
     )
 
 
-def encode_event(user_id: str, event: TurnEvent) -> pb.StreamChatResponse:
+def encode_event(user_id: str, event: TurnEvent, clock: _Clock) -> pb.StreamChatResponse:
     if isinstance(event, TurnToken):
         return pb.StreamChatResponse(token=event.text)
     if isinstance(event, ToolStarted):
+        start = clock.started.get(event.id, "")
         return pb.StreamChatResponse(
-            tool_start=pb.ToolStart(id=event.id, name=event.name, arguments_json=event.arguments)
+            tool_start=pb.ToolStart(id=event.id, tool=event.name, input_json=event.arguments, start=start)
         )
     if isinstance(event, ToolInvocation):
         if event.is_error:
-            return pb.StreamChatResponse(tool_error=_invocation(event))
-        return pb.StreamChatResponse(tool_end=_invocation(event))
-    return pb.StreamChatResponse(final=final(user_id, event))
+            return pb.StreamChatResponse(tool_error=_invocation(event, clock))
+        return pb.StreamChatResponse(tool_end=_invocation(event, clock))
+    return pb.StreamChatResponse(final=final(user_id, event, clock))

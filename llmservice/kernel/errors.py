@@ -35,8 +35,9 @@ class LLMServiceError(Exception):
 class InvalidRequest(LLMServiceError):
     """The request is malformed or asks for something that would not be honoured."""
 
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
+    def __init__(self, field: str, problem: str, *, message: str = "") -> None:
+        """The message is "field: problem", or `message` when a sentence names the field itself."""
+        super().__init__(message or f"{field}: {problem}")
         self.field = field
 
 

@@ -46,6 +46,16 @@ class LLMCore:
         self._max_inputs = max_inputs
         self.limits = limits or Limits.unlimited()  # usage, budgets, rate limits
 
+    def serves(self, provider: str) -> bool:
+        """Whether a provider of that name is configured here (whoever may use it)."""
+        return self._registry.has(provider)
+
+    def using(self, provider: Provider) -> LLMCore:
+        """This core serving from `provider` alone (a chat session's own), its limits shared:
+        the same checks, routing by principal, usage and budgets as every other request."""
+        registry = ProviderRegistry({provider.name: provider}, provider.name)
+        return LLMCore(registry, None, self._max_inputs, self.limits)
+
     async def complete(self, request: ChatRequest, principal: Principal = LOCAL) -> Completion:
         provider, model = self._route(request, principal)
         request = _as(request, principal)

@@ -97,6 +97,9 @@ class ProviderRegistry:
             )
         return found, model or found.default_model
 
+    def has(self, name: str) -> bool:
+        return name in self._providers
+
     def providers(self) -> list[tuple[str, Provider]]:
         """Every configured provider and fallback route, by name (for metrics)."""
         return [*self._providers.items(), *self._routes.items()]

@@ -272,6 +272,11 @@ class LLMChatSettings(Section):
     # Hosts or networks (CIDR) an MCP server URL may point at even though they are loopback,
     # private or link-local: for local development. Metadata endpoints stay refused.
     allowed_hosts: list[str] = Field(default_factory=list)
+    session_credentials: bool = Field(
+        True,
+        description="sessions may bring provider settings of their own (llm.config.api_key, base_url, ...): "
+        "kept encrypted, never returned; off: only the providers configured here",
+    )
     # Encrypts session secrets (MCP tokens, LLM keys) kept in Redis; every worker needs the
     # same one. Unset: a random key per process (sessions then cannot move between workers).
     secret_key: SecretStr | None = None

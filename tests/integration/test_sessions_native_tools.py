@@ -1,7 +1,8 @@
 """A provider with native tool calling (the OpenAI wire format, Ollama's) drives the same
 agent loop: the tools go out as the provider's `tools`, its tool calls run on the MCP
 server, and the results go back. At the step limit the model is asked for an answer with
-no tools offered, which every provider takes."""
+tool_choice "none" (or its provider's nearest: Ollama has none, so no tools go), the tool
+steps still in the conversation as the provider's own tool messages."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ async def one_turn(settings: Settings, mcp_url: str, provider: str) -> list[Turn
 
 
 async def test_at_the_step_limit_ollama_is_asked_to_answer_without_tools() -> None:
-    """Regression: the last step sent tool_choice "none", which Ollama (and Bedrock) refuse."""
+    """Ollama has no tool_choice: the last step sends no tools, and the tool turns as Ollama's own."""
     with ollama_with_mcp(ADD, Reply(text="It is 6.")) as (upstream, mcp_url, settings):
         events = await one_turn(settings, mcp_url, "ollama")
     final = events[-1]
@@ -88,9 +89,10 @@ async def test_at_the_step_limit_ollama_is_asked_to_answer_without_tools() -> No
     assert first["tools"]
     assert "tools" not in last
     assert "tool_choice" not in last
-    said = " ".join(m["content"] for m in last["messages"])
-    assert "Result of add: 5" in said  # the tool's result is still in the conversation
-    assert all(m["role"] != "tool" and not m.get("tool_calls") for m in last["messages"])
+    # The tool's call and result are still in the conversation, in Ollama's wire form.
+    assert (last["messages"][-1]["role"], last["messages"][-1]["content"]) == ("tool", "5")
+    assert last["messages"][-2]["tool_calls"][0]["function"]["name"] == "add"
+    assert not any("[called" in str(m.get("content")) for m in last["messages"])
 
 
 async def test_a_model_that_still_calls_tools_at_the_limit_is_a_clear_error() -> None:

@@ -105,7 +105,8 @@ async def test_a_stream_cut_midway_ends_with_a_retryable_error_event(mcp_url: st
     assert kinds[-1] == "error"
     assert "final" not in kinds
     error = events[-1][1]
-    assert error["retryable"] is True
+    assert error["type"] == "error"
+    assert error["recoverable"] is True
     assert error["status"] == 503
 
 

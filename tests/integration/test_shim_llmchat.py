@@ -97,13 +97,15 @@ async def test_connect_chat_streamed_and_whole_then_disconnect(http: httpx.Async
     assert kinds.index("tool_start") < kinds.index("tool_end") < kinds.index("final")
     final = events[-1][1]
     assert final["tool_used"] is True
-    assert final["response"] == "".join(data["text"] for kind, data in events if kind == "token")
+    assert final["content"] == "".join(data["content"] for kind, data in events if kind == "token")
     assert set(final) == {
+        "type",
+        "content",
         "user_id",
-        "response",
         "tool_used",
         "tools",
         "tool_invocations",
+        "tool_calls",
         "elapsed_ms",
         "usage",
     }
@@ -115,16 +117,21 @@ async def test_connect_chat_streamed_and_whole_then_disconnect(http: httpx.Async
         "/v1/llmchat/chat", json={"user_id": "web-1", "message": "Add 4 and 5."}, headers=ALICE
     )
     assert whole.status_code == 200
-    assert set(whole.json()) == set(final)
+    assert set(whole.json()) == set(final) - {"type", "content"} | {"response"}
     # The tool catalogue and the first question open the second turn's prompt too.
     assert whole.json()["usage"]["cached_prompt_tokens"] > 0
     status = await http.get("/llmchat/status/web-1", headers=ALICE)
     assert status.json() == {"user_id": "web-1", "connected": True}
     config = (await http.get("/llmchat/config/web-1", headers=ALICE)).json()
-    assert config["server"]["auth_token"] == "********"
+    assert config["mcp_server"]["auth_token"] == "********"
     assert MCP_TOKEN not in json.dumps(config)
     bye = await http.post("/llmchat/disconnect", json={"user_id": "web-1"}, headers=ALICE)
-    assert bye.json() == {"user_id": "web-1", "status": "disconnected", "was_connected": True}
+    assert bye.json() == {
+        "user_id": "web-1",
+        "status": "disconnected",
+        "message": "Successfully disconnected",
+        "was_connected": True,
+    }
     assert (await http.get("/llmchat/status/web-1", headers=ALICE)).json()["connected"] is False
 
 
@@ -152,11 +159,12 @@ async def test_the_documented_errors(http: httpx.AsyncClient, mcp_url: str) -> N
 
     async def status_of(method: str, path: str, body: Any = None, headers: Any = ALICE) -> int:
         response = await http.request(method, path, json=body, headers=headers)
-        assert set(response.json()["error"]) >= {"message", "type"}
+        assert set(response.json()) == {"detail", "param"}
+        assert isinstance(response.json()["detail"], str)
         return response.status_code
 
     assert await status_of("POST", "/llmchat/chat", {"user_id": "web-2", "message": ""}) == 400
-    assert await status_of("POST", "/llmchat/chat", {"user_id": "nobody", "message": "hi"}) == 400
+    assert await status_of("POST", "/llmchat/chat", {"user_id": "nobody", "message": "hi"}) == 404
     assert await status_of("POST", "/llmchat/chat", {"user_id": "web-2", "message": "hi"}, headers={}) == 401
     assert await status_of("POST", "/llmchat/chat", {"user_id": "web-2", "message": "hi"}, headers=BOB) == 403
     assert await status_of("GET", "/llmchat/config/web-2", headers=BOB) == 403
@@ -173,7 +181,7 @@ async def test_the_documented_errors(http: httpx.AsyncClient, mcp_url: str) -> N
     }
     response = await http.post("/llmchat/connect", json=unknown, headers=ALICE)
     assert response.status_code == 400
-    assert "topk" in response.json()["error"]["message"]
+    assert "topk" in response.json()["detail"]
 
 
 async def test_a_turn_past_its_timeout_is_a_504(mcp_url: str) -> None:
@@ -184,7 +192,7 @@ async def test_a_turn_past_its_timeout_is_a_504(mcp_url: str) -> None:
                 "/llmchat/chat", json={"user_id": "web-slow", "message": "Add 1 and 2."}, headers=ALICE
             )
             assert whole.status_code == 504
-            assert "turn_timeout" in whole.json()["error"]["message"]
+            assert "turn_timeout" in whole.json()["detail"]
 
 
 async def test_a_whole_turn_whose_client_leaves_stops_generating(mcp_url: str) -> None:

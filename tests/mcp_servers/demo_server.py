@@ -13,6 +13,7 @@ import asyncio
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 server = MCPServer("demo")
@@ -40,7 +41,9 @@ async def slow(seconds: float) -> str:
 @server.tool()
 def fail(reason: str) -> str:
     """Always fails."""
-    raise RuntimeError(f"failed on purpose: {reason}")
+    # A failure the tool anticipates: its message reaches the client (any other exception
+    # is a crash, which the SDK reports as "Error executing tool fail" and nothing more).
+    raise ToolError(f"failed on purpose: {reason}")
 
 
 class BearerOnly:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import pytest
 
@@ -22,6 +22,8 @@ from llmservice.kernel.types import (
     Usage,
 )
 from llmservice.providers.llamacpp import tools
+from llmservice.providers.llamacpp.engine import Delivery, Job
+from llmservice.providers.llamacpp.sampling import SamplerConfig
 
 WEATHER = Tool("get_weather", "Weather", '{"type": "object", "properties": {"city": {"type": "string"}}}')
 TIME = Tool("get_time", "Time", '{"type": "object", "properties": {}}')
@@ -56,7 +58,7 @@ def test_tool_turns_become_plain_turns() -> None:
 
 
 def test_without_tools_to_call_past_calls_are_told_in_words() -> None:
-    # So a reply with tool_choice "none" answers instead of imitating the call's JSON.
+    # So a reply to a request with no tools (hence no grammar) does not imitate the call's JSON.
     turns = tools.plain_turns(
         (Message("assistant", "", (ToolCall("c1", "get_weather", '{"city": "Oslo"}'),)),), calls_as_json=False
     )
@@ -72,18 +74,44 @@ def test_the_engine_request_carries_the_catalogue_and_the_constraint() -> None:
     assert json.loads(engine.constraint.text) == tools.reply_schema(request())
 
 
-def fake(text: str, reason: FinishReason = FinishReason.STOP):  # type: ignore[no-untyped-def]
-    async def generate(_: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        for i in range(0, len(text), 5):
-            yield TokenDelta(text[i : i + 5])
-        yield StreamEnd(reason, Usage(10, 20))
+class _NoSink:
+    def post(self, deliveries: list[Delivery]) -> None:
+        pass
+
+
+def fake(text: str, reason: FinishReason = FinishReason.STOP, *, lag: int = 0) -> tools.Generate:
+    """An engine giving `text` five characters a token, stopping with LENGTH at its job's
+    max_tokens (read `lag` tokens late, as the engine thread runs ahead of the event loop)."""
+
+    async def generate(request: ChatRequest, on_job: Callable[[Job], None]) -> AsyncGenerator[StreamEvent]:
+        job = Job([], request.sampling.max_tokens or 512, SamplerConfig(), lambda _: None, _NoSink())
+        on_job(job)
+        limits: list[int] = []
+        pieces = [text[i : i + 5] for i in range(0, len(text), 5)]
+        for n, piece in enumerate(pieces, start=1):
+            yield TokenDelta(piece)
+            limits.append(job.max_tokens)
+            if n >= limits[max(0, n - 1 - lag)]:
+                yield StreamEnd(FinishReason.LENGTH, Usage(10, n))
+                return
+        yield StreamEnd(reason, Usage(10, len(pieces)))
 
     return generate
 
 
+async def run(generate: tools.Generate, req: ChatRequest, max_tokens: int = 512) -> list[StreamEvent]:
+    return [e async for e in tools.call_tools(generate, req, max_tokens=max_tokens, call_budget=30)]
+
+
+def said(events: list[StreamEvent]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TokenDelta))
+
+
+CALL = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'  # 15 tokens here
+
+
 async def test_a_tool_call_reply_becomes_tool_call_events() -> None:
-    reply = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'
-    events = [e async for e in tools.call_tools(fake(reply), request())]
+    events = await run(fake(CALL), request())
     call = events[0]
     assert isinstance(call, ToolCallDelta)
     assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Paris"})
@@ -94,12 +122,68 @@ async def test_a_tool_call_reply_becomes_tool_call_events() -> None:
 
 
 async def test_an_answer_streams_and_a_cut_reply_is_never_raw_json() -> None:
-    answer = [e async for e in tools.call_tools(fake('{"content": "It is sunny."}'), request())]
-    assert "".join(e.text for e in answer if isinstance(e, TokenDelta)) == "It is sunny."
+    answer = await run(fake('{"content": "It is sunny."}'), request())
+    assert said(answer) == "It is sunny."
     assert len([e for e in answer if isinstance(e, TokenDelta)]) > 1  # piece by piece, as decoded
-    assert answer[-1] == StreamEnd(FinishReason.STOP, Usage(10, 20))
-    cut = [e async for e in tools.call_tools(fake('{"content": "It is su', FinishReason.LENGTH), request())]
-    assert "".join(e.text for e in cut if isinstance(e, TokenDelta)) == "It is su"
-    assert cut[-1] == StreamEnd(FinishReason.LENGTH, Usage(10, 20))
-    with pytest.raises(InvalidRequest, match="max_tokens"):
-        _ = [e async for e in tools.call_tools(fake('{"tool_calls": [{"na', FinishReason.LENGTH), request())]
+    assert answer[-1] == StreamEnd(FinishReason.STOP, Usage(10, 6))
+    cut = await run(fake('{"content": "It is su', FinishReason.LENGTH), request())
+    assert said(cut) == "It is su"
+    assert cut[-1] == StreamEnd(FinishReason.LENGTH, Usage(10, 5))
+
+
+async def test_a_tool_call_runs_past_max_tokens_within_its_budget() -> None:
+    events = await run(fake(CALL), request(), max_tokens=4)
+    assert isinstance(events[0], ToolCallDelta)
+    assert events[-1] == StreamEnd(FinishReason.TOOL_CALLS, Usage(10, 15))  # the tokens it took
+
+
+async def test_a_tool_call_cut_even_past_its_budget_names_both_limits() -> None:
+    long_call = CALL.replace("Paris", "Paris" * 40)
+    with pytest.raises(InvalidRequest, match=r"max_tokens.*llamacpp\.tool_call_max_tokens"):
+        await run(fake(long_call), request(), max_tokens=4)
+
+
+async def test_an_answer_still_stops_at_max_tokens() -> None:
+    text = '{"content": "' + "word " * 40 + '"}'
+    events = await run(fake(text), request(), max_tokens=6)
+    assert events[-1] == StreamEnd(FinishReason.LENGTH, Usage(10, 6))
+    assert said(events) == text[13:30]  # the answer's characters in those 6 tokens
+
+
+async def test_an_answer_the_engine_ran_past_max_tokens_is_cut_there() -> None:
+    text = '{"content": "' + "word " * 40 + '"}'
+    events = await run(fake(text, lag=7), request(), max_tokens=6)
+    assert said(events) == text[13:30]
+    end = events[-1]
+    assert isinstance(end, StreamEnd)
+    assert end.finish_reason == FinishReason.LENGTH
+    assert end.usage.completion_tokens == 9  # what was generated, the 3 dropped tokens too
+
+
+def past_turns(choice: ToolChoice | None) -> ChatRequest:
+    return ChatRequest(
+        (
+            Message("user", "Weather in Paris?"),
+            Message("assistant", "", (ToolCall("c1", "get_weather", '{"city": "Paris"}'),)),
+            Message("tool", "Sunny, 21 degrees", tool_call_id="c1"),
+        ),
+        tools=(WEATHER, TIME),
+        tool_choice=choice,
+    )
+
+
+def test_with_tool_choice_none_the_history_is_as_before_and_only_an_answer_is_allowed() -> None:
+    none, auto = tools.with_tools(past_turns(ToolChoice("none"))), tools.with_tools(past_turns(None))
+    assert none.messages[1:] == auto.messages[1:]  # the calls as the JSON the model wrote
+    assert json.loads(none.messages[2].content)["tool_calls"][0]["name"] == "get_weather"
+    assert "get_weather" in none.messages[0].content  # the catalogue is still there
+    assert "Do not call tools now" in none.messages[0].content
+    assert "I called" not in str(none.messages)
+    assert none.constraint is not None
+    assert json.loads(none.constraint.text) == tools.ANSWER
+
+
+async def test_with_tool_choice_none_a_reply_is_an_answer_even_if_cut_at_once() -> None:
+    events = await run(fake('{"content": "Sunny."}'), past_turns(ToolChoice("none")), max_tokens=1)
+    assert said(events) == ""
+    assert events[-1] == StreamEnd(FinishReason.LENGTH, Usage(10, 1))

@@ -22,7 +22,7 @@ import botocore.eventstream
 import botocore.session
 import httpx
 
-from llmservice.kernel.errors import InvalidRequest, ProviderAuthFailed, Unavailable
+from llmservice.kernel.errors import ProviderAuthFailed, Unavailable
 from llmservice.kernel.types import (
     Capabilities,
     ChatRequest,
@@ -70,7 +70,14 @@ class BedrockProvider(HttpProvider):
     async def start(self) -> None:
         # Found once through the AWS chain; refreshable ones (roles, SSO) renew themselves
         # when asked for frozen credentials.
-        self._credentials = botocore.session.get_session().get_credentials()
+        s = self._settings
+        if s.access_key_id is not None and s.secret_access_key is not None:  # given: the chain is not asked
+            token = s.session_token.get_secret_value() if s.session_token else None
+            self._credentials = botocore.credentials.Credentials(
+                s.access_key_id.get_secret_value(), s.secret_access_key.get_secret_value(), token
+            )
+        else:
+            self._credentials = botocore.session.get_session().get_credentials()
         if self._credentials is None:
             raise ProviderAuthFailed(
                 f"provider {self.name} found no AWS credentials (AWS_ACCESS_KEY_ID and "
@@ -102,10 +109,6 @@ class BedrockProvider(HttpProvider):
             signal_options=request.signals,
             response_format=request.constraint,
         )
-        if request.tool_choice is not None and request.tool_choice.mode == "none":
-            raise InvalidRequest(
-                "tool_choice", f"provider {self.name} cannot forbid tool calls; send no tools"
-            )
         self.check_attachments(request, images=tuple(_IMAGE_FORMATS))
 
     def _stream_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
@@ -217,7 +220,7 @@ class BedrockProvider(HttpProvider):
         }
         if system:
             body["system"] = system
-        if request.tools:
+        if request.tools and _offers_tools(request):
             tool_config: dict[str, Any] = {
                 "tools": [
                     {
@@ -231,7 +234,7 @@ class BedrockProvider(HttpProvider):
                 ]
             }
             choice = request.tool_choice
-            if choice is not None:
+            if choice is not None and choice.mode != "none":
                 tool_config["toolChoice"] = {
                     "auto": {"auto": {}},
                     "required": {"any": {}},
@@ -239,6 +242,15 @@ class BedrockProvider(HttpProvider):
                 }[choice.mode]
             body["toolConfig"] = tool_config
         return body
+
+
+def _offers_tools(request: ChatRequest) -> bool:
+    """Converse has no tool_choice "none": it goes with no toolConfig, so no call can come,
+    unless the turns hold tool calls, which Converse reads only with a toolConfig. Then the
+    tools go without a toolChoice and a call the model makes anyway comes back as a call."""
+    if request.tool_choice is None or request.tool_choice.mode != "none":
+        return True
+    return any(m.tool_calls or m.role == "tool" for m in request.messages)
 
 
 def _usage(usage: dict[str, Any]) -> Usage:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -249,7 +249,7 @@ class LlamaCppProvider(Provider):
         """The prompt as `stream` would run it, tool catalogue included."""
         self._check_model(model)
         async with self._pool.use(model) as loaded:
-            if request.tools and (request.tool_choice is None or request.tool_choice.mode != "none"):
+            if request.tools:
                 request = tools.with_tools(request)
             else:
                 request = replace(request, messages=tools.plain_turns(request.messages, calls_as_json=False))
@@ -299,13 +299,17 @@ class LlamaCppProvider(Provider):
         async with self._pool.use(model) as loaded:
             if not checked and (request.constraint is not None or request.tools):
                 _check_grammars(loaded.model, request)
-            if request.tools and (request.tool_choice is None or request.tool_choice.mode != "none"):
-                events = tools.call_tools(lambda r: self._generate(loaded, model, r), request)
+            if request.tools:
+                events = tools.call_tools(
+                    lambda r, on_job: self._generate(loaded, model, r, on_job),
+                    request,
+                    max_tokens=request.sampling.max_tokens or self._settings.max_tokens,
+                    call_budget=self._settings.tool_call_max_tokens,
+                )
             else:
                 plain = replace(
                     request,
                     messages=tools.plain_turns(request.messages, calls_as_json=False),
-                    tools=(),
                     tool_choice=None,
                 )
                 events = self._generate(loaded, model, plain)
@@ -314,7 +318,11 @@ class LlamaCppProvider(Provider):
                     yield event
 
     async def _generate(
-        self, loaded: LoadedModel, model: str, request: ChatRequest
+        self,
+        loaded: LoadedModel,
+        model: str,
+        request: ChatRequest,
+        on_job: Callable[[Job], None] | None = None,  # gets the job before it is submitted
     ) -> AsyncGenerator[StreamEvent]:
         engine, scheduler = loaded.engine, loaded.scheduler
         prompt = _prompt_tokens(loaded, model, request)
@@ -350,6 +358,8 @@ class LlamaCppProvider(Provider):
             signals=request.signals,
             partition=self._partition(request),
         )
+        if on_job is not None:
+            on_job(job)
         reply: list[str] = []
         async with scheduler.slot(request.priority, request.deadline):
             engine.submit(job)

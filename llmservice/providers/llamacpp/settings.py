@@ -93,6 +93,14 @@ class LlamaCppSettings(ProviderSettings):
     n_threads: int = Field(0, ge=0, description="0 means one per core")
     temperature: float = Field(0.0, ge=0, le=2, description="used when a request sets none")
     max_tokens: int = Field(512, ge=1, description="used when a request sets none")
+    tool_call_max_tokens: int = Field(
+        256,
+        ge=0,
+        description=(
+            "tokens a tool call may take past a request's max_tokens, so that a small max_tokens "
+            "still lets the model finish a call; an answer stops at max_tokens"
+        ),
+    )
     idle_unload_s: float = Field(
         0.0, ge=0, description="unload a model unused this long (it loads again on its next use); 0: never"
     )

@@ -5,9 +5,13 @@ reply either `{"tool_calls": [{"name": ..., "arguments": {...}}]}` (one call: th
 one of the tools, the arguments valid for it) or `{"content": "..."}`, so even the
 small bundled model can only answer in a shape the caller can use. An answer streams:
 once the reply is seen to be `{"content": "`, the string's characters are handed on as
-they are decoded (`AnswerText`); tool calls are collected and handed on whole. A reply
-cut by max_tokens is a truncated answer (finish_reason length), or, in a tool call, an
-error: never the raw JSON.
+they are decoded (`AnswerText`); tool calls are collected and handed on whole. With
+tool_choice "none" the same prompt goes out (earlier calls as the JSON the model wrote)
+but the grammar allows only the answer.
+
+A tool call may run past max_tokens by llamacpp.tool_call_max_tokens, since a call cut
+short is useless; an answer still stops at max_tokens (finish_reason length). A reply cut
+even so is an error, in a tool call: never the raw JSON.
 """
 
 from __future__ import annotations
@@ -30,12 +34,21 @@ from llmservice.kernel.types import (
     TokenDelta,
     ToolCallDelta,
 )
+from llmservice.providers.llamacpp.engine import Job
 
-Generate = Callable[[ChatRequest], AsyncGenerator[StreamEvent]]
+# Runs a request on the engine, handing its Job to the callback before it starts.
+Generate = Callable[[ChatRequest, Callable[[Job], None]], AsyncGenerator[StreamEvent]]
+ANSWER = {"type": "object", "properties": {"content": {"type": "string"}}, "required": ["content"]}
+
+
+def answer_only(request: ChatRequest) -> bool:
+    return request.tool_choice is not None and request.tool_choice.mode == "none"
 
 
 def reply_schema(request: ChatRequest) -> dict[str, Any]:
     """The JSON schema of a reply: tool calls (as tool_choice allows) or an answer."""
+    if answer_only(request):
+        return ANSWER
     choice = request.tool_choice
     tools = [t for t in request.tools if choice is None or choice.mode != "function" or t.name == choice.name]
     call = {
@@ -57,8 +70,7 @@ def reply_schema(request: ChatRequest) -> dict[str, Any]:
     }
     if choice is not None and choice.mode in ("required", "function"):
         return calls
-    answer = {"type": "object", "properties": {"content": {"type": "string"}}, "required": ["content"]}
-    return {"oneOf": [calls, answer]}
+    return {"oneOf": [calls, ANSWER]}
 
 
 def catalogue(request: ChatRequest) -> str:
@@ -66,19 +78,22 @@ def catalogue(request: ChatRequest) -> str:
         {"name": t.name, "description": t.description, "parameters": json.loads(t.parameters)}
         for t in request.tools
     ]
-    return (
-        "You can call these tools:\n"
-        f"{json.dumps(tools)}\n"
-        'Reply with JSON only: {"tool_calls": [{"name": "<tool>", "arguments": {...}}]} to call tools, '
-        'or {"content": "<your answer>"} to answer.'
-    )
+    if answer_only(request):
+        how = 'Do not call tools now. Reply with JSON only: {"content": "<your answer>"}.'
+    else:
+        how = (
+            'Reply with JSON only: {"tool_calls": [{"name": "<tool>", "arguments": {...}}]} to call tools, '
+            'or {"content": "<your answer>"} to answer.'
+        )
+    return f"You can call these tools:\n{json.dumps(tools)}\n{how}"
 
 
 def plain_turns(messages: tuple[Message, ...], *, calls_as_json: bool = True) -> tuple[Message, ...]:
     """Tool calls and tool results as plain turns, for a chat format that has neither.
 
-    Calls are written in the JSON the constrained reply uses when the model may call tools
-    again; otherwise in words, so a reply without tools does not imitate the JSON.
+    Calls are written in the JSON the constrained reply uses (with_tools, tool_choice "none"
+    included); for a request with no tools at all in words, so that its unconstrained reply
+    does not imitate the JSON.
     """
     out: list[Message] = []
     names: dict[str, str] = {}
@@ -177,30 +192,48 @@ def _escape_size(raw: str, i: int) -> int:
     return 6
 
 
-async def call_tools(generate: Generate, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-    """Run the constrained request; stream an answer as text, hand on tool calls as tool-call events."""
+async def call_tools(
+    generate: Generate, request: ChatRequest, *, max_tokens: int, call_budget: int
+) -> AsyncGenerator[StreamEvent]:
+    """Run the constrained request; stream an answer as text, hand on tool calls as tool-call
+    events. The job may run `call_budget` tokens past `max_tokens` until the reply is seen
+    to be an answer; then it is held to `max_tokens` again."""
+    engine_request = with_tools(request)
+    budget = max_tokens + (0 if answer_only(request) else call_budget)
+    engine_request = replace(engine_request, sampling=replace(engine_request.sampling, max_tokens=budget))
+    jobs: list[Job] = []
     reply = AnswerText()
     text: list[str] = []
+    tokens = 0  # the engine sends one TokenDelta a token
+    closed = False  # the answer ended within max_tokens
     end: StreamEnd | None = None
-    async for event in generate(with_tools(request)):
+    async for event in generate(engine_request, jobs.append):
         if isinstance(event, TokenDelta):
+            tokens += 1
             text.append(event.text)
-            if answer := reply.feed(event.text):
-                yield TokenDelta(answer)
+            answer = reply.feed(event.text)
+            if reply.kind == "content" and jobs:
+                jobs[0].max_tokens = max_tokens  # read by the engine thread at its next token
+            if tokens <= max_tokens:  # else past the caller's budget, before the engine saw it
+                closed = reply.closed
+                if answer:
+                    yield TokenDelta(answer)
         elif isinstance(event, StreamEnd):
             end = event
     assert end is not None
-    if reply.kind == "content":
-        # Cut by max_tokens before the closing quote: a truncated answer, said so.
-        yield end if reply.closed else replace(end, finish_reason=FinishReason.LENGTH)
+    if reply.kind == "content" or answer_only(request):
+        # Closed: whole, even if the engine stopped before the closing brace. Cut by
+        # max_tokens before the closing quote: a truncated answer, said so.
+        yield replace(end, finish_reason=FinishReason.STOP if closed else FinishReason.LENGTH)
         return
     try:
         calls = json.loads("".join(text))["tool_calls"]
     except (ValueError, KeyError, TypeError):
         raise InvalidRequest(
             "max_tokens",
-            f"the model's reply was cut after {end.usage.completion_tokens} tokens, "
-            "in the middle of a tool call; allow more tokens",
+            f"the model's reply was cut after {end.usage.completion_tokens} tokens, in the middle "
+            f"of a tool call; allow more tokens (max_tokens, and the {call_budget} a tool call may "
+            "take beyond it, llamacpp.tool_call_max_tokens)",
         ) from None
     for i, call in enumerate(calls):
         yield ToolCallDelta(i, f"call_{uuid.uuid4().hex[:24]}", call["name"], json.dumps(call["arguments"]))

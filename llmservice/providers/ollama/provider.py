@@ -75,9 +75,9 @@ class OllamaProvider(HttpProvider):
             raise InvalidRequest("signal_options", f"provider {self.name} reports no token signals")
         if request.constraint is not None and request.constraint.kind == "grammar":
             raise InvalidRequest("response_format.grammar", f"provider {self.name} takes no GBNF grammar")
-        if request.tool_choice is not None and request.tool_choice.mode != "auto":
+        if request.tool_choice is not None and request.tool_choice.mode not in ("auto", "none"):
             raise InvalidRequest(
-                "tool_choice", f"provider {self.name} always lets the model choose (auto only)"
+                "tool_choice", f"provider {self.name} takes auto or none only: Ollama cannot force a call"
             )
         self.check_attachments(request, images=("image/",))
 
@@ -213,6 +213,7 @@ class OllamaProvider(HttpProvider):
             "presence_penalty": s.presence_penalty,
             "seed": s.seed,
             "stop": list(s.stop) or None,
+            "num_ctx": self._settings.num_ctx,
             "num_predict": s.max_tokens,
         }
         body: dict[str, Any] = {
@@ -221,7 +222,9 @@ class OllamaProvider(HttpProvider):
             "options": {k: v for k, v in options.items() if v is not None},
             "keep_alive": self._settings.keep_alive,
         }
-        if request.tools:
+        # Ollama has no tool_choice: "none" offers no tools, and the model can call none. Its
+        # templates read tool calls and results in the history without a catalogue.
+        if request.tools and not (request.tool_choice is not None and request.tool_choice.mode == "none"):
             body["tools"] = openai_shapes.function_tools(request)
         if request.constraint is not None:
             c = request.constraint

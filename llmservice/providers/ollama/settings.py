@@ -14,6 +14,7 @@ class OllamaSettings(RemoteSettings):
     model: str = Field("", description="default model; Ollama has none of its own")
     temperature: float | None = Field(None, ge=0, le=2)
     keep_alive: str = Field("5m", description="how long Ollama keeps a model loaded after a request")
+    num_ctx: int | None = Field(None, ge=1, description="the context window Ollama loads the model with")
 
     def missing(self) -> list[str]:
         return [] if self.model else ["model"]

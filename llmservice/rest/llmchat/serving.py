@@ -1,9 +1,19 @@
-"""The /llmchat calls over ChatSessionService: decode, call, encode.
+"""The /llmchat calls over ChatSessionService: decode, call, encode, in the documented shapes.
 
-A streamed turn is answered once its first event has come back, so a missing session
-or a refused caller is an ordinary HTTP error; a turn that fails later ends with an
-`event: error` frame that says whether retrying can help. A client that goes away
-cancels the gRPC call, and with it the turn.
+A streamed turn is answered once the service has accepted it (its `llm-turn: started`
+metadata), so a missing session, an empty message or a refused caller is an ordinary
+HTTP error; whatever fails after that, in the first model call or the last, ends the
+stream with an `event: error` frame that says whether retrying can help. A client that
+goes away cancels the gRPC call, and with it the turn.
+
+The stream's events, as the documented service sends them (its fields first, ours after):
+  token       {"content"}
+  tool_start  {"type", "id", "tool", "input", "start"}
+  tool_end    {"type", "id", "tool", "output", "end", "is_error", "elapsed_ms", "start"}
+  tool_error  {"type", "id", "tool", "error", "time", "is_error", "elapsed_ms", "start"}
+  final       {"type", "content", "tool_used", "tools", "elapsed_ms", "user_id",
+               "tool_invocations", "tool_calls", "usage"}
+  error       {"type", "error", "recoverable", "status", "param"}
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as pb_grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as llm_pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as llm_grpc
 from llmservice.rest.disconnect import cancelled_on_disconnect
-from llmservice.rest.errors import from_grpc
+from llmservice.rest.errors import APIError, from_grpc
 from llmservice.rest.llmchat import protocol as lc
 
 Metadata = tuple[tuple[str, str], ...]
@@ -32,6 +42,12 @@ RETRYABLE = {
     grpc.StatusCode.ABORTED,
 }
 CAPABILITIES = ("streaming", "tools", "vision", "embeddings", "signals", "completion_only")
+SAMPLING = ("temperature", "max_tokens", "top_p", "seed")
+# LLMConfig's fields from here on: the session's own provider settings (lc.LLMSettings's
+# fields of the same names).
+FIRST_PROVIDER_FIELD = 8
+PROVIDER_FIELDS = tuple(f.name for f in pb.LLMConfig.DESCRIPTOR.fields if f.number >= FIRST_PROVIDER_FIELD)
+TURN_STARTED = ("llm-turn", "started")
 
 
 class LLMChatServing:
@@ -43,7 +59,7 @@ class LLMChatServing:
     async def connect(self, body: lc.ConnectRequest, metadata: Metadata) -> dict[str, Any]:
         config = body.llm.config
         llm = pb.LLMConfig(provider=body.llm.provider, model=config.model, system_prompt=config.system_prompt)
-        for name in ("temperature", "max_tokens", "top_p", "seed"):
+        for name in (*SAMPLING, *PROVIDER_FIELDS):
             if getattr(config, name) is not None:
                 setattr(llm, name, getattr(config, name))
         server = pb.McpServer(
@@ -72,15 +88,25 @@ class LLMChatServing:
         call = self._sessions.StreamChat(
             pb.StreamChatRequest(user_id=body.user_id, message=body.message), metadata=metadata
         )
-        async with cancelled_on_disconnect(request, call):  # the first event may be a long tool call away
-            first = await call.read()
+        async with cancelled_on_disconnect(request, call):
+            accepted = TURN_STARTED in tuple(await call.initial_metadata() or ())
+            if not accepted:  # refused before the turn began: the call's error is the answer
+                await call.read()
+                raise AssertionError("a turn that was not started ends in an error")
         return StreamingResponse(
-            _frames(call, first), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            _frames(call),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     async def disconnect(self, body: lc.DisconnectRequest, metadata: Metadata) -> dict[str, Any]:
         reply = await self._sessions.Disconnect(pb.DisconnectRequest(user_id=body.user_id), metadata=metadata)
-        return {"user_id": reply.user_id, "status": "disconnected", "was_connected": reply.was_connected}
+        return {
+            "status": reply.status,
+            "user_id": reply.user_id,
+            "message": reply.message,
+            "was_connected": reply.was_connected,
+        }
 
     async def status(self, user_id: str, metadata: Metadata) -> dict[str, Any]:
         reply = await self._sessions.GetStatus(pb.GetStatusRequest(user_id=user_id), metadata=metadata)
@@ -88,18 +114,19 @@ class LLMChatServing:
 
     async def config(self, user_id: str, metadata: Metadata) -> dict[str, Any]:
         reply = await self._sessions.GetConfig(pb.GetConfigRequest(user_id=user_id), metadata=metadata)
+        given = {f.name: value for f, value in reply.llm.ListFields()}  # set strings, present numbers
         llm: dict[str, Any] = {"model": reply.llm.model, "system_prompt": reply.llm.system_prompt}
-        for name in ("temperature", "max_tokens", "top_p", "seed"):
-            llm[name] = getattr(reply.llm, name) if reply.llm.HasField(name) else None
+        llm |= {name: given.get(name) for name in SAMPLING}
+        llm |= {name: given[name] for name in PROVIDER_FIELDS if name in given}
         return {
             "user_id": reply.user_id,
-            "server": {
+            "mcp_server": {
                 "url": reply.server.url,
                 "transport": reply.server.transport,
                 "auth_token": reply.server.auth_token,
             },
             "llm": {"provider": reply.llm.provider, "config": llm},
-            "streaming": reply.streaming,
+            "enable_streaming": reply.streaming,
             "tools": list(reply.tools),
         }
 
@@ -141,14 +168,16 @@ def _arguments(text: str) -> Any:
         return text
 
 
-def invocation(i: pb.ToolInvocation) -> dict[str, Any]:
+def tool_call(i: pb.ToolInvocation) -> dict[str, Any]:
     return {
         "id": i.id,
-        "name": i.name,
-        "arguments": _arguments(i.arguments_json),
-        "result": i.result,
+        "tool": i.tool,
+        "input": _arguments(i.input_json),
+        "output": i.output,
         "is_error": i.is_error,
         "elapsed_ms": round(i.elapsed_ms, 3),
+        "start": i.start,
+        "end": i.end,
     }
 
 
@@ -158,8 +187,9 @@ def final(reply: pb.ChatResponse) -> dict[str, Any]:
         "response": reply.response,
         "tool_used": reply.tool_used,
         "tools": list(reply.tools),
-        "tool_invocations": [invocation(i) for i in reply.tool_invocations],
-        "elapsed_ms": round(reply.elapsed_ms, 3),
+        "tool_invocations": reply.tool_invocations,
+        "elapsed_ms": reply.elapsed_ms,
+        "tool_calls": [tool_call(i) for i in reply.tool_calls],
         "usage": {
             "prompt_tokens": reply.usage.prompt_tokens,
             "completion_tokens": reply.usage.completion_tokens,
@@ -176,29 +206,50 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
 def encode(event: pb.StreamChatResponse) -> bytes:
     kind = event.WhichOneof("event")
     if kind == "token":
-        return sse("token", {"text": event.token})
+        return sse("token", {"content": event.token})
     if kind == "tool_start":
         s = event.tool_start
-        return sse("tool_start", {"id": s.id, "name": s.name, "arguments": _arguments(s.arguments_json)})
+        body = {"type": "tool_start", "id": s.id, "tool": s.tool, "input": _arguments(s.input_json)}
+        return sse("tool_start", {**body, "start": s.start})
     if kind == "tool_end":
-        return sse("tool_end", invocation(event.tool_end))
+        call = tool_call(event.tool_end)
+        return sse("tool_end", {"type": "tool_end", **call})
     if kind == "tool_error":
-        body = invocation(event.tool_error)
-        body["error"] = body.pop("result")
-        return sse("tool_error", body)
-    return sse("final", final(event.final))
+        call = tool_call(event.tool_error)
+        call["error"], call["time"] = call.pop("output"), call.pop("end")
+        return sse("tool_error", {"type": "tool_error", **call})
+    done = final(event.final)
+    content = done.pop("response")
+    return sse("final", {"type": "final", "content": content, **done})
 
 
-async def _frames(call: Any, first: Any) -> AsyncIterator[bytes]:
-    event = first
+# How the documented service words a failed stream, by what failed.
+_STREAM_ERRORS = {
+    grpc.StatusCode.UNAVAILABLE: "Service error: {}",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "Request timed out waiting for LLM response: {}",
+    grpc.StatusCode.INTERNAL: "Unexpected error: {}",
+    grpc.StatusCode.UNKNOWN: "Unexpected error: {}",
+}
+
+
+def stream_error(exc: grpc.aio.AioRpcError) -> dict[str, Any]:
+    error: APIError = from_grpc(exc)
+    message = _STREAM_ERRORS.get(exc.code(), "{}").format(error.message)
+    retryable = exc.code() in RETRYABLE
+    return {
+        "type": "error",
+        "error": message,
+        "recoverable": retryable,
+        "status": error.status,
+        "param": error.param,
+    }
+
+
+async def _frames(call: Any) -> AsyncIterator[bytes]:
     try:
-        while event is not grpc.aio.EOF:
+        while (event := await call.read()) is not grpc.aio.EOF:
             yield encode(event)
-            event = await call.read()
     except grpc.aio.AioRpcError as exc:  # failed midway: say so, and whether to retry
-        error = from_grpc(exc)
-        body = error.body()["error"]
-        body.update({"status": error.status, "retryable": exc.code() in RETRYABLE})
-        yield sse("error", body)
+        yield sse("error", stream_error(exc))
     finally:
         call.cancel()  # the client went away (or we are done): the turn stops

@@ -3,8 +3,9 @@ the model answers or the step limit is reached.
 
 Providers with native tool calling use it; the local engine gets the catalogue in its
 prompt and a JSON-schema grammar (llmservice.providers.llamacpp.tools), so the loop is the same for
-every provider. Each step's events are yielded as they happen; the messages the turn
-adds (tool steps included) are collected in `added`, for the history.
+every provider. The last step (out of steps, or the model repeating a call) asks for an
+answer with tool_choice "none". Each step's events are yielded as they happen; the
+messages the turn adds (tool steps included) are collected in `added`, for the history.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from llmservice.kernel.types import (
     TokenDelta,
     ToolCall,
     ToolCallDelta,
+    ToolChoice,
     Usage,
     assemble_tool_calls,
 )
@@ -131,7 +133,7 @@ async def run_turn(
                         )
         calls = assemble_tool_calls(deltas)
         if last or not calls:
-            if calls and not text:  # asked for tools it was not offered, and said nothing
+            if calls and not text:  # called tools though told not to (Bedrock may), said nothing
                 raise Unavailable(
                     f"the model gave no answer after {step + 1} model calls "
                     "(llmchat.max_steps); it kept asking for tools"
@@ -161,26 +163,10 @@ def _step_span(tracing: Tracing | None, step: int) -> contextlib.AbstractContext
 
 
 def _answer_only(request: ChatRequest, messages: tuple[Message, ...]) -> ChatRequest:
-    """The last step: no tools offered, so no provider can call one (and none is asked to
-    refuse tool_choice "none"); the tool steps so far go as plain turns, which every
-    provider takes without a tool catalogue."""
-    return replace(request, messages=plain_turns(messages), tools=(), tool_choice=None)
-
-
-def plain_turns(messages: tuple[Message, ...]) -> tuple[Message, ...]:
-    """Tool calls and their results written out as ordinary assistant and user turns."""
-    out: list[Message] = []
-    names: dict[str, str] = {}
-    for m in messages:
-        if m.tool_calls:
-            names.update({c.id: c.name for c in m.tool_calls})
-            asked = "; ".join(f"{c.name}({c.arguments or '{}'})" for c in m.tool_calls)
-            out.append(Message("assistant", f"{m.content}\n[called {asked}]".strip()))
-        elif m.role == "tool":
-            out.append(Message("user", f"Result of {names.get(m.tool_call_id, 'the tool')}: {m.content}"))
-        else:
-            out.append(m)
-    return tuple(out)
+    """The last step: the tool steps so far go as they are (calls and results in each
+    provider's own form, never retold as text a small model would copy), the catalogue
+    still offered (some providers read tool turns only beside it), but tool_choice "none"."""
+    return replace(request, messages=messages, tool_choice=ToolChoice("none") if request.tools else None)
 
 
 def _canonical(arguments: str) -> str:

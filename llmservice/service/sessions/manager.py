@@ -5,9 +5,11 @@ memory; the live MCP connection lives in the worker that owns the session (see
 ownership), rebuilt from the record when a turn lands on a worker that has none (or an
 older one). A rebuild trusts nothing in the record it would not accept at connect: the
 stdio command comes from this worker's configuration, URLs pass the URL policy again.
-Each turn runs the agent loop under the turn timeout and adds what it said and did to
-the history. A janitor closes connections idle for session_ttl (their ownership has
-lapsed) or whose session ended or moved.
+A session may bring its own provider settings (`llm.config`: a key, an endpoint; see
+provider_config): the worker then runs a provider of the session's own beside the MCP
+connection, built and closed with it. Each turn runs the agent loop under the turn
+timeout and adds what it said and did to the history. A janitor closes connections idle
+for session_ttl (their ownership has lapsed) or whose session ended or moved.
 """
 
 from __future__ import annotations
@@ -19,12 +21,21 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from llmservice.kernel.errors import DeadlineExceeded, InvalidRequest, PermissionDenied, Unavailable
+from llmservice.kernel.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from llmservice.kernel.provider import Provider
+from llmservice.kernel.settings import ProviderSettings
 from llmservice.kernel.types import ChatRequest, Message, Sampling
+from llmservice.providers import entries
 from llmservice.service.auth import Principal
 from llmservice.service.core import LLMCore
 from llmservice.service.sessions import fallback
@@ -33,6 +44,7 @@ from llmservice.service.sessions.config import TRANSPORTS, ServerConfig
 from llmservice.service.sessions.history import ChatHistoryManager
 from llmservice.service.sessions.mcp_client import McpConnection, ServerSpec
 from llmservice.service.sessions.ownership import Ownership
+from llmservice.service.sessions.provider_config import session_settings
 from llmservice.service.sessions.records import LLMChoice, SecretBox, SessionRecord, SessionRecords
 from llmservice.service.sessions.safety import UrlPolicy
 from llmservice.service.settings import CacheSettings, LLMChatSettings
@@ -41,6 +53,9 @@ if TYPE_CHECKING:
     from llmservice.observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
+
+NO_SESSION = "No active session found. Please connect to a server first."
+NO_CONFIG = "No config found for this user."
 
 
 @dataclass(frozen=True)
@@ -54,8 +69,12 @@ class Connected:
 class _Live:
     session_id: str
     connection: McpConnection
+    llm: Provider | None = None  # the session's own provider, when it brought settings
     last_used: float = field(default_factory=time.monotonic)
     busy: int = 0  # turns running on it
+
+    async def aclose(self) -> None:
+        await _close(self.connection, self.llm)
 
 
 class SessionManager:
@@ -66,9 +85,13 @@ class SessionManager:
         cache: CacheSettings,
         worker_id: str | None = None,
         tracing: Tracing | None = None,
+        sections: Callable[[str], ProviderSettings] | None = None,
     ) -> None:
-        """`tracing`: each model call of a turn becomes an `llm.request` span inside the turn's."""
+        """`tracing`: each model call of a turn becomes an `llm.request` span inside the turn's.
+        `sections`: the server's settings of a provider kind (its environment, llm.toml),
+        under which a session's own provider settings are laid; by default their defaults."""
         self._core, self._settings, self._tracing = core, settings, tracing
+        self._sections = sections or (lambda kind: entries()[kind].settings())
         self._redis = (
             fallback.connect(cache.redis_url or "redis://127.0.0.1:6379/0") if cache.uses_redis else None
         )
@@ -111,7 +134,7 @@ class SessionManager:
                     stale = stale or owner not in (None, self.ownership.worker_id)
             if stale and self._live.get(user_id) is live and not live.busy:
                 del self._live[user_id]
-                await live.connection.aclose()
+                await live.aclose()
                 await self.ownership.release(user_id)
 
     async def _sweep_forever(self) -> None:
@@ -156,16 +179,29 @@ class SessionManager:
         bound_to = await self.records.bind(user_id, principal.name)
         if bound_to not in (None, principal.name):
             raise PermissionDenied(f"session {user_id!r} belongs to another caller")
+        own_llm: Provider | None = None
         try:
+            own_llm = await self._own_llm(choice)
+            model = choice.model or (own_llm.default_model if own_llm else "")
+            if own_llm is not None and not principal.may_use(own_llm.name, model):
+                raise NotFound(f"model {choice.model or 'default'!r} not found")
             connection = self._new_connection(spec)
-            tools = await connection.open()
+            try:
+                tools = await connection.open()
+            except Unavailable as exc:
+                raise Unavailable(
+                    f"Failed to connect to MCP server: {exc.message}. "
+                    "Please verify the server URL and authentication.",
+                    retry_after_s=exc.retry_after_s,
+                ) from None
         except BaseException:
+            await _close(None, own_llm)
             if bound_to is None:
                 await self.records.unbind(user_id, principal.name)
             raise
         record = SessionRecord(user_id, principal.name, spec, choice, streaming, tuple(t.name for t in tools))
         await self._drop(user_id)
-        self._live[user_id] = _Live(record.session_id, connection)
+        self._live[user_id] = _Live(record.session_id, connection, own_llm)
         await self.records.put(record)
         await self.ownership.take(user_id)
         return Connected(user_id, choice.provider, record.tools)
@@ -185,22 +221,23 @@ class SessionManager:
         return await self._own_record(principal, user_id, required=False) is not None
 
     async def config(self, principal: Principal, user_id: str) -> SessionRecord:
-        record = await self._own_record(principal, user_id, required=True)
+        record = await self._own_record(principal, user_id, required=True, missing=NO_CONFIG)
         assert record is not None
         return record.masked()
 
     async def chat(self, principal: Principal, user_id: str, message: str) -> AsyncGenerator[TurnEvent]:
         """Check everything, then return the turn's events (errors come before the first)."""
         if not message.strip():
-            raise InvalidRequest("message", "is empty")
+            raise InvalidRequest("message", "is empty", message="Message cannot be empty")
         record = await self._own_record(principal, user_id, required=True)
         assert record is not None
-        connection, kept = await self._connection(record)
-        return self._turn(principal, record, connection, kept, message)
+        live, kept = await self._connection(record)
+        return self._turn(principal, record, live, kept, message)
 
     async def _turn(
-        self, principal: Principal, record: SessionRecord, connection: McpConnection, kept: bool, message: str
+        self, principal: Principal, record: SessionRecord, live: _Live, kept: bool, message: str
     ) -> AsyncGenerator[TurnEvent]:
+        connection = live.connection
         added: list[Message] = []  # what the turn says and does, after the user's message
         # Everything from the first await on is inside the try: a caller that leaves while
         # the history is read still releases the turn's connection.
@@ -219,7 +256,7 @@ class SessionManager:
             )
             steps = self._settings.max_steps
             loop = run_turn(
-                self._core,
+                self._core if live.llm is None else self._core.using(live.llm),
                 principal,
                 request,
                 connection.call,
@@ -237,18 +274,14 @@ class SessionManager:
                 f"the turn took longer than {self._settings.turn_timeout_s:g} s (llmchat.turn_timeout_s)"
             ) from None
         finally:
-            await self._turn_ended(record, connection, kept, [Message("user", message), *added])
+            await self._turn_ended(record, live, kept, [Message("user", message), *added])
 
-    async def _turn_ended(
-        self, record: SessionRecord, connection: McpConnection, kept: bool, said: list[Message]
-    ) -> None:
+    async def _turn_ended(self, record: SessionRecord, live: _Live, kept: bool, said: list[Message]) -> None:
         if kept:
-            for live in self._live.values():
-                if live.connection is connection:
-                    live.busy -= 1
-                    live.last_used = time.monotonic()
+            live.busy -= 1
+            live.last_used = time.monotonic()
         else:
-            await asyncio.shield(connection.aclose())
+            await asyncio.shield(live.aclose())
         # What was said and done is kept even when the turn failed midway.
         with contextlib.suppress(Exception):
             await asyncio.shield(self.history.append(record.user_id, said))
@@ -256,9 +289,10 @@ class SessionManager:
             if kept:
                 await self.ownership.claim(record.user_id)
 
-    async def _connection(self, record: SessionRecord) -> tuple[McpConnection, bool]:
-        """A connection for one turn, and whether it is kept: this worker's own when it owns
-        the session (built from the record if need be), else one for this turn only."""
+    async def _connection(self, record: SessionRecord) -> tuple[_Live, bool]:
+        """A connection (and the session's own provider) for one turn, and whether it is
+        kept: this worker's own when it owns the session (built from the record if need
+        be), else one for this turn only."""
         if (kept := await self._kept(record)) is not None:
             return kept, True
         async with self.ownership.building(record.user_id):
@@ -267,19 +301,20 @@ class SessionManager:
             if await self.ownership.claim(record.user_id):
                 await self._drop(record.user_id)  # dead, or of a session connected again since
                 try:
-                    connection = await self._rebuild(record)
+                    live = await self._rebuild(record)
                 except BaseException:
                     await self.ownership.release(record.user_id)
                     raise
-                self._live[record.user_id] = _Live(record.session_id, connection, busy=1)
+                live.busy = 1
+                self._live[record.user_id] = live
                 log.info(
                     "session %s: connection rebuilt on worker %s", record.user_id, self.ownership.worker_id
                 )
-                return connection, True
+                return live, True
         # Another live worker owns the session and holds it open: serve this one turn only.
         return await self._rebuild(record), False
 
-    async def _kept(self, record: SessionRecord) -> McpConnection | None:
+    async def _kept(self, record: SessionRecord) -> _Live | None:
         """The connection this worker keeps for the session, if current and still its own."""
         live = self._live.get(record.user_id)
         if live is None or live.session_id != record.session_id or not live.connection.alive:
@@ -288,13 +323,18 @@ class SessionManager:
             return None  # another worker took over; the janitor closes ours once idle
         live.busy += 1
         live.last_used = time.monotonic()
-        return live.connection
+        return live
 
-    async def _rebuild(self, record: SessionRecord) -> McpConnection:
-        """A connection from a record, checked as a connect would check it."""
+    async def _rebuild(self, record: SessionRecord) -> _Live:
+        """A connection (and provider) from a record, checked as a connect would check them."""
         connection = self._new_connection(await self._resolve(record.server))
-        await connection.open()
-        return connection
+        own_llm = await self._own_llm(record.llm)
+        try:
+            await connection.open()
+        except BaseException:
+            await _close(connection, own_llm)
+            raise
+        return _Live(record.session_id, connection, own_llm)
 
     def _new_connection(self, spec: ServerSpec) -> McpConnection:
         return McpConnection(
@@ -304,13 +344,13 @@ class SessionManager:
         )
 
     async def _own_record(
-        self, principal: Principal, user_id: str, *, required: bool
+        self, principal: Principal, user_id: str, *, required: bool, missing: str = NO_SESSION
     ) -> SessionRecord | None:
         _check_user_id(user_id)
         record = await self.records.get(user_id)
         if record is None:
             if required:
-                raise InvalidRequest("user_id", f"no session for {user_id!r}; connect first")
+                raise NotFound(missing)
             return None
         if record.principal != principal.name:
             raise PermissionDenied(f"session {user_id!r} belongs to another caller")
@@ -319,7 +359,7 @@ class SessionManager:
     async def _drop(self, user_id: str) -> None:
         live = self._live.pop(user_id, None)
         if live is not None:
-            await live.connection.aclose()
+            await live.aclose()
 
     async def _resolve(self, spec: ServerSpec) -> ServerSpec:
         """The spec as this worker may open it: a stdio name mapped to the command this
@@ -340,19 +380,73 @@ class SessionManager:
         return ServerSpec(spec.url, spec.transport, spec.auth_token)
 
     async def _llm_choice(self, principal: Principal, llm: LLMChoice) -> LLMChoice:
-        """The provider and model `llm` names, as this caller may use them (empty: the defaults)."""
+        """The provider and model `llm` names, as this caller may use them (empty: the
+        defaults): one the server serves as configured, or any remote kind this service
+        knows with settings of the session's own (checked when its provider is built)."""
         models = await self._core.list_models(principal)
-        providers = sorted({m.provider for m in models})
         provider = llm.provider or (models[0].provider if models else "")
-        if provider not in providers:
+        config = dict(llm.config)
+        model = llm.model
+        if "model_id" in config:  # the documented name of Bedrock's and watsonx's model
+            model_id = str(config.pop("model_id"))
+            if model and model != model_id:
+                raise InvalidRequest(
+                    "llm.config.model_id", f"is {model_id!r} but llm.config.model is {model!r}"
+                )
+            model = model_id
+        choice = replace(llm, provider=provider, model=model, config=config)
+        if not config and self._core.serves(provider):
+            if provider not in {m.provider for m in models}:
+                raise NotFound(f"model {model or 'default'!r} not found")
+            if model and model not in {m.id for m in models if m.provider == provider}:
+                raise InvalidRequest("llm.config.model", f"provider {provider} has no model {model!r}")
+            return choice
+        entry = entries().get(provider)
+        if entry is None or entry.local:
+            if entry is not None:  # the in-process engine runs as the server configured it
+                name = sorted(config)[0]
+                raise InvalidRequest(
+                    f"llm.config.{name}", f"provider {provider} runs in-process and has no {name}"
+                )
+            known = sorted({m.provider for m in models} | {k for k, e in entries().items() if not e.local})
             raise InvalidRequest(
-                "llm.provider", f"{provider!r} is not configured here ({', '.join(providers)})"
+                "llm.provider", f"{provider!r} is not a provider this service knows ({', '.join(known)})"
             )
-        if llm.model and llm.model not in {m.id for m in models if m.provider == provider}:
-            raise InvalidRequest("llm.config.model", f"provider {provider} has no model {llm.model!r}")
-        return replace(llm, provider=provider)
+        if config and not self._settings.session_credentials:
+            raise PermissionDenied(
+                f"llm.config.{sorted(config)[0]}: this service takes no provider settings from sessions "
+                "(llmchat.session_credentials is off); use a provider configured on the server"
+            )
+        return choice
+
+    async def _own_llm(self, choice: LLMChoice) -> Provider | None:
+        """The session's own provider, started, when it brought settings or names a provider
+        the server does not serve as configured; None when the server's serves it."""
+        if not choice.config and self._core.serves(choice.provider):
+            return None
+        settings = await session_settings(
+            choice.provider, self._sections(choice.provider), choice.config, choice.model, self._urls
+        )
+        provider = entries()[choice.provider].factory(settings, choice.provider)
+        await provider.__aenter__()  # closes what it opened if starting fails
+        return provider
+
+
+async def _close(connection: McpConnection | None, llm: Provider | None) -> None:
+    try:
+        if connection is not None:
+            await connection.aclose()
+    finally:
+        if llm is not None:
+            await llm.aclose()
 
 
 def _check_user_id(user_id: str) -> None:
-    if not user_id or len(user_id) > 200 or any(c.isspace() or not c.isprintable() for c in user_id):
-        raise InvalidRequest("user_id", "must be 1 to 200 printable characters without spaces")
+    if not user_id:
+        raise InvalidRequest("user_id", "is required", message="User ID is required")
+    if len(user_id) > 200 or any(c.isspace() or not c.isprintable() for c in user_id):
+        raise InvalidRequest(
+            "user_id",
+            "must be 1 to 200 printable characters without spaces",
+            message="Invalid user ID provided: it must be 1 to 200 printable characters without spaces",
+        )

@@ -1,12 +1,14 @@
 """What a session is, as any worker can rebuild it: the MCP server, the LLM choice, the owner.
 
 Kept in Redis (memory otherwise or while Redis is down), with the secrets in it (the MCP
-server's auth_token) encrypted with `llmchat.secret_key`, so Redis never holds them in
-clear; they are never returned either (`masked`). A record names a stdio server by its
-configured name only, never its command line: a worker rebuilding the session looks the
-command up in its own configuration, so whoever can write to Redis cannot make a worker
-run a program. A user_id is bound to the principal that connected it (`bind`, atomic),
-before the connection is opened, so two callers cannot race for a new user_id.
+server's auth_token, the session's own provider credentials) encrypted with
+`llmchat.secret_key`, so Redis never holds them in clear; they are never returned either
+(`masked`), and they go with the record on disconnect or when its TTL runs out. A record
+names a stdio server by its configured name only, never its command line: a worker
+rebuilding the session looks the command up in its own configuration, so whoever can
+write to Redis cannot make a worker run a program. A user_id is bound to the principal
+that connected it (`bind`, atomic), before the connection is opened, so two callers
+cannot race for a new user_id.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from cryptography.fernet import Fernet, InvalidToken
@@ -27,6 +29,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from llmservice.kernel.errors import Unavailable
 from llmservice.service.sessions.fallback import RELEASE, RETRY_AFTER_S, RedisHealth, RedisOrMemory
 from llmservice.service.sessions.mcp_client import ServerSpec
+from llmservice.service.sessions.provider_config import MASK, SECRETS, masked
 
 KEY = "llmchat:session:{}"
 BINDING = "llmchat:user:{}"
@@ -44,6 +47,9 @@ class LLMChoice:
     top_p: float | None = None
     seed: int | None = None
     system_prompt: str = ""
+    # The session's own provider settings (api_key, base_url, ...: provider_config.KEYS),
+    # as the connect gave them; empty: the provider as the server configured it.
+    config: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,9 @@ class SessionRecord:
 
     def masked(self) -> SessionRecord:
         """The record as its owner may see it: the MCP token, if any, masked."""
-        token = "********" if self.server.auth_token else ""
-        return replace(self, server=replace(self.server, auth_token=token))
+        token = MASK if self.server.auth_token else ""
+        llm = replace(self.llm, config=masked(self.llm.config))
+        return replace(self, server=replace(self.server, auth_token=token), llm=llm)
 
 
 class SecretBox:
@@ -88,6 +95,9 @@ class SecretBox:
 def dump(record: SessionRecord, box: SecretBox) -> str:
     body = asdict(record)
     body["server"]["auth_token"] = box.seal(record.server.auth_token)
+    config = body["llm"]["config"]
+    for name in SECRETS & set(config):
+        config[name] = box.seal(str(config[name]))
     del body["server"]["argv"]  # looked up again by name in the configuration of the worker
     return json.dumps(body)
 
@@ -101,10 +111,14 @@ def load(text: str, box: SecretBox) -> SessionRecord:
         **{
             **body,
             "server": spec,
-            "llm": LLMChoice(**body["llm"]),
+            "llm": LLMChoice(**{**body["llm"], "config": _opened(body["llm"].get("config", {}), box)}),
             "tools": tuple(body["tools"]),
         }
     )
+
+
+def _opened(config: dict[str, Any], box: SecretBox) -> dict[str, Any]:
+    return {k: box.open(v) if k in SECRETS else v for k, v in config.items()}
 
 
 class RecordStore(Protocol):

@@ -31,33 +31,34 @@ class UrlPolicy:
             ipaddress.ip_network(h, strict=False) for h in allowed_hosts if _is_network(h)
         ]
 
-    async def check(self, url: str) -> None:
-        """Raise unless `url` is an http(s) URL whose every address may be reached."""
+    async def check(self, url: str, field: str = "server.url") -> None:
+        """Raise unless `url` is an http(s) URL whose every address may be reached; the
+        error names `field`."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidRequest("server.url", f"{url!r} is not an http:// or https:// URL")
+            raise InvalidRequest(field, f"{url!r} is not an http:// or https:// URL")
         host = parts.hostname.lower()
         if host in METADATA_NAMES:
-            raise PermissionDenied(f"server.url: {host} is a cloud metadata endpoint")
+            raise PermissionDenied(f"{field}: {host} is a cloud metadata endpoint")
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
                 host, parts.port or 443, type=socket.SOCK_STREAM
             )
         except socket.gaierror:
-            raise InvalidRequest("server.url", f"host {host!r} does not resolve") from None
+            raise InvalidRequest(field, f"host {host!r} does not resolve") from None
         for info in infos:
             address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-            self._check_address(host, address)
+            self._check_address(field, host, address)
 
-    def _check_address(self, host: str, address: Address) -> None:
+    def _check_address(self, field: str, host: str, address: Address) -> None:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         if address in METADATA:
-            raise PermissionDenied(f"server.url: {host} is a cloud metadata endpoint")
+            raise PermissionDenied(f"{field}: {host} is a cloud metadata endpoint")
         if host in self._names or any(address in n for n in self._networks):
             return
         if address.is_link_local:
-            raise PermissionDenied(f"server.url: {host} is a link-local address")
+            raise PermissionDenied(f"{field}: {host} is a link-local address")
         if (
             address.is_loopback
             or address.is_private
@@ -66,7 +67,7 @@ class UrlPolicy:
             or address.is_reserved
         ):
             raise PermissionDenied(
-                f"server.url: {host} is a loopback, private or reserved address; "
+                f"{field}: {host} is a loopback, private or reserved address; "
                 "allow it with llmchat.allowed_hosts for local development"
             )
 

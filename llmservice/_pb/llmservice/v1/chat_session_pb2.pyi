@@ -53,6 +53,13 @@ Global___McpServer: _TypeAlias = McpServer  # noqa: Y015
 
 @_typing.final
 class LLMConfig(_message.Message):
+    """The LLM a session talks to: the provider, the sampling, and (fields 8 on) settings of
+    the session's own for the provider, resolved as documented: each field set here, else
+    the provider's environment variable on the server, else an error naming both. A field
+    of another provider is refused by name. The secrets (api_key, aws_*) are kept encrypted
+    and never returned: GetConfig masks them.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROVIDER_FIELD_NUMBER: _builtins.int
@@ -62,8 +69,27 @@ class LLMConfig(_message.Message):
     TOP_P_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
+    API_KEY_FIELD_NUMBER: _builtins.int
+    BASE_URL_FIELD_NUMBER: _builtins.int
+    AZURE_ENDPOINT_FIELD_NUMBER: _builtins.int
+    AZURE_DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    API_VERSION_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    REGION_NAME_FIELD_NUMBER: _builtins.int
+    AWS_ACCESS_KEY_ID_FIELD_NUMBER: _builtins.int
+    AWS_SECRET_ACCESS_KEY_FIELD_NUMBER: _builtins.int
+    AWS_SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    ENDPOINT_URL_FIELD_NUMBER: _builtins.int
+    IAM_URL_FIELD_NUMBER: _builtins.int
+    NUM_CTX_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_RETRIES_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
-    """A provider as listed by ListModels; empty means the service's default."""
+    """Any provider kind this service knows (ListModels lists those configured on the
+    server; a session may bring its own settings for the others); empty: the default.
+    """
     model: _builtins.str
     """Empty means the provider's default model."""
     temperature: _builtins.float
@@ -71,6 +97,38 @@ class LLMConfig(_message.Message):
     top_p: _builtins.float
     seed: _builtins.int
     system_prompt: _builtins.str
+    api_key: _builtins.str
+    """openai, azure_openai, anthropic, watsonx, openai_compatible."""
+    base_url: _builtins.str
+    """openai, anthropic, ollama, openai_compatible. Like every URL here, it must pass the
+    outbound-host policy (llmchat.allowed_hosts), and a session that points a provider
+    at an endpoint of its own brings its own key.
+    """
+    azure_endpoint: _builtins.str
+    azure_deployment: _builtins.str
+    api_version: _builtins.str
+    """azure_openai, anthropic, watsonx"""
+    url: _builtins.str
+    """watsonx"""
+    project_id: _builtins.str
+    """watsonx"""
+    model_id: _builtins.str
+    """aws_bedrock, watsonx: the model (as `model`)"""
+    region_name: _builtins.str
+    """aws_bedrock"""
+    aws_access_key_id: _builtins.str
+    aws_secret_access_key: _builtins.str
+    aws_session_token: _builtins.str
+    endpoint_url: _builtins.str
+    """aws_bedrock"""
+    iam_url: _builtins.str
+    """watsonx: where the API key becomes a token"""
+    num_ctx: _builtins.int
+    """ollama"""
+    timeout: _builtins.float
+    """seconds, one upstream call"""
+    max_retries: _builtins.int
+    """retries after the first try"""
     def __init__(
         self,
         *,
@@ -81,25 +139,54 @@ class LLMConfig(_message.Message):
         top_p: _builtins.float | None = ...,
         seed: _builtins.int | None = ...,
         system_prompt: _builtins.str = ...,
+        api_key: _builtins.str = ...,
+        base_url: _builtins.str = ...,
+        azure_endpoint: _builtins.str = ...,
+        azure_deployment: _builtins.str = ...,
+        api_version: _builtins.str = ...,
+        url: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        model_id: _builtins.str = ...,
+        region_name: _builtins.str = ...,
+        aws_access_key_id: _builtins.str = ...,
+        aws_secret_access_key: _builtins.str = ...,
+        aws_session_token: _builtins.str = ...,
+        endpoint_url: _builtins.str = ...,
+        iam_url: _builtins.str = ...,
+        num_ctx: _builtins.int | None = ...,
+        timeout: _builtins.float | None = ...,
+        max_retries: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "seed", b"seed", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "_max_tokens", b"_max_tokens", "_num_ctx", b"_num_ctx", "_seed", b"_seed", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_p", b"_top_p", "max_retries", b"max_retries", "max_tokens", b"max_tokens", "num_ctx", b"num_ctx", "seed", b"seed", "temperature", b"temperature", "timeout", b"timeout", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_seed", b"_seed", "_temperature", b"_temperature", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "model", b"model", "provider", b"provider", "seed", b"seed", "system_prompt", b"system_prompt", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries", "_max_tokens", b"_max_tokens", "_num_ctx", b"_num_ctx", "_seed", b"_seed", "_temperature", b"_temperature", "_timeout", b"_timeout", "_top_p", b"_top_p", "api_key", b"api_key", "api_version", b"api_version", "aws_access_key_id", b"aws_access_key_id", "aws_secret_access_key", b"aws_secret_access_key", "aws_session_token", b"aws_session_token", "azure_deployment", b"azure_deployment", "azure_endpoint", b"azure_endpoint", "base_url", b"base_url", "endpoint_url", b"endpoint_url", "iam_url", b"iam_url", "max_retries", b"max_retries", "max_tokens", b"max_tokens", "model", b"model", "model_id", b"model_id", "num_ctx", b"num_ctx", "project_id", b"project_id", "provider", b"provider", "region_name", b"region_name", "seed", b"seed", "system_prompt", b"system_prompt", "temperature", b"temperature", "timeout", b"timeout", "top_p", b"top_p", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_retries: _TypeAlias = _typing.Literal["max_retries"]  # noqa: Y015
+    _WhichOneofArgType__max_retries: _TypeAlias = _typing.Literal["_max_retries", b"_max_retries"]  # noqa: Y015
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__num_ctx: _TypeAlias = _typing.Literal["num_ctx"]  # noqa: Y015
+    _WhichOneofArgType__num_ctx: _TypeAlias = _typing.Literal["_num_ctx", b"_num_ctx"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__timeout: _TypeAlias = _typing.Literal["timeout"]  # noqa: Y015
+    _WhichOneofArgType__timeout: _TypeAlias = _typing.Literal["_timeout", b"_timeout"]  # noqa: Y015
     _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
     _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_retries) -> _WhichOneofReturnType__max_retries | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__num_ctx) -> _WhichOneofReturnType__num_ctx | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout) -> _WhichOneofReturnType__timeout | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
@@ -215,24 +302,31 @@ Global___StreamChatRequest: _TypeAlias = StreamChatRequest  # noqa: Y015
 
 @_typing.final
 class ToolStart(_message.Message):
+    """The names follow the documented /llmchat events: `tool`, `input`, `output`, `start`, `end`."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    TOOL_FIELD_NUMBER: _builtins.int
+    INPUT_JSON_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    name: _builtins.str
-    arguments_json: _builtins.str
+    tool: _builtins.str
+    input_json: _builtins.str
+    """the arguments, a JSON object"""
+    start: _builtins.str
+    """RFC 3339, UTC"""
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
-        name: _builtins.str = ...,
-        arguments_json: _builtins.str = ...,
+        tool: _builtins.str = ...,
+        input_json: _builtins.str = ...,
+        start: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "id", b"id", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "input_json", b"input_json", "start", b"start", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,31 +337,38 @@ class ToolInvocation(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
-    RESULT_FIELD_NUMBER: _builtins.int
+    TOOL_FIELD_NUMBER: _builtins.int
+    INPUT_JSON_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
     IS_ERROR_FIELD_NUMBER: _builtins.int
     ELAPSED_MS_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    name: _builtins.str
-    arguments_json: _builtins.str
-    result: _builtins.str
-    """The tool's result, or what went wrong when is_error."""
+    tool: _builtins.str
+    input_json: _builtins.str
+    output: _builtins.str
+    """The tool's result, or when is_error what went wrong, in the tool's own words."""
     is_error: _builtins.bool
     elapsed_ms: _builtins.float
+    start: _builtins.str
+    """RFC 3339, UTC"""
+    end: _builtins.str
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
-        name: _builtins.str = ...,
-        arguments_json: _builtins.str = ...,
-        result: _builtins.str = ...,
+        tool: _builtins.str = ...,
+        input_json: _builtins.str = ...,
+        output: _builtins.str = ...,
         is_error: _builtins.bool = ...,
         elapsed_ms: _builtins.float = ...,
+        start: _builtins.str = ...,
+        end: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "elapsed_ms", b"elapsed_ms", "id", b"id", "is_error", b"is_error", "name", b"name", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_ms", b"elapsed_ms", "end", b"end", "id", b"id", "input_json", b"input_json", "is_error", b"is_error", "output", b"output", "start", b"start", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,17 +384,20 @@ class ChatResponse(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_INVOCATIONS_FIELD_NUMBER: _builtins.int
     ELAPSED_MS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     response: _builtins.str
     tool_used: _builtins.bool
-    elapsed_ms: _builtins.float
+    tool_invocations: _builtins.int
+    """How many tool calls the turn made; each is in tool_calls."""
+    elapsed_ms: _builtins.int
     @_builtins.property
     def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The names of the tools called, in order."""
 
     @_builtins.property
-    def tool_invocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolInvocation]: ...
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolInvocation]: ...
     @_builtins.property
     def usage(self) -> Global___TurnUsage:
         """Tokens over every model call of the turn (a tool step is one call more)."""
@@ -305,13 +409,14 @@ class ChatResponse(_message.Message):
         response: _builtins.str = ...,
         tool_used: _builtins.bool = ...,
         tools: _abc.Iterable[_builtins.str] | None = ...,
-        tool_invocations: _abc.Iterable[Global___ToolInvocation] | None = ...,
-        elapsed_ms: _builtins.float = ...,
+        tool_invocations: _builtins.int = ...,
+        elapsed_ms: _builtins.int = ...,
+        tool_calls: _abc.Iterable[Global___ToolInvocation] | None = ...,
         usage: Global___TurnUsage | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_ms", b"elapsed_ms", "response", b"response", "tool_invocations", b"tool_invocations", "tool_used", b"tool_used", "tools", b"tools", "usage", b"usage", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_ms", b"elapsed_ms", "response", b"response", "tool_calls", b"tool_calls", "tool_invocations", b"tool_invocations", "tool_used", b"tool_used", "tools", b"tools", "usage", b"usage", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -412,17 +517,25 @@ class DisconnectResponse(_message.Message):
 
     USER_ID_FIELD_NUMBER: _builtins.int
     WAS_CONNECTED_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     was_connected: _builtins.bool
+    status: _builtins.str
+    """"disconnected", or "no_active_session" when there was none."""
+    message: _builtins.str
+    """"Successfully disconnected", or "No active session to disconnect"."""
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         was_connected: _builtins.bool = ...,
+        status: _builtins.str = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id", "was_connected", b"was_connected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "status", b"status", "user_id", b"user_id", "was_connected", b"was_connected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -90,14 +90,16 @@ class ChatSessionServiceServicer:
 
     def StreamChat(self, request, context):
         """StreamChat runs one turn and sends each step as it happens; the last event of
-        a good turn is `final`. A turn that fails ends with a gRPC error status.
+        a good turn is `final`. A turn that fails ends with a gRPC error status. The
+        initial metadata carries `llm-turn: started` once the session and message were
+        accepted: an error before it is the request's, one after it the turn's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Disconnect(self, request, context):
-        """Disconnect closes the session and forgets its history.
+        """Disconnect closes the session and forgets its history and settings.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,7 +112,8 @@ class ChatSessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetConfig(self, request, context):
-        """GetConfig returns the session's settings with its secrets masked.
+        """GetConfig returns the session's settings with its secrets masked; NOT_FOUND when
+        there is no session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

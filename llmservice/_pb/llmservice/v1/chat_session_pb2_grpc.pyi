@@ -40,13 +40,17 @@ class ChatSessionServiceStub:
     """Chat runs one turn (tools included) and answers with the whole result."""
     StreamChat: _grpc.UnaryStreamMultiCallable[_chat_session_pb2.StreamChatRequest, _chat_session_pb2.StreamChatResponse]
     """StreamChat runs one turn and sends each step as it happens; the last event of
-    a good turn is `final`. A turn that fails ends with a gRPC error status.
+    a good turn is `final`. A turn that fails ends with a gRPC error status. The
+    initial metadata carries `llm-turn: started` once the session and message were
+    accepted: an error before it is the request's, one after it the turn's.
     """
     Disconnect: _grpc.UnaryUnaryMultiCallable[_chat_session_pb2.DisconnectRequest, _chat_session_pb2.DisconnectResponse]
-    """Disconnect closes the session and forgets its history."""
+    """Disconnect closes the session and forgets its history and settings."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_chat_session_pb2.GetStatusRequest, _chat_session_pb2.GetStatusResponse]
     GetConfig: _grpc.UnaryUnaryMultiCallable[_chat_session_pb2.GetConfigRequest, _chat_session_pb2.GetConfigResponse]
-    """GetConfig returns the session's settings with its secrets masked."""
+    """GetConfig returns the session's settings with its secrets masked; NOT_FOUND when
+    there is no session.
+    """
     ListServers: _grpc.UnaryUnaryMultiCallable[_chat_session_pb2.ListServersRequest, _chat_session_pb2.ListServersResponse]
     """ListServers lists the MCP servers the service offers (llmchat.servers), each
     probed for whether it answers and which tools it has.
@@ -61,13 +65,17 @@ class ChatSessionServiceAsyncStub(ChatSessionServiceStub):
     """Chat runs one turn (tools included) and answers with the whole result."""
     StreamChat: _aio.UnaryStreamMultiCallable[_chat_session_pb2.StreamChatRequest, _chat_session_pb2.StreamChatResponse]  # type: ignore[assignment]
     """StreamChat runs one turn and sends each step as it happens; the last event of
-    a good turn is `final`. A turn that fails ends with a gRPC error status.
+    a good turn is `final`. A turn that fails ends with a gRPC error status. The
+    initial metadata carries `llm-turn: started` once the session and message were
+    accepted: an error before it is the request's, one after it the turn's.
     """
     Disconnect: _aio.UnaryUnaryMultiCallable[_chat_session_pb2.DisconnectRequest, _chat_session_pb2.DisconnectResponse]  # type: ignore[assignment]
-    """Disconnect closes the session and forgets its history."""
+    """Disconnect closes the session and forgets its history and settings."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_chat_session_pb2.GetStatusRequest, _chat_session_pb2.GetStatusResponse]  # type: ignore[assignment]
     GetConfig: _aio.UnaryUnaryMultiCallable[_chat_session_pb2.GetConfigRequest, _chat_session_pb2.GetConfigResponse]  # type: ignore[assignment]
-    """GetConfig returns the session's settings with its secrets masked."""
+    """GetConfig returns the session's settings with its secrets masked; NOT_FOUND when
+    there is no session.
+    """
     ListServers: _aio.UnaryUnaryMultiCallable[_chat_session_pb2.ListServersRequest, _chat_session_pb2.ListServersResponse]  # type: ignore[assignment]
     """ListServers lists the MCP servers the service offers (llmchat.servers), each
     probed for whether it answers and which tools it has.
@@ -97,7 +105,9 @@ class ChatSessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_chat_session_pb2.StreamChatResponse], _abc.AsyncIterator[_chat_session_pb2.StreamChatResponse]]:
         """StreamChat runs one turn and sends each step as it happens; the last event of
-        a good turn is `final`. A turn that fails ends with a gRPC error status.
+        a good turn is `final`. A turn that fails ends with a gRPC error status. The
+        initial metadata carries `llm-turn: started` once the session and message were
+        accepted: an error before it is the request's, one after it the turn's.
         """
 
     @_abc_1.abstractmethod
@@ -106,7 +116,7 @@ class ChatSessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _chat_session_pb2.DisconnectRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_chat_session_pb2.DisconnectResponse, _abc.Awaitable[_chat_session_pb2.DisconnectResponse]]:
-        """Disconnect closes the session and forgets its history."""
+        """Disconnect closes the session and forgets its history and settings."""
 
     @_abc_1.abstractmethod
     def GetStatus(
@@ -121,7 +131,9 @@ class ChatSessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _chat_session_pb2.GetConfigRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_chat_session_pb2.GetConfigResponse, _abc.Awaitable[_chat_session_pb2.GetConfigResponse]]:
-        """GetConfig returns the session's settings with its secrets masked."""
+        """GetConfig returns the session's settings with its secrets masked; NOT_FOUND when
+        there is no session.
+        """
 
     @_abc_1.abstractmethod
     def ListServers(

@@ -35,7 +35,8 @@ async function failure(response) {
   let message = `HTTP ${response.status}`;
   try {
     const body = await response.json();
-    if (body.error && body.error.message) message = `${body.error.message} (HTTP ${response.status})`;
+    const said = typeof body.detail === "string" ? body.detail : body.error && body.error.message;
+    if (said) message = `${said} (HTTP ${response.status})`;
   } catch (_) { /* not JSON: keep the status */ }
   return new Error(message);
 }
@@ -132,9 +133,9 @@ class Answer {
     box.className = "tool running";
     box.dataset.id = event.id;
     const summary = document.createElement("summary");
-    summary.textContent = `Tool ${event.name}: running`;
+    summary.textContent = `Tool ${event.tool}: running`;
     const args = document.createElement("pre");
-    args.textContent = `arguments: ${JSON.stringify(event.arguments, null, 1)}`;
+    args.textContent = `input: ${JSON.stringify(event.input, null, 1)}`;
     box.append(summary, args);
     const tools = this.body.querySelectorAll(":scope > .tool");
     if (tools.length) tools[tools.length - 1].after(box); else this.body.prepend(box);
@@ -145,15 +146,15 @@ class Answer {
     if (!box) { this.toolStart(event); box = this.body.querySelector(`:scope > .tool[data-id="${CSS.escape(event.id)}"]`); }
     box.className = `tool ${failed ? "failed" : "done"}`;
     box.querySelector("summary").textContent =
-      `Tool ${event.name}: ${failed ? "failed" : "done"} (${Math.round(event.elapsed_ms)} ms)`;
+      `Tool ${event.tool}: ${failed ? "failed" : "done"} (${Math.round(event.elapsed_ms)} ms)`;
     const out = document.createElement("pre");
     out.className = "result";
-    out.textContent = `${failed ? "error" : "result"}: ${failed ? event.error : event.result}`;
+    out.textContent = `${failed ? "error" : "result"}: ${failed ? event.error : event.output}`;
     box.append(out);
   }
 
   finish(final) {
-    if (final && final.response && !this.raw.trim()) this.raw = final.response;
+    if (final && final.content && !this.raw.trim()) this.raw = final.content;
     this.render();
     this.body.classList.remove("typing");
     this.item.removeAttribute("aria-busy");
@@ -168,14 +169,14 @@ async function send(text) {
     const response = await call("POST", "/llmchat/chat", { user_id: state.userId, message: text, streaming: true });
     let ended = false;
     for await (const { event, data } of sseEvents(response)) {
-      if (event === "token") answer.token(data.text);
+      if (event === "token") answer.token(data.content);
       else if (event === "tool_start") answer.toolStart(data);
       else if (event === "tool_end") answer.toolEnd(data, false);
       else if (event === "tool_error") answer.toolEnd(data, true);
       else if (event === "final") { answer.finish(data); ended = true; }
       else if (event === "error") {
         answer.finish(null);
-        problem(`The turn failed: ${data.message}${data.retryable ? " (trying again may help)" : ""}`);
+        problem(`The turn failed: ${data.error}${data.recoverable ? " (trying again may help)" : ""}`);
         ended = true;
       }
     }
