@@ -1,0 +1,249 @@
+"""/llmchat as its document describes it, checked by a client written from the document
+alone (bodies, SSE event names and fields, types), on the bundled model and on a remote
+provider the session brings its own settings for; and what those settings may not do."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from ..fakes.openai_server import fake_openai
+from ..fakes.upstream import Reply
+from ..servers import MCP_TOKEN, demo_mcp_server
+from .test_shim_llmchat import ALICE, frames, settings, shim_for
+
+KEY = "sk-session-LEAKCANARY-9876543210"
+
+
+@pytest.fixture(scope="module")
+def mcp_url() -> Iterator[str]:
+    with demo_mcp_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async for url in shim_for(settings()):
+        async with httpx.AsyncClient(base_url=url, timeout=120, headers=ALICE) as client:
+            yield client
+
+
+class DocumentedClient:
+    """Only what the document says: each reply's fields by name and type."""
+
+    def __init__(self, http: httpx.AsyncClient, seen: list[str]) -> None:
+        self.http, self.seen = http, seen
+
+    async def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        reply = await self.http.post(path, json=body)
+        self.seen.append(reply.text)
+        return reply
+
+    async def connect(self, user_id: str, server: dict[str, Any], llm: dict[str, Any]) -> dict[str, Any]:
+        reply = await self.post(
+            "/llmchat/connect", {"user_id": user_id, "server": server, "llm": llm, "streaming": False}
+        )
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["status"] == "connected"
+        assert body["user_id"] == user_id
+        assert isinstance(body["provider"], str)
+        assert body["tool_count"] == len(body["tools"])
+        assert all(isinstance(t, str) for t in body["tools"])
+        return body
+
+    async def chat(self, user_id: str, message: str) -> dict[str, Any]:
+        reply = await self.post("/llmchat/chat", {"user_id": user_id, "message": message, "streaming": False})
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["user_id"] == user_id
+        assert isinstance(body["response"], str)
+        assert isinstance(body["tool_used"], bool)
+        assert all(isinstance(t, str) for t in body["tools"])
+        assert isinstance(body["tool_invocations"], int)
+        assert isinstance(body["elapsed_ms"], int)
+        return body
+
+    async def stream(self, user_id: str, message: str) -> list[tuple[str, dict[str, Any]]]:
+        reply = await self.post("/llmchat/chat", {"user_id": user_id, "message": message, "streaming": True})
+        assert reply.headers["content-type"].startswith("text/event-stream")
+        events = frames(reply.text)
+        for kind, data in events:
+            assert kind in ("token", "tool_start", "tool_end", "tool_error", "final"), (kind, data)
+            if kind == "token":
+                assert isinstance(data["content"], str)
+            elif kind == "tool_start":
+                assert data["type"] == "tool_start"
+                assert {"id", "tool", "input", "start"} <= set(data)
+            elif kind == "tool_end":
+                assert data["type"] == "tool_end"
+                assert {"id", "tool", "output", "end"} <= set(data)
+            elif kind == "tool_error":
+                assert data["type"] == "tool_error"
+                assert {"id", "tool", "error", "time"} <= set(data)
+            else:
+                assert data["type"] == "final"
+                assert isinstance(data["content"], str)
+                assert isinstance(data["tool_used"], bool)
+                assert isinstance(data["elapsed_ms"], int)
+        assert events[-1][0] == "final"
+        tokens = "".join(d["content"] for k, d in events if k == "token")
+        assert events[-1][1]["content"] == tokens
+        return events
+
+    async def status(self, user_id: str) -> bool:
+        reply = await self.http.get(f"/llmchat/status/{user_id}")
+        self.seen.append(reply.text)
+        assert set(reply.json()) == {"user_id", "connected"}
+        return bool(reply.json()["connected"])
+
+    async def config(self, user_id: str) -> dict[str, Any]:
+        reply = await self.http.get(f"/llmchat/config/{user_id}")
+        self.seen.append(reply.text)
+        assert reply.status_code == 200, reply.text
+        return dict(reply.json())
+
+    async def disconnect(self, user_id: str) -> None:
+        reply = await self.post("/llmchat/disconnect", {"user_id": user_id})
+        assert reply.json() == {
+            "status": "disconnected",
+            "user_id": user_id,
+            "message": "Successfully disconnected",
+            "was_connected": True,
+        }
+
+
+async def test_the_bundled_model_through_the_documented_calls(http: httpx.AsyncClient, mcp_url: str) -> None:
+    client = DocumentedClient(http, [])
+    server = {"url": mcp_url, "transport": "streamable_http", "auth_token": MCP_TOKEN}
+    llm = {"provider": "llamacpp", "config": {"temperature": 0, "max_tokens": 48}}
+    await client.connect("doc-local", server, llm)
+    whole = await client.chat("doc-local", "What is 2 plus 3?")
+    assert whole["tool_invocations"] == len(whole["tool_calls"])
+    events = await client.stream("doc-local", "Add 4 and 5.")
+    if whole["tool_used"]:
+        assert "5" in whole["tool_calls"][0]["output"]
+    assert any(kind == "tool_start" for kind, _ in events) or events[-1][1]["content"]
+    assert await client.status("doc-local") is True
+    config = await client.config("doc-local")
+    assert config["llm"]["provider"] == "llamacpp"
+    assert config["mcp_server"]["auth_token"] == "********"
+    await client.disconnect("doc-local")
+    assert await client.status("doc-local") is False
+    gone = await http.get("/llmchat/config/doc-local")
+    assert (gone.status_code, gone.json()["detail"]) == (404, "No config found for this user.")
+
+
+async def test_a_session_with_its_own_openai_key_and_endpoint(
+    http: httpx.AsyncClient, mcp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="llmservice")
+    seen: list[str] = []
+    client = DocumentedClient(http, seen)
+    add = Reply(text="", tool_calls=[("call_1", "add", '{"a": 2, "b": 3}')])
+    with fake_openai(add, Reply(text="The sum is 5."), add, Reply(text="It is 5.")) as upstream:
+        server = {"url": mcp_url, "auth_token": MCP_TOKEN}
+        llm = {
+            "provider": "openai",
+            "config": {"api_key": KEY, "base_url": upstream.url + "/v1", "model": "m"},
+        }
+        connected = await client.connect("doc-openai", server, llm)
+        assert connected["provider"] == "openai"  # not configured on the server at all
+        whole = await client.chat("doc-openai", "What is 2 plus 3?")
+        assert (whole["response"], whole["tool_invocations"], whole["tools"]) == ("The sum is 5.", 1, ["add"])
+        events = await client.stream("doc-openai", "And again?")
+        start = next(d for k, d in events if k == "tool_start")
+        assert (start["tool"], start["input"]) == ("add", {"a": 2, "b": 3})
+        end = next(d for k, d in events if k == "tool_end")
+        assert end["output"] == "5"
+        config = await client.config("doc-openai")
+        assert config["llm"]["config"]["api_key"] == "********"
+        assert config["llm"]["config"]["base_url"] == upstream.url + "/v1"
+        await client.disconnect("doc-openai")
+    assert {h["authorization"] for h in upstream.headers} == {f"Bearer {KEY}"}
+    assert len(upstream.requests) == 4
+    # The key went to its upstream and nowhere else: not in a reply, nor in a log line.
+    assert not [text for text in seen if KEY in text]
+    assert KEY not in caplog.text
+
+
+async def test_what_session_settings_may_not_do(http: httpx.AsyncClient, mcp_url: str) -> None:
+    server = {"url": mcp_url, "auth_token": MCP_TOKEN}
+
+    async def refused(config: dict[str, Any], provider: str = "openai") -> tuple[int, str]:
+        body = {"user_id": "doc-bad", "server": server, "llm": {"provider": provider, "config": config}}
+        reply = await http.post("/llmchat/connect", json=body)
+        assert KEY not in reply.text
+        return reply.status_code, str(reply.json()["detail"])
+
+    assert await refused({}) == (
+        400,
+        "Invalid configuration: API key is required for provider openai: set llm.config.api_key or OPENAI_API_KEY",
+    )
+    metadata = await refused({"api_key": KEY, "base_url": "http://169.254.169.254/v1"})
+    assert metadata[0] == 403
+    assert "llm.config.base_url" in metadata[1] and "metadata" in metadata[1]
+    link_local = await refused({"api_key": KEY, "base_url": "http://169.254.10.10/v1"})
+    assert link_local[0] == 403
+    assert "link-local" in link_local[1]
+    not_http = await refused({"api_key": KEY, "base_url": "file:///etc/passwd"})
+    assert not_http[0] == 400
+    assert "llm.config.base_url" in not_http[1]
+    status, detail = await refused({"project_id": "p"})
+    assert status == 400
+    assert "llm.config.project_id: is not a setting of provider openai" in detail
+    status, detail = await refused({"api_key": KEY}, provider="llamacpp")
+    assert status == 400
+    assert "in-process" in detail
+    status, detail = await refused({"url": "https://93.184.216.34"}, provider="watsonx")  # never reached
+    assert status == 400
+    assert "API key is required for provider watsonx" in detail
+    assert "endpoint of the session's own" in detail  # the server's key would not go there
+
+
+async def test_an_endpoint_of_the_sessions_own_never_gets_the_servers_key(mcp_url: str) -> None:
+    server_key = "sk-server-LEAKCANARY-1111"
+    with fake_openai(Reply(text="served")) as ours, fake_openai(Reply(text="stolen")) as theirs:
+        config = settings(session_credentials=True).model_copy(
+            update={
+                "openai": settings().openai.model_copy(
+                    update={"api_key": SecretStr(server_key), "base_url": ours.url}
+                )
+            }
+        )
+        async for url in shim_for(config):
+            async with httpx.AsyncClient(base_url=url, timeout=60, headers=ALICE) as http:
+                body = {
+                    "user_id": "doc-steal",
+                    "server": {"url": mcp_url, "auth_token": MCP_TOKEN},
+                    "llm": {"provider": "openai", "config": {"base_url": theirs.url + "/v1"}},
+                }
+                reply = await http.post("/llmchat/connect", json=body)
+                assert reply.status_code == 400
+                assert "endpoint of the session's own" in reply.json()["detail"]
+                off = await http.post(
+                    "/llmchat/connect",
+                    json={**body, "llm": {"provider": "openai", "config": {"api_key": KEY}}},
+                )
+                assert off.status_code == 200  # the server's own endpoint, the session's own key
+    assert theirs.headers == []
+    assert json.dumps(ours.headers).count(server_key) == 0
+
+
+async def test_an_operator_may_forbid_session_credentials(mcp_url: str) -> None:
+    async for url in shim_for(settings(session_credentials=False)):
+        async with httpx.AsyncClient(base_url=url, timeout=60, headers=ALICE) as http:
+            body = {
+                "user_id": "doc-off",
+                "server": {"url": mcp_url, "auth_token": MCP_TOKEN},
+                "llm": {"provider": "openai", "config": {"api_key": KEY}},
+            }
+            reply = await http.post("/llmchat/connect", json=body)
+    assert reply.status_code == 403
+    assert "llmchat.session_credentials" in reply.json()["detail"]
