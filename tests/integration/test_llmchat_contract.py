@@ -184,11 +184,12 @@ async def test_what_session_settings_may_not_do(http: httpx.AsyncClient, mcp_url
 
     assert await refused({}) == (
         400,
-        "Invalid configuration: API key is required for provider openai: set llm.config.api_key or OPENAI_API_KEY",
+        "Invalid configuration: API key is required for provider openai: "
+        "set llm.config.api_key or OPENAI_API_KEY",
     )
     metadata = await refused({"api_key": KEY, "base_url": "http://169.254.169.254/v1"})
     assert metadata[0] == 403
-    assert "llm.config.base_url" in metadata[1] and "metadata" in metadata[1]
+    assert "llm.config.base_url: 169.254.169.254 is a cloud metadata endpoint" in metadata[1]
     link_local = await refused({"api_key": KEY, "base_url": "http://169.254.10.10/v1"})
     assert link_local[0] == 403
     assert "link-local" in link_local[1]
