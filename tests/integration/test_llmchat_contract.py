@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from ..fakes.anthropic_server import fake_anthropic
+from ..fakes.ollama_server import fake_ollama
 from ..fakes.openai_server import fake_openai
-from ..fakes.upstream import Reply
+from ..fakes.upstream import Reply, Upstream
+from ..fakes.watsonx_server import fake_watsonx
 from ..servers import MCP_TOKEN, demo_mcp_server
 from .test_shim_llmchat import ALICE, frames, settings, shim_for
 
@@ -140,37 +145,109 @@ async def test_the_bundled_model_through_the_documented_calls(http: httpx.AsyncC
     assert (gone.status_code, gone.json()["detail"]) == (404, "No config found for this user.")
 
 
-async def test_a_session_with_its_own_openai_key_and_endpoint(
-    http: httpx.AsyncClient, mcp_url: str, caplog: pytest.LogCaptureFixture
+def _fake_bedrock(*script: Reply) -> AbstractContextManager[Upstream]:
+    pytest.importorskip("botocore")
+    from ..fakes.bedrock_server import fake_bedrock
+
+    return fake_bedrock(*script, access_key="AKIDSESSION", secret_key=KEY, region="eu-west-1")
+
+
+@dataclass
+class Remote:
+    """A remote provider's fake, the documented llm.config that reaches it, and where the key goes."""
+
+    provider: str
+    fake: Callable[..., AbstractContextManager[Upstream]]
+    config: Callable[[str], dict[str, Any]]  # (the fake's URL) -> llm.config
+    key_header: tuple[str, str] | None
+
+
+REMOTES = [
+    Remote(
+        "openai",
+        fake_openai,
+        lambda url: {"api_key": KEY, "base_url": url + "/v1", "model": "m"},
+        ("authorization", f"Bearer {KEY}"),
+    ),
+    Remote(
+        "azure_openai",
+        fake_openai,
+        lambda url: {
+            "api_key": KEY,
+            "azure_endpoint": url,
+            "azure_deployment": "m",
+            "api_version": "2024-10-21",
+        },
+        ("api-key", KEY),
+    ),
+    Remote(
+        "anthropic",
+        fake_anthropic,
+        lambda url: {"api_key": KEY, "base_url": url, "model": "m"},
+        ("x-api-key", KEY),
+    ),
+    Remote(
+        "watsonx",
+        lambda *script: fake_watsonx(*script, api_key=KEY),
+        lambda url: {"apikey": KEY, "url": url, "iam_url": url, "projectid": "p1", "model_id": "m"},
+        ("authorization", "Bearer tok-0"),  # the token the fake's IAM gave for the key
+    ),
+    Remote(
+        "aws_bedrock",
+        _fake_bedrock,
+        lambda url: {
+            "model_id": "m",
+            "region_name": "eu-west-1",
+            "aws_access_key_id": "AKIDSESSION",
+            "aws_secret_access_key": KEY,
+            "endpoint_url": url,
+        },
+        ("authorization", "Credential=AKIDSESSION/"),
+    ),
+    Remote("ollama", fake_ollama, lambda url: {"base_url": url, "model": "m", "num_ctx": 2048}, None),
+]
+
+
+@pytest.mark.parametrize("remote", REMOTES, ids=lambda r: r.provider)
+async def test_a_session_with_its_own_provider_settings(
+    http: httpx.AsyncClient, mcp_url: str, remote: Remote, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Each documented provider, none of them configured on the server: the session brings
+    its key and endpoint, the turns call the tool, and the key reaches that upstream only."""
     caplog.set_level(logging.DEBUG, logger="llmservice")
     seen: list[str] = []
     client = DocumentedClient(http, seen)
+    user = f"doc-{remote.provider}"
     add = Reply(text="", tool_calls=[("call_1", "add", '{"a": 2, "b": 3}')])
-    with fake_openai(add, Reply(text="The sum is 5."), add, Reply(text="It is 5.")) as upstream:
+    with remote.fake(add, Reply(text="The sum is 5."), add, Reply(text="It is 5.")) as upstream:
         server = {"url": mcp_url, "auth_token": MCP_TOKEN}
-        llm = {
-            "provider": "openai",
-            "config": {"api_key": KEY, "base_url": upstream.url + "/v1", "model": "m"},
-        }
-        connected = await client.connect("doc-openai", server, llm)
-        assert connected["provider"] == "openai"  # not configured on the server at all
-        whole = await client.chat("doc-openai", "What is 2 plus 3?")
+        llm = {"provider": remote.provider, "config": remote.config(upstream.url)}
+        connected = await client.connect(user, server, llm)
+        assert connected["provider"] == remote.provider
+        whole = await client.chat(user, "What is 2 plus 3?")
         assert (whole["response"], whole["tool_invocations"], whole["tools"]) == ("The sum is 5.", 1, ["add"])
-        events = await client.stream("doc-openai", "And again?")
+        events = await client.stream(user, "And again?")
         start = next(d for k, d in events if k == "tool_start")
         assert (start["tool"], start["input"]) == ("add", {"a": 2, "b": 3})
-        end = next(d for k, d in events if k == "tool_end")
-        assert end["output"] == "5"
-        config = await client.config("doc-openai")
-        assert config["llm"]["config"]["api_key"] == "********"
-        assert config["llm"]["config"]["base_url"] == upstream.url + "/v1"
-        await client.disconnect("doc-openai")
-    assert {h["authorization"] for h in upstream.headers} == {f"Bearer {KEY}"}
-    assert len(upstream.requests) == 4
-    # The key went to its upstream and nowhere else: not in a reply, nor in a log line.
-    assert not [text for text in seen if KEY in text]
-    assert KEY not in caplog.text
+        assert next(d for k, d in events if k == "tool_end")["output"] == "5"
+        assert events[-1][1]["content"] == "It is 5."
+        config = await client.config(user)
+        secrets = {k for k in config["llm"]["config"] if k in ("api_key", "aws_secret_access_key")}
+        assert all(config["llm"]["config"][k] == "********" for k in secrets)
+        await client.disconnect(user)
+    chats = [r for r in upstream.requests if "messages" in r]
+    assert len(chats) == 4  # two turns of two model calls each
+    if remote.key_header is not None:
+        name, value = remote.key_header
+        assert all(
+            value in h.get(name, "")
+            for h, r in zip(upstream.headers, upstream.requests, strict=True)
+            if "messages" in r
+        )
+    if remote.provider == "ollama":
+        assert {r["options"]["num_ctx"] for r in chats} == {2048}
+    assert not [text for text in seen if KEY in text]  # in no reply
+    assert KEY not in caplog.text  # in no log line
 
 
 async def test_what_session_settings_may_not_do(http: httpx.AsyncClient, mcp_url: str) -> None:
