@@ -19,6 +19,8 @@ from llmservice.service.registry import ProviderRegistry
 from llmservice.service.sessions.fallback import RETRY_AFTER_S
 from llmservice.service.settings import Settings
 
+from ..fakes.openai_server import fake_openai
+from ..fakes.upstream import Reply
 from ..servers import MCP_TOKEN, RedisServer, demo_mcp_server, redis_server
 
 KEY_A, KEY_B = "key-alice-123", "key-bob-456"
@@ -313,6 +315,49 @@ async def test_config_masks_secrets_and_redis_holds_none_in_clear(
             assert MCP_TOKEN not in await store.get(key)
         elif await store.type(key) == "list":
             assert all(MCP_TOKEN not in line for line in await store.lrange(key, 0, -1))
+
+
+async def test_a_sessions_own_provider_key_over_grpc_sealed_in_redis_and_gone_on_disconnect(
+    sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str, store: aioredis.Redis
+) -> None:
+    """ChatSessionService field for field with /llmchat: the documented provider settings
+    in LLMConfig, the count and the calls in ChatResponse, the documented disconnect."""
+    key = "sk-grpc-session-LEAKCANARY-42"
+    add = Reply(text="", tool_calls=[("call_1", "add", '{"a": 2, "b": 3}')])
+    with fake_openai(add, Reply(text="The sum is 5."), add, Reply(text="It is 5.")) as upstream:
+        llm = pb.LLMConfig(provider="openai", model="m", api_key=key, base_url=upstream.url + "/v1")
+        connected = await sessions.Connect(
+            pb.ConnectRequest(user_id="u-own", server=server(mcp_url), llm=llm), metadata=ALICE
+        )
+        assert connected.provider == "openai"
+        reply = await sessions.Chat(
+            pb.ChatRequest(user_id="u-own", message="What is 2 plus 3?"), metadata=ALICE
+        )
+        assert (reply.response, reply.tool_invocations, list(reply.tools)) == ("The sum is 5.", 1, ["add"])
+        assert (reply.tool_calls[0].tool, reply.tool_calls[0].output) == ("add", "5")
+        call = sessions.StreamChat(pb.StreamChatRequest(user_id="u-own", message="Again?"), metadata=ALICE)
+        assert ("llm-turn", "started") in tuple(await call.initial_metadata())
+        events = [e async for e in call]
+        assert events[0].tool_start.tool == "add"
+        assert events[-1].final.response == "It is 5."
+        config = await sessions.GetConfig(pb.GetConfigRequest(user_id="u-own"), metadata=ALICE)
+        assert (config.llm.api_key, config.llm.base_url) == ("********", upstream.url + "/v1")
+        record = await store.get("llmchat:session:u-own")
+        assert record is not None
+        assert key not in record  # sealed
+        async for name in store.scan_iter("llmchat:*"):
+            if await store.type(name) == "string":
+                assert key not in str(await store.get(name))
+        bye = await sessions.Disconnect(pb.DisconnectRequest(user_id="u-own"), metadata=ALICE)
+        assert (bye.status, bye.message, bye.was_connected) == (
+            "disconnected",
+            "Successfully disconnected",
+            True,
+        )
+        assert await store.get("llmchat:session:u-own") is None
+    assert {h["authorization"] for h in upstream.headers} == {f"Bearer {key}"}
+    again = await sessions.Disconnect(pb.DisconnectRequest(user_id="u-own"), metadata=ALICE)
+    assert (again.status, again.message) == ("no_active_session", "No active session to disconnect")
 
 
 async def test_disconnect_forgets_the_session_and_its_history(
