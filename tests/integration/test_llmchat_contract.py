@@ -13,14 +13,23 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import SecretStr
+
+from llmservice.app import running_service
+from llmservice.observability.settings import TracingSettings
+from llmservice.observability.tracing import Tracing
+from llmservice.rest.server import running_shim
+from llmservice.service.registry import ProviderRegistry
+from llmservice.service.settings import CacheSettings, ServerSettings
 
 from ..fakes.anthropic_server import fake_anthropic
 from ..fakes.ollama_server import fake_ollama
 from ..fakes.openai_server import fake_openai
 from ..fakes.upstream import Reply, Upstream
 from ..fakes.watsonx_server import fake_watsonx
-from ..servers import MCP_TOKEN, demo_mcp_server
+from ..servers import MCP_TOKEN, demo_mcp_server, redis_server
 from .test_shim_llmchat import ALICE, frames, settings, shim_for
 
 KEY = "sk-session-LEAKCANARY-9876543210"
@@ -325,3 +334,60 @@ async def test_an_operator_may_forbid_session_credentials(mcp_url: str) -> None:
             reply = await http.post("/llmchat/connect", json=body)
     assert reply.status_code == 403
     assert "llmchat.session_credentials" in reply.json()["detail"]
+
+
+async def test_a_sessions_key_is_in_no_log_metric_trace_redis_value_or_reply(
+    mcp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The leak test: one session with its own key, streamed and whole turns with a tool,
+    then every place the service writes to is searched for the key."""
+    caplog.set_level(logging.DEBUG, logger="llmservice")
+    exporter = InMemorySpanExporter()
+    tracing = Tracing.create(TracingSettings(exporter="otlp"), exporter)
+    seen: list[str] = []
+    add = Reply(text="", tool_calls=[("call_1", "add", '{"a": 2, "b": 3}')])
+    with redis_server() as redis, fake_openai(add, Reply(text="5."), add, Reply(text="5 again.")) as up:
+        config = settings(secret_key="leak-test-secret").model_copy(
+            update={
+                "server": ServerSettings(grpc_port=0, metrics_port=0),
+                "cache": CacheSettings(redis_url=redis.url),
+            }
+        )
+        async with (
+            running_service(config, registry=ProviderRegistry.from_settings(config), tracing=tracing) as svc,
+            running_shim(f"127.0.0.1:{svc.port}", "127.0.0.1", 0, tracing) as port,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=ALICE) as http,
+        ):
+            client = DocumentedClient(http, seen)
+            llm = {"provider": "openai", "config": {"api_key": KEY, "base_url": up.url + "/v1", "model": "m"}}
+            await client.connect("doc-leak", {"url": mcp_url, "auth_token": MCP_TOKEN}, llm)
+            await client.chat("doc-leak", "What is 2 plus 3?")
+            await client.stream("doc-leak", "Again?")
+            seen.append((await http.get("/llmchat/config/doc-leak")).text)
+            store = aioredis.Redis.from_url(redis.url, decode_responses=True)
+            values = []
+            async for name in store.scan_iter("*"):
+                kind = await store.type(name)
+                if kind == "string":
+                    values.append(str(await store.get(name)))
+                elif kind == "list":
+                    values += await store.lrange(name, 0, -1)
+            assert await store.exists("llmchat:session:doc-leak")
+            await store.aclose()
+            metrics = (await http.get(f"http://127.0.0.1:{svc.metrics_port}/metrics")).text
+            metrics += (await http.get("/metrics")).text
+            await client.disconnect("doc-leak")
+    tracing.shutdown()
+    spans = exporter.get_finished_spans()
+    assert any(s.name == "llm.request" for s in spans)
+    traced = json.dumps([s.to_json() for s in spans])
+    assert {h["authorization"] for h in up.headers} == {f"Bearer {KEY}"}  # it did go where it should
+    assert values  # the record and the history are there, the key is not
+    for where, text in [
+        ("reply", "\n".join(seen)),
+        ("log", caplog.text),
+        ("metrics", metrics),
+        ("trace", traced),
+        ("redis", "\n".join(values)),
+    ]:
+        assert KEY not in text, where
