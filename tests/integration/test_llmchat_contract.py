@@ -391,3 +391,30 @@ async def test_a_sessions_key_is_in_no_log_metric_trace_redis_value_or_reply(
         ("redis", "\n".join(values)),
     ]:
         assert KEY not in text, where
+
+
+async def test_a_turn_that_fails_in_its_first_step_is_an_error_event(
+    http: httpx.AsyncClient, mcp_url: str
+) -> None:
+    """Once the stream is promised (the session and message were accepted), even a failure
+    in the first model call is an SSE `error` event, as the document's streamer sends it."""
+    with fake_openai(Reply(status=401, error="Incorrect API key provided")) as upstream:
+        llm = {
+            "provider": "openai",
+            "config": {"api_key": KEY, "base_url": upstream.url + "/v1", "model": "m"},
+        }
+        body = {"user_id": "doc-first", "server": {"url": mcp_url, "auth_token": MCP_TOKEN}, "llm": llm}
+        assert (await http.post("/llmchat/connect", json=body)).status_code == 200
+        reply = await http.post(
+            "/llmchat/chat", json={"user_id": "doc-first", "message": "hi", "streaming": True}
+        )
+        await http.post("/llmchat/disconnect", json={"user_id": "doc-first"})
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/event-stream")
+    (kind, error), *_ = frames(reply.text)
+    assert kind == "error"
+    assert error["type"] == "error"
+    assert isinstance(error["error"], str)
+    assert error["error"]
+    assert error["recoverable"] is False
+    assert KEY not in reply.text
