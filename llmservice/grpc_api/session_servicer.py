@@ -140,8 +140,9 @@ TURN_STARTED = (("llm-turn", "started"),)
 
 
 def _llm(llm: pb.LLMConfig) -> LLMChoice:
-    given = {f.name: value for f, value in llm.ListFields()}  # set strings, present numbers
-    config = {f.name: value for f, value in llm.ListFields() if f.number >= FIRST_PROVIDER_FIELD}
+    fields = llm.ListFields()  # set strings, present numbers
+    given = {f.name: value for f, value in fields}
+    config = {f.name: value for f, value in fields if f.number >= FIRST_PROVIDER_FIELD}
     return LLMChoice(
         provider=llm.provider,
         model=llm.model,

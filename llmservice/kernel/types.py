@@ -115,6 +115,12 @@ class ChatRequest:
     # `messages` is empty.
     raw_prompt: str | None = None
 
+    @property
+    def forbids_tool_calls(self) -> bool:
+        """tool_choice "none": the tools may be offered (a history of tool turns reads
+        them) but the reply must not call one."""
+        return self.tool_choice is not None and self.tool_choice.mode == "none"
+
 
 class FinishReason(StrEnum):
     STOP = "stop"

@@ -234,7 +234,7 @@ class BedrockProvider(HttpProvider):
                 ]
             }
             choice = request.tool_choice
-            if choice is not None and choice.mode != "none":
+            if choice is not None and not request.forbids_tool_calls:
                 tool_config["toolChoice"] = {
                     "auto": {"auto": {}},
                     "required": {"any": {}},
@@ -248,7 +248,7 @@ def _offers_tools(request: ChatRequest) -> bool:
     """Converse has no tool_choice "none": it goes with no toolConfig, so no call can come,
     unless the turns hold tool calls, which Converse reads only with a toolConfig. Then the
     tools go without a toolChoice and a call the model makes anyway comes back as a call."""
-    if request.tool_choice is None or request.tool_choice.mode != "none":
+    if not request.forbids_tool_calls:
         return True
     return any(m.tool_calls or m.role == "tool" for m in request.messages)
 

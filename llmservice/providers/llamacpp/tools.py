@@ -41,13 +41,9 @@ Generate = Callable[[ChatRequest, Callable[[Job], None]], AsyncGenerator[StreamE
 ANSWER = {"type": "object", "properties": {"content": {"type": "string"}}, "required": ["content"]}
 
 
-def answer_only(request: ChatRequest) -> bool:
-    return request.tool_choice is not None and request.tool_choice.mode == "none"
-
-
 def reply_schema(request: ChatRequest) -> dict[str, Any]:
     """The JSON schema of a reply: tool calls (as tool_choice allows) or an answer."""
-    if answer_only(request):
+    if request.forbids_tool_calls:
         return ANSWER
     choice = request.tool_choice
     tools = [t for t in request.tools if choice is None or choice.mode != "function" or t.name == choice.name]
@@ -78,7 +74,7 @@ def catalogue(request: ChatRequest) -> str:
         {"name": t.name, "description": t.description, "parameters": json.loads(t.parameters)}
         for t in request.tools
     ]
-    if answer_only(request):
+    if request.forbids_tool_calls:
         how = 'Do not call tools now. Reply with JSON only: {"content": "<your answer>"}.'
     else:
         how = (
@@ -199,7 +195,7 @@ async def call_tools(
     events. The job may run `call_budget` tokens past `max_tokens` until the reply is seen
     to be an answer; then it is held to `max_tokens` again."""
     engine_request = with_tools(request)
-    budget = max_tokens + (0 if answer_only(request) else call_budget)
+    budget = max_tokens + (0 if request.forbids_tool_calls else call_budget)
     engine_request = replace(engine_request, sampling=replace(engine_request.sampling, max_tokens=budget))
     jobs: list[Job] = []
     reply = AnswerText()
@@ -221,7 +217,7 @@ async def call_tools(
         elif isinstance(event, StreamEnd):
             end = event
     assert end is not None
-    if reply.kind == "content" or answer_only(request):
+    if reply.kind == "content" or request.forbids_tool_calls:
         # Closed: whole, even if the engine stopped before the closing brace. Cut by
         # max_tokens before the closing quote: a truncated answer, said so.
         yield replace(end, finish_reason=FinishReason.STOP if closed else FinishReason.LENGTH)

@@ -224,7 +224,7 @@ class OllamaProvider(HttpProvider):
         }
         # Ollama has no tool_choice: "none" offers no tools, and the model can call none. Its
         # templates read tool calls and results in the history without a catalogue.
-        if request.tools and not (request.tool_choice is not None and request.tool_choice.mode == "none"):
+        if request.tools and not request.forbids_tool_calls:
             body["tools"] = openai_shapes.function_tools(request)
         if request.constraint is not None:
             c = request.constraint

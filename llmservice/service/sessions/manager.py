@@ -395,7 +395,7 @@ class SessionManager:
                 )
             model = model_id
         choice = replace(llm, provider=provider, model=model, config=config)
-        if not config and self._core.serves(provider):
+        if self._served_as_configured(choice):
             if provider not in {m.provider for m in models}:
                 raise NotFound(f"model {model or 'default'!r} not found")
             if model and model not in {m.id for m in models if m.provider == provider}:
@@ -419,10 +419,14 @@ class SessionManager:
             )
         return choice
 
+    def _served_as_configured(self, choice: LLMChoice) -> bool:
+        """The session brings no settings, and the server runs its provider."""
+        return not choice.config and self._core.serves(choice.provider)
+
     async def _own_llm(self, choice: LLMChoice) -> Provider | None:
         """The session's own provider, started, when it brought settings or names a provider
         the server does not serve as configured; None when the server's serves it."""
-        if not choice.config and self._core.serves(choice.provider):
+        if self._served_as_configured(choice):
             return None
         settings = await session_settings(
             choice.provider, self._sections(choice.provider), choice.config, choice.model, self._urls
