@@ -11,12 +11,16 @@ import logging
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from llmservice.kernel.errors import LLMServiceError
 from llmservice.kernel.settings import SettingsError
 from llmservice.service.settings import load_settings
+
+if TYPE_CHECKING:
+    from llmservice.providers.llamacpp.settings import LlamaCppSettings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,11 +121,15 @@ def _models_parser(commands: Any) -> None:
 
 
 def _models_dir(args: argparse.Namespace) -> Path:
+    return _llamacpp(args).cache_dir
+
+
+def _llamacpp(args: argparse.Namespace) -> LlamaCppSettings:
     from llmservice.providers.llamacpp.settings import LlamaCppSettings
 
     section = load_settings(args.config, args.overrides).section("llamacpp")
     assert isinstance(section, LlamaCppSettings)
-    return section.cache_dir
+    return section
 
 
 def _models_pull(args: argparse.Namespace) -> int:
@@ -136,11 +144,19 @@ def _models_pull(args: argparse.Namespace) -> int:
             size = f"{done >> 20}/{total >> 20} MB ({percent}%)" if total else f"{done >> 20} MB"
             print(f"\rpulling {size}", end="", file=sys.stderr, flush=True)
 
+    section = _llamacpp(args)
     try:
         found = pulling.resolve(args.url, args.sha256)  # an hf:// source asks the Hub where and what
         name = args.name or found.name
-        path = store.pull(found.url, _models_dir(args), sha256=found.sha256, name=name, progress=progress)
-    except store.StoreError as exc:
+        path = store.pull(
+            found.url,
+            section.cache_dir,
+            urls=section.pull_policy(),
+            sha256=found.sha256,
+            name=name,
+            progress=progress,
+        )
+    except (store.StoreError, LLMServiceError) as exc:  # the latter: a URL the policy refused
         print(f"\nllmservice models pull: {exc}", file=sys.stderr)
         return 1
     verified = "sha256 verified" if found.sha256 else "no sha256 given: not verified"
@@ -230,6 +246,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _shim(args: argparse.Namespace) -> int:
     import signal
 
+    from llmservice.app import shim_gate
     from llmservice.observability import tracing_for
     from llmservice.observability.logs import configure_logging, secrets_of
     from llmservice.rest.server import running_shim
@@ -241,7 +258,11 @@ def _shim(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        async with running_shim(args.target, args.host, args.http_port, tracing) as port:
+        gate = shim_gate(settings, None)  # the service checks keys: the shim has no policy of its own
+        grace = settings.server.drain_grace_s  # in-flight requests get as long as the service's
+        async with running_shim(
+            args.target, args.host, args.http_port, tracing, gate=gate, grace_s=grace
+        ) as port:
             print(f"llmservice: HTTP shim on http://{args.host}:{port} for {args.target}", flush=True)
             await stop.wait()
 

@@ -1,10 +1,13 @@
 """ModelAdminService over gRPC: admin principals only; a hot swap of the default model while a
-stream runs; `llmservice models load|unload`; pull and delete; Ollama's own pull and keep-alive."""
+stream runs; `llmservice models load|unload`; pull and delete, pulls only from hosts the URL
+policy allows and only of GGUF files; Ollama's own pull and keep-alive."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import struct
 import threading
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,6 +64,7 @@ async def service(models_dir: Path) -> AsyncIterator[Service]:  # noqa: F811
                 "cache_dir": str(models_dir),
                 "n_ctx": 512,
                 "n_slots": 1,
+                "pull_allowed_hosts": ["127.0.0.1"],  # the test's file servers; not 127.0.0.2
             },
             "auth": {
                 "principals": {
@@ -153,24 +157,38 @@ async def test_the_cli_loads_and_unloads_in_a_running_service(
     assert "UNAUTHENTICATED" in out.err
 
 
-@pytest.fixture
-def gguf_server() -> Iterator[str]:
+TINY = b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + b"\0" * 4072  # 4096 bytes that begin as a GGUF
+NOT_A_MODEL = b"not a gguf file"  # 15 bytes
+
+
+@contextlib.contextmanager
+def file_server(host: str, body: bytes, gets: list[str] | None = None) -> Iterator[str]:
+    """The URL of a server on `host` that answers every GET with `body`, noting its path in `gets`."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if gets is not None:
+                gets.append(self.path)
             self.send_response(200)
-            self.send_header("Content-Length", "4096")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(b"\0" * 4096)
+            self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd = ThreadingHTTPServer((host, 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield f"http://{host}:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture
+def gguf_server() -> Iterator[str]:
+    with file_server("127.0.0.1", TINY) as url:
+        yield url
 
 
 async def test_pull_streams_progress_and_delete_removes_the_file(
@@ -179,7 +197,7 @@ async def test_pull_streams_progress_and_delete_removes_the_file(
     models_dir: Path,  # noqa: F811
 ) -> None:
     pull = admin_pb.PullModelRequest(
-        source=f"{gguf_server}/files/tiny.gguf", sha256=hashlib.sha256(b"\0" * 4096).hexdigest()
+        source=f"{gguf_server}/files/tiny.gguf", sha256=hashlib.sha256(TINY).hexdigest()
     )
     pulling = service.admin.PullModel(pull, metadata=(*key(OPS), ("x-request-id", "pull-1")))
     steps = [s async for s in pulling]
@@ -202,6 +220,48 @@ async def test_pull_streams_progress_and_delete_removes_the_file(
         await status_of(lambda: service.admin.DeleteModel(missing, metadata=key(OPS)))
         == grpc.StatusCode.NOT_FOUND
     )
+
+
+async def failure(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _finish(call)
+    return caught.value
+
+
+async def test_a_pull_from_a_host_the_policy_does_not_allow_is_refused_before_it_connects(
+    service: Service,
+    models_dir: Path,  # noqa: F811
+) -> None:
+    gets: list[str] = []
+    with file_server("127.0.0.2", TINY, gets) as elsewhere:  # loopback, but not in pull_allowed_hosts
+        pull = admin_pb.PullModelRequest(source=f"{elsewhere}/m.gguf")
+        refused = await failure(service.admin.PullModel(pull, metadata=key(OPS)))
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "127.0.0.2 is a loopback" in (refused.details() or "")
+        assert "llamacpp.pull_allowed_hosts" in (refused.details() or "")
+    assert gets == []
+    metadata = admin_pb.PullModelRequest(source="http://169.254.169.254/latest/m.gguf")
+    refused = await failure(service.admin.PullModel(metadata, metadata=key(OPS)))
+    # PERMISSION_DENIED is the policy's: a connection tried there would end UNAVAILABLE
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "169.254.169.254 is a cloud metadata endpoint" in (refused.details() or "")
+    assert not (models_dir / "m.gguf").exists()
+    assert not (models_dir / "m.gguf.partial").exists()
+
+
+async def test_a_pull_of_a_file_that_is_no_gguf_fails_and_stores_nothing(
+    service: Service,
+    models_dir: Path,  # noqa: F811
+) -> None:
+    with file_server("127.0.0.1", NOT_A_MODEL) as url:
+        pull = admin_pb.PullModelRequest(source=f"{url}/files/junk.gguf")
+        failed = await failure(service.admin.PullModel(pull, metadata=key(OPS)))
+    assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "junk.gguf is not a GGUF file: it begins b'not '" in (failed.details() or "")
+    assert dict(failed.trailing_metadata() or ())["llm-error-param"] == "source"
+    assert not (models_dir / "junk.gguf").exists()
+    assert not (models_dir / "junk.gguf.partial").exists()
+    assert "junk" not in await service.loaded()
 
 
 async def test_ollama_models_load_unload_pull_and_delete_through_ollama_itself() -> None:

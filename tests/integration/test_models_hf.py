@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ import pytest
 from llmservice.providers.llamacpp import store
 from llmservice.providers.llamacpp.pulling import HfFile, parse_hf
 
-BLOB = bytes(range(256)) * 64
+BLOB = b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + bytes(range(256)) * 64  # a GGUF's header, then bytes
 SHA = hashlib.sha256(BLOB).hexdigest()
 
 
@@ -81,6 +82,8 @@ def pull(hub: Hub, tmp_path: Path, source: str) -> subprocess.CompletedProcess[s
         "models",
         "--set",
         f"llamacpp.cache_dir={tmp_path / 'models'}",
+        "--set",
+        'llamacpp.pull_allowed_hosts=["127.0.0.1"]',  # the local hub
     ]
     return subprocess.run(
         [*command, "pull", source], env=env, capture_output=True, text=True, timeout=60, check=False

@@ -4,7 +4,9 @@
 `hf` extra), which honours HF_ENDPOINT and the caller's Hugging Face token: it gives the
 file's resolve URL and, for files stored in LFS, their sha256, which then verifies the
 download when the caller gave none. The download itself is `store.pull`'s: resumable,
-into llamacpp.cache_dir, where the provider serves it under its file name.
+into llamacpp.cache_dir, where the provider serves it under its file name. Each of its
+hops must pass the pull's URL policy (llamacpp.pull_allowed_hosts), and what it fetches
+must be a GGUF.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from llmservice.kernel.errors import InvalidRequest, Unavailable
 from llmservice.kernel.types import PullProgress
+from llmservice.kernel.url_policy import UrlPolicy
 from llmservice.providers.llamacpp import store
 
 HF_SCHEME = "hf://"
@@ -72,10 +75,11 @@ def resolve(source: str, sha256: str = "") -> Resolved:
 
 
 async def pulling(
-    source: str, models_dir: Path, *, sha256: str = "", name: str = ""
+    source: str, models_dir: Path, *, urls: UrlPolicy, sha256: str = "", name: str = ""
 ) -> AsyncGenerator[PullProgress]:
-    """Pull `source` into `models_dir`: "resolving", "downloading" steps, then "success" naming
-    the model. Leaving early stops the download (the partial file stays, to resume)."""
+    """Pull `source` into `models_dir`, each request vetted by `urls`: "resolving",
+    "downloading" steps, then "success" naming the model. Leaving early stops the download
+    (the partial file stays, to resume)."""
     loop = asyncio.get_running_loop()
     steps: asyncio.Queue[PullProgress | BaseException | None] = asyncio.Queue()
     stop = threading.Event()
@@ -92,7 +96,12 @@ async def pulling(
         try:
             found = resolve(source, sha256)
             path = store.pull(
-                found.url, models_dir, sha256=found.sha256, name=name or found.name, progress=progress
+                found.url,
+                models_dir,
+                urls=urls,
+                sha256=found.sha256,
+                name=name or found.name,
+                progress=progress,
             )
             digest = f"sha256:{found.sha256}" if found.sha256 else ""
             size = path.stat().st_size

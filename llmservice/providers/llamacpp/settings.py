@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, FilePath
 
 from llmservice.kernel.settings import ProviderSettings, Section
+from llmservice.kernel.url_policy import UrlPolicy
 
 
 class LlamaCppEmbeddingSettings(Section):
@@ -41,6 +42,14 @@ class LlamaCppSettings(ProviderSettings):
         default_factory=dict, description="the same for the other models in cache_dir, by model id"
     )
     cache_dir: Path = Field(Path.home() / ".cache" / "llmservice" / "models")
+    pull_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "hosts or networks (CIDR) a model pull (PullModel, llmservice models pull) may fetch "
+            "from, redirects included, although they are loopback, private or link-local: for "
+            "local mirrors; cloud metadata endpoints stay refused"
+        ),
+    )
     n_ctx: int = Field(4096, ge=64, description="context window of each sequence, in tokens")
     n_batch: int = Field(256, ge=1, description="prompt tokens prefilled per decode step (the chunk size)")
     n_slots: int = Field(0, ge=0, description="sequences decoded together; 0 sizes it for the machine")
@@ -113,3 +122,7 @@ class LlamaCppSettings(ProviderSettings):
         ),
     )
     embeddings: LlamaCppEmbeddingSettings = LlamaCppEmbeddingSettings()
+
+    def pull_policy(self) -> UrlPolicy:
+        """The policy every request of a pull passes, redirects included."""
+        return UrlPolicy(self.pull_allowed_hosts, setting="llamacpp.pull_allowed_hosts")

@@ -1,80 +1,14 @@
-"""Which MCP servers a session may reach: no link-local or metadata endpoints, no private
-networks unless allowed, and stdio only for commands the configuration names.
-
-A URL's host is resolved and every address it resolves to is checked, so a public name
-that points at 169.254.169.254 is refused like the address itself.
+"""Which MCP servers a session may reach (and which base URLs its own provider settings
+may name): the service's URL policy (kernel.url_policy) under llmchat.allowed_hosts.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import socket
-from urllib.parse import urlsplit
-
-from llmservice.kernel.errors import InvalidRequest, PermissionDenied
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# Cloud metadata services: refused even when an allow-list would admit their network.
-METADATA = frozenset(
-    ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200")
-)
-METADATA_NAMES = frozenset({"metadata.google.internal", "metadata", "instance-data"})
+from llmservice.kernel import url_policy
 
 
-class UrlPolicy:
+class UrlPolicy(url_policy.UrlPolicy):
+    """The URL policy of chat sessions: local hosts only as llmchat.allowed_hosts lists them."""
+
     def __init__(self, allowed_hosts: list[str]) -> None:
-        self._names = {h.lower() for h in allowed_hosts if not _is_network(h)}
-        self._networks: list[Network] = [
-            ipaddress.ip_network(h, strict=False) for h in allowed_hosts if _is_network(h)
-        ]
-
-    async def check(self, url: str, field: str = "server.url") -> None:
-        """Raise unless `url` is an http(s) URL whose every address may be reached; the
-        error names `field`."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidRequest(field, f"{url!r} is not an http:// or https:// URL")
-        host = parts.hostname.lower()
-        if host in METADATA_NAMES:
-            raise PermissionDenied(f"{field}: {host} is a cloud metadata endpoint")
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, parts.port or 443, type=socket.SOCK_STREAM
-            )
-        except socket.gaierror:
-            raise InvalidRequest(field, f"host {host!r} does not resolve") from None
-        for info in infos:
-            address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-            self._check_address(field, host, address)
-
-    def _check_address(self, field: str, host: str, address: Address) -> None:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if address in METADATA:
-            raise PermissionDenied(f"{field}: {host} is a cloud metadata endpoint")
-        if host in self._names or any(address in n for n in self._networks):
-            return
-        if address.is_link_local:
-            raise PermissionDenied(f"{field}: {host} is a link-local address")
-        if (
-            address.is_loopback
-            or address.is_private
-            or address.is_unspecified
-            or address.is_multicast
-            or address.is_reserved
-        ):
-            raise PermissionDenied(
-                f"{field}: {host} is a loopback, private or reserved address; "
-                "allow it with llmchat.allowed_hosts for local development"
-            )
-
-
-def _is_network(host: str) -> bool:
-    try:
-        ipaddress.ip_network(host, strict=False)
-    except ValueError:
-        return False
-    return True
+        super().__init__(allowed_hosts, setting="llmchat.allowed_hosts")

@@ -137,7 +137,10 @@ class PullModelRequest(_message.Message):
     provider: _builtins.str
     source: _builtins.str
     """What to pull: for the local engine an http(s) URL of a GGUF file or
-    hf://OWNER/REPO/FILE.gguf[@REVISION]; for Ollama a model name.
+    hf://OWNER/REPO/FILE.gguf[@REVISION]; for Ollama a model name. The local
+    engine fetches from no loopback, private or link-local host (redirects
+    included) unless llamacpp.pull_allowed_hosts lists it, never from a cloud
+    metadata endpoint, and keeps nothing that is not a GGUF.
     """
     sha256: _builtins.str
     """Expected SHA-256 in hex: a mismatch deletes the download. Empty: for a
