@@ -11,17 +11,32 @@ from llmservice.grpc_api.status import code_name
 from llmservice.kernel.errors import LLMServiceError
 from llmservice.observability.metrics import ServiceMetrics, surface_of
 
+# The server's deadline is the caller's plus the request's way here, so a caller whose own
+# deadline passes cancels a little before the server's does: that close, it is the deadline.
+DEADLINE_SLACK_S = 0.5
+
 
 class CallMetrics:
     """One call's metrics: counted once, when it ends (a stream: at its end event, error or cancel)."""
 
-    __slots__ = ("_done", "_method", "_metrics", "_start", "first_token_s", "metadata", "model", "provider")
+    __slots__ = (
+        "_done",
+        "_method",
+        "_metrics",
+        "_start",
+        "_time_remaining",
+        "first_token_s",
+        "metadata",
+        "model",
+        "provider",
+    )
 
     def __init__(
         self, metrics: ServiceMetrics, method: str, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         self._metrics, self._method = metrics, method
         self.metadata = context.invocation_metadata() or ()
+        self._time_remaining = context.time_remaining
         self._start = time.perf_counter()
         self.provider = self.model = ""  # until routed: a caller's model string is no label
         self.first_token_s = 0.0
@@ -38,6 +53,13 @@ class CallMetrics:
         if isinstance(exc, LLMServiceError) and exc.provider and not self.provider:
             self.provider = exc.provider
         self.ended(code_name(exc))
+
+    def cut(self) -> None:
+        """The call was cancelled under it (asyncio cancels the handler, an exception no
+        `failed` sees): its deadline passed, or the caller left."""
+        remaining = self._time_remaining()
+        late = remaining is not None and remaining <= DEADLINE_SLACK_S
+        self.ended("DEADLINE_EXCEEDED" if late else "CANCELLED")
 
     def ended(self, code: str, tokens: int = 0) -> None:
         if self._done:

@@ -108,7 +108,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
                             call.ended("OK", event.usage.completion_tokens)
                             yield codec.encode_end(event, stream.model, stream.provider)
         finally:
-            call.ended("CANCELLED")  # a caller that left: no effect once the call ended otherwise
+            call.cut()  # a caller that left (the stream closed): no effect once the call ended otherwise
 
     @errors_to_status()
     async def ListModels(
@@ -146,11 +146,15 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
 
 @contextlib.contextmanager
 def _counted(call: CallMetrics) -> Iterator[None]:
-    """Count a call that fails here as failed, under the status code its error is sent with."""
+    """Count a call that fails here as failed, under the status code its error is sent with;
+    one cancelled here (its deadline passed, its caller left) as cut."""
     try:
         yield
     except Exception as exc:
         call.failed(exc)
+        raise
+    except asyncio.CancelledError:  # no Exception: grpc.aio cancels the handler's task
+        call.cut()
         raise
 
 

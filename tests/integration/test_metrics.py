@@ -1,23 +1,30 @@
 """Metrics exposed and moving: the service's metrics port and the shim's /metrics, after real
 calls through gRPC and through the shim (a fake OpenAI upstream answers), with no secret
-and no user text in any label."""
+and no user text in any label; calls cut by their deadline or their caller counted too."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import grpc
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
+from llmservice.providers.llamacpp.provider import LlamaCppProvider
 from llmservice.providers.openai_family.settings import OpenAISettings
 from llmservice.rest.server import running_shim
+from llmservice.service.registry import ProviderRegistry
 from llmservice.service.settings import ServerSettings, Settings
 
 from ..fakes.openai_server import fake_openai
 from ..fakes.upstream import Reply
+from .conftest import eventually
 
 KEY = "sk-metrics-test-SECRET-4242"
 USER_TEXT = "a question only the user wrote"
@@ -100,3 +107,55 @@ async def test_metrics_move_after_calls_through_grpc_and_http() -> None:
     for text in (service_text, shim_text):
         assert KEY not in text
         assert USER_TEXT not in text
+
+
+async def test_calls_cut_by_their_deadline_or_their_caller_are_counted_and_their_usage_recorded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = Settings.model_validate(
+        {"server": {"grpc_port": 0, "metrics_port": 0}, "llamacpp": {"n_ctx": 1024, "n_slots": 1}}
+    )  # the bundled model
+    registry = ProviderRegistry.from_settings(config)
+    engine, _ = registry.resolve("", "")
+    assert isinstance(engine, LlamaCppProvider)
+    story = pb.ChatMessage(role="user", content="Tell a very long story.")
+    long = pb.LLMChatRequest(messages=[story], max_tokens=400)
+    with caplog.at_level(logging.INFO, logger="llmservice.service.limits.usage"):
+        async with (
+            running_service(config, registry=registry) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+            httpx.AsyncClient(timeout=30) as http,
+        ):
+            stub = pb_grpc.LLMServiceStub(channel)
+            ledger = server.servicer.core.limits.ledger
+            with pytest.raises(grpc.aio.AioRpcError) as late:
+                await stub.Chat(long, timeout=0.3)
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            await eventually(lambda: ledger.of("local").requests == 1)  # the server saw it too
+            with pytest.raises(grpc.aio.AioRpcError) as late_stream:
+                async for _ in stub.StreamChat(long, timeout=0.3):
+                    pass
+            assert late_stream.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            await eventually(lambda: ledger.of("local").requests == 2)
+            before = engine.tokens_generated
+            left = stub.Chat(long)
+            await eventually(lambda: engine.tokens_generated > before)  # under way
+            left.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await left
+            await eventually(lambda: ledger.of("local").requests == 3)
+            text = (await http.get(f"http://127.0.0.1:{server.metrics_port}/metrics")).text
+
+    found = samples(text)
+    for method, code, calls in [
+        ("Chat", "DEADLINE_EXCEEDED", 1),
+        ("StreamChat", "DEADLINE_EXCEEDED", 1),
+        ("Chat", "CANCELLED", 1),
+    ]:
+        assert value(found, "llmservice_requests_total", method=method, code=code) == calls, (method, code)
+    assert value(found, "llmservice_requests_total") == 3  # each once, nothing else
+    usage = [
+        r for r in caplog.records if r.getMessage().startswith("usage principal=local provider=llamacpp")
+    ]
+    assert len(usage) == 3
+    assert not [r for r in usage if "prompt_tokens=0 " in r.getMessage()]  # each read its prompt

@@ -152,6 +152,21 @@ async def test_a_cancelled_stream_records_what_it_generated() -> None:
     assert await core.limits.spent("alice") == pytest.approx((14 * 1 + 1 * 2) / 1e6)
 
 
+async def test_a_cancelled_whole_completion_records_its_estimated_prompt() -> None:
+    provider = Words()
+    provider.hold = asyncio.Event()  # never set: the reply never comes
+    core = core_with({"alice": PrincipalLimits(budget_usd=1.0)}, Clock(), provider)
+    running = asyncio.create_task(core.complete(ask(max_tokens=100, text="x" * 40), ALICE))
+    while not provider.calls:  # noqa: ASYNC110 -- until the provider holds it
+        await asyncio.sleep(0)
+    running.cancel()  # as grpc.aio does when the deadline passes or the caller leaves
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    totals = core.limits.ledger.snapshot()[UsageKey("alice", "fake", "m")]
+    assert (totals.requests, totals.prompt_tokens, totals.completion_tokens) == (1, 14, 0)
+    assert await core.limits.spent("alice") == pytest.approx(14 * 1 / 1e6)
+
+
 async def test_a_failed_request_costs_nothing_and_records_no_usage() -> None:
     class Failing(Words):
         async def complete(self, model: str, request: ChatRequest) -> object:  # type: ignore[override]

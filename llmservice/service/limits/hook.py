@@ -4,6 +4,8 @@ Admission reserves the request's estimated cost against its principal's budget a
 from its rate-limit buckets; either refusal is RESOURCE_EXHAUSTED (HTTP 429) with a retry
 hint. Settling records the real usage (in the ledger and the log), replaces the budget
 reservation with the real cost, and gives the tokens bucket back what was over-estimated.
+A request cut short (cancelled, its caller gone, its deadline passed) is recorded too: with
+the prompt it was estimated at and what it generated, when known.
 A principal with no limits costs a dictionary update per request and no store calls.
 """
 
@@ -32,6 +34,10 @@ from llmservice.service.settings import LimitsSettings, PrincipalLimits, Setting
 log = logging.getLogger(__name__)
 
 EVERYONE = "*"
+# How a request is cut short from outside: asyncio cancels it (its gRPC deadline passed, its
+# caller went away) or its stream is closed early. It may have run a while: it is recorded.
+# A domain error (a deadline passed in the queue, a provider's timeout) is a failure instead.
+CUT_SHORT = (asyncio.CancelledError, GeneratorExit)
 
 
 @dataclass
@@ -55,6 +61,11 @@ class Ticket:
     def used(self, usage: Usage, provider: str = "") -> None:
         """The request's real usage, and who served it when not `provider` (a route's deployment)."""
         self.usage, self.served_by = usage, provider
+
+    def cut_short(self, generated: int = 0) -> None:
+        """Cut short before its usage came: the prompt as estimated, and what it generated."""
+        if self.usage is None:
+            self.used(Usage(self.estimate.prompt_tokens, generated))
 
     async def settle(self) -> None:
         """Record the usage (none if `used` was never called) and release what admission held."""
@@ -118,12 +129,15 @@ class Limits:
         self, principal: Principal, provider: str, model: str, request: ChatRequest
     ) -> AsyncIterator[Ticket]:
         """Admit a whole (unary) completion; the block calls `used` with its usage. A failed
-        one records nothing."""
+        one records nothing; one cut short, its estimated prompt (its reply never came back)."""
         ticket = await self.admit(
             principal, provider, model, estimate(request, self._settings.default_max_tokens)
         )
         try:
             yield ticket
+        except CUT_SHORT:
+            ticket.cut_short()
+            raise
         finally:
             await ticket.settle()
 
@@ -134,6 +148,9 @@ class Limits:
         ticket = await self.admit(principal, provider, model, Usage(estimate_text_tokens(texts), 0))
         try:
             yield ticket
+        except CUT_SHORT:
+            ticket.cut_short()
+            raise
         finally:
             await ticket.settle()
 
@@ -146,7 +163,8 @@ class Limits:
         events: AsyncGenerator[StreamEvent],
     ) -> AsyncGenerator[StreamEvent]:
         """`events`, admitted before the first is asked for and settled when they end. A stream
-        cut short (the caller left, the provider failed) records the tokens it generated."""
+        cut short (the caller left, its deadline passed) records its estimated prompt and the
+        tokens it generated; one that failed, the tokens it generated, if any."""
         try:
             ticket = await self.admit(
                 principal, provider, model, estimate(request, self._settings.default_max_tokens)
@@ -163,9 +181,12 @@ class Limits:
                     elif isinstance(event, StreamEnd):
                         ticket.used(event.usage, event.provider)
                     yield event
+        except CUT_SHORT:
+            ticket.cut_short(generated)
+            raise
         finally:
-            if ticket.usage is None and generated:
-                ticket.used(Usage(ticket.estimate.prompt_tokens, generated))
+            if generated:
+                ticket.cut_short(generated)
             await ticket.settle()
 
     async def admit(self, principal: Principal, provider: str, model: str, estimated: Usage) -> Ticket:

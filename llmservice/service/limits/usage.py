@@ -40,14 +40,17 @@ class UsageLedger:
         totals.prompt_tokens += usage.prompt_tokens
         totals.completion_tokens += usage.completion_tokens
         totals.cost_usd += cost_usd
+        # a max_tokens the provider lowered (to the context left) is said, not silently applied
+        capped = f" max_tokens_capped_to={usage.max_tokens_capped_to}" if usage.max_tokens_capped_to else ""
         log.info(
-            "usage principal=%s provider=%s model=%s prompt_tokens=%d completion_tokens=%d cost_usd=%.6f",
+            "usage principal=%s provider=%s model=%s prompt_tokens=%d completion_tokens=%d cost_usd=%.6f%s",
             principal,
             provider,
             model,
             usage.prompt_tokens,
             usage.completion_tokens,
             cost_usd,
+            capped,
             extra={
                 "principal": principal,
                 "provider": provider,
@@ -55,6 +58,7 @@ class UsageLedger:
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
                 "cost_usd": cost_usd,
+                "max_tokens_capped_to": usage.max_tokens_capped_to,
             },
         )
 
