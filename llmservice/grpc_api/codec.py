@@ -154,6 +154,7 @@ def encode_completion(completion: Completion) -> pb.LLMChatResponse:
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
         cached_prompt_tokens=usage.cached_tokens,
+        max_tokens_capped_to=usage.max_tokens_capped_to,
         finish_reason=_FINISH[completion.finish_reason],
         tool_calls=[
             pb.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments) for c in completion.tool_calls
@@ -214,6 +215,7 @@ def encode_end(end: StreamEnd, model: str, provider: str) -> pb.LLMChatChunk:
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
         cached_prompt_tokens=usage.cached_tokens,
+        max_tokens_capped_to=usage.max_tokens_capped_to,
         finish_reason=_FINISH[end.finish_reason],
     )
 

@@ -134,6 +134,9 @@ class Usage:
     prompt_tokens: int = 0  # every prompt token, cached ones included
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens served from a prompt cache: part of prompt_tokens
+    # The max_tokens the provider applied when lower than the one asked (the local engine:
+    # the context left after the prompt); 0: as asked.
+    max_tokens_capped_to: int = 0
 
     @property
     def total_tokens(self) -> int:

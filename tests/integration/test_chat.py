@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
+import grpc
 import pytest
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from llmservice.app import running_service
+from llmservice.service.settings import Settings
 
 QUESTION = [pb.ChatMessage(role="user", content="List three colours of the rainbow.")]
 
@@ -36,6 +41,35 @@ async def test_max_tokens_ends_with_length(stub: pb_grpc.LLMServiceStub) -> None
     reply = await stub.Chat(pb.LLMChatRequest(messages=QUESTION, max_tokens=3))
     assert reply.completion_tokens == 3
     assert reply.finish_reason == pb.FINISH_REASON_LENGTH
+
+
+async def test_a_max_tokens_beyond_the_context_is_capped_at_what_is_left_and_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A small context of its own and a prompt that takes most of it: little is left to fill.
+    config = Settings.model_validate({"server": {"grpc_port": 0}, "llamacpp": {"n_ctx": 256, "n_slots": 1}})
+    story = [pb.ChatMessage(role="user", content="Tell a very long story about a lighthouse keeper. " * 18)]
+    huge = pb.LLMChatRequest(messages=story, max_tokens=1_000_000_000)
+    with caplog.at_level(logging.INFO, logger="llmservice.service.limits.usage"):
+        async with (
+            running_service(config) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            stub = pb_grpc.LLMServiceStub(channel)
+            models = (await stub.ListModels(pb.ListModelsRequest())).models
+            n_ctx = next(
+                m.context_length for m in models if m.is_default
+            )  # the engine's: llama.cpp may round it up
+            reply = await stub.Chat(huge)
+            last = (await stream(stub, huge))[-1]
+            within = await stub.Chat(pb.LLMChatRequest(messages=story, max_tokens=5))
+    for end in (reply, last):
+        left = n_ctx - end.prompt_tokens
+        assert end.max_tokens_capped_to == left
+        assert end.finish_reason == pb.FINISH_REASON_LENGTH
+        assert 0 < end.completion_tokens <= left
+    assert caplog.text.count(f"max_tokens_capped_to={n_ctx - reply.prompt_tokens}") == 2  # the usage log
+    assert (within.completion_tokens, within.max_tokens_capped_to) == (5, 0)  # as asked: nothing said
 
 
 @pytest.mark.parametrize(

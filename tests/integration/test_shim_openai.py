@@ -15,6 +15,7 @@ import pytest
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
+from llmservice.service.settings import Settings
 
 from .conftest import Service, eventually
 
@@ -89,10 +90,15 @@ async def test_models_list_and_one(client: openai.AsyncOpenAI, service: Service)
         await client.models.retrieve("no-such-model")
 
 
-async def test_an_unknown_model_fails_before_any_stream_byte(client: openai.AsyncOpenAI) -> None:
+async def test_an_unknown_model_fails_before_any_stream_byte(
+    client: openai.AsyncOpenAI, settings: Settings, service: Service
+) -> None:
     with pytest.raises(openai.NotFoundError) as raised:
         await client.chat.completions.create(model="no-such-model", messages=HELLO, stream=True)  # type: ignore[arg-type]
     assert "no-such-model" in str(raised.value)
+    # Nothing of the server's own: not its directories, not the other models it has.
+    assert str(settings.llamacpp.cache_dir) not in str(raised.value)
+    assert service.engine.default_model not in raised.value.message
     assert (raised.value.code, raised.value.param) == ("model_not_found", "model")  # from the trailers
 
 

@@ -74,6 +74,7 @@ class LlamaCppProvider(Provider):
             on_closed=self._spent.add,
         )
         self._sweeper: asyncio.Task[None] | None = None
+        self._pull_urls = settings.pull_policy()
         self._sinks: dict[asyncio.AbstractEventLoop, _LoopSink] = {}
 
     @property
@@ -119,7 +120,7 @@ class LlamaCppProvider(Provider):
         return self._pool.unload(model)
 
     def pull_model(self, source: str, *, sha256: str = "", name: str = "") -> AsyncGenerator[PullProgress]:
-        return pulling(source, self._settings.cache_dir, sha256=sha256, name=name)
+        return pulling(source, self._settings.cache_dir, urls=self._pull_urls, sha256=sha256, name=name)
 
     async def delete_model(self, model: str) -> None:
         path = self._path(model)
@@ -148,10 +149,11 @@ class LlamaCppProvider(Provider):
             return self._configured_path
         catalogue = self._catalogue()
         if model not in catalogue:
+            # Neither the other models (a caller may be allowed only some) nor the server's
+            # directories are the caller's business: ListModels says what it may use.
             raise NotFound(
-                f"model {model!r} is not served by provider {self.name}; it serves "
-                + ", ".join(map(repr, catalogue))
-                + f" (GGUF files in {self._settings.cache_dir} by name)"
+                f"model {model!r} is not served by provider {self.name} (ListModels, GET /v1/models, "
+                "lists the models you may use; an operator adds GGUF files to llamacpp.cache_dir)"
             )
         return catalogue[model]
 
@@ -296,6 +298,7 @@ class LlamaCppProvider(Provider):
     async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         """The whole stream holds the model: unloading or swapping it lets the stream finish."""
         checked = model in self._pool.loaded()  # validate() checked its grammars then
+        asked = request.sampling.max_tokens or self._settings.max_tokens
         async with self._pool.use(model) as loaded:
             if not checked and (request.constraint is not None or request.tools):
                 _check_grammars(loaded.model, request)
@@ -315,6 +318,8 @@ class LlamaCppProvider(Provider):
                 events = self._generate(loaded, model, plain)
             async with contextlib.aclosing(events) as running:
                 async for event in running:
+                    if isinstance(event, StreamEnd):
+                        event = _capped(event, asked, loaded.engine.n_ctx)
                     yield event
 
     async def _generate(
@@ -339,7 +344,8 @@ class LlamaCppProvider(Provider):
 
         job = Job(
             prompt=prompt,
-            max_tokens=s.max_tokens or self._settings.max_tokens,
+            # no more than the context holds: what is left after the prompt (stream() says so)
+            max_tokens=min(s.max_tokens or self._settings.max_tokens, engine.n_ctx - len(prompt)),
             sampler=SamplerConfig(
                 temperature=temperature,
                 top_p=s.top_p,
@@ -534,6 +540,15 @@ class _Counters:
         ):
             setattr(self, name, getattr(self, name) + getattr(engine, name))
         self.host_evictions += engine.host.evictions
+
+
+def _capped(end: StreamEnd, asked: int, n_ctx: int) -> StreamEnd:
+    """`end`, saying so when the context left after the prompt held the reply to fewer
+    tokens than the max_tokens asked for."""
+    left = n_ctx - end.usage.prompt_tokens
+    if asked <= left:
+        return end
+    return replace(end, usage=replace(end.usage, max_tokens_capped_to=left))
 
 
 def _resendable(end: StreamEnd, request: ChatRequest) -> bool:

@@ -548,6 +548,7 @@ class LLMChatResponse(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_CAPPED_TO_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     model: _builtins.str
     prompt_tokens: _builtins.int
@@ -558,6 +559,11 @@ class LLMChatResponse(_message.Message):
     """Provider that served the request."""
     cached_prompt_tokens: _builtins.int
     """Of prompt_tokens, those served from a prompt cache (not in addition to them)."""
+    max_tokens_capped_to: _builtins.int
+    """Set when the provider held the reply to fewer tokens than max_tokens asked
+    for: the limit it applied (the local engine: its context left after the
+    prompt). finish_reason LENGTH then says it was reached. 0: as asked.
+    """
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """Tools the model called (finish_reason is then FINISH_REASON_TOOL_CALLS)."""
@@ -574,10 +580,11 @@ class LLMChatResponse(_message.Message):
         provider: _builtins.str = ...,
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
         cached_prompt_tokens: _builtins.int = ...,
+        max_tokens_capped_to: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_prompt_tokens", b"cached_prompt_tokens", "completion_tokens", b"completion_tokens", "content", b"content", "finish_reason", b"finish_reason", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "tool_calls", b"tool_calls", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_prompt_tokens", b"cached_prompt_tokens", "completion_tokens", b"completion_tokens", "content", b"content", "finish_reason", b"finish_reason", "max_tokens_capped_to", b"max_tokens_capped_to", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "tool_calls", b"tool_calls", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -601,6 +608,7 @@ class LLMChatChunk(_message.Message):
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     TOOL_CALL_FIELD_NUMBER: _builtins.int
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_CAPPED_TO_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """Text of this token. Empty when the token ends inside a multi-byte
     character; the next chunk then carries the whole character.
@@ -623,6 +631,10 @@ class LLMChatChunk(_message.Message):
     cached_prompt_tokens: _builtins.int
     """On the final chunk: of prompt_tokens, those served from a prompt cache (not in
     addition to them).
+    """
+    max_tokens_capped_to: _builtins.int
+    """On the final chunk, as LLMChatResponse.max_tokens_capped_to: the max_tokens the
+    provider applied when lower than the one asked for; 0: as asked.
     """
     @_builtins.property
     def signal(self) -> Global___TokenSignalProto:
@@ -647,10 +659,11 @@ class LLMChatChunk(_message.Message):
         token_id: _builtins.int | None = ...,
         tool_call: Global___ToolCallDelta | None = ...,
         cached_prompt_tokens: _builtins.int = ...,
+        max_tokens_capped_to: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_token_id", b"_token_id", "signal", b"signal", "token_id", b"token_id", "tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_token_id", b"_token_id", "cached_prompt_tokens", b"cached_prompt_tokens", "completion_tokens", b"completion_tokens", "done", b"done", "finish_reason", b"finish_reason", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "signal", b"signal", "token", b"token", "token_id", b"token_id", "tool_call", b"tool_call", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_token_id", b"_token_id", "cached_prompt_tokens", b"cached_prompt_tokens", "completion_tokens", b"completion_tokens", "done", b"done", "finish_reason", b"finish_reason", "max_tokens_capped_to", b"max_tokens_capped_to", "model", b"model", "prompt_tokens", b"prompt_tokens", "provider", b"provider", "signal", b"signal", "token", b"token", "token_id", b"token_id", "tool_call", b"tool_call", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__token_id: _TypeAlias = _typing.Literal["token_id"]  # noqa: Y015
     _WhichOneofArgType__token_id: _TypeAlias = _typing.Literal["_token_id", b"_token_id"]  # noqa: Y015
