@@ -1,13 +1,16 @@
 """The ChatSessionService servicer: decode, call the session manager, encode.
 
 A turn's events are stamped with wall-clock times (a tool's `start` and `end`) as they
-pass through here, which is as they happen.
+pass through here, which is as they happen. The turns in flight (Chat, StreamChat, over
+gRPC or in process) are counted here, for draining: as LLMServicer does, a draining
+servicer refuses new turns with UNAVAILABLE, and `wait_idle` says when the last one ended.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +20,7 @@ from llmservice._pb.llmservice.v1 import chat_session_pb2 as pb
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as pb_grpc
 from llmservice.grpc_api.status import errors_to_status
 from llmservice.kernel.context import request_trailer
+from llmservice.kernel.errors import Unavailable
 from llmservice.service.auth import AuthPolicy, Principal
 from llmservice.service.sessions import (
     LLMChoice,
@@ -29,13 +33,49 @@ from llmservice.service.sessions import (
     TurnToken,
 )
 from llmservice.service.sessions.catalogue import ServerCatalogue
+from llmservice.service.sessions.manager import SHUTTING_DOWN
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# After the cut at the end of a drain's grace: how long the turns get to save their
+# history and answer UNAVAILABLE before the server cuts the calls themselves.
+CUT_SETTLE_S = 3.0
 
 
 class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
     def __init__(self, sessions: SessionManager, auth: AuthPolicy, catalogue: ServerCatalogue) -> None:
         self._sessions, self._auth, self._catalogue = sessions, auth, catalogue
+        self._in_flight = 0  # turns
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._draining = False
+
+    def start_draining(self) -> None:
+        """From now on, refuse new turns with UNAVAILABLE (the other calls are still served)."""
+        self._draining = True
+
+    async def wait_idle(self) -> None:
+        """Return once no turn (Chat or StreamChat) is running."""
+        await self._idle.wait()
+
+    async def cut_turns(self, settle_s: float = CUT_SETTLE_S) -> None:
+        """End the turns still running (SessionManager.cut_turns: each keeps its history
+        consistent and answers UNAVAILABLE), and wait up to `settle_s` for them to end."""
+        self._sessions.cut_turns()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wait_idle(), settle_s)
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        if self._draining:
+            raise Unavailable(SHUTTING_DOWN)
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
     def _principal(self, context: Context) -> Principal:
         return self._auth.authenticate(context.invocation_metadata() or ())
@@ -59,13 +99,14 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
 
     @errors_to_status()
     async def Chat(self, request: pb.ChatRequest, context: Context) -> pb.ChatResponse:
-        events = await self._sessions.chat(self._principal(context), request.user_id, request.message)
-        clock = _Clock()
-        async with contextlib.aclosing(events) as running:
-            async for event in running:
-                clock.saw(event)
-                if isinstance(event, TurnFinal):
-                    return final(request.user_id, event, clock)
+        with self._turn():
+            events = await self._sessions.chat(self._principal(context), request.user_id, request.message)
+            clock = _Clock()
+            async with contextlib.aclosing(events) as running:
+                async for event in running:
+                    clock.saw(event)
+                    if isinstance(event, TurnFinal):
+                        return final(request.user_id, event, clock)
         raise AssertionError("a turn always ends with its final event or an error")
 
     @errors_to_status()
@@ -73,13 +114,14 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
         self, request: pb.StreamChatRequest, context: Context
     ) -> AsyncIterator[pb.StreamChatResponse]:
         context.set_trailing_metadata(request_trailer())  # unary calls get theirs from CallContext
-        events = await self._sessions.chat(self._principal(context), request.user_id, request.message)
-        await context.send_initial_metadata(TURN_STARTED)  # what fails from here on is the turn's
-        clock = _Clock()
-        async with contextlib.aclosing(events) as running:
-            async for event in running:
-                clock.saw(event)
-                yield encode_event(request.user_id, event, clock)
+        with self._turn():
+            events = await self._sessions.chat(self._principal(context), request.user_id, request.message)
+            await context.send_initial_metadata(TURN_STARTED)  # what fails from here on is the turn's
+            clock = _Clock()
+            async with contextlib.aclosing(events) as running:
+                async for event in running:
+                    clock.saw(event)
+                    yield encode_event(request.user_id, event, clock)
 
     @errors_to_status()
     async def Disconnect(self, request: pb.DisconnectRequest, context: Context) -> pb.DisconnectResponse:

@@ -372,7 +372,7 @@ async def test_a_sessions_key_is_in_no_log_metric_trace_redis_value_or_reply(
                     values.append(str(await store.get(name)))
                 elif kind == "list":
                     values += await store.lrange(name, 0, -1)
-            assert await store.exists("llmchat:session:doc-leak")
+            assert await store.exists("llmchat:session:alice:doc-leak")
             await store.aclose()
             metrics = (await http.get(f"http://127.0.0.1:{svc.metrics_port}/metrics")).text
             metrics += (await http.get("/metrics")).text

@@ -183,12 +183,12 @@ async def test_the_bundled_model_calls_a_tool_and_final_comes_last(
     started = next(e.tool_start for e in events if e.WhichOneof("event") == "tool_start")
     assert started.tool == final.tool_calls[0].tool
     # The turn's tool steps are in the history, in Redis, with its TTL.
-    lines = [json.loads(line) for line in await store.lrange("llmchat:history:u-tools", 0, -1)]
+    lines = [json.loads(line) for line in await store.lrange("llmchat:history:alice:u-tools", 0, -1)]
     assert lines[0] == {"role": "user", "content": "What is 2 plus 3?"}
     assert any(line.get("tool_calls") for line in lines)
     assert any(line["role"] == "tool" for line in lines)
     assert lines[-1]["role"] == "assistant"
-    assert 0 < await store.ttl("llmchat:history:u-tools") <= 600
+    assert 0 < await store.ttl("llmchat:history:alice:u-tools") <= 600
 
 
 async def test_a_failing_tool_is_a_tool_error_and_the_turn_goes_on(
@@ -223,7 +223,7 @@ async def test_history_is_trimmed_and_starts_at_a_user_turn(
     )
     for i in range(3):
         await sessions.Chat(pb.ChatRequest(user_id="u-trim", message=f"Add {i} and 1."), metadata=ALICE)
-    assert await store.llen("llmchat:history:u-trim") == MAX_MESSAGES
+    assert await store.llen("llmchat:history:alice:u-trim") == MAX_MESSAGES
 
 
 async def test_a_wrong_token_is_a_clear_401(sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str) -> None:
@@ -263,25 +263,64 @@ async def test_denied_server_urls_are_refused(sessions: pb_grpc.ChatSessionServi
     assert raised.value.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
 
 
-async def test_another_callers_session_is_refused(
-    sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str
+async def test_another_callers_user_id_is_no_session_of_yours(
+    sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str, failing_mcp_url: str, store: aioredis.Redis
 ) -> None:
+    """Regression: user ids were global: bob asking for alice's was told it "belongs to
+    another caller" (so it exists), and the first to connect a name took it."""
     await sessions.Connect(
         pb.ConnectRequest(user_id="u-alice", server=server(mcp_url), llm=LLM), metadata=ALICE
     )
-    calls = [
-        sessions.Chat(pb.ChatRequest(user_id="u-alice", message="hi"), metadata=BOB),
-        sessions.GetConfig(pb.GetConfigRequest(user_id="u-alice"), metadata=BOB),
-        sessions.Disconnect(pb.DisconnectRequest(user_id="u-alice"), metadata=BOB),
-        sessions.Connect(pb.ConnectRequest(user_id="u-alice", server=server(mcp_url), llm=LLM), metadata=BOB),
-    ]
-    for call in calls:
+    for user_id in ("u-alice", "u-nobody-has-this"):  # alice's looks like nobody's
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await call
-        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            await sessions.Chat(pb.ChatRequest(user_id=user_id, message="hi"), metadata=BOB)
+        assert (raised.value.code(), raised.value.details()) == (
+            grpc.StatusCode.NOT_FOUND,
+            "No active session found. Please connect to a server first.",
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await sessions.GetConfig(pb.GetConfigRequest(user_id=user_id), metadata=BOB)
+        assert (raised.value.code(), raised.value.details()) == (
+            grpc.StatusCode.NOT_FOUND,
+            "No config found for this user.",
+        )
+        status = await sessions.GetStatus(pb.GetStatusRequest(user_id=user_id), metadata=BOB)
+        assert not status.connected
+        bye = await sessions.Disconnect(pb.DisconnectRequest(user_id=user_id), metadata=BOB)
+        assert (bye.status, bye.was_connected) == ("no_active_session", False)
+    # Bob's own u-alice is another session, beside alice's, which it leaves alone.
+    bobs = await sessions.Connect(
+        pb.ConnectRequest(user_id="u-alice", server=server(failing_mcp_url), llm=LLM), metadata=BOB
+    )
+    assert list(bobs.tools) == ["fail"]
+    alices = await sessions.GetConfig(pb.GetConfigRequest(user_id="u-alice"), metadata=ALICE)
+    assert (alices.server.url, len(alices.tools)) == (mcp_url, 4)
+    assert await store.exists("llmchat:session:alice:u-alice", "llmchat:session:bob:u-alice") == 2
+    await sessions.Disconnect(pb.DisconnectRequest(user_id="u-alice"), metadata=BOB)
+    assert (await sessions.GetStatus(pb.GetStatusRequest(user_id="u-alice"), metadata=ALICE)).connected
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await sessions.GetStatus(pb.GetStatusRequest(user_id="u-alice"))
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_refused_turn_leaves_nothing_and_the_next_turn_answers(
+    sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str, store: aioredis.Redis
+) -> None:
+    """Regression: a message far over the model's context was kept in the history, so
+    every later turn was refused too ("the prompt is N tokens") until a disconnect."""
+    await sessions.Connect(
+        pb.ConnectRequest(user_id="u-huge", server=server(mcp_url), llm=LLM), metadata=ALICE
+    )
+    huge = "hello " * 6000  # some 6000 tokens; the bundled model holds 4096
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await sessions.Chat(pb.ChatRequest(user_id="u-huge", message=huge), metadata=ALICE)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the prompt is" in (raised.value.details() or "")
+    assert not await store.exists("llmchat:history:alice:u-huge")
+    reply = await sessions.Chat(pb.ChatRequest(user_id="u-huge", message="What is 2 plus 3?"), metadata=ALICE)
+    assert "5" in reply.response, reply.response
+    lines = [json.loads(line) for line in await store.lrange("llmchat:history:alice:u-huge", 0, -1)]
+    assert [line["content"] for line in lines if line["role"] == "user"] == ["What is 2 plus 3?"]
 
 
 async def test_bad_turns_are_refused(sessions: pb_grpc.ChatSessionServiceStub, mcp_url: str) -> None:
@@ -342,7 +381,7 @@ async def test_a_sessions_own_provider_key_over_grpc_sealed_in_redis_and_gone_on
         assert events[-1].final.response == "It is 5."
         config = await sessions.GetConfig(pb.GetConfigRequest(user_id="u-own"), metadata=ALICE)
         assert (config.llm.api_key, config.llm.base_url) == ("********", upstream.url + "/v1")
-        record = await store.get("llmchat:session:u-own")
+        record = await store.get("llmchat:session:alice:u-own")
         assert record is not None
         assert key not in record  # sealed
         async for name in store.scan_iter("llmchat:*"):
@@ -354,7 +393,7 @@ async def test_a_sessions_own_provider_key_over_grpc_sealed_in_redis_and_gone_on
             "Successfully disconnected",
             True,
         )
-        assert await store.get("llmchat:session:u-own") is None
+        assert await store.get("llmchat:session:alice:u-own") is None
     assert {h["authorization"] for h in upstream.headers} == {f"Bearer {key}"}
     again = await sessions.Disconnect(pb.DisconnectRequest(user_id="u-own"), metadata=ALICE)
     assert (again.status, again.message) == ("no_active_session", "No active session to disconnect")
@@ -367,10 +406,10 @@ async def test_disconnect_forgets_the_session_and_its_history(
         pb.ConnectRequest(user_id="u-bye", server=server(mcp_url), llm=LLM), metadata=ALICE
     )
     await sessions.Chat(pb.ChatRequest(user_id="u-bye", message="Add 1 and 1."), metadata=ALICE)
-    assert await store.exists("llmchat:history:u-bye")
+    assert await store.exists("llmchat:history:alice:u-bye")
     reply = await sessions.Disconnect(pb.DisconnectRequest(user_id="u-bye"), metadata=ALICE)
     assert reply.was_connected
-    assert not await store.exists("llmchat:history:u-bye", "llmchat:session:u-bye")
+    assert not await store.exists("llmchat:history:alice:u-bye", "llmchat:session:alice:u-bye")
     status = await sessions.GetStatus(pb.GetStatusRequest(user_id="u-bye"), metadata=ALICE)
     assert not status.connected
 
@@ -385,7 +424,7 @@ async def test_concurrent_turns_lose_no_history(
     await asyncio.gather(
         *(sessions.Chat(pb.ChatRequest(user_id="u-race", message=a), metadata=ALICE) for a in asks)
     )
-    lines = [json.loads(line) for line in await store.lrange("llmchat:history:u-race", 0, -1)]
+    lines = [json.loads(line) for line in await store.lrange("llmchat:history:alice:u-race", 0, -1)]
     # With max_steps=2 a turn adds at most four lines (question, one tool call, its result,
     # the answer), so two turns fit in MAX_MESSAGES: no trim can take a question away.
     assert MAX_MESSAGES >= 2 * 4
@@ -413,7 +452,7 @@ async def test_redis_killed_mid_session_then_restarted(
         redis.start()  # back, but empty: it keeps nothing on disk here
     await asyncio.sleep(RETRY_AFTER_S + 0.2)  # the service tries Redis again after this pause
     await sessions.Chat(pb.ChatRequest(user_id="u-outage", message="Add 7 and 8."), metadata=ALICE)
-    lines = [json.loads(line) for line in await store.lrange("llmchat:history:u-outage", 0, -1)]
+    lines = [json.loads(line) for line in await store.lrange("llmchat:history:alice:u-outage", 0, -1)]
     users = [line["content"] for line in lines if line["role"] == "user"]
     assert users == ["Add 5 and 6.", "Add 7 and 8."]  # what was said during the outage was handed back
-    assert await store.exists("llmchat:session:u-outage")
+    assert await store.exists("llmchat:session:alice:u-outage")

@@ -1,5 +1,6 @@
 """Several workers on one Redis, in one process: what a rebuild trusts, who owns a session,
-the lock around building one, user_id binding, memory mode's janitor, Redis outages.
+the lock around building one, sessions per principal and their cap, memory mode's
+janitor, Redis outages.
 
 Each worker is a SessionManager of its own (what one `llmservice serve` holds); the LLM is
 a fake OpenAI server answering at once, the MCP servers are real."""
@@ -21,7 +22,13 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from llmservice.kernel.errors import InvalidRequest, PermissionDenied, Unavailable
+from llmservice.kernel.errors import (
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
 from llmservice.providers.openai_family.settings import OpenAISettings
 from llmservice.service.auth import Principal
 from llmservice.service.core import LLMCore
@@ -101,7 +108,7 @@ def children(needle: str) -> list[int]:
 
 
 async def tamper(store: aioredis.Redis, user_id: str, **server: Any) -> None:
-    key = f"llmchat:session:{user_id}"
+    key = f"llmchat:session:alice:{user_id}"
     record = json.loads(await store.get(key))
     record["server"].update(server)
     await store.set(key, json.dumps(record), keepttl=True)
@@ -114,7 +121,7 @@ async def test_a_rebuild_runs_the_configured_command_never_one_from_redis(
     marker = tmp_path / "ran"
     async with worker(config, "a") as a, worker(config, "b") as b:
         await a.connect(ALICE, "t-argv", TIME, LLM)
-        assert "argv" not in json.loads(await store.get("llmchat:session:t-argv"))["server"]
+        assert "argv" not in json.loads(await store.get("llmchat:session:alice:t-argv"))["server"]
         evil = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
         await tamper(store, "t-argv", argv=evil)
         await turn(b, "t-argv")  # b rebuilds from Redis, with its own configuration's command
@@ -143,17 +150,17 @@ async def test_a_live_owner_keeps_the_session_and_a_dead_ones_is_taken_over(
     async with worker(config, "b") as b:
         async with worker(config, "a") as a:
             await a.connect(ALICE, "t-own", server, LLM)
-            assert await store.get(OWNER.format("t-own")) == "a"
+            assert await store.get(OWNER.format("alice:t-own")) == "a"
             await turn(b, "t-own")  # served on b, with a connection for that turn only
-            assert await store.get(OWNER.format("t-own")) == "a"
-            assert "t-own" not in b._live
+            assert await store.get(OWNER.format("alice:t-own")) == "a"
+            assert "alice:t-own" not in b._live
         # a is gone (its connections closed, its ownership left to expire, as when killed).
         async with asyncio.timeout(10):
-            while await store.exists(OWNER.format("t-own")):  # noqa: ASYNC110
+            while await store.exists(OWNER.format("alice:t-own")):  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
         await turn(b, "t-own")
-        assert await store.get(OWNER.format("t-own")) == "b"
-        assert b._live["t-own"].connection.alive  # b keeps it now
+        assert await store.get(OWNER.format("alice:t-own")) == "b"
+        assert b._live["alice:t-own"].connection.alive  # b keeps it now
 
 
 async def test_the_build_lock_waits_retries_and_never_frees_anothers(redis: RedisServer) -> None:
@@ -184,33 +191,66 @@ async def test_the_build_lock_waits_retries_and_never_frees_anothers(redis: Redi
         await client.aclose()
 
 
-async def test_two_callers_racing_for_a_new_user_id_cannot_both_have_it(
+async def test_two_callers_user_ids_are_two_sessions_on_every_worker(
     redis: RedisServer, llm_url: str, mcp_url: str, store: aioredis.Redis
 ) -> None:
+    """Regression: user ids were global, so bob was told alice's `t-two` "belongs to another
+    caller" (it exists), and whoever connected a name first took it."""
     config = settings(llm_url, redis.url)
     server = ServerConfig(mcp_url, auth_token=MCP_TOKEN)
     async with worker(config, "a") as a, worker(config, "b") as b:
-        results = await asyncio.gather(
-            a.connect(ALICE, "t-race", server, LLM),
-            b.connect(BOB, "t-race", server, LLM),
-            return_exceptions=True,
+        await asyncio.gather(a.connect(ALICE, "t-two", server, LLM), b.connect(BOB, "t-two", TIME, LLM))
+        for key, principal in (("alice:t-two", "alice"), ("bob:t-two", "bob")):
+            assert json.loads(str(await store.get(f"llmchat:session:{key}")))["principal"] == principal
+        assert (await store.get(OWNER.format("alice:t-two")), await store.get(OWNER.format("bob:t-two"))) == (
+            "a",
+            "b",
         )
-        refused = [r for r in results if isinstance(r, PermissionDenied)]
-        assert len(refused) == 1
-        winner = ALICE if isinstance(results[1], PermissionDenied) else BOB
-        record = json.loads(await store.get("llmchat:session:t-race"))
-        assert record["principal"] == winner.name
-        loser = BOB if winner is ALICE else ALICE
-        with pytest.raises(PermissionDenied):
-            await (b if loser is BOB else a).chat(loser, "t-race", "hi")
+        await turn(b, "t-two", ALICE)  # alice's on b: her MCP server's tools, not bob's
+        await turn(a, "t-two", BOB)
+        assert (await a.config(ALICE, "t-two")).server.url == mcp_url
+        assert (await a.config(BOB, "t-two")).server.url == "time"
+        assert await a.disconnect(BOB, "t-two")
+        assert await b.status(ALICE, "t-two")  # bob's disconnect left alice's alone
+        assert not await b.status(BOB, "t-two")
+        with pytest.raises(NotFound):  # as for a user id nobody has: nothing says alice has one
+            await b.chat(BOB, "t-two", "hi")
+        await a.disconnect(ALICE, "t-two")
 
 
-async def test_a_failed_connect_leaves_the_user_id_free(redis: RedisServer, llm_url: str) -> None:
-    config = settings(llm_url, redis.url)
+async def test_the_cap_on_a_principals_sessions(
+    redis: RedisServer, llm_url: str, store: aioredis.Redis
+) -> None:
+    carol, dave = Principal("carol"), Principal("dave")  # of their own: the other tests' sessions stay
+    config = settings(llm_url, redis.url, max_sessions_per_principal=2)
+    async with worker(config, "a") as a, worker(config, "b") as b:
+        await a.connect(carol, "t-cap-1", TIME, LLM)
+        await b.connect(carol, "t-cap-2", TIME, LLM)  # the cap counts across workers
+        with pytest.raises(ResourceExhausted) as refused:
+            await a.connect(carol, "t-cap-3", TIME, LLM)
+        assert refused.value.message == (
+            "this caller has reached the cap of 2 open chat sessions "
+            "(llmchat.max_sessions_per_principal); disconnect one first"
+        )
+        await a.connect(carol, "t-cap-1", TIME, LLM)  # connecting one again is no new session
+        await b.connect(dave, "t-cap-1", TIME, LLM)  # dave's are his own
+        await b.disconnect(carol, "t-cap-2")
+        await b.connect(carol, "t-cap-3", TIME, LLM)  # a place is free again
+        assert await store.zcard("llmchat:sessions:carol") == 2
+        for user_id in ("t-cap-1", "t-cap-3"):
+            await a.disconnect(carol, user_id)
+        await a.disconnect(dave, "t-cap-1")
+        assert not await store.exists("llmchat:sessions:carol")
+
+
+async def test_a_failed_connect_gives_its_place_back(redis: RedisServer, llm_url: str) -> None:
+    erin = Principal("erin")
+    config = settings(llm_url, redis.url, max_sessions_per_principal=1)
     async with worker(config, "a") as a:
         with pytest.raises(Unavailable):
-            await a.connect(ALICE, "t-free", ServerConfig("http://127.0.0.1:9/mcp"), LLM)
-        await a.connect(BOB, "t-free", TIME, LLM)
+            await a.connect(erin, "t-free", ServerConfig("http://127.0.0.1:9/mcp"), LLM)
+        await a.connect(erin, "t-free-2", TIME, LLM)
+        await a.disconnect(erin, "t-free-2")
 
 
 async def test_memory_mode_closes_an_idle_sessions_stdio_server(llm_url: str) -> None:

@@ -120,7 +120,7 @@ async def test_a_trimmed_history_goes_to_the_model_from_a_user_turn(mcp_url: str
             for ask in ("first?", "second?", "third?"):
                 assert isinstance((await turn(sessions, "s-trim", ask))[-1], TurnFinal)
         client = aioredis.Redis.from_url(store.url, decode_responses=True)
-        lines = [json.loads(line) for line in await client.lrange("llmchat:history:s-trim", 0, -1)]
+        lines = [json.loads(line) for line in await client.lrange("llmchat:history:local:s-trim", 0, -1)]
         await client.aclose()
     # Each turn adds four lines (question, tool call, tool result, answer); six are kept,
     # so the stored history starts inside the second turn's tool step...
@@ -153,8 +153,8 @@ async def test_redis_killed_during_a_turn_loses_nothing(mcp_url: str) -> None:
             await asyncio.sleep(RETRY_AFTER_S + 0.2)
             await turn(sessions, "s-kill", "after?")
         client = aioredis.Redis.from_url(store.url, decode_responses=True)
-        lines = [json.loads(line) for line in await client.lrange("llmchat:history:s-kill", 0, -1)]
-        assert await client.exists("llmchat:session:s-kill")
+        lines = [json.loads(line) for line in await client.lrange("llmchat:history:local:s-kill", 0, -1)]
+        assert await client.exists("llmchat:session:local:s-kill")
         await client.aclose()
     assert [(m["role"], m["content"]) for m in lines] == [
         ("user", "during?"),
@@ -204,4 +204,4 @@ async def test_a_caller_that_leaves_while_the_history_is_read_releases_the_conne
             with contextlib.suppress(asyncio.CancelledError):
                 await caller
             # The kept connection is no longer counted as busy, so the janitor can close it.
-            assert sessions._live["s-leave"].busy == 0
+            assert sessions._live["local:s-leave"].busy == 0

@@ -53,21 +53,21 @@ async def test_a_session_moves_between_workers_and_survives_its_first() -> None:
                 connected = await on_first.Connect(pb.ConnectRequest(user_id="w-1", server=server, llm=LLM))
                 assert connected.tool_count == 4
                 owner = redis.Redis.from_url(store.url, decode_responses=True)
-                assert owned_by(owner.get("llmchat:owner:w-1"), first)
+                assert owned_by(owner.get("llmchat:owner:local:w-1"), first)
                 # The second worker has no connection: it serves the turn from the record in
                 # Redis, with a connection for that turn only, and leaves the session to its owner.
                 reply = await on_second.Chat(pb.ChatRequest(user_id="w-1", message="Add 2 and 2."))
                 assert reply.tool_used
-                assert not owned_by(owner.get("llmchat:owner:w-1"), second)
+                assert not owned_by(owner.get("llmchat:owner:local:w-1"), second)
                 first.proc.kill()
                 first.proc.wait()
                 await wait_until(
-                    lambda: not owner.exists("llmchat:owner:w-1")
+                    lambda: not owner.exists("llmchat:owner:local:w-1")
                 )  # the dead owner's key expires
                 again = await on_second.Chat(pb.ChatRequest(user_id="w-1", message="Add 3 and 3."))
                 assert again.response is not None
-                assert owned_by(owner.get("llmchat:owner:w-1"), second)  # it took over
-                lines = [json.loads(line) for line in owner.lrange("llmchat:history:w-1", 0, -1)]
+                assert owned_by(owner.get("llmchat:owner:local:w-1"), second)  # it took over
+                lines = [json.loads(line) for line in owner.lrange("llmchat:history:local:w-1", 0, -1)]
                 assert [line["content"] for line in lines if line["role"] == "user"] == [
                     "Add 2 and 2.",
                     "Add 3 and 3.",
@@ -100,8 +100,8 @@ async def test_only_the_owner_keeps_a_stdio_server_running() -> None:
                 assert children(first.proc.pid, "mcp_server_time")  # the first runs the MCP server
                 # Idle for session_ttl: the first closes it and lets the session go.
                 await wait_until(lambda: not children(first.proc.pid, "mcp_server_time"))
-                assert not owner.exists("llmchat:owner:w-2")
+                assert not owner.exists("llmchat:owner:local:w-2")
                 turn = pb.ChatRequest(user_id="w-2", message="What time is it?")
                 await on_second.Chat(turn)
-                assert owned_by(owner.get("llmchat:owner:w-2"), second)  # the second took it
+                assert owned_by(owner.get("llmchat:owner:local:w-2"), second)  # the second took it
                 owner.close()

@@ -166,8 +166,9 @@ async def test_the_documented_errors(http: httpx.AsyncClient, mcp_url: str) -> N
     assert await status_of("POST", "/llmchat/chat", {"user_id": "web-2", "message": ""}) == 400
     assert await status_of("POST", "/llmchat/chat", {"user_id": "nobody", "message": "hi"}) == 404
     assert await status_of("POST", "/llmchat/chat", {"user_id": "web-2", "message": "hi"}, headers={}) == 401
-    assert await status_of("POST", "/llmchat/chat", {"user_id": "web-2", "message": "hi"}, headers=BOB) == 403
-    assert await status_of("GET", "/llmchat/config/web-2", headers=BOB) == 403
+    # Another caller's user_id is no session of bob's: the answers for a name nobody has.
+    assert await status_of("POST", "/llmchat/chat", {"user_id": "web-2", "message": "hi"}, headers=BOB) == 404
+    assert await status_of("GET", "/llmchat/config/web-2", headers=BOB) == 404
     gone = {"user_id": "web-3", "server": {"url": "http://127.0.0.1:9/mcp"}, "llm": LLM}
     assert await status_of("POST", "/llmchat/connect", gone) == 503
     bad_token = {"user_id": "web-3", "server": {"url": mcp_url, "auth_token": "nope"}, "llm": LLM}
@@ -182,6 +183,61 @@ async def test_the_documented_errors(http: httpx.AsyncClient, mcp_url: str) -> N
     response = await http.post("/llmchat/connect", json=unknown, headers=ALICE)
     assert response.status_code == 400
     assert "topk" in response.json()["detail"]
+
+
+async def test_another_callers_user_id_is_a_404_as_for_one_nobody_has(
+    http: httpx.AsyncClient, mcp_url: str
+) -> None:
+    """Regression: bob was told alice's session "belongs to another caller" (a 403: it exists)."""
+    assert (await connect(http, "web-alices", mcp_url)).status_code == 200
+    for user_id in ("web-alices", "web-nobodys"):
+        chat = await http.post("/llmchat/chat", json={"user_id": user_id, "message": "hi"}, headers=BOB)
+        assert (chat.status_code, chat.json()["detail"]) == (
+            404,
+            "No active session found. Please connect to a server first.",
+        )
+        config = await http.get(f"/llmchat/config/{user_id}", headers=BOB)
+        assert (config.status_code, config.json()["detail"]) == (404, "No config found for this user.")
+        assert (await http.get(f"/llmchat/status/{user_id}", headers=BOB)).json()["connected"] is False
+    body = {"user_id": "web-alices", "server": {"url": mcp_url, "auth_token": MCP_TOKEN}, "llm": LLM}
+    assert (await http.post("/llmchat/connect", json=body, headers=BOB)).status_code == 200  # his own
+    await http.post("/llmchat/disconnect", json={"user_id": "web-alices"}, headers=BOB)
+    assert (await http.get("/llmchat/status/web-alices", headers=ALICE)).json()["connected"] is True
+    await http.post("/llmchat/disconnect", json={"user_id": "web-alices"}, headers=ALICE)
+
+
+async def test_a_refused_turn_is_a_400_and_the_next_turn_answers(
+    http: httpx.AsyncClient, mcp_url: str
+) -> None:
+    """Regression: the refused message stayed in the history and every later turn was a 400."""
+    assert (await connect(http, "web-huge", mcp_url)).status_code == 200
+    huge = {"user_id": "web-huge", "message": "hello " * 6000, "streaming": False}  # over 4096 tokens
+    refused = await http.post("/llmchat/chat", json=huge, headers=ALICE)
+    assert refused.status_code == 400
+    assert "the prompt is" in refused.json()["detail"]
+    ask = {"user_id": "web-huge", "message": "What is 2 plus 3?", "streaming": True}
+    events = frames((await http.post("/llmchat/chat", json=ask, headers=ALICE)).text)
+    assert events[-1][0] == "final", events
+    assert "5" in events[-1][1]["content"]
+    await http.post("/llmchat/disconnect", json={"user_id": "web-huge"}, headers=ALICE)
+
+
+async def test_one_session_past_the_cap_is_a_429(mcp_url: str) -> None:
+    async for url in shim_for(settings(max_sessions_per_principal=1)):
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            assert (await connect(http, "web-cap-1", mcp_url)).status_code == 200
+            over = await connect(http, "web-cap-2", mcp_url)
+            assert over.status_code == 429
+            assert over.json() == {
+                "detail": "this caller has reached the cap of 1 open chat sessions "
+                "(llmchat.max_sessions_per_principal); disconnect one first",
+                "param": None,
+            }
+            assert (await connect(http, "web-cap-1", mcp_url)).status_code == 200  # again: no new one
+            body = {"user_id": "web-cap-2", "server": {"url": mcp_url, "auth_token": MCP_TOKEN}, "llm": LLM}
+            assert (await http.post("/llmchat/connect", json=body, headers=BOB)).status_code == 200
+            await http.post("/llmchat/disconnect", json={"user_id": "web-cap-1"}, headers=ALICE)
+            assert (await connect(http, "web-cap-2", mcp_url)).status_code == 200
 
 
 async def test_a_turn_past_its_timeout_is_a_504(mcp_url: str) -> None:

@@ -1,5 +1,6 @@
 """Chat-session parts that need no server: URL policy, memory history, the Redis fallback,
-records, and reading the bundled model's constrained answer as it streams."""
+records and their keys, a cut turn's tool calls answered, and reading the bundled model's
+constrained answer as it streams."""
 
 from __future__ import annotations
 
@@ -11,10 +12,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from llmservice.kernel.errors import InvalidRequest, PermissionDenied
 from llmservice.kernel.types import Message, ToolCall
 from llmservice.providers.llamacpp.tools import AnswerText
+from llmservice.service.sessions.agent import CUT_SHORT, settled
 from llmservice.service.sessions.fallback import RETRY_AFTER_S, RedisHealth, RedisOrMemory
 from llmservice.service.sessions.history import MemoryHistory, from_a_user_turn
 from llmservice.service.sessions.mcp_client import ServerSpec
-from llmservice.service.sessions.records import LLMChoice, SecretBox, SessionRecord, dump, load
+from llmservice.service.sessions.records import (
+    LLMChoice,
+    MemoryRecords,
+    SecretBox,
+    SessionRecord,
+    dump,
+    load,
+    session_key,
+)
 from llmservice.service.sessions.safety import UrlPolicy
 
 
@@ -156,6 +166,48 @@ async def test_an_outage_is_logged_once_and_its_end_once_for_all_stores(
     assert len(caplog.records) == 2
     assert caplog.records[1].getMessage().startswith("Redis reachable again")
     assert handed_back == ["history", "records"]  # each store handed its own back, once
+
+
+def test_a_cut_turns_calls_are_each_answered_once() -> None:
+    a, b, c = ToolCall("a", "add", "{}"), ToolCall("b", "slow", "{}"), ToolCall("c", "add", "{}")
+    added = [
+        Message("assistant", "", (a,)),
+        Message("tool", "1", tool_call_id="a"),
+        Message("assistant", "", (b, c)),
+        Message("tool", "2", tool_call_id="c"),  # b was cut while it ran
+    ]
+    assert settled(added) == [*added, Message("tool", CUT_SHORT, tool_call_id="b")]
+    assert settled(added[:2]) == added[:2]  # nothing to answer
+    assert settled([Message("assistant", "done")]) == [Message("assistant", "done")]
+
+
+def test_session_keys_name_the_principal_and_never_collide() -> None:
+    assert session_key("alice", "ada") == "alice:ada"
+    assert session_key("a:b", "c") != session_key("a", "b:c")
+    assert session_key("a:b", "c") == "a%3Ab:c"
+    record = SessionRecord("ada", "alice", ServerSpec("http://h/mcp", "sse"), LLMChoice())
+    assert record.key == "alice:ada"
+
+
+async def test_a_principals_places_are_capped_kept_on_reconnect_and_freed() -> None:
+    now = [0.0]
+    records = MemoryRecords(ttl_s=1000, clock=lambda: now[0])
+    spec, llm = ServerSpec("http://h/mcp", "sse"), LLMChoice()
+    assert await records.reserve("alice", "u1", cap=2) == "new"
+    await records.put(SessionRecord("u1", "alice", spec, llm))
+    assert await records.reserve("alice", "u1", cap=2) == "held"
+    assert await records.reserve("alice", "u2", cap=2) == "new"
+    assert await records.reserve("alice", "u3", cap=2) == "full"
+    assert await records.reserve("bob", "u3", cap=2) == "new"  # bob's places are his own
+    await records.unreserve("alice", "u1")  # connected: its place stays
+    assert await records.reserve("alice", "u3", cap=2) == "full"
+    await records.unreserve("alice", "u2")  # its connect failed: given back
+    assert await records.reserve("alice", "u3", cap=2) == "new"
+    await records.delete("alice", "u1")
+    assert await records.reserve("alice", "u4", cap=2) == "new"
+    now[0] = 1001  # everything expired, reservations and records alike
+    assert await records.get(session_key("alice", "u1")) is None
+    assert await records.reserve("alice", "u5", cap=1) == "new"
 
 
 def fed(pieces: list[str]) -> tuple[list[str], AnswerText]:

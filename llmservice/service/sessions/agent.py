@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -154,6 +154,29 @@ async def run_turn(
             invocations.append(invocation)
             added.append(Message("tool", invocation.result, tool_call_id=call.id))
             yield invocation
+
+
+CUT_SHORT = (
+    "cancelled: the turn was cut short before this tool call returned, so whether it took effect is unknown"
+)
+
+
+def settled(added: Sequence[Message]) -> list[Message]:
+    """The messages a turn added, with every tool call answered. A turn cut while its tools
+    ran (its caller gone, its timeout, the service shutting down) leaves calls without
+    results, which no provider takes in a conversation; each such call gets a result
+    saying so, so the history stays one a later turn can send, and a reader sees what was
+    asked of the tools (a call may have done its work before it was cut)."""
+    out: list[Message] = []
+    unanswered: list[str] = []  # the ids of the last step's calls with no result yet
+    for m in added:
+        if m.role == "tool":
+            unanswered = [i for i in unanswered if i != m.tool_call_id]
+        else:
+            out += [Message("tool", CUT_SHORT, tool_call_id=i) for i in unanswered]
+            unanswered = [c.id for c in m.tool_calls]
+        out.append(m)
+    return out + [Message("tool", CUT_SHORT, tool_call_id=i) for i in unanswered]
 
 
 def _step_span(tracing: Tracing | None, step: int) -> contextlib.AbstractContextManager[Span | None]:

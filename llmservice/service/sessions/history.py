@@ -1,4 +1,7 @@
-"""Conversation history per user: an interface, a memory store, a Redis store, and the manager.
+"""Conversation history per session: an interface, a memory store, a Redis store, and the manager.
+
+A session is named by its key (records.session_key: the principal's name, then the user
+id), so two callers' sessions of the same user id never share a history.
 
 Each store appends a turn's messages and trims to the newest N in one atomic step, so
 two turns racing lose nothing but the oldest lines, and refreshes the TTL. Tool steps
@@ -19,13 +22,13 @@ import redis.asyncio as aioredis
 from llmservice.kernel.types import Message, ToolCall
 from llmservice.service.sessions.fallback import RedisHealth, RedisOrMemory
 
-KEY = "llmchat:history:{}"
+KEY = "llmchat:history:{}"  # of a session key
 
 
 class HistoryStore(Protocol):
-    async def append(self, user_id: str, messages: Sequence[Message]) -> None: ...
-    async def read(self, user_id: str) -> list[Message]: ...
-    async def clear(self, user_id: str) -> None: ...
+    async def append(self, session: str, messages: Sequence[Message]) -> None: ...
+    async def read(self, session: str) -> list[Message]: ...
+    async def clear(self, session: str) -> None: ...
     async def users(self) -> list[str]: ...
 
 
@@ -58,19 +61,19 @@ class MemoryHistory:
         self._lines: dict[str, deque[str]] = {}
         self._expires: dict[str, float] = {}
 
-    async def append(self, user_id: str, messages: Sequence[Message]) -> None:
-        self._expire(user_id)
-        lines = self._lines.setdefault(user_id, deque(maxlen=self._max))
+    async def append(self, session: str, messages: Sequence[Message]) -> None:
+        self._expire(session)
+        lines = self._lines.setdefault(session, deque(maxlen=self._max))
         lines.extend(encode(m) for m in messages)
-        self._expires[user_id] = self._clock() + self._ttl
+        self._expires[session] = self._clock() + self._ttl
 
-    async def read(self, user_id: str) -> list[Message]:
-        self._expire(user_id)
-        return from_a_user_turn([decode(line) for line in self._lines.get(user_id, ())])
+    async def read(self, session: str) -> list[Message]:
+        self._expire(session)
+        return from_a_user_turn([decode(line) for line in self._lines.get(session, ())])
 
-    async def clear(self, user_id: str) -> None:
-        self._lines.pop(user_id, None)
-        self._expires.pop(user_id, None)
+    async def clear(self, session: str) -> None:
+        self._lines.pop(session, None)
+        self._expires.pop(session, None)
 
     async def users(self) -> list[str]:
         return list(self._lines)
@@ -82,32 +85,32 @@ class MemoryHistory:
         self._expires.clear()
         return out
 
-    def _expire(self, user_id: str) -> None:
-        if self._expires.get(user_id, float("inf")) <= self._clock():
-            self._lines.pop(user_id, None)
-            self._expires.pop(user_id, None)
+    def _expire(self, session: str) -> None:
+        if self._expires.get(session, float("inf")) <= self._clock():
+            self._lines.pop(session, None)
+            self._expires.pop(session, None)
 
 
 class RedisHistory:
     def __init__(self, client: aioredis.Redis, max_messages: int, ttl_s: int) -> None:
         self._redis, self._max, self._ttl = client, max_messages, ttl_s
 
-    async def append(self, user_id: str, messages: Sequence[Message]) -> None:
+    async def append(self, session: str, messages: Sequence[Message]) -> None:
         if not messages:
             return
-        key = KEY.format(user_id)
+        key = KEY.format(session)
         async with self._redis.pipeline(transaction=True) as tx:  # MULTI ... EXEC: one atomic step
             tx.rpush(key, *(encode(m) for m in messages))
             tx.ltrim(key, -self._max, -1)
             tx.expire(key, self._ttl)
             await tx.execute()
 
-    async def read(self, user_id: str) -> list[Message]:
-        lines = await self._redis.lrange(KEY.format(user_id), 0, -1)
+    async def read(self, session: str) -> list[Message]:
+        lines = await self._redis.lrange(KEY.format(session), 0, -1)
         return from_a_user_turn([decode(str(line)) for line in lines])
 
-    async def clear(self, user_id: str) -> None:
-        await self._redis.delete(KEY.format(user_id))
+    async def clear(self, session: str) -> None:
+        await self._redis.delete(KEY.format(session))
 
     async def users(self) -> list[str]:
         prefix = KEY.format("")
@@ -130,15 +133,15 @@ class ChatHistoryManager:
             self.redis, self.memory, self._hand_back, health
         )
 
-    async def append(self, user_id: str, messages: Sequence[Message]) -> None:
-        await self._stores.run(lambda s: s.append(user_id, messages))
+    async def append(self, session: str, messages: Sequence[Message]) -> None:
+        await self._stores.run(lambda s: s.append(session, messages))
 
-    async def read(self, user_id: str) -> list[Message]:
-        return await self._stores.run(lambda s: s.read(user_id))
+    async def read(self, session: str) -> list[Message]:
+        return await self._stores.run(lambda s: s.read(session))
 
-    async def clear(self, user_id: str) -> None:
-        await self._stores.run(lambda s: s.clear(user_id))
-        await self.memory.clear(user_id)
+    async def clear(self, session: str) -> None:
+        await self._stores.run(lambda s: s.clear(session))
+        await self.memory.clear(session)
 
     async def _hand_back(self, memory: HistoryStore, redis_store: HistoryStore) -> None:
         """After an outage: what was written in memory joins what Redis holds."""
@@ -147,9 +150,9 @@ class ChatHistoryManager:
         pending = list(held.items())
         try:
             while pending:
-                user_id, messages = pending[0]
-                await redis_store.append(user_id, messages)
+                session, messages = pending[0]
+                await redis_store.append(session, messages)
                 pending.pop(0)
         finally:
-            for user_id, messages in pending:  # Redis failed again: keep them for next time
-                await memory.append(user_id, messages)
+            for session, messages in pending:  # Redis failed again: keep them for next time
+                await memory.append(session, messages)

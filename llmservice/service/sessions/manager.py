@@ -10,6 +10,17 @@ provider_config): the worker then runs a provider of the session's own beside th
 connection, built and closed with it. Each turn runs the agent loop under the turn
 timeout and adds what it said and did to the history. A janitor closes connections idle
 for session_ttl (their ownership has lapsed) or whose session ended or moved.
+
+A session belongs to the principal that connected it: everything about it is keyed by
+(principal, user_id) (records.session_key), so another caller's user_id looks like one
+nobody has, and each principal may hold at most llmchat.max_sessions_per_principal.
+
+What a turn leaves in the history (see `_turn`): a turn that answered, all of it; one the
+model refused (InvalidRequest: the conversation with it cannot be sent), nothing, not even
+the user's message, so the next turn is not refused again; one that failed or was cut
+(its caller gone, its timeout, the service shutting down: `cut_turns`) before any tool
+ran, nothing; after tools ran, the user's message and its tool steps, every call answered
+(agent.settled), since what the tools did may have taken effect; never a partial answer.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from llmservice.kernel.errors import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 from llmservice.kernel.provider import Provider
@@ -39,13 +51,19 @@ from llmservice.providers import entries
 from llmservice.service.auth import Principal
 from llmservice.service.core import LLMCore
 from llmservice.service.sessions import fallback
-from llmservice.service.sessions.agent import ToolInvocation, TurnEvent, run_turn
+from llmservice.service.sessions.agent import ToolInvocation, TurnEvent, run_turn, settled
 from llmservice.service.sessions.config import TRANSPORTS, ServerConfig
 from llmservice.service.sessions.history import ChatHistoryManager
 from llmservice.service.sessions.mcp_client import McpConnection, ServerSpec
 from llmservice.service.sessions.ownership import Ownership
 from llmservice.service.sessions.provider_config import session_settings
-from llmservice.service.sessions.records import LLMChoice, SecretBox, SessionRecord, SessionRecords
+from llmservice.service.sessions.records import (
+    LLMChoice,
+    SecretBox,
+    SessionRecord,
+    SessionRecords,
+    session_key,
+)
 from llmservice.service.sessions.safety import UrlPolicy
 from llmservice.service.settings import CacheSettings, LLMChatSettings
 
@@ -56,6 +74,7 @@ log = logging.getLogger(__name__)
 
 NO_SESSION = "No active session found. Please connect to a server first."
 NO_CONFIG = "No config found for this user."
+SHUTTING_DOWN = "the service is shutting down; retry on another replica"
 
 
 @dataclass(frozen=True)
@@ -106,9 +125,11 @@ class SessionManager:
         worker = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.ownership = Ownership(self._redis, settings, worker)
         self._urls = UrlPolicy(settings.allowed_hosts)
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, _Live] = {}  # by session key
         self.tool_calls = {"ok": 0, "error": 0}  # MCP tool calls by outcome, ever (for metrics)
         self._janitor: asyncio.Task[None] | None = None
+        self._deadlines: set[asyncio.Timeout] = set()  # of the turns running: cut_turns ends them
+        self._cut = False
 
     async def __aenter__(self) -> SessionManager:
         self._janitor = asyncio.create_task(self._sweep_forever(), name="llmchat janitor")
@@ -122,20 +143,20 @@ class SessionManager:
         them), or whose session ended, was connected again or is owned by another worker.
         A connection a turn is running on is left alone."""
         idle_since = time.monotonic() - self._settings.session_ttl
-        for user_id, live in list(self._live.items()):
+        for key, live in list(self._live.items()):
             if live.busy:
                 continue
             stale = live.last_used <= idle_since or not live.connection.alive
             if not stale:
                 with contextlib.suppress(Unavailable):  # Redis down: only idleness counts
-                    record = await self.records.get(user_id)
-                    owner = await self.ownership.owner(user_id)
+                    record = await self.records.get(key)
+                    owner = await self.ownership.owner(key)
                     stale = record is None or record.session_id != live.session_id
                     stale = stale or owner not in (None, self.ownership.worker_id)
-            if stale and self._live.get(user_id) is live and not live.busy:
-                del self._live[user_id]
+            if stale and self._live.get(key) is live and not live.busy:
+                del self._live[key]
                 await live.aclose()
-                await self.ownership.release(user_id)
+                await self.ownership.release(key)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -150,8 +171,8 @@ class SessionManager:
             self._janitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
-        for user_id in list(self._live):
-            await self._drop(user_id)
+        for key in list(self._live):
+            await self._drop(key)
         if self._redis is not None:
             await self._redis.aclose()
 
@@ -159,6 +180,16 @@ class SessionManager:
     def active(self) -> int:
         """Sessions whose MCP connection this worker holds open."""
         return len(self._live)
+
+    def cut_turns(self) -> None:
+        """End every turn running here now, and any that starts from here on, as their
+        timeout would, but as Unavailable (SHUTTING_DOWN): for the end of a drain's grace.
+        Each keeps what it did in the history, every tool call answered (see the module doc)."""
+        self._cut = True
+        now = asyncio.get_running_loop().time()
+        for deadline in self._deadlines:
+            if not deadline.expired():
+                deadline.reschedule(now)
 
     async def connect(
         self,
@@ -169,16 +200,19 @@ class SessionManager:
         streaming: bool = True,
     ) -> Connected:
         _check_user_id(user_id)
-        existing = await self.records.get(user_id)
-        if existing is not None and existing.principal != principal.name:
-            raise PermissionDenied(f"session {user_id!r} belongs to another caller")
+        key = session_key(principal.name, user_id)
         spec = await self._resolve(server.spec())
         choice = await self._llm_choice(principal, llm)
-        # Reserve the user_id before the (slow) MCP connect: of two callers racing for a
-        # new user_id, one gets it and the other is refused, never both.
-        bound_to = await self.records.bind(user_id, principal.name)
-        if bound_to not in (None, principal.name):
-            raise PermissionDenied(f"session {user_id!r} belongs to another caller")
+        # Take the session's place among the principal's before the (slow) MCP connect: of
+        # two connects racing for the last place, one gets it, never both. Connecting a
+        # user_id again keeps its place.
+        cap = self._settings.max_sessions_per_principal
+        reservation = await self.records.reserve(principal.name, user_id, cap)
+        if reservation == "full":
+            raise ResourceExhausted(
+                f"this caller has reached the cap of {cap} open chat sessions "
+                "(llmchat.max_sessions_per_principal); disconnect one first"
+            )
         own_llm: Provider | None = None
         try:
             own_llm = await self._own_llm(choice)
@@ -196,25 +230,26 @@ class SessionManager:
                 ) from None
         except BaseException:
             await _close(None, own_llm)
-            if bound_to is None:
-                await self.records.unbind(user_id, principal.name)
+            if reservation == "new":
+                await self.records.unreserve(principal.name, user_id)
             raise
         record = SessionRecord(user_id, principal.name, spec, choice, streaming, tuple(t.name for t in tools))
-        await self._drop(user_id)
-        self._live[user_id] = _Live(record.session_id, connection, own_llm)
+        await self._drop(key)
+        self._live[key] = _Live(record.session_id, connection, own_llm)
         await self.records.put(record)
-        await self.ownership.take(user_id)
+        await self.ownership.take(key)
         return Connected(user_id, choice.provider, record.tools)
 
     async def disconnect(self, principal: Principal, user_id: str) -> bool:
         """End the session and forget its history; False if there was none."""
         record = await self._own_record(principal, user_id, required=False)
-        await self._drop(user_id)
+        key = session_key(principal.name, user_id)
+        await self._drop(key)
         if record is None:
             return False
-        await self.records.delete(user_id)
-        await self.history.clear(user_id)
-        await self.ownership.release(user_id)
+        await self.records.delete(principal.name, user_id)
+        await self.history.clear(key)
+        await self.ownership.release(key)
         return True
 
     async def status(self, principal: Principal, user_id: str) -> bool:
@@ -239,10 +274,11 @@ class SessionManager:
     ) -> AsyncGenerator[TurnEvent]:
         connection = live.connection
         added: list[Message] = []  # what the turn says and does, after the user's message
+        refused = False
         # Everything from the first await on is inside the try: a caller that leaves while
         # the history is read still releases the turn's connection.
         try:
-            history = await self.history.read(record.user_id)
+            history = await self.history.read(record.key)
             llm = record.llm
             system = (Message("system", llm.system_prompt),) if llm.system_prompt else ()
             request = ChatRequest(
@@ -264,17 +300,32 @@ class SessionManager:
                 added=added,
                 tracing=self._tracing,
             )
-            async with asyncio.timeout(self._settings.turn_timeout_s), contextlib.aclosing(loop) as events:
-                async for event in events:
-                    if isinstance(event, ToolInvocation):
-                        self.tool_calls["error" if event.is_error else "ok"] += 1
-                    yield event
+            async with asyncio.timeout(self._settings.turn_timeout_s) as deadline:
+                self._deadlines.add(deadline)
+                try:
+                    if self._cut:  # started after the cut: end it at once
+                        deadline.reschedule(asyncio.get_running_loop().time())
+                    async with contextlib.aclosing(loop) as events:
+                        async for event in events:
+                            if isinstance(event, ToolInvocation):
+                                self.tool_calls["error" if event.is_error else "ok"] += 1
+                            yield event
+                finally:
+                    self._deadlines.discard(deadline)
+        except InvalidRequest:
+            refused = True  # the conversation with this turn in it was refused: keep none of it
+            raise
         except TimeoutError:
+            if self._cut:
+                raise Unavailable(f"{SHUTTING_DOWN} (the turn was cut short)") from None
             raise DeadlineExceeded(
                 f"the turn took longer than {self._settings.turn_timeout_s:g} s (llmchat.turn_timeout_s)"
             ) from None
         finally:
-            await self._turn_ended(record, live, kept, [Message("user", message), *added])
+            # Nothing done (the first model call failed, or the caller left before it
+            # answered): nothing to keep. Tools ran: their steps stay, every call answered.
+            said = [] if refused or not added else [Message("user", message), *settled(added)]
+            await self._turn_ended(record, live, kept, said)
 
     async def _turn_ended(self, record: SessionRecord, live: _Live, kept: bool, said: list[Message]) -> None:
         if kept:
@@ -282,12 +333,12 @@ class SessionManager:
             live.last_used = time.monotonic()
         else:
             await asyncio.shield(live.aclose())
-        # What was said and done is kept even when the turn failed midway.
         with contextlib.suppress(Exception):
-            await asyncio.shield(self.history.append(record.user_id, said))
+            if said:
+                await asyncio.shield(self.history.append(record.key, said))
             await self.records.touch(record)
             if kept:
-                await self.ownership.claim(record.user_id)
+                await self.ownership.claim(record.key)
 
     async def _connection(self, record: SessionRecord) -> tuple[_Live, bool]:
         """A connection (and the session's own provider) for one turn, and whether it is
@@ -295,18 +346,18 @@ class SessionManager:
         be), else one for this turn only."""
         if (kept := await self._kept(record)) is not None:
             return kept, True
-        async with self.ownership.building(record.user_id):
+        async with self.ownership.building(record.key):
             if (kept := await self._kept(record)) is not None:
                 return kept, True
-            if await self.ownership.claim(record.user_id):
-                await self._drop(record.user_id)  # dead, or of a session connected again since
+            if await self.ownership.claim(record.key):
+                await self._drop(record.key)  # dead, or of a session connected again since
                 try:
                     live = await self._rebuild(record)
                 except BaseException:
-                    await self.ownership.release(record.user_id)
+                    await self.ownership.release(record.key)
                     raise
                 live.busy = 1
-                self._live[record.user_id] = live
+                self._live[record.key] = live
                 log.info(
                     "session %s: connection rebuilt on worker %s", record.user_id, self.ownership.worker_id
                 )
@@ -316,10 +367,10 @@ class SessionManager:
 
     async def _kept(self, record: SessionRecord) -> _Live | None:
         """The connection this worker keeps for the session, if current and still its own."""
-        live = self._live.get(record.user_id)
+        live = self._live.get(record.key)
         if live is None or live.session_id != record.session_id or not live.connection.alive:
             return None
-        if not await self.ownership.claim(record.user_id):
+        if not await self.ownership.claim(record.key):
             return None  # another worker took over; the janitor closes ours once idle
         live.busy += 1
         live.last_used = time.monotonic()
@@ -346,18 +397,18 @@ class SessionManager:
     async def _own_record(
         self, principal: Principal, user_id: str, *, required: bool, missing: str = NO_SESSION
     ) -> SessionRecord | None:
+        """The caller's session of user_id: another caller's of the same user_id is another
+        session, which this one never sees (not even that it exists)."""
         _check_user_id(user_id)
-        record = await self.records.get(user_id)
+        record = await self.records.get(session_key(principal.name, user_id))
         if record is None:
             if required:
                 raise NotFound(missing)
             return None
-        if record.principal != principal.name:
-            raise PermissionDenied(f"session {user_id!r} belongs to another caller")
         return record
 
-    async def _drop(self, user_id: str) -> None:
-        live = self._live.pop(user_id, None)
+    async def _drop(self, key: str) -> None:
+        live = self._live.pop(key, None)
         if live is not None:
             await live.aclose()
 

@@ -1,6 +1,9 @@
 """Which worker holds a session's live MCP connection, and the lock around building one.
 
-With Redis, `llmchat:owner:{user}` names the one worker that keeps a live connection for
+A session is named by its key (records.session_key: the principal's name, then the user
+id), so two callers' sessions of one user id are owned and locked apart.
+
+With Redis, `llmchat:owner:{session}` names the one worker that keeps a live connection for
 the session. `claim` is atomic (a Lua compare): it takes the key only if it is free or
 already ours, and then renews it for `session_ttl` seconds; every turn the owner serves
 renews it. A worker serving a turn for a session another live worker owns keeps no
@@ -10,7 +13,7 @@ When the owner is gone (killed, or idle for session_ttl), its key expires, and t
 worker to serve a turn claims the session and keeps its connection: that is takeover.
 `connect` starts a new session, so it `take`s the key whoever held it.
 
-`llmchat:lock:{user}` (SET NX with `session_lock_ttl`) guards building a connection,
+`llmchat:lock:{session}` (SET NX with `session_lock_ttl`) guards building a connection,
 taken in `session_lock_retries` more tries `session_lock_wait` apart, and released by
 compare-and-delete so a worker never frees a lock it lost. Without Redis, or while it is
 down, every worker is on its own: a local lock, and claims always succeed.
@@ -54,62 +57,62 @@ class Ownership:
         self._redis, self._settings, self.worker_id = client, settings, worker_id
         self._local: dict[str, _LocalLock] = {}
 
-    async def owner(self, user_id: str) -> str | None:
+    async def owner(self, session: str) -> str | None:
         if self._redis is None:
             return self.worker_id
         try:
-            value = await self._redis.get(OWNER.format(user_id))
+            value = await self._redis.get(OWNER.format(session))
         except UNREACHABLE:
             return self.worker_id
         return None if value is None else str(value)
 
-    async def claim(self, user_id: str) -> bool:
+    async def claim(self, session: str) -> bool:
         """Own the session for the next session_ttl seconds, unless another worker does."""
         if self._redis is None:
             return True
         try:
             taken = await self._redis.eval(
-                _CLAIM, 1, OWNER.format(user_id), self.worker_id, str(self._settings.session_ttl)
+                _CLAIM, 1, OWNER.format(session), self.worker_id, str(self._settings.session_ttl)
             )
         except UNREACHABLE:
             return True  # without Redis, every worker is on its own
         return bool(taken)
 
-    async def take(self, user_id: str) -> None:
+    async def take(self, session: str) -> None:
         """Own a session just connected here, whoever owned the one it replaces."""
         if self._redis is None:
             return
         with contextlib.suppress(*UNREACHABLE):
-            await self._redis.set(OWNER.format(user_id), self.worker_id, ex=self._settings.session_ttl)
+            await self._redis.set(OWNER.format(session), self.worker_id, ex=self._settings.session_ttl)
 
-    async def release(self, user_id: str) -> None:
+    async def release(self, session: str) -> None:
         if self._redis is None:
             return
         with contextlib.suppress(*UNREACHABLE):
-            await self._redis.eval(RELEASE, 1, OWNER.format(user_id), self.worker_id)
+            await self._redis.eval(RELEASE, 1, OWNER.format(session), self.worker_id)
 
     @contextlib.asynccontextmanager
-    async def building(self, user_id: str) -> AsyncIterator[None]:
+    async def building(self, session: str) -> AsyncIterator[None]:
         """Hold the lock around building the session's connection."""
-        local = self._local.setdefault(user_id, _LocalLock())
+        local = self._local.setdefault(session, _LocalLock())
         local.users += 1
         try:
-            async with local.lock, self._redis_lock(user_id):
+            async with local.lock, self._redis_lock(session):
                 yield
         finally:
             local.users -= 1
             if not local.users:
-                del self._local[user_id]
+                del self._local[session]
 
     @contextlib.asynccontextmanager
-    async def _redis_lock(self, user_id: str) -> AsyncIterator[None]:
+    async def _redis_lock(self, session: str) -> AsyncIterator[None]:
         if self._redis is None:
             yield
             return
         token = uuid.uuid4().hex
-        key = LOCK.format(user_id)
+        key = LOCK.format(session)
         try:
-            await self._acquire(user_id, key, token)
+            await self._acquire(session, key, token)
         except UNREACHABLE:
             yield  # Redis is down: this worker goes on alone
             return
@@ -119,7 +122,7 @@ class Ownership:
             with contextlib.suppress(*UNREACHABLE):
                 await self._redis.eval(RELEASE, 1, key, token)
 
-    async def _acquire(self, user_id: str, key: str, token: str) -> None:
+    async def _acquire(self, session: str, key: str, token: str) -> None:
         assert self._redis is not None
         s = self._settings
         for attempt in range(s.session_lock_retries + 1):
@@ -128,6 +131,6 @@ class Ownership:
             if attempt < s.session_lock_retries:
                 await asyncio.sleep(s.session_lock_wait)
         raise Unavailable(
-            f"session {user_id!r} is being set up by another worker; retry in a moment",
+            f"session {session!r} is being set up by another worker; retry in a moment",
             retry_after_s=s.session_lock_wait * (s.session_lock_retries + 1),
         )

@@ -6,9 +6,13 @@ server's auth_token, the session's own provider credentials) encrypted with
 (`masked`), and they go with the record on disconnect or when its TTL runs out. A record
 names a stdio server by its configured name only, never its command line: a worker
 rebuilding the session looks the command up in its own configuration, so whoever can
-write to Redis cannot make a worker run a program. A user_id is bound to the principal
-that connected it (`bind`, atomic), before the connection is opened, so two callers
-cannot race for a new user_id.
+write to Redis cannot make a worker run a program.
+
+A session is its principal's: it is keyed by (principal, user_id) (`session_key`), so two
+callers' `ada` are two sessions, and one caller cannot tell whether another has a user_id.
+Each principal's open sessions are indexed (a sorted set of user ids, scored by when each
+expires) so that connecting one past `llmchat.max_sessions_per_principal` is refused:
+`reserve` checks and takes a place in one atomic step, before the (slow) MCP connect.
 """
 
 from __future__ import annotations
@@ -21,18 +25,56 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, cast
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from cryptography.fernet import Fernet, InvalidToken
 
 from llmservice.kernel.errors import Unavailable
-from llmservice.service.sessions.fallback import RELEASE, RETRY_AFTER_S, RedisHealth, RedisOrMemory
+from llmservice.service.sessions.fallback import RETRY_AFTER_S, RedisHealth, RedisOrMemory
 from llmservice.service.sessions.mcp_client import ServerSpec
 from llmservice.service.sessions.provider_config import MASK, SECRETS, masked
 
-KEY = "llmchat:session:{}"
-BINDING = "llmchat:user:{}"
+KEY = "llmchat:session:{}"  # of a session_key
+INDEX = "llmchat:sessions:{}"  # of an escaped principal name: its sessions' user ids
+# How long a place `reserve` took counts before its connect finishes: a connect whose
+# worker died mid-way stops counting after this.
+RESERVATION_S = 120.0
+# "new": the place is taken now; "held": the user id already had one (a reconnect);
+# "full": the principal has the most sessions allowed.
+Reservation = Literal["new", "held", "full"]
+# KEYS[1] the index; ARGV: user id, now, expiry of a new place, the cap, the index's TTL.
+_RESERVE = """
+redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[2])
+if redis.call('zscore', KEYS[1], ARGV[1]) then
+  return 'held'
+end
+if redis.call('zcard', KEYS[1]) >= tonumber(ARGV[4]) then
+  return 'full'
+end
+redis.call('zadd', KEYS[1], ARGV[3], ARGV[1])
+redis.call('expire', KEYS[1], ARGV[5])
+return 'new'
+"""
+# Give back a place unless its session was connected meanwhile (KEYS[2], its record, exists).
+_UNRESERVE = """
+if redis.call('exists', KEYS[2]) == 0 then
+  return redis.call('zrem', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
+def _escaped(principal: str) -> str:
+    """The principal's name with no ':' left in it (nor '%', the escape), still readable."""
+    return quote(principal, safe="")
+
+
+def session_key(principal: str, user_id: str) -> str:
+    """What a session is stored under: `principal:user_id`, the name escaped, so that no
+    two (principal, user_id) pairs share a key."""
+    return f"{_escaped(principal)}:{user_id}"
 
 
 @dataclass(frozen=True)
@@ -62,6 +104,10 @@ class SessionRecord:
     tools: tuple[str, ...] = ()
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # a new one per connect
     created: float = field(default_factory=time.time)
+
+    @property
+    def key(self) -> str:
+        return session_key(self.principal, self.user_id)
 
     def masked(self) -> SessionRecord:
         """The record as its owner may see it: the MCP token, if any, masked."""
@@ -122,54 +168,61 @@ def _opened(config: dict[str, Any], box: SecretBox) -> dict[str, Any]:
 
 
 class RecordStore(Protocol):
-    async def get(self, user_id: str) -> SessionRecord | None: ...
+    async def get(self, key: str) -> SessionRecord | None: ...
     async def put(self, record: SessionRecord) -> None: ...
-    async def delete(self, user_id: str) -> None: ...
-    async def bind(self, user_id: str, principal: str) -> str | None:
-        """Bind user_id to principal unless it is bound; return whom it was bound to before."""
+    async def delete(self, principal: str, user_id: str) -> None: ...
+    async def reserve(self, principal: str, user_id: str, cap: int) -> Reservation:
+        """Take a place among the principal's sessions for user_id, unless it has one or
+        the principal has `cap` already."""
         ...
 
-    async def unbind(self, user_id: str, principal: str) -> None: ...
+    async def unreserve(self, principal: str, user_id: str) -> None:
+        """Give back a place `reserve` took, unless the session was connected since."""
+        ...
 
 
 class MemoryRecords:
     def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl, self._clock = ttl_s, clock
         self._records: dict[str, tuple[SessionRecord, float]] = {}
-        self._bindings: dict[str, tuple[str, float]] = {}
+        self._index: dict[str, dict[str, float]] = {}  # principal -> user id -> expiry
 
-    async def get(self, user_id: str) -> SessionRecord | None:
-        held = self._records.get(user_id)
+    async def get(self, key: str) -> SessionRecord | None:
+        held = self._records.get(key)
         if held is None or held[1] <= self._clock():
-            self._records.pop(user_id, None)
+            self._records.pop(key, None)
             return None
         return held[0]
 
     async def put(self, record: SessionRecord) -> None:
         expires = self._clock() + self._ttl
-        self._records[record.user_id] = (record, expires)
-        self._bindings[record.user_id] = (record.principal, expires)
+        self._records[record.key] = (record, expires)
+        self._index.setdefault(record.principal, {})[record.user_id] = expires
 
-    async def delete(self, user_id: str) -> None:
-        self._records.pop(user_id, None)
-        self._bindings.pop(user_id, None)
+    async def delete(self, principal: str, user_id: str) -> None:
+        self._records.pop(session_key(principal, user_id), None)
+        self._index.get(principal, {}).pop(user_id, None)
 
-    async def bind(self, user_id: str, principal: str) -> str | None:
-        held = self._bindings.get(user_id)
-        if held is not None and held[1] > self._clock():
-            return held[0]
-        self._bindings[user_id] = (principal, self._clock() + self._ttl)
-        return None
+    async def reserve(self, principal: str, user_id: str, cap: int) -> Reservation:
+        now = self._clock()
+        places = self._index.setdefault(principal, {})
+        for gone in [u for u, expires in places.items() if expires <= now]:
+            del places[gone]
+        if user_id in places:
+            return "held"
+        if len(places) >= cap:
+            return "full"
+        places[user_id] = now + min(RESERVATION_S, self._ttl)
+        return "new"
 
-    async def unbind(self, user_id: str, principal: str) -> None:
-        held = self._bindings.get(user_id)
-        if held is not None and held[0] == principal:
-            del self._bindings[user_id]
+    async def unreserve(self, principal: str, user_id: str) -> None:
+        if await self.get(session_key(principal, user_id)) is None:
+            self._index.get(principal, {}).pop(user_id, None)
 
     def take_all(self) -> list[SessionRecord]:
         out = [record for record, _ in self._records.values()]
         self._records.clear()
-        self._bindings.clear()
+        self._index.clear()
         return out
 
 
@@ -177,26 +230,37 @@ class RedisRecords:
     def __init__(self, client: aioredis.Redis, box: SecretBox, ttl_s: int) -> None:
         self._redis, self._box, self._ttl = client, box, ttl_s
 
-    async def get(self, user_id: str) -> SessionRecord | None:
-        text = await self._redis.get(KEY.format(user_id))
+    async def get(self, key: str) -> SessionRecord | None:
+        text = await self._redis.get(KEY.format(key))
         return load(str(text), self._box) if text else None
 
     async def put(self, record: SessionRecord) -> None:
+        index = INDEX.format(_escaped(record.principal))
         async with self._redis.pipeline(transaction=True) as tx:
-            tx.set(KEY.format(record.user_id), dump(record, self._box), ex=self._ttl)
-            tx.set(BINDING.format(record.user_id), record.principal, ex=self._ttl)
+            tx.set(KEY.format(record.key), dump(record, self._box), ex=self._ttl)
+            # Scored by wall-clock expiry, which every worker reads alike.
+            tx.zadd(index, {record.user_id: time.time() + self._ttl})
+            tx.expire(index, self._ttl)
             await tx.execute()
 
-    async def delete(self, user_id: str) -> None:
-        await self._redis.delete(KEY.format(user_id), BINDING.format(user_id))
+    async def delete(self, principal: str, user_id: str) -> None:
+        async with self._redis.pipeline(transaction=True) as tx:
+            tx.delete(KEY.format(session_key(principal, user_id)))
+            tx.zrem(INDEX.format(_escaped(principal)), user_id)
+            await tx.execute()
 
-    async def bind(self, user_id: str, principal: str) -> str | None:
-        # SET NX GET: set only if absent, and say what was there, in one step.
-        before = await self._redis.set(BINDING.format(user_id), principal, nx=True, ex=self._ttl, get=True)
-        return None if before is None else str(before)
+    async def reserve(self, principal: str, user_id: str, cap: int) -> Reservation:
+        now = time.time()
+        hold = now + min(RESERVATION_S, self._ttl)
+        index = INDEX.format(_escaped(principal))
+        answer = await self._redis.eval(
+            _RESERVE, 1, index, user_id, str(now), str(hold), str(cap), str(self._ttl)
+        )
+        return cast(Reservation, str(answer))
 
-    async def unbind(self, user_id: str, principal: str) -> None:
-        await self._redis.eval(RELEASE, 1, BINDING.format(user_id), principal)
+    async def unreserve(self, principal: str, user_id: str) -> None:
+        index, record = INDEX.format(_escaped(principal)), KEY.format(session_key(principal, user_id))
+        await self._redis.eval(_UNRESERVE, 2, index, record, user_id)
 
 
 class SessionRecords:
@@ -218,41 +282,42 @@ class SessionRecords:
         # already serves goes on from here instead of looking disconnected.
         self._seen: dict[str, SessionRecord] = {}
 
-    async def get(self, user_id: str) -> SessionRecord | None:
-        """The record, or None if there is none; Unavailable if only Redis could say."""
-        record = await self._stores.run(lambda s: s.get(user_id))
+    async def get(self, key: str) -> SessionRecord | None:
+        """The record of a session_key, or None if there is none; Unavailable if only Redis could say."""
+        record = await self._stores.run(lambda s: s.get(key))
         if record is None and self.redis is not None and not self._stores.redis_up:
-            record = self._seen.get(user_id)
+            record = self._seen.get(key)
             if record is None:
+                user_id = key.split(":", 1)[-1]  # the principal is the caller's own: no need to say it
                 raise Unavailable(
                     f"session store (Redis) unreachable: cannot tell whether {user_id!r} is connected",
                     retry_after_s=RETRY_AFTER_S,
                 )
             await self.memory.put(record)  # handed back to Redis when it returns
         if record is not None:
-            self._seen[user_id] = record
+            self._seen[key] = record
         else:
-            self._seen.pop(user_id, None)
+            self._seen.pop(key, None)
         return record
 
     async def put(self, record: SessionRecord) -> None:
-        self._seen[record.user_id] = record
+        self._seen[record.key] = record
         await self._stores.run(lambda s: s.put(record))
 
-    async def bind(self, user_id: str, principal: str) -> str | None:
-        return await self._stores.run(lambda s: s.bind(user_id, principal))
+    async def reserve(self, principal: str, user_id: str, cap: int) -> Reservation:
+        return await self._stores.run(lambda s: s.reserve(principal, user_id, cap))
 
-    async def unbind(self, user_id: str, principal: str) -> None:
-        await self._stores.run(lambda s: s.unbind(user_id, principal))
+    async def unreserve(self, principal: str, user_id: str) -> None:
+        await self._stores.run(lambda s: s.unreserve(principal, user_id))
 
     async def touch(self, record: SessionRecord) -> None:
         """Keep a session in use from expiring."""
         await self.put(replace(record))
 
-    async def delete(self, user_id: str) -> None:
-        self._seen.pop(user_id, None)
-        await self._stores.run(lambda s: s.delete(user_id))
-        await self.memory.delete(user_id)
+    async def delete(self, principal: str, user_id: str) -> None:
+        self._seen.pop(session_key(principal, user_id), None)
+        await self._stores.run(lambda s: s.delete(principal, user_id))
+        await self.memory.delete(principal, user_id)
 
     async def _hand_back(self, memory: RecordStore, redis_store: RecordStore) -> None:
         assert isinstance(memory, MemoryRecords)
