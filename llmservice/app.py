@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 from prometheus_client import start_http_server
 
 from llmservice.grpc_api import GrpcServer, start_server
+from llmservice.grpc_api.private_services import PrivateServices
 from llmservice.grpc_api.request_context import CallContext
+from llmservice.kernel.errors import Unauthenticated
 from llmservice.kernel.scheduler import Scheduler
 from llmservice.observability import tracing_for
 from llmservice.observability.metrics import (
@@ -21,6 +23,7 @@ from llmservice.observability.metrics import (
     ServiceMetrics,
     provider_readings,
 )
+from llmservice.rest.gate import GatePolicy
 from llmservice.service.auth import AuthPolicy
 from llmservice.service.core import LLMCore
 from llmservice.service.embed_cache import FILE_NAME as CACHE_FILE
@@ -77,9 +80,11 @@ async def running_service(
         catalogue,
         ModelAdmin(registry),
         metrics,
-        [CallContext(tracing, payloads=settings.logs.payloads)],
+        [PrivateServices(auth, settings.auth.public), CallContext(tracing, payloads=settings.logs.payloads)],
         responses,
+        max_message_bytes=body_limit(settings),
     )
+    server.auth = auth
     server.tracing = tracing
     if on_listening:
         on_listening(server.port)
@@ -149,6 +154,33 @@ async def metrics_served(metrics: ServiceMetrics, host: str, port: int) -> Async
         thread.join(5)
 
 
+def body_limit(settings: Settings) -> int:
+    return int(settings.server.max_body_mb * (1 << 20))
+
+
+def shim_gate(settings: Settings, auth: AuthPolicy | None) -> GatePolicy:
+    """What the shim checks before its routes run (rest.gate); `auth`: the service's own policy,
+    when the shim runs in its process, so a key is checked before a body is read."""
+
+    async def check_key(authorization: str | None) -> str | None:
+        assert auth is not None
+        try:
+            auth.authenticate([("authorization", authorization)] if authorization else [])
+        except Unauthenticated as exc:
+            return str(exc)
+        return None
+
+    s = settings.server
+    return GatePolicy(
+        max_body_bytes=body_limit(settings),
+        hosts=tuple(s.allowed_hosts),
+        origins=tuple(s.allowed_origins),
+        public=frozenset(settings.auth.public),
+        check_key=None if auth is None else check_key,
+        keys_required=None if auth is None else not auth.open,
+    )
+
+
 def local_target(host: str, port: int) -> str:
     """host:port for reaching our own gRPC server: a wildcard becomes loopback, IPv6 gets brackets."""
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
@@ -168,13 +200,20 @@ async def serve(settings: Settings) -> None:
             f"llmservice: gRPC listening on {host}:{port} (NOT_SERVING until the model is loaded)", flush=True
         )
 
+    grace = settings.server.drain_grace_s
     async with running_service(settings, listening) as server, contextlib.AsyncExitStack() as shim:
+        draining = asyncio.Event()
         if settings.server.http_port >= 0:
             from llmservice.rest.server import running_shim  # the shim is a client of this service
 
             target = local_target(host, server.port)
             connect = server.in_process_channel if settings.server.shim_in_process else None
-            running = running_shim(target, host, settings.server.http_port, server.tracing, connect)
+            gate = shim_gate(settings, server.auth)
+            # The shim's own grace outlasts the service's by a little, so that a stream the
+            # service cuts at the end of its grace still reaches its client as an error.
+            running = running_shim(
+                target, host, settings.server.http_port, server.tracing, connect, gate, grace + 2, draining
+            )
             http_port = await shim.enter_async_context(running)
             print(f"llmservice: HTTP shim (OpenAI API) on http://{host}:{http_port}", flush=True)
         if server.metrics_port >= 0:
@@ -182,5 +221,10 @@ async def serve(settings: Settings) -> None:
             print(f"llmservice: Prometheus metrics on {metrics_url}", flush=True)
         print(f"llmservice: ready, SERVING on {host}:{server.port}", flush=True)
         await stop.wait()
-        print(f"llmservice: draining (up to {settings.server.drain_grace_s:g} s)", flush=True)
+        print(f"llmservice: draining (up to {grace:g} s)", flush=True)
+        # Both sides at once: the shim stops accepting connections, gRPC health says
+        # NOT_SERVING and new calls are refused; then in-flight calls, streams and session
+        # turns (the shim's among them) get the grace to end.
+        draining.set()
+        await server.drain(grace)
     print("llmservice: stopped", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -24,7 +25,7 @@ from llmservice._pb.protocol import llm_service_pb2 as protocol_pb
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.grpc_api import reflection
 from llmservice.grpc_api.admin_servicer import ModelAdminServicer
-from llmservice.grpc_api.in_process import HandlerRegistry, InProcessChannel
+from llmservice.grpc_api.in_process import MAX_RECEIVE, HandlerRegistry, InProcessChannel
 from llmservice.grpc_api.response_store_servicer import ResponseStoreServicer
 from llmservice.grpc_api.servicer import LLMServicer
 from llmservice.grpc_api.session_servicer import ChatSessionServicer
@@ -58,10 +59,17 @@ class GrpcServer:
     tracing: Any = None  # the instance's observability.tracing.Tracing when tracing is on
     handlers: HandlerRegistry = field(default_factory=HandlerRegistry)  # for in-process calls
     interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+    sessions: ChatSessionServicer | None = None  # ChatSessionService's, when served: its turns drain too
+    max_message_bytes: int = MAX_RECEIVE
+    auth: AuthPolicy | None = None  # the policy its servicers apply (the shim's gate checks keys with it)
+    _channels: weakref.WeakSet[InProcessChannel] = field(default_factory=weakref.WeakSet)
+    _drained: bool = False
 
     def in_process_channel(self) -> InProcessChannel:
         """A channel to this server's services that skips the sockets (the shim's, in `serve`)."""
-        return InProcessChannel(self.handlers, self.interceptors)
+        channel = InProcessChannel(self.handlers, self.interceptors, self.max_message_bytes)
+        self._channels.add(channel)
+        return channel
 
     async def set_serving(self, serving: bool) -> None:
         """Health for the whole server ("") and for each LLMService name."""
@@ -70,19 +78,36 @@ class GrpcServer:
             await self.health.set(name, status)
 
     async def drain(self, grace_s: float) -> None:
-        """Report NOT_SERVING, refuse new calls, give in-flight LLM calls `grace_s` to finish.
+        """Report NOT_SERVING, refuse new calls, give in-flight LLM calls and session turns
+        `grace_s` to finish.
 
-        New Chat and StreamChat calls get UNAVAILABLE (retry elsewhere) from the
-        servicer itself, so the answer does not depend on where in grpc's own shutdown
-        a call lands. Calls that never end by themselves (health watches) are cut as
-        soon as the LLM calls are done, rather than holding the process for the whole
-        grace period.
+        New Chat and StreamChat calls (of LLMService and of ChatSessionService) get
+        UNAVAILABLE (retry elsewhere) from the servicers themselves, so the answer does
+        not depend on where in grpc's own shutdown a call lands. Session turns still
+        running when the grace is up are cut by the session manager, which keeps their
+        history consistent (no tool call without its result), and get a moment to say so
+        (UNAVAILABLE) before the calls are cut. Calls that never end by themselves
+        (health watches) are cut as soon as the rest are done, rather than holding the
+        process for the whole grace period.
         """
+        if self._drained:  # `serve` drains as SIGTERM comes; the lifespan's own drain is then done
+            return
+        sessions = self.sessions
         self.servicer.start_draining()
+        if sessions is not None:
+            sessions.start_draining()
         await self.set_serving(False)
+        idle = [self.servicer.wait_idle(), *([sessions.wait_idle()] if sessions is not None else [])]
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.servicer.wait_idle(), grace_s)
+            await asyncio.wait_for(asyncio.gather(*idle), grace_s)
+        if sessions is not None:
+            await sessions.cut_turns()
+        for (
+            channel
+        ) in self._channels:  # what the shim still has in flight in process ends as over the network
+            channel.cut("the service is shutting down: retry on another replica")
         await self.server.stop(0)
+        self._drained = True
 
 
 async def start_server(
@@ -96,9 +121,14 @@ async def start_server(
     metrics: ServiceMetrics | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     responses: StoredResponses | None = None,
+    max_message_bytes: int = MAX_RECEIVE,
 ) -> GrpcServer:
-    """Start serving on host:port (0 picks a free port); health says NOT_SERVING until set_serving."""
-    server = grpc.aio.server(interceptors=list(interceptors) or None)
+    """Start serving on host:port (0 picks a free port); health says NOT_SERVING until set_serving.
+    `max_message_bytes`: the largest request message taken (server.max_body_mb)."""
+    server = grpc.aio.server(
+        interceptors=list(interceptors) or None,
+        options=[("grpc.max_receive_message_length", max_message_bytes)],
+    )
     handlers = HandlerRegistry()  # the same services, for in-process callers
     auth = auth or AuthPolicy({})
     servicer = LLMServicer(core, auth, metrics)
@@ -127,11 +157,23 @@ async def start_server(
             store_grpc.add_ResponseStoreServiceServicer_to_server(store_servicer, target)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(
+        health, cast(grpc.aio.Server, handlers)
+    )  # the shim's /health
     reflection.enable((*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
-    result = GrpcServer(server, bound, health, servicer, handlers=handlers, interceptors=tuple(interceptors))
+    result = GrpcServer(
+        server,
+        bound,
+        health,
+        servicer,
+        handlers=handlers,
+        interceptors=tuple(interceptors),
+        max_message_bytes=max_message_bytes,
+    )
+    result.sessions = session_servicer
     await result.set_serving(False)
     return result

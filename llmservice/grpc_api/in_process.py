@@ -16,13 +16,15 @@ What a call does here is what it does over the network, minus the sockets:
 - an abort, an unexpected exception (UNKNOWN), a deadline (DEADLINE_EXCEEDED) or an
   unknown method (UNIMPLEMENTED) reaches the caller as grpc.aio.AioRpcError, with the
   trailing metadata the handler set;
-- a message larger than gRPC's default limit for what a side receives (4 MiB, which
-  both the server and the shim's channel keep) fails as it would on the network, with
-  RESOURCE_EXHAUSTED;
+- a message larger than what a side receives (the server's `max_message_bytes`, from
+  server.max_body_mb; gRPC's default of 4 MiB for replies, which the shim's channel
+  keeps) fails as it would on the network, with RESOURCE_EXHAUSTED;
 - a stream's initial metadata is what the handler sent with `send_initial_metadata`, or
   nothing once the call ended without it;
 - `cancel()`, or cancelling the task that awaits the call, cancels the handler's task;
-  a stream holds at most `STREAM_BUFFER` replies the caller has not read yet.
+  a stream holds at most `STREAM_BUFFER` replies the caller has not read yet;
+- the channel's `cut` ends the calls still running with UNAVAILABLE, as a server's
+  `stop(0)` at the end of a drain ends those on the network.
 """
 
 from __future__ import annotations
@@ -114,9 +116,19 @@ class InProcessChannel:
     """A grpc.aio-style channel whose calls run `registry`'s handlers behind `interceptors`."""
 
     def __init__(
-        self, registry: HandlerRegistry, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
+        self,
+        registry: HandlerRegistry,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        max_request_bytes: int = MAX_RECEIVE,
     ) -> None:
         self._registry, self._interceptors = registry, tuple(interceptors)
+        self.max_request_bytes = max_request_bytes
+        self._calls: set[_Rpc] = set()  # running
+
+    def cut(self, details: str) -> None:
+        """End every call still running with UNAVAILABLE (`details`): the server's stop(0), here."""
+        for rpc in list(self._calls):
+            rpc.cut(details)
 
     def unary_unary(
         self, method: str, request_serializer: Serializer = None, response_deserializer: Any = None, **_: Any
@@ -200,7 +212,14 @@ class _Rpc:
         self._channel, self._method, self._payload, self._unary = channel, method, payload, unary
         self.context = _ServicerContext(metadata, deadline)
         self.replies: asyncio.Queue[bytes | _End] = asyncio.Queue(STREAM_BUFFER)
+        self._cut: str | None = None
         self.task = asyncio.get_running_loop().create_task(self._run(deadline), context=contextvars.Context())
+        channel._calls.add(self)
+        self.task.add_done_callback(lambda _: channel._calls.discard(self))
+
+    def cut(self, details: str) -> None:
+        self._cut = details
+        self.task.cancel()
 
     async def _run(self, deadline: float | None) -> Any:
         try:
@@ -210,6 +229,10 @@ class _Rpc:
             error = self._error(exc.code, exc.details)
         except TimeoutError:
             error = self._error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        except asyncio.CancelledError:
+            if self._cut is None:  # the caller cancelled: nobody waits for an answer
+                raise
+            error = self._error(grpc.StatusCode.UNAVAILABLE, self._cut)
         except Exception as exc:
             log.exception("in-process call %s failed", self._method)
             error = self._error(grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc)}: {exc}")
@@ -226,7 +249,7 @@ class _Rpc:
         handler = await self._channel._handler(details)
         if handler is None:
             raise _Abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
-        payload = _check_size(self._payload)
+        payload = _check_size(self._payload, self._channel.max_request_bytes)
         request = handler.request_deserializer(payload) if handler.request_deserializer else payload
         serialize = handler.response_serializer or (lambda r: r)
         if handler.unary_unary is not None:
@@ -241,12 +264,12 @@ class _Rpc:
         return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details, None)
 
 
-def _check_size(message: Any) -> Any:
+def _check_size(message: Any, limit: int = MAX_RECEIVE) -> Any:
     """`message` (serialized) unless it is larger than the receiving side takes."""
-    if isinstance(message, bytes) and len(message) > MAX_RECEIVE:
+    if isinstance(message, bytes) and len(message) > limit:
         raise _Abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"Received message larger than max ({len(message)} vs. {MAX_RECEIVE})",
+            f"Received message larger than max ({len(message)} vs. {limit})",
         )
     return message
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.constants import REF_TEMPLATE
 from fastapi.responses import JSONResponse
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.exceptions import HTTPException
 
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as session_grpc
@@ -18,7 +19,9 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice._pb.llmservice.v1 import response_store_pb2_grpc as store_grpc
 from llmservice.rest import web
 from llmservice.rest.anthropic.router import router as anthropic_router
+from llmservice.rest.caller import api_key_caller_metadata
 from llmservice.rest.errors import APIError, from_grpc
+from llmservice.rest.gate import Gate, GatePolicy
 from llmservice.rest.llmchat.router import router as llmchat_router
 from llmservice.rest.llmchat.serving import LLMChatServing
 from llmservice.rest.metrics import MetricsMiddleware, ShimMetrics
@@ -46,10 +49,16 @@ CHANNEL_OPTIONS = [
 Connect = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
 
 
-def create_app(target: str, tracing: Tracing | None = None, connect: Connect | None = None) -> FastAPI:
+def create_app(
+    target: str,
+    tracing: Tracing | None = None,
+    connect: Connect | None = None,
+    gate: GatePolicy | None = None,
+) -> FastAPI:
     """The app, talking to the LLMService at `target` (host:port) over one channel; `tracing`
     (the service's, when tracing is on) gives each request a span. `connect` replaces the
-    channel with another the generated stubs can use (`llmservice serve`: its in-process one)."""
+    channel with another the generated stubs can use (`llmservice serve`: its in-process one).
+    `gate`: what is checked before a route runs (rest.gate); by default bodies up to 16 MB."""
 
     def over_grpc() -> contextlib.AbstractAsyncContextManager[Any]:
         return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
@@ -64,6 +73,7 @@ def create_app(target: str, tracing: Tracing | None = None, connect: Connect | N
                 llm, store_grpc.ResponseStoreServiceStub(channel)
             )
             app.state.llm = llm  # for routes that call the service directly (embeddings)
+            app.state.health = health_pb2_grpc.HealthStub(channel)
             app.state.llmchat = LLMChatServing(session_grpc.ChatSessionServiceStub(channel), llm)
             yield
 
@@ -81,6 +91,9 @@ def create_app(target: str, tracing: Tracing | None = None, connect: Connect | N
     app.include_router(llmchat_router(), prefix="/v1/llmchat", include_in_schema=False)
     metrics = ShimMetrics()
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
+    app.add_route("/health", _health, include_in_schema=False)
+    app.add_route("/health/live", _live, include_in_schema=False)
+    app.add_middleware(Gate, policy=gate or GatePolicy())
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, tracing=tracing)
     app.state.metrics = metrics
@@ -91,6 +104,24 @@ def create_app(target: str, tracing: Tracing | None = None, connect: Connect | N
     app.add_exception_handler(HTTPException, _http_error)
     _document_chat_request(app)
     return app
+
+
+async def _health(request: Request) -> JSONResponse:
+    """200 while the service behind says SERVING (its gRPC health), else 503: a probe's answer."""
+    try:
+        health = request.app.state.health
+        metadata = api_key_caller_metadata(request)  # health may be private (auth.public)
+        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5, metadata=metadata)
+        serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.aio.AioRpcError:
+        serving = False
+    status = "ok" if serving else "unavailable"
+    return JSONResponse({"status": status}, status_code=200 if serving else 503)
+
+
+async def _live(request: Request) -> JSONResponse:
+    """200 whenever the shim itself answers (a liveness probe's question), without the service."""
+    return JSONResponse({"status": "ok"})
 
 
 def _document_chat_request(app: FastAPI) -> None:

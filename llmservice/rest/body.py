@@ -27,5 +27,5 @@ def parse_body(model: type[Model], raw: bytes) -> Model:
 def _json_or_none(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
         return None

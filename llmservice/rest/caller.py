@@ -17,7 +17,7 @@ _FROM_HTTP = (("llm-surface", "http"),)
 
 
 def caller_metadata(request: Request) -> Metadata:
-    return _metadata(request.headers.get("authorization"))
+    return metadata_for(request.headers.get("authorization"))
 
 
 def api_key_caller_metadata(request: Request) -> Metadata:
@@ -26,9 +26,10 @@ def api_key_caller_metadata(request: Request) -> Metadata:
     authorization = request.headers.get("authorization")
     if not authorization and (key := request.headers.get("x-api-key")):
         authorization = f"Bearer {key}"
-    return _metadata(authorization)
+    return metadata_for(authorization)
 
 
-def _metadata(authorization: str | None) -> Metadata:
+def metadata_for(authorization: str | None) -> Metadata:
+    """The metadata that passes `authorization` (when there is one) on to the service."""
     sent = (("authorization", authorization), *_FROM_HTTP) if authorization else _FROM_HTTP
     return (*sent, *OUTGOING.get())

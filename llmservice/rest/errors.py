@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 _HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
@@ -42,8 +43,13 @@ PARAM_KEY = "llm-error-param"
 KIND_KEY = "llm-error-kind"
 
 
-class APIError(Exception):
-    """An error to answer in OpenAI's shape."""
+class APIError(HTTPException):
+    """An error to answer in OpenAI's shape (each surface's handler puts it in its own).
+
+    An HTTPException so that FastAPI passes one raised while it reads a body (rest.gate's
+    413) on as it is, rather than as its own "error parsing the body"; the app's handler
+    for APIError, the more specific class, is the one that answers it.
+    """
 
     def __init__(
         self,
@@ -54,7 +60,7 @@ class APIError(Exception):
         code: str | None = None,
         retry_after: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(status, message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.retry_after = retry_after
 

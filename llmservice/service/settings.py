@@ -86,7 +86,36 @@ class ServerSettings(Section):
             "servicers, interceptors and wire messages); false: over loopback gRPC"
         ),
     )
-    drain_grace_s: float = Field(10.0, ge=0, description="how long SIGTERM waits for in-flight calls")
+    drain_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "how long SIGTERM waits for in-flight calls, HTTP streams and session turns (the HTTP "
+            "and gRPC sides together) before it cuts them"
+        ),
+    )
+    max_body_mb: float = Field(
+        16.0,
+        gt=0,
+        description=(
+            "the largest request body the HTTP shim reads (413 beyond it, counted while reading) "
+            "and the largest message the gRPC server takes (RESOURCE_EXHAUSTED)"
+        ),
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Host header names the HTTP shim answers while it listens on loopback, besides "
+            "localhost, 127.0.0.1 and ::1 (DNS rebinding); '*': any"
+        ),
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description=(
+            "browser origins (scheme://host[:port], '*' wildcards) whose pages may call the HTTP "
+            "shim, besides its own page and localhost's; '*': any"
+        ),
+    )
     metrics_port: int = Field(
         -1,
         ge=-1,
@@ -117,10 +146,20 @@ class PrincipalSettings(Section):
         return self.key_sha256.lower()
 
 
+PublicPart = Literal["health", "reflection", "metrics", "docs"]
+
+
 class AuthSettings(Section):
     """API keys and what each caller may use. No principals: open local mode."""
 
     principals: dict[str, PrincipalSettings] = Field(default_factory=dict)
+    public: list[PublicPart] = Field(
+        default_factory=lambda: cast(list[PublicPart], ["health"]),
+        description=(
+            "what answers without an API key when principals are set: gRPC and HTTP health, gRPC "
+            "reflection, the HTTP shim's /metrics, its API documents (/docs, /redoc, /openapi.json)"
+        ),
+    )
 
 
 # A named deployment in llm.toml: one provider's settings under a name of its own, so a
@@ -262,6 +301,12 @@ class LLMChatSettings(Section):
         15.0, gt=0, description="connecting to an MCP server and listing its tools"
     )
     max_steps: int = Field(8, ge=1, description="model calls per turn before the loop gives up on tools")
+    max_sessions_per_principal: int = Field(
+        100,
+        ge=1,
+        description="sessions one caller (principal) may have open at once; connecting one more is "
+        "refused (RESOURCE_EXHAUSTED, HTTP 429) until one is disconnected or expires",
+    )
     # MCP servers a session may launch as a subprocess (transport stdio): name -> argv.
     stdio_servers: dict[str, list[str]] = Field(default_factory=dict)
     # The catalogue of MCP servers offered to sessions: name -> server. Listed with a probe

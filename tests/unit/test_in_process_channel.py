@@ -199,3 +199,37 @@ async def test_a_message_over_grpcs_receive_limit_fails_as_on_the_network(parts:
     for caught in (reply_too_big, request_too_big):
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "larger than max" in (caught.value.details() or "")
+
+
+async def test_a_request_limit_of_its_own_is_kept(parts: Any) -> None:
+    registry, servicer = HandlerRegistry(), Servicer()  # type: ignore[abstract]
+    pb_grpc.add_LLMServiceServicer_to_server(servicer, cast(grpc.aio.Server, registry))
+    stub = pb_grpc.LLMServiceStub(cast(grpc.aio.Channel, InProcessChannel(registry, max_request_bytes=1000)))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Chat(chat("x" * 2000))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (await stub.Chat(chat("x" * 500))).content
+
+
+async def test_cut_ends_running_calls_with_unavailable_after_what_was_sent(parts: Any) -> None:
+    stub, servicer, _, channel = parts
+    stream = stub.StreamChat(chat("endless"))
+    unary = asyncio.ensure_future(stub.Chat(chat("slow")))
+    assert (await stream.read()).token == "t0"
+    channel.cut("the service is shutting down")
+    with pytest.raises(grpc.aio.AioRpcError) as cut_unary:
+        await unary
+    tokens: list[str] = []
+
+    async def read_all() -> None:
+        while True:
+            tokens.append((await stream.read()).token)
+
+    with pytest.raises(grpc.aio.AioRpcError) as cut_stream:
+        await read_all()
+    for cut in (cut_unary, cut_stream):
+        assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert cut.value.details() == "the service is shutting down"
+    assert tokens[:2] == ["t1", "t2"]  # what was sent before the cut is read first
+    await asyncio.wait_for(servicer.stream_closed.wait(), 5)
+    assert not channel._calls

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from llmservice.rest.caller import caller_metadata
 from llmservice.rest.errors import APIError, from_grpc
@@ -61,12 +62,20 @@ class DetailRoute(APIRoute):
                 error = from_grpc(exc)
             except APIError as exc:
                 error = exc
+            except HTTPException as exc:  # FastAPI's own, reading the body
+                error = APIError(exc.status_code, _why(exc), "invalid_request_error")
             detail = WORDING.get((name, error.status), "{}").format(error.message)
             headers = {"Retry-After": error.retry_after} if error.retry_after else None
             body = {"detail": detail, "param": error.param}
             return JSONResponse(body, status_code=error.status, headers=headers)
 
         return route
+
+
+def _why(exc: HTTPException) -> str:
+    if isinstance(exc.__cause__, RecursionError):
+        return "the body is not valid JSON: it is nested too deeply"
+    return str(exc.detail)
 
 
 def router() -> APIRouter:
