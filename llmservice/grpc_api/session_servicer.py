@@ -50,7 +50,8 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
         self._draining = False
 
     def start_draining(self) -> None:
-        """From now on, refuse new turns with UNAVAILABLE (the other calls are still served)."""
+        """From now on, refuse new turns and connects with UNAVAILABLE (the other calls, such
+        as Disconnect and GetConfig, are still served)."""
         self._draining = True
 
     async def wait_idle(self) -> None:
@@ -82,13 +83,14 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
 
     @errors_to_status()
     async def Connect(self, request: pb.ConnectRequest, context: Context) -> pb.ConnectResponse:
-        connected = await self._sessions.connect(
-            self._principal(context),
-            request.user_id,
-            _server(request.server),
-            _llm(request.llm),
-            request.streaming,
-        )
+        with self._turn():  # a connect is work too: refused while draining, waited for if begun
+            connected = await self._sessions.connect(
+                self._principal(context),
+                request.user_id,
+                _server(request.server),
+                _llm(request.llm),
+                request.streaming,
+            )
         return pb.ConnectResponse(
             status="connected",
             user_id=connected.user_id,

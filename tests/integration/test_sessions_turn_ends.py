@@ -206,6 +206,7 @@ async def test_a_drain_waits_for_a_turn_in_flight_and_refuses_new_ones(mcp_url: 
             for refused in (
                 lambda: sessions.Chat(pb.ChatRequest(user_id="c-drain", message="hi")),
                 lambda: sessions.StreamChat(pb.StreamChatRequest(user_id="c-drain", message="hi")).read(),
+                lambda: sessions.Connect(connect("c-late", mcp_url)),
             ):
                 with pytest.raises(grpc.aio.AioRpcError) as raised:
                     await refused()
