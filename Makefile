@@ -9,7 +9,7 @@ PYSTAMP   := $(VENV)/.installed
 NODESTAMP := node_modules/.installed
 BUF    := PATH="$(CURDIR)/$(BIN):$$PATH" node_modules/.bin/buf
 
-.PHONY: run test test-unit test-integration test-e2e proto lint bench install system-packages
+.PHONY: run test test-unit test-integration test-faults test-e2e proto lint bench install system-packages
 
 run: $(PYSTAMP)  ## serve the bundled model on :50051 (ARGS="--grpc-port 0 --set k=v" to change)
 	$(BIN)/llmservice serve $(ARGS)
@@ -22,6 +22,9 @@ test-unit: $(PYSTAMP)
 
 test-integration: $(PYSTAMP) $(NODESTAMP) system-packages
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+test-faults: $(PYSTAMP) system-packages  ## the fault suite: Redis killed, SIGKILL, a hung provider, slow readers, a soak
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
 test-e2e: $(PYSTAMP) system-packages  ## browser tests of the web chat page
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)

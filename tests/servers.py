@@ -1,4 +1,5 @@
-"""Real servers the integration tests start as subprocesses: Redis and MCP servers."""
+"""Real servers the integration and fault tests start as subprocesses: Redis, MCP servers,
+`llmservice serve`."""
 
 from __future__ import annotations
 
@@ -47,10 +48,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @dataclass
 class RedisServer:
-    """A redis-server of our own on a free port; it can be killed and started again."""
+    """A redis-server of our own on a free port; it can be killed and started again.
+
+    With `persist_dir`, it keeps an append-only file there, fsynced on every write, so a
+    SIGKILL loses nothing and a start on the same directory brings the data back; without
+    it, nothing is kept and a restart starts empty."""
 
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    persist_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -60,7 +66,11 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: `make test` installs it with apt")
-        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        if self.persist_dir is None:
+            argv += ["--appendonly", "no"]
+        else:
+            argv += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.persist_dir)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         wait_for_port(self.port, self.proc)
 
@@ -72,8 +82,8 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
+def redis_server(persist_dir: Path | None = None) -> Iterator[RedisServer]:
+    server = RedisServer(persist_dir=persist_dir)
     server.start()
     try:
         yield server
@@ -112,30 +122,63 @@ def demo_mcp_server(
 class ServeProcess:
     proc: subprocess.Popen[str]
     grpc_port: int
+    http_port: int = -1  # the HTTP shim's, when started with http=True
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    def memory(self) -> Memory:
+        """What the process holds in memory now (its /proc status)."""
+        return memory_of(self.proc.pid)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """A process's resident memory, in bytes, from /proc/PID/status (Linux)."""
+
+    rss: int  # VmRSS: all of it, the model file's mapped pages included
+    anon: int  # RssAnon: what the process allocated (heaps, KV cache), no file pages
+
+
+def memory_of(pid: int) -> Memory:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon"):
+            fields[name] = int(value.split()[0]) * 1024  # the kernel says kB
+    return Memory(rss=fields["VmRSS"], anon=fields["RssAnon"])
+
 
 @contextlib.contextmanager
-def llmservice_serve(*settings: str) -> Iterator[ServeProcess]:
-    """`llmservice serve` as a process of its own (no HTTP shim), once it says it is ready."""
-    argv = [sys.executable, "-m", "llmservice", "serve", "--grpc-port", "0", "--http-port", "-1"]
+def llmservice_serve(*settings: str, http: bool = False, log: Path | None = None) -> Iterator[ServeProcess]:
+    """`llmservice serve` as a process of its own, once it says it is ready; with `http`, its
+    HTTP shim too (on a free port), as operators run it; with `log`, its stderr (the log)
+    goes to that file."""
+    argv = [sys.executable, "-m", "llmservice", "serve", "--grpc-port", "0"]
+    argv += ["--http-port", "0" if http else "-1"]
     for setting in settings:
         argv += ["--set", setting]
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    with contextlib.ExitStack() as opened:  # the file is closed here: the child has its own copy
+        stderr = subprocess.DEVNULL if log is None else opened.enter_context(log.open("w"))
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
     assert proc.stdout is not None
     try:
         deadline = time.monotonic() + 120
-        port = 0
+        port = http_port = 0
         while time.monotonic() < deadline and (line := proc.stdout.readline()):
+            if line.startswith("llmservice: HTTP shim"):
+                http_port = int(line.rstrip().rsplit(":", 1)[1])
             if line.startswith("llmservice: ready"):
                 port = int(line.rsplit(":", 1)[1])
                 break
         if not port:
             raise RuntimeError("llmservice serve did not become ready")
-        yield ServeProcess(proc, port)  # type: ignore[arg-type]
+        yield ServeProcess(proc, port, http_port if http else -1)  # type: ignore[arg-type]
     finally:
         if proc.poll() is None:
             proc.terminate()
