@@ -117,6 +117,10 @@ class Job:
     partition: str = ""  # caches are reused only between jobs of the same partition
     arrival: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Set while its reader is behind (what it was sent is still unread): it is paused, as
+    # a preempted sequence is, so a client that stops reading costs a bounded backlog, not
+    # its whole stream; the reader clears it, and wakes the engine, as it catches up.
+    reader_behind: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -268,6 +272,10 @@ class Engine:
         if job.priority < self._step_urgency:  # more urgent than all the step under way
             self._urgent[0] = b"\x01"
 
+    def wake(self) -> None:
+        """Have the engine look at its jobs again (one's reader caught up, or it was cancelled)."""
+        self._inbox.put(_WAKE)
+
     def warm(self, tokens: list[int], partition: str) -> None:
         """Prefill `tokens` when idle (a conversation as its next turn will resend it)."""
         if self.prompt_cache and tokens:
@@ -286,8 +294,9 @@ class Engine:
     def _loop(self) -> None:
         while not self._stopping:
             self._urgent[0] = b"\x00"  # every job that raised it is collected next
-            idle = not self._running and not self._waiting
-            self._collect(block=idle and not self._warm and self._warming is None and not self._to_spill)
+            # Nothing to decode: no jobs, or every one waits for its reader (the reader wakes us).
+            stalled = not self._waiting and all(s.job.reader_behind.is_set() for s in self._running)
+            self._collect(block=stalled and not self._warm and self._warming is None and not self._to_spill)
             if self._running or self._waiting:
                 self._stop_warming()
             self._admit()
@@ -325,6 +334,8 @@ class Engine:
             while True:
                 if job is None:
                     self._stopping = True
+                elif job is _WAKE:
+                    pass
                 elif isinstance(job, _Warm):
                     self._warm = [*self._warm, job][-self.n_cached :]
                     self._warm_taken += 1
@@ -637,7 +648,11 @@ class Engine:
     def _most_urgent(self) -> list[_Sequence]:
         """The sequences that decode this step; any other that had started is paused."""
         now = time.monotonic()
-        ranked = sorted(self._running, key=lambda s: s.urgency(now, self.aging_s))
+        behind = [s for s in self._running if s.job.reader_behind.is_set()]
+        for seq in behind:  # paused until its reader catches up; its cache stays
+            seq.active = False
+        ready = [s for s in self._running if not s.job.reader_behind.is_set()]
+        ranked = sorted(ready, key=lambda s: s.urgency(now, self.aging_s))
         active, paused = ranked[: self.n_slots], ranked[self.n_slots :]
         for seq in paused:
             if seq.active and (seq.generated or seq.pos):  # it had started
@@ -745,6 +760,7 @@ class _NoSink:
 
 
 _NO_SINK = _NoSink()
+_WAKE = _Warm([], "")  # in the inbox: nothing to do but look at the jobs again
 
 
 class _Batch:

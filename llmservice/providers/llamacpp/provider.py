@@ -30,7 +30,7 @@ from llmservice.kernel.types import (
 )
 from llmservice.providers.llamacpp import store, tools
 from llmservice.providers.llamacpp.constraint import grammar_for
-from llmservice.providers.llamacpp.engine import Delivery, Job
+from llmservice.providers.llamacpp.engine import Delivery, Event, Job
 from llmservice.providers.llamacpp.gguf_info import has_chat_template
 from llmservice.providers.llamacpp.loaded import LoadedModel, open_model
 from llmservice.providers.llamacpp.model import LlamaModel
@@ -357,7 +357,7 @@ class LlamaCppProvider(Provider):
                 seed=s.seed,
                 grammar=grammar_for(request.constraint) if request.constraint else None,
             ),
-            deliver=events.put_nowait,
+            deliver=lambda event: _unread(events, job, event),
             sink=self._sink_for(loop),
             stop=s.stop,
             priority=request.priority,
@@ -372,6 +372,9 @@ class LlamaCppProvider(Provider):
             try:
                 while True:
                     event = await events.get()
+                    if job.reader_behind.is_set() and events.qsize() <= READER_CAUGHT_UP:
+                        job.reader_behind.clear()
+                        engine.wake()
                     if isinstance(event, BaseException):
                         raise event
                     if isinstance(event, TokenDelta):
@@ -385,6 +388,8 @@ class LlamaCppProvider(Provider):
                         return
             finally:
                 job.cancel()
+                if job.reader_behind.is_set():
+                    engine.wake()  # it sleeps while every job waits for its reader: this one is gone
 
     def _partition(self, request: ChatRequest) -> str:
         """Whose caches a request may reuse: its principal's (or everyone's, if shared), by salt."""
@@ -549,6 +554,19 @@ def _capped(end: StreamEnd, asked: int, n_ctx: int) -> StreamEnd:
     if asked <= left:
         return end
     return replace(end, usage=replace(end.usage, max_tokens_capped_to=left))
+
+
+# Events a stream's reader may leave unread before its sequence is paused (and how few
+# before it goes on): a reader that stops costs at most this many, ~200 KB each with the
+# full distribution, not max_tokens of them; one that reads keeps well below it.
+READER_BEHIND = 32
+READER_CAUGHT_UP = 8
+
+
+def _unread(events: asyncio.Queue[Event], job: Job, event: Event) -> None:
+    events.put_nowait(event)
+    if events.qsize() >= READER_BEHIND:
+        job.reader_behind.set()
 
 
 def _resendable(end: StreamEnd, request: ChatRequest) -> bool:
