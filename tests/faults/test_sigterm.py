@@ -69,7 +69,24 @@ async def read_to_the_end(stream: Any) -> None:
         pass
 
 
+async def http_rest(chunks: AsyncIterator[Any], words: list[str]) -> tuple[str, str | None]:
+    """The rest of an HTTP stream: all its text, and its finish reason."""
+    last = None
+    async for chunk in chunks:
+        if chunk.choices:
+            words.append(chunk.choices[0].delta.content or "")
+            last = chunk.choices[0].finish_reason or last
+    return "".join(words), last
+
+
+async def grpc_rest(stream: Any, words: list[str]) -> str:
+    while (reply := await stream.read()) is not grpc.aio.EOF:
+        words.append(reply.token)
+    return "".join(words)
+
+
 async def test_sigterm_stops_taking_work_at_once_and_finishes_what_is_in_flight(upstream: str) -> None:
+    """Under load: 6 HTTP streams and 4 gRPC streams in flight when SIGTERM comes."""
     with serving(upstream, grace_s=30) as served:
         async with (
             openai.AsyncOpenAI(api_key="none", base_url=served.base_url + "/v1", max_retries=0) as client,
@@ -77,11 +94,15 @@ async def test_sigterm_stops_taking_work_at_once_and_finishes_what_is_in_flight(
         ):
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
-            http_stream = await client.chat.completions.create(model="fake-model", messages=HI, stream=True)
-            http_chunks, http_words = await started(http_stream)
+            http_streams = [
+                await started(
+                    await client.chat.completions.create(model="fake-model", messages=HI, stream=True)
+                )
+                for _ in range(6)
+            ]
             stub = pb_grpc.LLMServiceStub(channel)
-            grpc_stream = stub.StreamChat(chat_request())
-            grpc_words = [(await grpc_stream.read()).token]
+            grpc_streams = [stub.StreamChat(chat_request()) for _ in range(4)]
+            grpc_words = [[(await stream.read()).token] for stream in grpc_streams]
 
             served.proc.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
@@ -98,17 +119,16 @@ async def test_sigterm_stops_taking_work_at_once_and_finishes_what_is_in_flight(
             assert time.monotonic() - signalled < 3
 
             # What was in flight runs to its end, past the five seconds the shim used to allow.
-            last = None
-            async for chunk in http_chunks:
-                if chunk.choices:
-                    http_words.append(chunk.choices[0].delta.content)
-                    last = chunk.choices[0].finish_reason or last
-            while (reply := await grpc_stream.read()) is not grpc.aio.EOF:
-                grpc_words.append(reply.token)
+            http_ends = await asyncio.gather(*(http_rest(chunks, words) for chunks, words in http_streams))
+            grpc_texts = await asyncio.gather(
+                *(grpc_rest(s, w) for s, w in zip(grpc_streams, grpc_words, strict=True))
+            )
             finished = time.monotonic() - signalled
-    assert last == "stop"
-    assert "".join(w or "" for w in http_words).split() == SLOW.text.split()
-    assert "".join(grpc_words).split() == SLOW.text.split()
+    for text, last in http_ends:
+        assert last == "stop"
+        assert text.split() == SLOW.text.split()
+    for text in grpc_texts:
+        assert text.split() == SLOW.text.split()
     assert finished > 5
     assert served.proc.wait(30) == 0
 
