@@ -46,6 +46,11 @@ class LLMCore:
         self._max_inputs = max_inputs
         self.limits = limits or Limits.unlimited()  # usage, budgets, rate limits
 
+    @property
+    def default_provider(self) -> str:
+        """The provider a request naming none goes to."""
+        return self._registry.default
+
     def serves(self, provider: str) -> bool:
         """Whether a provider of that name is configured here (whoever may use it)."""
         return self._registry.has(provider)
@@ -152,6 +157,21 @@ class LLMCore:
 
     async def list_models(self, principal: Principal = LOCAL) -> list[ModelInfo]:
         return [m for m in await self._registry.list_models() if principal.may_use(m.provider, m.id)]
+
+    def providers_for(self, principal: Principal) -> list[str]:
+        """The configured providers whose default model the caller may use, the default
+        provider first; asks none of them."""
+        return [name for name in self._registry.names() if self.may_use(principal, name, "")]
+
+    def may_use(self, principal: Principal, provider: str, model: str) -> bool:
+        """Whether the caller may use `model` (empty: its default) of configured `provider`."""
+        found, model = self._registry.resolve(provider, model)
+        return principal.may_use(found.name, model)
+
+    async def lists(self, provider: str, model: str) -> bool | None:
+        """Whether configured `provider` lists `model`; None when it did not answer in time
+        (listing.timeout_s). Asks that provider only, as ListModels would (cached alike)."""
+        return await self._registry.lists(provider, model)
 
 
 def _supported(provider: Provider, request: ChatRequest) -> None:

@@ -8,6 +8,7 @@ engine's model pool; Ollama's pull and keep-alive).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -39,13 +40,19 @@ class ModelAdmin:
         self, provider: str, model: str, *, make_default: bool = False, principal: Principal = LOCAL
     ) -> Loaded:
         found, model = self._provider(principal, provider, model)
-        fresh = await found.load_model(model, make_default=make_default)
+        try:
+            fresh = await found.load_model(model, make_default=make_default)
+        finally:
+            self._registry.models_changed(found)
         return Loaded(found.name, model, not fresh, found.default_model == model)
 
     async def unload(self, provider: str, model: str, principal: Principal = LOCAL) -> tuple[str, str, bool]:
         """(provider, model, whether it was loaded)."""
         found, model = self._provider(principal, provider, model)
-        return found.name, model, await found.unload_model(model)
+        try:
+            return found.name, model, await found.unload_model(model)
+        finally:
+            self._registry.models_changed(found)
 
     def pull(
         self, provider: str, source: str, *, sha256: str = "", name: str = "", principal: Principal = LOCAL
@@ -54,12 +61,26 @@ class ModelAdmin:
         if not source:
             raise InvalidRequest("source", "name the model to pull (a URL, hf://owner/repo/file.gguf, ...)")
         found, _ = self._provider(principal, provider, source)
-        return found.name, found.pull_model(source, sha256=sha256, name=name)
+        return found.name, self._pulled(found, found.pull_model(source, sha256=sha256, name=name))
 
     async def delete(self, provider: str, model: str, principal: Principal = LOCAL) -> tuple[str, str]:
         found, model = self._provider(principal, provider, model)
-        await found.delete_model(model)
+        try:
+            await found.delete_model(model)
+        finally:
+            self._registry.models_changed(found)
         return found.name, model
+
+    async def _pulled(
+        self, provider: Provider, steps: AsyncGenerator[PullProgress]
+    ) -> AsyncGenerator[PullProgress]:
+        """The pull's steps; once it ends, however it ends, ListModels asks the provider again."""
+        try:
+            async with contextlib.aclosing(steps) as pulling:
+                async for step in pulling:
+                    yield step
+        finally:
+            self._registry.models_changed(provider)
 
     def _provider(self, principal: Principal, provider: str, model: str) -> tuple[Provider, str]:
         if not principal.admin:

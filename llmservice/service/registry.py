@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from types import TracebackType
 from typing import Self
@@ -13,22 +14,47 @@ from llmservice.kernel.provider import Provider
 from llmservice.kernel.settings import SettingsError
 from llmservice.kernel.types import ModelInfo
 from llmservice.providers import entries
+from llmservice.service.listing import ProviderListing
 from llmservice.service.routing import FallbackRoute
-from llmservice.service.settings import Settings, env_name
+from llmservice.service.settings import ListingSettings, Settings, env_name
 
 
 class ProviderRegistry:
     """The configured providers, started and closed together."""
 
     def __init__(
-        self, providers: Mapping[str, Provider], default: str, routes: Mapping[str, Provider] | None = None
+        self,
+        providers: Mapping[str, Provider],
+        default: str,
+        routes: Mapping[str, Provider] | None = None,
+        *,
+        listing: ListingSettings | None = None,
+        local: Collection[str] = (),
     ) -> None:
+        """`listing`: how long ListModels waits for each provider and reuses its answer (by
+        default it waits for every one and reuses nothing); `local`: the names of the
+        in-process providers, which it always asks afresh and waits for."""
         if default not in providers:
             raise SettingsError(f"provider {default!r} is the default but is not configured")
         self._providers = dict(providers)
         self._routes = dict(routes or {})
         self.default = default
         self._stack = contextlib.AsyncExitStack()
+        # One listing per provider asked: the providers, a route's deployments (all of them
+        # providers here when built from settings) and any other kind of route.
+        asked = {id(p): p for p in self._providers.values()}
+        for route in self._routes.values():
+            for member in route.members if isinstance(route, FallbackRoute) else [route]:
+                asked.setdefault(id(member), member)
+        in_process = {id(self._providers[name]) for name in local if name in self._providers}
+        self._listings = {
+            key: ProviderListing(
+                provider,
+                timeout_s=None if listing is None or key in in_process else listing.timeout_s,
+                cache_s=0.0 if listing is None or key in in_process else listing.cache_s,
+            )
+            for key, provider in asked.items()
+        }
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ProviderRegistry:
@@ -80,7 +106,8 @@ class ProviderRegistry:
             routes[model] = FallbackRoute(
                 model, [providers[m] for m in members], cooldown_s=settings.routing.cooldown_s
             )
-        return cls(providers, settings.provider, routes)
+        local = [kind for kind, entry in kinds.items() if entry.local]
+        return cls(providers, settings.provider, routes, listing=settings.listing, local=local)
 
     def resolve(self, provider: str, model: str) -> tuple[Provider, str]:
         """The provider and model id that serve a request; empty names mean the defaults.
@@ -100,19 +127,44 @@ class ProviderRegistry:
     def has(self, name: str) -> bool:
         return name in self._providers
 
+    def names(self) -> list[str]:
+        """The configured providers' names, the default first."""
+        return [self.default, *(name for name in self._providers if name != self.default)]
+
     def providers(self) -> list[tuple[str, Provider]]:
         """Every configured provider and fallback route, by name (for metrics)."""
         return [*self._providers.items(), *self._routes.items()]
 
     async def list_models(self) -> list[ModelInfo]:
+        """Every provider's models, then the routes: the providers asked at once, each as
+        service/listing.py says (a remote one waited for at most listing.timeout_s), a
+        route described from the answers of its deployments."""
+        keys = list(self._listings)
+        answers = await asyncio.gather(*(self._listings[key].models() for key in keys))
+        listed = {key: answer.models for key, answer in zip(keys, answers, strict=True)}
         models: list[ModelInfo] = []
         for name, provider in self._providers.items():
-            for info in await provider.list_models():
+            for info in listed[id(provider)]:
                 is_default = name == self.default and info.id == provider.default_model
                 models.append(replace(info, is_default=True) if is_default else info)
         for route in self._routes.values():
-            models += await route.list_models()
+            if isinstance(route, FallbackRoute):
+                models.append(route.describe([listed[id(m)] for m in route.members]))
+            else:
+                models += listed[id(route)]
         return models
+
+    async def lists(self, name: str, model: str) -> bool | None:
+        """Whether configured provider `name` lists `model`; None when it did not answer
+        within listing.timeout_s (nobody can tell)."""
+        answer = await self._listings[id(self._providers[name])].models()
+        return any(m.id == model for m in answer.models) if answer.current else None
+
+    def models_changed(self, provider: Provider) -> None:
+        """`provider` loaded, unloaded, pulled or deleted a model: the next listing asks it."""
+        listing = self._listings.get(id(provider))
+        if listing is not None:
+            listing.forget()
 
     async def __aenter__(self) -> Self:
         for provider in self._providers.values():
@@ -122,4 +174,8 @@ class ProviderRegistry:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self._stack.aclose()
+        try:
+            for listing in self._listings.values():  # asks still in flight end before their clients
+                await listing.aclose()
+        finally:
+            await self._stack.aclose()

@@ -9,6 +9,7 @@ and once an event has reached the caller nothing is: the caller sees the failure
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
@@ -63,12 +64,19 @@ class FallbackRoute(Provider):
         return {"fallbacks": self.fallbacks}
 
     async def list_models(self) -> list[ModelInfo]:
-        """The route as one model, able to do what every one of its deployments can."""
-        capabilities = [await _capabilities(m) for m in self.members]
+        """The route as one model, its deployments asked at once. ListModels does not call
+        this: it describes the route from the answers the registry got of its deployments
+        in the same listing (bounded, see service/listing.py), asking none of them twice."""
+        return [self.describe(await asyncio.gather(*(m.list_models() for m in self.members)))]
+
+    def describe(self, listings: Sequence[Sequence[ModelInfo]]) -> ModelInfo:
+        """The route as one model, from each deployment's models (in route order): able to
+        do what every one of them can with the model it serves the route with."""
+        capabilities = [_capabilities(m, listed) for m, listed in zip(self.members, listings, strict=True)]
         both = Capabilities(
             *(all(getattr(c, f) for c in capabilities) for f in Capabilities.__dataclass_fields__)
         )
-        return [ModelInfo(self._model, "route", capabilities=both)]
+        return ModelInfo(self._model, "route", capabilities=both)
 
     def validate(self, model: str, request: ChatRequest) -> None:
         """Refuse what any deployment would refuse: whichever answers must honour the request."""
@@ -140,8 +148,8 @@ def _served_by(event: StreamEvent, member: Provider) -> StreamEvent:
     return replace(event, provider=member.name) if isinstance(event, StreamEnd) else event
 
 
-async def _capabilities(member: Provider) -> Capabilities:
-    for info in await member.list_models():
+def _capabilities(member: Provider, listed: Sequence[ModelInfo]) -> Capabilities:
+    for info in listed:
         if info.id == member.default_model:
             return info.capabilities
     return Capabilities()

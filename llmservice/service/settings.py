@@ -210,6 +210,20 @@ class RoutingSettings(Section):
     cooldown_s: float = Field(30.0, ge=0, description="how long a failing deployment is skipped")
 
 
+class ListingSettings(Section):
+    """How ListModels asks the remote providers (service/listing.py); the local model is
+    asked every time and waited for."""
+
+    timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="how long a listing waits for a remote provider's models (then: its last, not loaded)",
+    )
+    cache_s: float = Field(
+        30.0, ge=0, description="how long a remote provider's model list is reused; 0: never"
+    )
+
+
 class CacheSettings(Section):
     type: Literal["auto", "memory", "redis"] = Field(
         "auto", description="where chat sessions and history live; auto: Redis when redis_url is set"
@@ -357,6 +371,7 @@ class ServiceSettings(BaseSettings):
     # A model name served by an ordered list of deployments: the first that works answers.
     routes: dict[str, list[str]] = Field(default_factory=dict)
     routing: RoutingSettings = RoutingSettings()
+    listing: ListingSettings = ListingSettings()
     auth: AuthSettings = AuthSettings()
     cache: CacheSettings = CacheSettings()
     responses: ResponsesSettings = ResponsesSettings()

@@ -433,9 +433,14 @@ class SessionManager:
     async def _llm_choice(self, principal: Principal, llm: LLMChoice) -> LLMChoice:
         """The provider and model `llm` names, as this caller may use them (empty: the
         defaults): one the server serves as configured, or any remote kind this service
-        knows with settings of the session's own (checked when its provider is built)."""
-        models = await self._core.list_models(principal)
-        provider = llm.provider or (models[0].provider if models else "")
+        knows with settings of the session's own (checked when its provider is built).
+
+        No provider named: the default one, or the first configured one whose default model
+        the caller may use. Only the provider chosen is asked for its models, and only when
+        a model is named (bounded as ListModels is: one that does not answer in time is
+        taken at its word, and a turn finds out)."""
+        usable = self._core.providers_for(principal)
+        provider = llm.provider or (usable[0] if usable else self._core.default_provider)
         config = dict(llm.config)
         model = llm.model
         if "model_id" in config:  # the documented name of Bedrock's and watsonx's model
@@ -447,9 +452,9 @@ class SessionManager:
             model = model_id
         choice = replace(llm, provider=provider, model=model, config=config)
         if self._served_as_configured(choice):
-            if provider not in {m.provider for m in models}:
+            if not self._core.may_use(principal, provider, model):  # looks like a model nobody has
                 raise NotFound(f"model {model or 'default'!r} not found")
-            if model and model not in {m.id for m in models if m.provider == provider}:
+            if model and await self._core.lists(provider, model) is False:
                 raise InvalidRequest("llm.config.model", f"provider {provider} has no model {model!r}")
             return choice
         entry = entries().get(provider)
@@ -459,7 +464,7 @@ class SessionManager:
                 raise InvalidRequest(
                     f"llm.config.{name}", f"provider {provider} runs in-process and has no {name}"
                 )
-            known = sorted({m.provider for m in models} | {k for k, e in entries().items() if not e.local})
+            known = sorted({*usable, *(k for k, e in entries().items() if not e.local)})
             raise InvalidRequest(
                 "llm.provider", f"{provider!r} is not a provider this service knows ({', '.join(known)})"
             )

@@ -80,7 +80,8 @@ def session_key(principal: str, user_id: str) -> str:
 @dataclass(frozen=True)
 class LLMChoice:
     """The LLM a session talks to; as a connect asks for it, an empty provider means the
-    first one configured and an empty model its default."""
+    default one (or the first configured whose default model the caller may use) and an
+    empty model its default."""
 
     provider: str = ""
     model: str = ""

@@ -873,7 +873,9 @@ class ModelInfo(_message.Message):
     is_default: _builtins.bool
     """Set on the model used when a request names none."""
     loaded: _builtins.bool
-    """Whether the model is loaded and ready (always true for remote models)."""
+    """Whether the model is loaded and ready: true for remote models, except while their
+    provider does not answer ListModels in time (listing.timeout_s).
+    """
     quantization: _builtins.str
     """How the weights are stored, e.g. "Q4_K_M" (a GGUF's general.file_type); empty when unknown."""
     size_bytes: _builtins.int
