@@ -16,9 +16,9 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.grpc_api import codec
 from llmservice.grpc_api.call_metrics import CallMetrics
+from llmservice.grpc_api.in_flight import InFlight
 from llmservice.grpc_api.status import MODEL_NOT_FOUND, errors_to_status
 from llmservice.kernel.context import request_trailer
-from llmservice.kernel.errors import Unavailable
 from llmservice.kernel.types import ChatRequest, TokenDelta, ToolCallDelta
 from llmservice.observability.metrics import ServiceMetrics
 from llmservice.service.auth import AuthPolicy
@@ -36,10 +36,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         self._core = core
         self._auth = auth
         self.metrics = metrics or ServiceMetrics()
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._draining = False
+        self._calls = InFlight("this server is draining; retry on another replica")
 
     @property
     def core(self) -> LLMCore:
@@ -48,24 +45,11 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
 
     def start_draining(self) -> None:
         """From now on, refuse new calls with UNAVAILABLE."""
-        self._draining = True
+        self._calls.start_draining()
 
     async def wait_idle(self) -> None:
         """Return once no Chat or StreamChat call is running (for draining)."""
-        await self._idle.wait()
-
-    @contextlib.contextmanager
-    def _tracked(self) -> Iterator[None]:
-        if self._draining:
-            raise Unavailable("this server is draining; retry on another replica")
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.set()
+        await self._calls.wait_idle()
 
     @errors_to_status(not_found=MODEL_NOT_FOUND)
     async def Chat(
@@ -74,7 +58,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.LLMChatResponse],
     ) -> pb.LLMChatResponse:
         call = CallMetrics(self.metrics, "Chat", context)
-        with _counted(call), self._tracked():
+        with _counted(call), self._calls.track():
             principal = self._auth.authenticate(call.metadata)
             completion = await self._core.complete(_decode(request, context), principal)
         call.routed(completion.provider, completion.model)
@@ -90,7 +74,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         call = CallMetrics(self.metrics, "StreamChat", context)
         context.set_trailing_metadata(request_trailer())  # unary calls get theirs from CallContext
         try:
-            with _counted(call), self._tracked():
+            with _counted(call), self._calls.track():
                 principal = self._auth.authenticate(call.metadata)
                 stream = self._core.stream(_decode(request, context), principal)
                 call.routed(stream.provider, stream.model)
@@ -136,7 +120,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         context: grpc.aio.ServicerContext[pb.EmbedRequest, pb.EmbedResponse],
     ) -> pb.EmbedResponse:
         call = CallMetrics(self.metrics, "Embed", context)
-        with _counted(call), self._tracked():
+        with _counted(call), self._calls.track():
             principal = self._auth.authenticate(call.metadata)
             embeddings = await self._core.embed(codec.decode_embed_request(request), principal)
         call.routed(embeddings.provider, embeddings.model)

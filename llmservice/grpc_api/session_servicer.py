@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,9 +18,9 @@ import grpc
 
 from llmservice._pb.llmservice.v1 import chat_session_pb2 as pb
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as pb_grpc
+from llmservice.grpc_api.in_flight import InFlight
 from llmservice.grpc_api.status import errors_to_status
 from llmservice.kernel.context import request_trailer
-from llmservice.kernel.errors import Unavailable
 from llmservice.service.auth import AuthPolicy, Principal
 from llmservice.service.sessions import (
     LLMChoice,
@@ -44,19 +44,16 @@ CUT_SETTLE_S = 3.0
 class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
     def __init__(self, sessions: SessionManager, auth: AuthPolicy, catalogue: ServerCatalogue) -> None:
         self._sessions, self._auth, self._catalogue = sessions, auth, catalogue
-        self._in_flight = 0  # turns
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._draining = False
+        self._turns = InFlight(SHUTTING_DOWN)  # turns and connects
 
     def start_draining(self) -> None:
         """From now on, refuse new turns and connects with UNAVAILABLE (the other calls, such
         as Disconnect and GetConfig, are still served)."""
-        self._draining = True
+        self._turns.start_draining()
 
     async def wait_idle(self) -> None:
-        """Return once no turn (Chat or StreamChat) is running."""
-        await self._idle.wait()
+        """Return once no turn (Chat or StreamChat) or connect is running."""
+        await self._turns.wait_idle()
 
     async def cut_turns(self, settle_s: float = CUT_SETTLE_S) -> None:
         """End the turns still running (SessionManager.cut_turns: each keeps its history
@@ -65,25 +62,12 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wait_idle(), settle_s)
 
-    @contextlib.contextmanager
-    def _turn(self) -> Iterator[None]:
-        if self._draining:
-            raise Unavailable(SHUTTING_DOWN)
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.set()
-
     def _principal(self, context: Context) -> Principal:
         return self._auth.authenticate(context.invocation_metadata() or ())
 
     @errors_to_status()
     async def Connect(self, request: pb.ConnectRequest, context: Context) -> pb.ConnectResponse:
-        with self._turn():  # a connect is work too: refused while draining, waited for if begun
+        with self._turns.track():  # a connect is work too: refused while draining, waited for if begun
             connected = await self._sessions.connect(
                 self._principal(context),
                 request.user_id,
@@ -101,7 +85,7 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
 
     @errors_to_status()
     async def Chat(self, request: pb.ChatRequest, context: Context) -> pb.ChatResponse:
-        with self._turn():
+        with self._turns.track():
             events = await self._sessions.chat(self._principal(context), request.user_id, request.message)
             clock = _Clock()
             async with contextlib.aclosing(events) as running:
@@ -116,7 +100,7 @@ class ChatSessionServicer(pb_grpc.ChatSessionServiceServicer):
         self, request: pb.StreamChatRequest, context: Context
     ) -> AsyncIterator[pb.StreamChatResponse]:
         context.set_trailing_metadata(request_trailer())  # unary calls get theirs from CallContext
-        with self._turn():
+        with self._turns.track():
             events = await self._sessions.chat(self._principal(context), request.user_id, request.message)
             await context.send_initial_metadata(TURN_STARTED)  # what fails from here on is the turn's
             clock = _Clock()
