@@ -5,6 +5,8 @@ With them go the request's id and trace context (`request_context`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import Request
 
 from llmservice.kernel.context import OUTGOING
@@ -23,10 +25,15 @@ def caller_metadata(request: Request) -> Metadata:
 def api_key_caller_metadata(request: Request) -> Metadata:
     """As caller_metadata, for clients that may send their key as Anthropic's do (`x-api-key:
     <key>`): it goes on as `authorization: Bearer <key>`. An authorization header wins."""
-    authorization = request.headers.get("authorization")
-    if not authorization and (key := request.headers.get("x-api-key")):
+    return metadata_for(presented_authorization(request.headers))
+
+
+def presented_authorization(headers: Mapping[str, str]) -> str | None:
+    """The caller's `authorization`, or its Anthropic-style `x-api-key` as a bearer token."""
+    authorization = headers.get("authorization")
+    if not authorization and (key := headers.get("x-api-key")):
         authorization = f"Bearer {key}"
-    return metadata_for(authorization)
+    return authorization
 
 
 def metadata_for(authorization: str | None) -> Metadata:

@@ -37,7 +37,7 @@ import grpc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
-from llmservice.rest.caller import metadata_for
+from llmservice.rest.caller import metadata_for, presented_authorization
 from llmservice.rest.errors import APIError
 from llmservice.rest.refusals import refusal
 
@@ -156,9 +156,7 @@ class Gate:
         policy = self.policy
         if policy.keys_required is False:
             return None
-        authorization = headers.get("authorization")
-        if not authorization and (key := headers.get("x-api-key")):
-            authorization = f"Bearer {key}"
+        authorization = presented_authorization(headers)
         if policy.check_key is not None:
             return await policy.check_key(authorization)
         if not ask_service:
