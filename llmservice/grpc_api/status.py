@@ -79,7 +79,7 @@ def _facts(exc: errors.LLMServiceError, not_found: str | None) -> Trailers:
         facts.append((PARAM_KEY, exc.field))
     if isinstance(exc, errors.NotFound) and not_found:
         facts.append((KIND_KEY, not_found))
-    if isinstance(exc, errors.ResourceExhausted) and exc.kind:
+    if isinstance(exc, errors.ResourceExhausted | errors.ContentFiltered) and exc.kind:
         facts.append((KIND_KEY, exc.kind))
     return tuple(facts)
 

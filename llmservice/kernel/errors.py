@@ -30,6 +30,9 @@ class LLMServiceError(Exception):
         self.message = message
         self.retry_after_s = retry_after_s
         self.provider = ""  # the provider whose call failed, once routed (for metrics)
+        # The upstream's own word on retrying (OpenAI's and Anthropic's `x-should-retry`):
+        # True retries even what is final by its kind, False never retries; None: by its kind.
+        self.should_retry: bool | None = None
 
 
 class InvalidRequest(LLMServiceError):
@@ -39,6 +42,12 @@ class InvalidRequest(LLMServiceError):
         """The message is "field: problem", or `message` when a sentence names the field itself."""
         super().__init__(message or f"{field}: {problem}")
         self.field = field
+
+
+class ContentFiltered(InvalidRequest):
+    """A provider's content filter refused the prompt; the message names the category."""
+
+    kind = "content_filter"
 
 
 class Unauthenticated(LLMServiceError):

@@ -22,6 +22,7 @@ from llmservice.kernel.settings import ProviderSettings
 from llmservice.kernel.types import (
     ChatRequest,
     Completion,
+    FinishReason,
     ModelInfo,
     PullProgress,
     StreamEvent,
@@ -145,6 +146,20 @@ ProviderFactory = Callable[[Any, str], Provider]
 
 
 @dataclass(frozen=True, slots=True)
+class Wire:
+    """How a remote provider speaks its vendor's API: what it sends, what it refuses, and how
+    the vendor's finish reasons and errors read back. docs/providers.md prints it, the
+    provider reads its finish reasons from it, and the vendor conformance suite
+    (tests/vendors) has a recorded case for every finish reason and error named here."""
+
+    honoured: Mapping[str, str] = field(default_factory=dict)  # request field -> how the vendor gets it
+    refused: Mapping[str, str] = field(default_factory=dict)  # request field -> why INVALID_ARGUMENT
+    finish: Mapping[str, FinishReason] = field(default_factory=dict)  # vendor finish reason -> ours
+    errors: Mapping[str, str] = field(default_factory=dict)  # vendor error -> what the caller gets
+    unrecorded: Mapping[str, str] = field(default_factory=dict)  # behaviour -> why it has no recording
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderEntry:
     """One provider kind, as its folder declares it.
 
@@ -161,3 +176,4 @@ class ProviderEntry:
     paid: bool = False  # bills per token: left unpriced, start-up warns
     local: bool = False  # runs in-process: built only as the default, never as a deployment
     extra: str = ""  # the pip extra it needs, if any
+    wire: Wire | None = None  # a remote provider's wire facts, for the docs and the conformance suite

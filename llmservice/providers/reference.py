@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from llmservice.kernel.provider import ProviderEntry
+from llmservice.kernel.provider import ProviderEntry, Wire
 from llmservice.kernel.settings import env_name, nested_env_name
 
 HEADER = """# Providers
@@ -61,7 +61,31 @@ def reference(entries: Iterable[ProviderEntry]) -> str:
             facts.append(f"needs the `{entry.extra}` extra")
         parts.append(f"\n## `{entry.kind}`: {entry.title}\n\n{'; '.join(facts)}.\n")
         parts.append(_settings_table(entry, entry.settings, ()))
+        if entry.wire is not None:
+            parts.append(_wire(entry.wire))
     return "".join(parts)
+
+
+def _wire(wire: Wire) -> str:
+    """A remote provider's wire facts: fields sent and refused, finish reasons, errors."""
+    parts = ["\n### On the wire\n"]
+    tables = [
+        ("request field", "how the vendor gets it", wire.honoured),
+        ("refused field", "why (INVALID_ARGUMENT)", wire.refused),
+        ("vendor finish reason", "finish reason here", {k: f"`{v}`" for k, v in wire.finish.items()}),
+        ("vendor error", "what the caller gets", wire.errors),
+        ("not recorded offline", "why", wire.unrecorded),
+    ]
+    for head, what, rows in tables:
+        if rows:
+            lines = [f"| {head} | {what} |", "|---|---|"]
+            lines += [f"| `{k}` | {_cell(v)} |" for k, v in rows.items()]
+            parts.append("\n" + "\n".join(lines) + "\n")
+    return "".join(parts)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _settings_table(entry: ProviderEntry, model: type[BaseModel], prefix: tuple[str, ...]) -> str:

@@ -2,7 +2,8 @@
 
 Only failures that a later attempt can fix are retried: connection failures and 5xx
 (`Unavailable`), 429 (`ResourceExhausted`), and timeouts before the answer began: a
-connection not made in time, HTTP 504 or 408 (`ProviderTimeout`). A read timeout
+connection not made in time, HTTP 504 or 408 (`ProviderTimeout`); and whatever the
+upstream itself says to retry (`x-should-retry: true`), never what it says not to. A read timeout
 once the upstream is answering is final, as are 400, 401, 403 and 404. A
 stream is retried only until its first event: once a token has reached the caller,
 a failure ends the stream (a retry would repeat or contradict what was sent).
@@ -44,7 +45,9 @@ class RetryPolicy:
 
     def backoff(self, retry: int, error: LLMServiceError) -> float | None:
         """Seconds to wait before retry number `retry` (0-based), or None to give up now."""
-        if retry + 1 >= self.attempts or not isinstance(error, RETRYABLE):
+        if retry + 1 >= self.attempts or error.should_retry is False:
+            return None
+        if not isinstance(error, RETRYABLE) and error.should_retry is not True:
             return None
         if error.retry_after_s is not None:
             return error.retry_after_s if error.retry_after_s <= self.max_retry_after_s else None
