@@ -136,3 +136,17 @@ async def test_a_stream_is_reopened_only_before_its_first_event() -> None:
         await consume()
     assert seen == ["a"]
     assert opened == 2
+
+
+def test_the_upstreams_x_should_retry_overrides_the_kind() -> None:
+    """OpenAI's and Anthropic's `x-should-retry`: false stops even a 503, true retries even a 409."""
+    from llmservice.providers.remote.http_errors import from_status
+
+    policy = RetryPolicy(attempts=3, base_s=0.01)
+    busy = from_status("p", 503, "busy", {"x-should-retry": "false"}, model="m")
+    conflict = from_status("p", 409, "lock timeout", {"X-Should-Retry": "true"}, model="m")
+    plain = from_status("p", 409, "conflict", {}, model="m")
+    assert policy.backoff(0, busy) is None
+    assert policy.backoff(0, conflict) is not None
+    assert policy.backoff(0, plain) is None
+    assert policy.backoff(0, from_status("p", 503, "busy", {}, model="m")) is not None

@@ -22,7 +22,7 @@ from llmservice.kernel.errors import (
 )
 from llmservice.kernel.redact import redact
 
-__all__ = ["failed_midway", "from_status", "redact", "retry_after"]
+__all__ = ["failed_midway", "from_status", "redact", "retry_after", "should_retry"]
 
 
 def from_status(
@@ -34,7 +34,28 @@ def from_status(
     model: str,
     secrets: Iterable[str] = (),
 ) -> LLMServiceError:
-    """The domain error for an upstream HTTP status (4xx or 5xx)."""
+    """The domain error for an upstream HTTP status (4xx or 5xx), carrying the upstream's
+    own word on retrying it (`x-should-retry`, which OpenAI and Anthropic send), if any."""
+    error = _from_status(provider, status, message, headers, model=model, secrets=secrets)
+    error.should_retry = should_retry(headers)
+    return error
+
+
+def should_retry(headers: Mapping[str, str]) -> bool | None:
+    """`x-should-retry: true` or `false`, as the upstream sent it; None when it did not say."""
+    value = next((v for k, v in headers.items() if k.lower() == "x-should-retry"), None)
+    return {"true": True, "false": False}.get((value or "").strip().lower())
+
+
+def _from_status(
+    provider: str,
+    status: int,
+    message: str,
+    headers: Mapping[str, str],
+    *,
+    model: str,
+    secrets: Iterable[str] = (),
+) -> LLMServiceError:
     if status in (401, 403):
         return ProviderAuthFailed(
             f"provider {provider} rejected the service's credentials (HTTP {status}); "
