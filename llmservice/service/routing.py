@@ -84,7 +84,7 @@ class FallbackRoute(Provider):
             member.validate(member.default_model, request)
 
     async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        last: LLMServiceError | None = None
+        failures: list[LLMServiceError] = []
         for member in self._in_order():
             events = member.stream(member.default_model, request)
             try:
@@ -93,7 +93,7 @@ class FallbackRoute(Provider):
                 return
             except FALLBACK_ON as exc:
                 await events.aclose()
-                last = self._failed(member, exc)
+                failures.append(self._failed(member, exc))
                 continue
             try:
                 yield _served_by(first, member)
@@ -102,18 +102,18 @@ class FallbackRoute(Provider):
             finally:
                 await events.aclose()
             return
-        raise self._exhausted(last)
+        raise self._exhausted(failures)
 
     async def complete(self, model: str, request: ChatRequest) -> Completion:
-        last: LLMServiceError | None = None
+        failures: list[LLMServiceError] = []
         for member in self._in_order():
             try:
                 completion = await member.complete(member.default_model, request)
             except FALLBACK_ON as exc:
-                last = self._failed(member, exc)
+                failures.append(self._failed(member, exc))
                 continue
             return replace(completion, model=self._model)
-        raise self._exhausted(last)
+        raise self._exhausted(failures)
 
     async def count_tokens(self, model: str, request: ChatRequest) -> int:
         """As the deployment a chat would go to now counts them."""
@@ -138,10 +138,18 @@ class FallbackRoute(Provider):
         self.fallbacks += 1
         return exc
 
-    def _exhausted(self, last: LLMServiceError | None) -> LLMServiceError:
-        detail = f"; the last said: {last.message}" if last else ""
-        retry = last.retry_after_s if last else None
-        return Unavailable(f"every deployment of {self._model} failed{detail}", retry_after_s=retry)
+    def _exhausted(self, failures: Sequence[LLMServiceError]) -> LLMServiceError:
+        """One error for a route whose every deployment failed: of the kind they all share
+        (all timed out: DEADLINE_EXCEEDED; all rate limited: RESOURCE_EXHAUSTED, the soonest
+        hint; all rejected the credentials: FAILED_PRECONDITION), else UNAVAILABLE."""
+        detail = f"; the last said: {failures[-1].message}" if failures else ""
+        message = f"every deployment of {self._model} failed{detail}"
+        hints = [f.retry_after_s for f in failures if f.retry_after_s is not None]
+        retry = min(hints) if hints else None
+        for kind in (DeadlineExceeded, ResourceExhausted, ProviderAuthFailed):
+            if failures and all(isinstance(f, kind) for f in failures):
+                return kind(message) if kind is ProviderAuthFailed else kind(message, retry_after_s=retry)
+        return Unavailable(message, retry_after_s=retry)
 
 
 def _served_by(event: StreamEvent, member: Provider) -> StreamEvent:
