@@ -3,9 +3,9 @@ ends in the provider's timeout with the documented error, tried once (a read tim
 retried: the upstream may be working on it), while the local model goes on serving.
 
 Errors as the table of docs/ARCHITECTURE.md has them: DEADLINE_EXCEEDED over gRPC; over
-/llmchat a 504 in the documented wording. A route whose one deployment hangs answers 503:
-a route that ran out of deployments is UNAVAILABLE, whatever the last one said
-(service/routing.py), so the timeout is named in the message only.
+/llmchat a 504 in the documented wording. A route whose one deployment hangs answers 504
+too: a route whose deployments all timed out is DEADLINE_EXCEEDED (service/routing.py),
+and its message names the route and what the last deployment said.
 
 Listing the models waits for it at most `listing.timeout_s` (2 s), after which it shows
 its default model, not loaded; a /llmchat connect to the local model asks it nothing.
@@ -164,7 +164,7 @@ async def test_a_provider_that_never_answers_times_out_while_the_local_model_ser
     for name in ("http route", "http route stream"):
         error = ended[name].error
         assert isinstance(error, openai.APIStatusError), (name, error)
-        assert error.status_code == 503, (name, error)
+        assert error.status_code == 504, (name, error)
         assert f"the last said: {TIMED_OUT}" in error.message
     turn = ended["llmchat turn"].result
     assert isinstance(turn, httpx.Response)
