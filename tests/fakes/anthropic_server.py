@@ -1,4 +1,9 @@
-"""A local server speaking Anthropic's Messages API: named SSE events, its error bodies."""
+"""A local server speaking Anthropic's Messages API: named SSE events, its error bodies.
+
+It refuses what Anthropic refuses before a model runs (a missing key or `anthropic-version`,
+`temperature` beside `top_p`, tool blocks without `tools`), in Anthropic's words: the rules
+are tests/vendors/anthropic/rules.py, which the vendor gate asks too.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +18,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..vendors.anthropic.rules import body_refusal, header_refusal
 from .upstream import Reply, Upstream, bad_body, serving
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
+    402: "billing_error",
     404: "not_found_error",
+    413: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",
+    504: "timeout_error",
     529: "overloaded_error",
 }
 
@@ -46,6 +55,9 @@ def _message(model: str, content: list[dict[str, Any]], usage: dict[str, Any]) -
 def _app(fake: Upstream) -> Starlette:
     async def messages(request: Request) -> Response:
         body = await request.json()
+        refused = header_refusal(request.headers) or body_refusal(body)
+        if refused is not None:
+            return refused
         reply = fake.take(body, dict(request.headers), request.url.path)
         if reply.status != 200:
             error = {"type": _ERROR_TYPES.get(reply.status, "api_error"), "message": reply.error}
@@ -115,6 +127,9 @@ def _app(fake: Upstream) -> Starlette:
         return StreamingResponse(events(), media_type="text/event-stream", headers=reply.headers)
 
     async def models(request: Request) -> Response:
+        refused = header_refusal(request.headers)
+        if refused is not None:
+            return refused
         data = [
             {
                 "type": "model",

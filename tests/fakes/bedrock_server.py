@@ -1,7 +1,7 @@
 """A local server speaking AWS Bedrock's Converse and ConverseStream APIs.
 
-It checks each request's SigV4 signature the way AWS does (recomputed with botocore
-from the request it received and the credentials it knows), answers in Bedrock's
+It checks each request's SigV4 signature and the Converse body rules the way AWS does
+(tests/vendors/aws_bedrock/rules.py, which the vendor gate asks too), answers in Bedrock's
 JSON, streams in AWS's binary event-stream framing, and fails with Bedrock's error
 headers and bodies.
 """
@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import struct
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import botocore.auth
-import botocore.awsrequest
 import botocore.credentials
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -55,37 +52,21 @@ def event(kind: str, payload: dict[str, Any]) -> bytes:
     return frame(headers, json.dumps(payload).encode())
 
 
-def _signature_ok(
-    request: Request, body: bytes, credentials: botocore.credentials.Credentials, region: str
-) -> bool:
-    authorization = request.headers.get("authorization", "")
-    match = re.match(
-        r"AWS4-HMAC-SHA256 Credential=([^/]+)/\d{8}/([^/]+)/bedrock/aws4_request, "
-        r"SignedHeaders=([^,]+), Signature=([0-9a-f]+)",
-        authorization,
-    )
-    if not match or match[1] != credentials.access_key or match[2] != region:
-        return False
-    signed = {h: request.headers[h] for h in match[3].split(";") if h in request.headers}
-    url = f"http://{request.headers['host']}{request.scope['raw_path'].decode()}"  # as sent, %-escapes kept
-    copy = botocore.awsrequest.AWSRequest(method=request.method, url=url, data=body, headers=signed)
-    copy.context["timestamp"] = request.headers["x-amz-date"]
-    auth = botocore.auth.SigV4Auth(credentials, "bedrock", region)
-    canonical = auth.canonical_request(copy)
-    return bool(auth.signature(auth.string_to_sign(copy, canonical), copy) == match[4])
-
-
 def _app(fake: Upstream, credentials: botocore.credentials.Credentials, region: str) -> Starlette:
+    # Imported here, not above: the vendor package imports the replay server, which imports
+    # this module's `frame`.
+    from ..vendors.aws_bedrock.rules import aws_error, body_refusal, signature_refusal
+
     async def converse(request: Request) -> Response:
         body_bytes = await request.body()
-        if not _signature_ok(request, body_bytes, credentials, region):
-            message = "The request signature we calculated does not match the signature you provided."
-            return JSONResponse(
-                {"message": message},
-                status_code=403,
-                headers={"x-amzn-ErrorType": "InvalidSignatureException:http://internal.amazon.com/"},
-            )
+        url = f"http://{request.headers['host']}{request.scope['raw_path'].decode()}"  # as sent
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        refusal = signature_refusal(request.method, url, headers, body_bytes, credentials, region)
+        if refusal is not None:
+            return refusal
         body = json.loads(body_bytes)
+        if (problem := body_refusal(body)) is not None:
+            return aws_error(400, "ValidationException", problem)
         reply = fake.take(body, dict(request.headers), request.url.path)
         if reply.status != 200:
             kind = _ERRORS.get(reply.status, "InternalServerException")

@@ -1,4 +1,9 @@
-"""A local server speaking Ollama's native API: NDJSON chat, tags, ps, pull progress, keep-alive."""
+"""A local server speaking Ollama's native API: NDJSON chat, tags, ps, pull progress, keep-alive.
+
+It refuses what Ollama refuses (`tests/vendors/ollama/rules.py`, the replay gate's own
+check), names loaded models as Ollama's /api/ps does (with their tag), and fails a pull
+of a model the registry lacks the way Ollama does: 200, then an error line.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..vendors.ollama.rules import refusal
 from .upstream import Reply, Upstream, bad_body, serving
 
 CREATED = "2025-06-01T12:00:00.000000Z"
@@ -20,6 +26,16 @@ CREATED = "2025-06-01T12:00:00.000000Z"
 
 def _line(data: dict[str, Any]) -> bytes:
     return json.dumps(data).encode() + b"\n"
+
+
+def _shown(model: str) -> str:
+    """A model's name as /api/ps shows it: Ollama's DisplayShortest always has a tag."""
+    return model if model.rfind(":") > model.rfind("/") else f"{model}:latest"
+
+
+def _refused(path: str, body: Any) -> Response | None:
+    refused = refusal(path, body)
+    return None if refused is None else JSONResponse({"error": refused[1]}, status_code=refused[0])
 
 
 def _done(model: str, reply: Reply, words: list[str]) -> dict[str, Any]:
@@ -43,10 +59,12 @@ def _app(fake: Upstream) -> Starlette:
     async def chat(request: Request) -> Response:
         body = await request.json()
         reply = fake.take(body, dict(request.headers), request.url.path)
+        if (refused := _refused(request.url.path, body)) is not None:
+            return refused
         if reply.status != 200:
             return JSONResponse({"error": reply.error}, status_code=reply.status, headers=reply.headers)
         model, words = body["model"], reply.words
-        loaded.add(model)
+        loaded.add(_shown(model))
         calls = [
             {"function": {"name": n, "arguments": json.loads(a)}, "id": i} for i, n, a in reply.tool_calls
         ]
@@ -87,12 +105,14 @@ def _app(fake: Upstream) -> Starlette:
     async def generate(request: Request) -> Response:
         body = await request.json()
         fake.take(body, dict(request.headers), request.url.path)
+        if (refused := _refused(request.url.path, body)) is not None:
+            return refused
         model = body["model"]
         if body.get("keep_alive") in (0, "0", "0s"):
-            loaded.discard(model)
+            loaded.discard(_shown(model))
             reason = "unload"
         else:
-            loaded.add(model)
+            loaded.add(_shown(model))
             reason = "load"
         return JSONResponse(
             {"model": model, "created_at": CREATED, "response": "", "done": True, "done_reason": reason}
@@ -101,11 +121,13 @@ def _app(fake: Upstream) -> Starlette:
     async def pull(request: Request) -> Response:
         body = await request.json()
         fake.take(body, dict(request.headers), request.url.path)
-        if body["model"] == "missing":
-            return JSONResponse({"error": "pull model manifest: file does not exist"}, status_code=500)
+        missing = body["model"] == "missing"
 
         async def progress() -> AsyncIterator[bytes]:
             yield _line({"status": "pulling manifest"})
+            if missing:  # the registry has no such manifest: Ollama's 200 is already sent
+                yield _line({"error": "pull model manifest: file does not exist"})
+                return
             for done in (0, 500, 1000):
                 yield _line(
                     {"status": "pulling abc123", "digest": "sha256:abc123", "total": 1000, "completed": done}
@@ -120,7 +142,7 @@ def _app(fake: Upstream) -> Starlette:
         fake.take(body, dict(request.headers), request.url.path)
         if body["model"] != "llama3.2:1b":
             return JSONResponse({"error": f"model '{body['model']}' not found"}, status_code=404)
-        loaded.discard(body["model"])
+        loaded.discard(_shown(body["model"]))
         return Response(status_code=200)
 
     return Starlette(

@@ -4,6 +4,11 @@ and its legacy Completions API (a raw prompt continued) with the same script.
 A scripted success streams as SSE with CRLF line ends, comments and pings, tool-call
 deltas and logprobs when asked, a usage-only last chunk and `[DONE]`; or comes as one
 JSON body. Errors carry OpenAI's error body and the scripted headers.
+
+Before the script answers, the fake refuses what the vendors refuse, in their words: a chat
+call without a Bearer key, or `max_tokens` to a reasoning model (OpenAI); a call without
+`api-version` or `api-key` (Azure). The rules are tests/vendors/openai/rules.py and
+tests/vendors/azure_openai/rules.py, which the vendor gates ask too.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..vendors.azure_openai.rules import request_refusal
+from ..vendors.openai.rules import body_refusal, header_refusal
 from .upstream import Reply, Upstream, bad_body, serving
 
 __all__ = ["Reply", "fake_openai", "fake_vector"]
@@ -105,7 +113,11 @@ def fake_vector(text: str, dims: int) -> list[float]:
 
 def _app(fake: Upstream) -> Starlette:
     async def completions(request: Request) -> Response:
+        """OpenAI's chat: a Bearer key required, `max_tokens` refused to reasoning models."""
         body = await request.json()
+        return header_refusal(request.headers) or body_refusal(body) or await chat(request, body)
+
+    async def chat(request: Request, body: dict[str, Any]) -> Response:
         reply = fake.take(body, dict(request.headers), request.url.path)
         if reply.status != 200:
             return _error_reply(reply)
@@ -250,17 +262,13 @@ def _app(fake: Upstream) -> Starlette:
 
     async def azure_completions(request: Request) -> Response:
         """Azure OpenAI: the deployment in the path, api-version required, the key in `api-key`."""
-        if "api-version" not in request.query_params:
-            error = {"code": "404", "message": "Resource not found"}
-            return JSONResponse({"error": error}, status_code=404)
-        return await completions(request)
+        body = await request.json()
+        refused = request_refusal(request.query_params, request.headers)
+        return refused or body_refusal(body) or await chat(request, body)
 
     async def azure_text_completions(request: Request) -> Response:
-        """Azure OpenAI's legacy Completions API, as its chat: api-version required."""
-        if "api-version" not in request.query_params:
-            error = {"code": "404", "message": "Resource not found"}
-            return JSONResponse({"error": error}, status_code=404)
-        return await text_completions(request)
+        """Azure OpenAI's legacy Completions API, as its chat: api-version and `api-key` required."""
+        return request_refusal(request.query_params, request.headers) or await text_completions(request)
 
     return Starlette(
         routes=[

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..vendors.watsonx.rules import error, refusal
 from .upstream import Reply, Upstream, bad_body, serving
 
 GRANT = "urn:ibm:params:oauth:grant-type:apikey"
@@ -38,11 +39,6 @@ class Tokens:
 
     def expire_all(self) -> None:
         self.live = {t: 0.0 for t in self.live}
-
-
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"errors": [{"code": code, "message": message}], "trace": "0a1b2c3d", "status_code": status}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -92,18 +88,16 @@ def _app(fake: Upstream, tokens: Tokens) -> Starlette:
         return tokens.live.get(value, 0.0) > time.time()
 
     async def chat(request: Request) -> Response:
+        path = request.url.path
         if not authorised(request):
-            return _error(
-                401,
-                "authentication_token_expired",
-                "Failed to authenticate the request due to an expired token",
-            )
+            expired = "Failed to authenticate the request due to an expired token"
+            return error(401, "authentication_token_expired", expired, path)
         body = await request.json()
-        if "version" not in request.query_params:
-            return _error(400, "missing_version", "Missing version parameter")
-        reply = fake.take(body, dict(request.headers), request.url.path)
+        if (refused := refusal(path, dict(request.query_params), body)) is not None:
+            return refused  # the rules the replay gate holds too (tests/vendors/watsonx)
+        reply = fake.take(body, dict(request.headers), path)
         if reply.status != 200:
-            return _error(reply.status, "error", reply.error, reply.headers)
+            return error(reply.status, "error", reply.error, path, reply.headers)
         model, words = body["model_id"], reply.words
         usage = {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}
         calls = [
@@ -111,7 +105,7 @@ def _app(fake: Upstream, tokens: Tokens) -> Starlette:
             for i, n, a in reply.tool_calls
         ]
         finish = "tool_calls" if calls else "stop"
-        if request.url.path.endswith("/chat"):
+        if path.endswith("/chat"):
             if (bad := bad_body(reply)) is not None:
                 return Response(bad, media_type="application/json")
             message: dict[str, Any] = {"role": "assistant", "content": reply.text}

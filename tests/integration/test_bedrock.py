@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("botocore")  # the bedrock extra
 
 from llmservice.kernel.errors import ProviderAuthFailed, Unavailable
-from llmservice.kernel.types import ChatRequest, Message, Sampling, StreamEnd, Tool, ToolChoice
+from llmservice.kernel.types import ChatRequest, Message, Sampling, StreamEnd, Tool, ToolCall, ToolChoice
 from llmservice.providers.bedrock.provider import BedrockProvider
 from llmservice.providers.bedrock.settings import BedrockSettings
 
@@ -67,6 +67,38 @@ async def test_a_signature_aws_rejects_is_a_rejected_credential() -> None:
         async with BedrockProvider(settings(upstream.url)) as provider:
             with pytest.raises(ProviderAuthFailed, match="aws_bedrock rejected"):
                 await provider.complete(provider.default_model, ChatRequest((Message("user", "Hi"),)))
+
+
+async def test_a_history_of_tool_turns_with_no_tools_offered_declares_the_tools_it_calls() -> None:
+    """Bedrock refuses toolUse and toolResult blocks without a toolConfig (the fake as AWS
+    does): a summary turn that offers no tools still declares the one the history called."""
+    request = ChatRequest(
+        (
+            Message("user", "Weather in Paris?"),
+            Message("assistant", "", (ToolCall("call_1", "get_weather", '{"city": "Paris"}'),)),
+            Message("tool", "18 degrees", tool_call_id="call_1"),
+            Message("user", "Summarise it."),
+        )
+    )
+    with fake_bedrock(access_key="AKIDEXAMPLE", secret_key=SECRET, region="eu-west-1") as upstream:
+        async with BedrockProvider(settings(upstream.url)) as provider:
+            completion = await provider.complete(provider.default_model, request)
+    assert completion.text == "Hello there"
+    (tool,) = upstream.requests[0]["toolConfig"]["tools"]
+    assert tool["toolSpec"]["name"] == "get_weather"
+    assert "toolChoice" not in upstream.requests[0]["toolConfig"]
+
+
+async def test_access_denied_names_model_access_and_iam_and_never_the_principal() -> None:
+    arn = "arn:aws:iam::123456789012:user/ci"
+    reply = Reply(status=403, error=f"User: {arn} is not authorized to perform: bedrock:InvokeModel")
+    with fake_bedrock(reply, access_key="AKIDEXAMPLE", secret_key=SECRET, region="eu-west-1") as upstream:
+        async with BedrockProvider(settings(upstream.url)) as provider:
+            with pytest.raises(ProviderAuthFailed, match="model access") as caught:
+                await provider.complete(provider.default_model, ChatRequest((Message("user", "Hi"),)))
+    assert "IAM policy" in caught.value.message
+    assert arn not in caught.value.message
+    assert SECRET not in caught.value.message
 
 
 async def test_no_credentials_fail_at_start(monkeypatch: pytest.MonkeyPatch) -> None:

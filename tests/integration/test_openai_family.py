@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from types import ModuleType
 
 import pytest
 from pydantic import SecretStr
@@ -46,6 +47,11 @@ from llmservice.providers.remote.retry import RetryPolicy
 
 from ..fakes.openai_server import Reply, fake_openai
 from ..fakes.upstream import Upstream
+from ..vendors import azure_openai as azure_vendor
+from ..vendors import openai as openai_vendor
+from ..vendors.azure_openai import rules as azure_rules
+from ..vendors.openai import rules as openai_rules
+from ..vendors.replay import Received
 
 KEY = "sk-test-LEAKCANARY-0123456789abcdef"
 HELLO = ChatRequest((Message("user", "Say hello."),))
@@ -79,13 +85,60 @@ async def test_sampling_parameters_reach_the_upstream() -> None:
             await collect(provider, request)
     sent = fake.requests[0]
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    assert (sent["temperature"], sent["top_p"], sent["max_tokens"], sent["stop"], sent["seed"]) == (
+    assert (
+        sent["temperature"],
+        sent["top_p"],
+        sent["max_completion_tokens"],
+        sent["stop"],
+        sent["seed"],
+    ) == (
         0.3,
         0.9,
         7,
         ["END"],
         4,
     )
+    assert "max_tokens" not in sent  # deprecated for chat, and refused by reasoning models
+
+
+CAPPED = ChatRequest(HELLO.messages, sampling=Sampling(max_tokens=7))
+
+
+async def test_the_token_cap_goes_by_the_name_each_kind_of_upstream_reads() -> None:
+    """OpenAI and Azure take `max_completion_tokens` (their reasoning models no other name);
+    servers that speak the API keep `max_tokens`, as does the legacy API's raw prompt."""
+    with fake_openai() as fake:
+        azure = AzureOpenAISettings(api_key=SecretStr(KEY), endpoint=fake.url, deployment="fake-model")
+        compatible = OpenAICompatibleSettings(base_url=fake.url + "/v1", model="fake-model")
+        async with (
+            provider_for(fake) as openai,
+            azure_openai_provider(azure) as az,
+            openai_compatible_provider(compatible) as other,
+        ):
+            for provider in (openai, az, other):
+                await provider.complete("fake-model", CAPPED)
+            await openai.complete("fake-model", ChatRequest((), sampling=CAPPED.sampling, raw_prompt="Once"))
+    caps = [{k: v for k, v in body.items() if k.startswith("max_")} for body in fake.requests]
+    assert caps == [
+        {"max_completion_tokens": 7},
+        {"max_completion_tokens": 7},
+        {"max_tokens": 7},
+        {"max_tokens": 7},
+    ]
+
+
+async def test_the_fake_refuses_max_tokens_to_a_reasoning_model_in_openais_words() -> None:
+    """The rule is the vendor gate's (tests/vendors/openai/rules.py): a server that merely
+    speaks the API is sent `max_tokens`, which OpenAI's reasoning models refuse."""
+    with fake_openai() as fake:
+        settings = OpenAICompatibleSettings(base_url=fake.url + "/v1", model="o3-mini")
+        async with openai_compatible_provider(settings) as provider:
+            with pytest.raises(InvalidRequest, match="Use 'max_completion_tokens' instead"):
+                await provider.complete("o3-mini", CAPPED)
+            async with provider_for(fake) as openai:
+                assert (await openai.complete("o3-mini", CAPPED)).text == "Hello there"
+    assert fake.requests == [fake.requests[0]]  # the refused call never reached the script
+    assert fake.requests[0]["max_completion_tokens"] == 7
 
 
 async def test_a_parameter_openai_lacks_is_refused() -> None:
@@ -262,3 +315,111 @@ async def test_streams_and_replies_in_every_shape_the_api_allows(reply: Reply) -
             completion = await provider.complete("fake-model", HELLO)
     assert "".join(e.text for e in events if isinstance(e, TokenDelta)) == reply.text
     assert completion.text == reply.text
+
+
+def _received(
+    path: str, headers: dict[str, str], body: dict[str, object], query: Mapping[str, str] = {}
+) -> Received:
+    return Received("POST", path, dict(query), headers, json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    ("vendor", "received", "status", "error"),
+    [
+        (
+            openai_vendor,
+            _received("/v1/chat/completions", {}, {"model": "gpt-4o-mini"}),
+            401,
+            {
+                "message": openai_rules.KEY_MISSING,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            },
+        ),
+        (
+            openai_vendor,
+            _received(
+                "/v1/chat/completions", {"authorization": "Bearer sk-not-the-key-at-all"}, {"model": "m"}
+            ),
+            401,
+            {
+                "message": "Incorrect API key provided: sk-not-t*********-all. "
+                "You can find your API key at https://platform.openai.com/account/api-keys.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            },
+        ),
+        (
+            openai_vendor,
+            _received(
+                "/v1/chat/completions",
+                {"authorization": f"Bearer {openai_vendor.KEY}"},
+                {"model": "o4-mini", "max_tokens": 5},
+            ),
+            400,
+            {
+                "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                "type": "invalid_request_error",
+                "param": "max_tokens",
+                "code": "unsupported_parameter",
+            },
+        ),
+        (
+            azure_vendor,
+            _received("/openai/deployments/o3-mini/chat/completions", {"api-key": azure_vendor.KEY}, {}),
+            404,
+            {"code": "404", "message": "Resource not found"},
+        ),
+        (
+            azure_vendor,
+            _received("/openai/deployments/o3-mini/chat/completions", {}, {}, {"api-version": "2024-10-21"}),
+            401,
+            {"code": "401", "message": azure_rules.KEY_REFUSED},
+        ),
+        (
+            azure_vendor,
+            _received(
+                "/openai/deployments/gpt-4o/chat/completions",
+                {"api-key": azure_vendor.KEY},
+                {},
+                {"api-version": "2024-10-21"},
+            ),
+            404,
+            {"code": "DeploymentNotFound", "message": azure_rules.DEPLOYMENT_NOT_FOUND},
+        ),
+    ],
+    ids=[
+        "openai no key",
+        "openai unknown key",
+        "openai max_tokens to o4-mini",
+        "azure no api-version",
+        "azure no api-key",
+        "azure unknown deployment",
+    ],
+)
+def test_the_vendor_gates_refuse_in_the_vendors_own_words(
+    vendor: ModuleType, received: Received, status: int, error: dict[str, object]
+) -> None:
+    response = vendor.gate(received)
+    assert response is not None
+    assert response.status_code == status
+    assert json.loads(bytes(response.body)) == {"error": error}
+
+
+def test_the_vendor_gates_let_the_providers_own_requests_through() -> None:
+    openai_call = _received(
+        "/v1/chat/completions",
+        {"authorization": f"Bearer {openai_vendor.KEY}"},
+        {"model": "o3-mini", "max_completion_tokens": 5},
+    )
+    azure_call = _received(
+        "/openai/deployments/o3-mini/chat/completions",
+        {"api-key": azure_vendor.KEY},
+        {"model": "o3-mini", "max_completion_tokens": 5},
+        {"api-version": "2024-10-21"},
+    )
+    assert openai_vendor.gate(openai_call) is None
+    assert azure_vendor.gate(azure_call) is None

@@ -295,7 +295,7 @@ async def test_a_remote_model_answers_whole_and_streamed() -> None:
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Count."},
     ]
-    assert (sent["max_tokens"], sent["temperature"], sent["top_p"]) == (8, 0.5, 0.9)
+    assert (sent["max_completion_tokens"], sent["temperature"], sent["top_p"]) == (8, 0.5, 0.9)
 
 
 async def test_a_remote_function_call_and_its_output() -> None:

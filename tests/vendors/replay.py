@@ -10,12 +10,14 @@ the script; the last one repeats. A fixture is one JSON file:
      "json": {...}            a whole JSON reply
      "text": "..."            a body sent as it is: SSE or NDJSON, sent a frame at a time
      "events": [{"headers": {...}, "payload": {...}}]   AWS event-stream messages
+                              ({"base64": "..."}: one message as recorded, byte for byte)
      "cut": true              after the body, the connection is dropped (a stream cut short)}
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import socket
@@ -57,10 +59,11 @@ class Replay:
     received: list[Received] = field(default_factory=list)  # every call, the gate's included
     answered: int = 0  # calls answered with a fixture
     refused: list[tuple[Received, int, bytes]] = field(default_factory=list)  # what the gate refused
+    served: list[Received] = field(default_factory=list)  # the calls a fixture answered
 
     def bodies(self) -> list[Any]:
         """The JSON bodies of the calls the fixtures answered."""
-        return [r.json() for r in self.received if r not in {x[0] for x in self.refused}]
+        return [r.json() for r in self.served]  # not the gate's: an IAM token exchange is a form
 
 
 def load(directory: Path, name: str) -> dict[str, Any]:
@@ -84,7 +87,12 @@ def _render(fixture: dict[str, Any]) -> Response:
     if "json" in fixture:
         return JSONResponse(fixture["json"], status_code=status, headers=headers)
     if "events" in fixture:
-        pieces = [frame(e["headers"], json.dumps(e.get("payload", {})).encode()) for e in fixture["events"]]
+        pieces = [
+            base64.b64decode(e["base64"])
+            if "base64" in e
+            else frame(e["headers"], json.dumps(e.get("payload", {})).encode())
+            for e in fixture["events"]
+        ]
         headers.setdefault("content-type", "application/vnd.amazon.eventstream")
     else:
         pieces = _frames(fixture.get("text", ""))
@@ -121,6 +129,7 @@ def _app(replay: Replay, gate: Gate) -> Any:
         else:
             fixture = replay.script[min(replay.answered, len(replay.script) - 1)]
             replay.answered += 1
+            replay.served.append(received)
             response = _render(fixture)
         await response(scope, receive, send)
 

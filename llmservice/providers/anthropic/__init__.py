@@ -6,6 +6,7 @@ from typing import Any
 
 from llmservice.kernel.provider import Provider, ProviderEntry
 from llmservice.providers.anthropic.settings import AnthropicSettings
+from llmservice.providers.anthropic.wire import WIRE
 
 
 def _build(settings: Any, name: str) -> Provider:
@@ -27,5 +28,6 @@ ENTRIES = (
             "ANTHROPIC_MAX_TOKENS": "max_tokens",
         },
         paid=True,
+        wire=WIRE,
     ),
 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import httpx_sse
@@ -29,25 +28,19 @@ from llmservice.kernel.types import (
     TokenDelta,
     ToolCall,
     ToolCallDelta,
+    ToolChoice,
     Usage,
 )
 from llmservice.providers.anthropic.settings import AnthropicSettings
+from llmservice.providers.anthropic.wire import finish_reason
 from llmservice.providers.remote.base import HttpProvider, attachment_text, base64_data
 from llmservice.providers.remote.http import raise_for_status, transport_errors, unreadable
 from llmservice.providers.remote.http_errors import failed_midway
 
 log = logging.getLogger(__name__)
 
-_FINISH = {
-    "end_turn": FinishReason.STOP,
-    "stop_sequence": FinishReason.STOP,
-    "pause_turn": FinishReason.STOP,
-    "max_tokens": FinishReason.LENGTH,
-    "model_context_window_exceeded": FinishReason.LENGTH,
-    "tool_use": FinishReason.TOOL_CALLS,
-    "refusal": FinishReason.CONTENT_FILTER,
-}
 _IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+_ANY_INPUT = {"type": "object", "additionalProperties": True}
 
 
 class AnthropicProvider(HttpProvider):
@@ -91,6 +84,13 @@ class AnthropicProvider(HttpProvider):
         )
         if s.temperature is not None and s.temperature > 1:
             raise InvalidRequest("temperature", f"provider {self.name} takes temperatures up to 1")
+        if s.temperature is not None and s.top_p is not None:
+            # Anthropic's newer models answer 400 to the two together; say so before the call.
+            raise InvalidRequest(
+                "top_p",
+                "",
+                message=f"temperature, top_p: provider {self.name} takes one of them, not both",
+            )
         self.check_attachments(request, images=_IMAGE_TYPES)
 
     def _stream_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
@@ -116,18 +116,13 @@ class AnthropicProvider(HttpProvider):
         )
         usage = data.get("usage") or {}
         return Completion(
-            text,
-            model,
-            self.name,
-            _FINISH.get(data.get("stop_reason") or "end_turn", FinishReason.STOP),
-            _usage(usage),
-            calls,
+            text, model, self.name, finish_reason(data.get("stop_reason")), _usage(usage), calls
         )
 
     async def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
         client = self._ready()
         finish: FinishReason | None = None
-        usage = Usage()
+        counts: dict[str, Any] = {}  # the usage so far: message_start's, then message_delta's
         tool_index: dict[int, int] = {}  # content block index -> tool call index
         async with (
             transport_errors(self.name, [self._key]),
@@ -141,7 +136,7 @@ class AnthropicProvider(HttpProvider):
                     data = sse.json()
                     match sse.event:
                         case "message_start":
-                            usage = _usage(data["message"].get("usage") or {})
+                            counts = dict(data["message"].get("usage") or {})
                         case "content_block_start":
                             block = data["content_block"]
                             if block.get("type") == "tool_use":
@@ -159,9 +154,8 @@ class AnthropicProvider(HttpProvider):
                                 )
                         case "message_delta":
                             reason = data.get("delta", {}).get("stop_reason")
-                            finish = _FINISH.get(reason, FinishReason.STOP) if reason else finish
-                            output = (data.get("usage") or {}).get("output_tokens")
-                            usage = usage if output is None else replace(usage, completion_tokens=output)
+                            finish = finish_reason(reason) if reason else finish
+                            counts.update(_cumulative(data.get("usage") or {}))
                         case "message_stop":
                             break
                         case "error":  # e.g. overloaded_error; its message is the upstream's own words
@@ -173,7 +167,7 @@ class AnthropicProvider(HttpProvider):
                             )
         if finish is None:
             raise Unavailable(f"provider {self.name} ended the stream before it finished")
-        yield StreamEnd(finish, usage)
+        yield StreamEnd(finish, _usage(counts))
 
     def _body(self, model: str, request: ChatRequest) -> dict[str, Any]:
         s = request.sampling
@@ -183,33 +177,67 @@ class AnthropicProvider(HttpProvider):
             "max_tokens": s.max_tokens or self._settings.max_tokens,
             "messages": _messages(request),
         }
-        temperature = s.temperature if s.temperature is not None else self._settings.temperature
         optional = {
             "system": system or None,
-            "temperature": temperature,
+            "temperature": self._temperature(request),
             "top_p": s.top_p,
             "top_k": s.top_k,
             "stop_sequences": list(s.stop) or None,
+            "metadata": {"user_id": request.user} if request.user else None,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
-        if request.tools:
-            body["tools"] = [
-                {"name": t.name, "description": t.description, "input_schema": json.loads(t.parameters)}
-                for t in request.tools
-            ]
-        choice = request.tool_choice
-        if choice is not None:
-            body["tool_choice"] = {
-                "auto": {"type": "auto"},
-                "none": {"type": "none"},
-                "required": {"type": "any"},
-                "function": {"type": "tool", "name": choice.name},
-            }[choice.mode]
-        if request.tools and request.parallel_tool_calls is False:
-            tool_choice = body.setdefault("tool_choice", {"type": "auto"})
-            if tool_choice["type"] != "none":
-                tool_choice["disable_parallel_tool_use"] = True
+        body.update(_tool_fields(request))
         return body
+
+    def _temperature(self, request: ChatRequest) -> float | None:
+        """The request's temperature, else the deployment's, but never beside the request's
+        top_p: newer models refuse the two together, and the one asked for comes first."""
+        s = request.sampling
+        if s.temperature is not None or s.top_p is not None:
+            return s.temperature
+        return self._settings.temperature
+
+
+def _tool_fields(request: ChatRequest) -> dict[str, Any]:
+    """`tools` and `tool_choice`. Anthropic refuses tool_use and tool_result blocks in a
+    request without `tools` (a summary turn after tool calls often offers none): then the
+    tools the history calls are declared, and `none` keeps the model from calling them."""
+    fields: dict[str, Any] = {}
+    tools = [_tool(t.name, t.description, json.loads(t.parameters)) for t in request.tools]
+    choice = request.tool_choice
+    if not tools and (called := _called_tools(request)):
+        tools, choice = called, ToolChoice("none")
+    if tools:
+        fields["tools"] = tools
+    if choice is not None:
+        fields["tool_choice"] = {
+            "auto": {"type": "auto"},
+            "none": {"type": "none"},
+            "required": {"type": "any"},
+            "function": {"type": "tool", "name": choice.name},
+        }[choice.mode]
+    if request.tools and request.parallel_tool_calls is False:
+        tool_choice = fields.setdefault("tool_choice", {"type": "auto"})
+        if tool_choice["type"] != "none":
+            tool_choice["disable_parallel_tool_use"] = True
+    return fields
+
+
+def _called_tools(request: ChatRequest) -> list[dict[str, Any]]:
+    """Every tool the history calls, with a schema that takes any object: theirs is not known here."""
+    names = dict.fromkeys(c.name for m in request.messages for c in m.tool_calls)
+    return [_tool(name, f"{name}, called earlier in this conversation", _ANY_INPUT) for name in names]
+
+
+def _tool(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "description": description, "input_schema": schema}
+
+
+def _cumulative(usage: dict[str, Any]) -> dict[str, Any]:
+    """The counts a message_delta's usage gives: they are the message's totals so far, and
+    replace message_start's (server tools add input and cache tokens midway); a count it
+    leaves out, or sends as null, keeps message_start's."""
+    return {k: v for k, v in usage.items() if v is not None}
 
 
 def _usage(usage: dict[str, Any]) -> Usage:

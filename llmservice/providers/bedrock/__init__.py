@@ -7,6 +7,7 @@ from typing import Any
 from llmservice.kernel.provider import Provider, ProviderEntry
 from llmservice.kernel.settings import SettingsError
 from llmservice.providers.bedrock.settings import BedrockSettings
+from llmservice.providers.bedrock.wire import WIRE
 
 
 def _build(settings: Any, name: str) -> Provider:
@@ -33,5 +34,6 @@ ENTRIES = (
         },
         paid=True,
         extra="bedrock",
+        wire=WIRE,
     ),
 )

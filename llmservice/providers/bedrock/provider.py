@@ -23,6 +23,7 @@ import botocore.session
 import httpx
 
 from llmservice.kernel.errors import ProviderAuthFailed, Unavailable
+from llmservice.kernel.redact import redact
 from llmservice.kernel.types import (
     Capabilities,
     ChatRequest,
@@ -38,21 +39,14 @@ from llmservice.kernel.types import (
     Usage,
 )
 from llmservice.providers.bedrock.settings import BedrockSettings
+from llmservice.providers.bedrock.wire import FINISH, http_error, stop_error, stream_error
 from llmservice.providers.remote.base import HttpProvider, attachment_text, base64_data
 from llmservice.providers.remote.http import error_message, transport_errors, unreadable
-from llmservice.providers.remote.http_errors import failed_midway, from_status
 
 log = logging.getLogger(__name__)
 
-_FINISH = {
-    "end_turn": FinishReason.STOP,
-    "stop_sequence": FinishReason.STOP,
-    "max_tokens": FinishReason.LENGTH,
-    "model_context_window_exceeded": FinishReason.LENGTH,
-    "tool_use": FinishReason.TOOL_CALLS,
-    "guardrail_intervened": FinishReason.CONTENT_FILTER,
-    "content_filtered": FinishReason.CONTENT_FILTER,
-}
+# The schema of a tool the history calls but this request does not offer: any object.
+_ANY_INPUT = {"type": "object", "properties": {}}
 _IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
 
 
@@ -136,10 +130,16 @@ class BedrockProvider(HttpProvider):
             "".join(b["text"] for b in blocks if "text" in b),
             model,
             self.name,
-            _FINISH.get(reply.get("stopReason") or "end_turn", FinishReason.STOP),
+            self._finish(reply.get("stopReason") or "end_turn"),
             _usage(usage),
             calls,
         )
+
+    def _finish(self, reason: str) -> FinishReason:
+        """Our finish reason for a stopReason; a malformed reply raises (it is no answer)."""
+        if (error := stop_error(self.name, reason)) is not None:
+            raise error
+        return FINISH.get(reason, FinishReason.STOP)
 
     async def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
         url, headers, data = self._signed(model, "converse-stream", body)
@@ -157,11 +157,11 @@ class BedrockProvider(HttpProvider):
                 for message in _frames(buffer, self.name):
                     with unreadable(self.name, "a stream"):
                         kind, payload = _decode(message)
-                        if kind == "exception":
-                            raise failed_midway(self.name, str(payload.get("message", "")), self.secrets())
+                        if (failure := _failure(message.headers, payload)) is not None:
+                            raise stream_error(self.name, *failure, self.secrets())
                         events = _events(kind, payload, tool_index)
                         if kind == "messageStop":
-                            finish = _FINISH.get(payload.get("stopReason", ""), FinishReason.STOP)
+                            finish = self._finish(payload.get("stopReason", ""))
                         elif kind == "metadata":
                             usage = _usage(payload.get("usage") or {})
                     for event in events:
@@ -188,15 +188,17 @@ class BedrockProvider(HttpProvider):
             return
         await response.aread()
         error_type = response.headers.get("x-amzn-errortype", "").split(":")[0]
-        message = (
-            f"{error_type}: {error_message(response.content)}"
-            if error_type
-            else error_message(response.content)
-        )
-        if response.status_code == 424:  # ModelErrorException: the model failed, not the request
-            raise Unavailable(f"provider {self.name} failed: {message}")
-        raise from_status(
-            self.name, response.status_code, message, response.headers, model=model, secrets=self.secrets()
+        message = error_message(response.content)
+        if error_type == "AccessDeniedException":  # the caller is told what to check, the log why
+            log.warning("provider %s: AWS denied access: %s", self.name, redact(message, self.secrets()))
+        raise http_error(
+            self.name,
+            response.status_code,
+            error_type,
+            message,
+            response.headers,
+            model=model,
+            secrets=self.secrets(),
         )
 
     def secrets(self) -> list[str]:
@@ -220,21 +222,11 @@ class BedrockProvider(HttpProvider):
         }
         if system:
             body["system"] = system
-        if request.tools and _offers_tools(request):
-            tool_config: dict[str, Any] = {
-                "tools": [
-                    {
-                        "toolSpec": {
-                            "name": t.name,
-                            "description": t.description or t.name,
-                            "inputSchema": {"json": json.loads(t.parameters)},
-                        }
-                    }
-                    for t in request.tools
-                ]
-            }
+        tools = _tool_specs(request)
+        if tools and _offers_tools(request):
+            tool_config: dict[str, Any] = {"tools": tools}
             choice = request.tool_choice
-            if choice is not None and not request.forbids_tool_calls:
+            if request.tools and choice is not None and not request.forbids_tool_calls:
                 tool_config["toolChoice"] = {
                     "auto": {"auto": {}},
                     "required": {"any": {}},
@@ -251,6 +243,26 @@ def _offers_tools(request: ChatRequest) -> bool:
     if not request.forbids_tool_calls:
         return True
     return any(m.tool_calls or m.role == "tool" for m in request.messages)
+
+
+def _tool_specs(request: ChatRequest) -> list[dict[str, Any]]:
+    """The offered tools, and every tool the history calls that is not among them: Bedrock
+    refuses toolUse and toolResult blocks without a toolConfig that declares them (a
+    summary turn after tool calls often offers no tools). Those go with a schema that takes
+    any object, since their own is not known here."""
+    specs = [_tool_spec(t.name, t.description or t.name, json.loads(t.parameters)) for t in request.tools]
+    offered = {t.name for t in request.tools}
+    called = dict.fromkeys(c.name for m in request.messages for c in m.tool_calls)
+    specs += [
+        _tool_spec(name, f"{name}, called earlier in this conversation", _ANY_INPUT)
+        for name in called
+        if name not in offered
+    ]
+    return specs
+
+
+def _tool_spec(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"toolSpec": {"name": name, "description": description, "inputSchema": {"json": schema}}}
 
 
 def _usage(usage: dict[str, Any]) -> Usage:
@@ -270,12 +282,22 @@ def _frames(buffer: botocore.eventstream.EventStreamBuffer, provider: str) -> It
 
 
 def _decode(message: Any) -> tuple[str, dict[str, Any]]:
-    headers = message.headers
-    if headers.get(":message-type") == "exception":
-        payload = json.loads(message.payload or b"{}")
-        payload.setdefault("message", headers.get(":exception-type", "exception"))
-        return "exception", payload
-    return headers.get(":event-type", ""), json.loads(message.payload or b"{}")
+    """An event-stream message's event type and JSON payload."""
+    return message.headers.get(":event-type", ""), json.loads(message.payload or b"{}")
+
+
+def _failure(headers: dict[str, Any], payload: dict[str, Any]) -> tuple[str, str] | None:
+    """The type and message of a failure the stream reports, or None for an event.
+
+    AWS's event streams carry two: a modeled exception (`:message-type: exception`, its
+    type in `:exception-type`, its message in the payload) and an error the stream itself
+    hit (`:message-type: error`, with `:error-code` and `:error-message` headers)."""
+    kind = headers.get(":message-type", "event")
+    if kind == "exception":
+        return str(headers.get(":exception-type", "exception")), str(payload.get("message", ""))
+    if kind == "error":
+        return str(headers.get(":error-code", "error")), str(headers.get(":error-message", ""))
+    return None
 
 
 def _events(kind: str, payload: dict[str, Any], tool_index: dict[int, int]) -> list[StreamEvent]:
@@ -287,7 +309,7 @@ def _events(kind: str, payload: dict[str, Any], tool_index: dict[int, int]) -> l
             return [ToolCallDelta(tool_index[block], tool["toolUseId"], tool["name"])]
     elif kind == "contentBlockDelta":
         delta = payload.get("delta") or {}
-        if "text" in delta:
+        if delta.get("text"):  # an empty one (Bedrock sends some) would end the retry window
             return [TokenDelta(delta["text"])]
         if "toolUse" in delta and block in tool_index:
             return [ToolCallDelta(tool_index[block], arguments=delta["toolUse"].get("input", ""))]

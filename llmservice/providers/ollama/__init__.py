@@ -6,6 +6,7 @@ from typing import Any
 
 from llmservice.kernel.provider import Provider, ProviderEntry
 from llmservice.providers.ollama.settings import OllamaSettings
+from llmservice.providers.ollama.wire import WIRE
 
 
 def _build(settings: Any, name: str) -> Provider:
@@ -21,5 +22,6 @@ ENTRIES = (
         settings=OllamaSettings,
         factory=_build,
         env={"OLLAMA_MODEL": "model", "OLLAMA_BASE_URL": "base_url", "OLLAMA_TEMPERATURE": "temperature"},
+        wire=WIRE,
     ),
 )

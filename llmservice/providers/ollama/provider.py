@@ -3,7 +3,8 @@
 The native API rather than Ollama's OpenAI-compatible one, because only the native one
 pulls models with progress and loads or unloads them (`keep_alive`). Spoken with httpx:
 the API is newline-delimited JSON, and the official `ollama` client would add a second
-HTTP stack and hide the status codes we map.
+HTTP stack and hide the status codes we map. What Ollama's replies mean (done reasons,
+the words of a missing pull, how it resolves model names) is in `wire`, which the docs print.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from llmservice.kernel.errors import InvalidRequest, LLMServiceError, Unavailable
+from llmservice.kernel.errors import InvalidRequest, LLMServiceError, NotFound, Unavailable
 from llmservice.kernel.types import (
     Capabilities,
     ChatRequest,
     Completion,
-    FinishReason,
     Message,
     ModelInfo,
     PullProgress,
@@ -32,6 +32,7 @@ from llmservice.kernel.types import (
     Usage,
     assemble_tool_calls,
 )
+from llmservice.providers.ollama import wire
 from llmservice.providers.ollama.settings import OllamaSettings
 from llmservice.providers.remote import openai_shapes
 from llmservice.providers.remote.base import HttpProvider, attachment_text, base64_data
@@ -39,8 +40,6 @@ from llmservice.providers.remote.http import raise_for_status, transport_errors,
 from llmservice.providers.remote.http_errors import failed_midway
 
 log = logging.getLogger(__name__)
-
-_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
 
 
 class OllamaProvider(HttpProvider):
@@ -61,14 +60,16 @@ class OllamaProvider(HttpProvider):
             await raise_for_status(response, self.name, model="")
             with unreadable(self.name, "a model list"):
                 names += [
-                    m["name"] for m in response.json().get("models", []) if m["name"] != self.default_model
+                    m["name"]
+                    for m in response.json().get("models", [])
+                    if not wire.same_model(m["name"], self.default_model)  # `llama3` is `llama3:latest`
                 ]
-            loaded = set(await self.loaded_models())
+            loaded = await self.loaded_models()
         except LLMServiceError as exc:
             log.warning("%s: cannot list models: %s", self.name, exc.message)
-            loaded = set()
+            loaded = []
         capabilities = Capabilities(streaming=True, tools=True, vision=True)
-        return [ModelInfo(n, self.name, loaded=n in loaded, capabilities=capabilities) for n in names]
+        return [ModelInfo(n, self.name, loaded=_among(n, loaded), capabilities=capabilities) for n in names]
 
     def validate(self, model: str, request: ChatRequest) -> None:
         if request.signals is not None:
@@ -97,9 +98,8 @@ class OllamaProvider(HttpProvider):
                 raise failed_midway(self.name, str(data["error"]))
             message = data.get("message") or {}
             calls = assemble_tool_calls(_tool_call_deltas(message, 0))
-            return Completion(
-                message.get("content", ""), model, self.name, _finish(data, calls), _usage(data), calls
-            )
+            finish = wire.finish_reason(data.get("done_reason"), bool(calls))
+            return Completion(message.get("content", ""), model, self.name, finish, _usage(data), calls)
 
     async def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
         client = self._ready()
@@ -118,7 +118,10 @@ class OllamaProvider(HttpProvider):
                     if message.get("content"):
                         events.append(TokenDelta(message["content"]))
                     events += _tool_call_deltas(message, calls)
-                    end = StreamEnd(_stream_finish(data, calls), _usage(data)) if data.get("done") else None
+                    end = None
+                    if data.get("done"):
+                        called = bool(calls or message.get("tool_calls"))
+                        end = StreamEnd(wire.finish_reason(data.get("done_reason"), called), _usage(data))
                 for event in events:
                     calls += isinstance(event, ToolCallDelta)
                     yield event
@@ -128,7 +131,9 @@ class OllamaProvider(HttpProvider):
         raise Unavailable(f"provider {self.name} ended the stream before it finished")
 
     async def pull(self, model: str) -> AsyncGenerator[PullProgress]:
-        """Pull a model into the Ollama server, reporting its progress."""
+        """Pull a model into the Ollama server, reporting its progress. Ollama answers a pull
+        with 200 before it asks the registry, so its failures (a model the registry does not
+        have, say) come as an `error` line of the stream."""
         client = self._ready()
         async with (
             transport_errors(self.name),
@@ -143,7 +148,7 @@ class OllamaProvider(HttpProvider):
                 with unreadable(self.name, "pull progress"):
                     data = json.loads(line)
                     if "error" in data:
-                        raise failed_midway(self.name, f"could not pull {model!r}: {data['error']}")
+                        raise _pull_failed(self.name, model, str(data["error"]))
                     progress = PullProgress(
                         str(data.get("status", "")),
                         str(data.get("digest", "")),
@@ -155,14 +160,14 @@ class OllamaProvider(HttpProvider):
     # ModelAdminService: Ollama's own pull, keep-alive and delete.
 
     async def load_model(self, model: str, *, make_default: bool = False) -> bool:
-        was_loaded = model in await self.loaded_models()
+        was_loaded = _among(model, await self.loaded_models())
         await self.load(model)
         if make_default:
             self._default = model
         return not was_loaded
 
     async def unload_model(self, model: str) -> bool:
-        was_loaded = model in await self.loaded_models()
+        was_loaded = _among(model, await self.loaded_models())
         await self.unload(model)
         return was_loaded
 
@@ -180,13 +185,14 @@ class OllamaProvider(HttpProvider):
 
     async def load(self, model: str) -> None:
         """Load a model now and keep it for the configured keep-alive."""
-        await self._keep_alive(model, self._settings.keep_alive)
+        await self._keep_alive(model, wire.keep_alive(self._settings.keep_alive))
 
     async def unload(self, model: str) -> None:
         """Unload a model now (keep-alive zero)."""
         await self._keep_alive(model, 0)
 
     async def loaded_models(self) -> list[str]:
+        """The models Ollama has in memory, as it names them (always with a tag: `llama3:latest`)."""
         async with transport_errors(self.name):
             response = await self._ready().get("/api/ps")
         await raise_for_status(response, self.name, model="")
@@ -220,7 +226,7 @@ class OllamaProvider(HttpProvider):
             "model": model,
             "messages": _messages(request),
             "options": {k: v for k, v in options.items() if v is not None},
-            "keep_alive": self._settings.keep_alive,
+            "keep_alive": wire.keep_alive(self._settings.keep_alive),
         }
         # Ollama has no tool_choice: "none" offers no tools, and the model can call none. Its
         # templates read tool calls and results in the history without a catalogue.
@@ -244,35 +250,47 @@ def _tool_call_deltas(message: dict[str, Any], first_index: int) -> list[ToolCal
     return deltas
 
 
-def _stream_finish(data: dict[str, Any], calls: int) -> FinishReason:
-    if calls or (data.get("message") or {}).get("tool_calls"):
-        return FinishReason.TOOL_CALLS
-    return _FINISH.get(str(data.get("done_reason")), FinishReason.STOP)
+def _among(model: str, names: list[str]) -> bool:
+    """Whether `model` is one of `names`, as Ollama resolves names (no tag means `:latest`)."""
+    return any(wire.same_model(model, name) for name in names)
 
 
-def _finish(data: dict[str, Any], calls: tuple[ToolCall, ...]) -> FinishReason:
-    if calls:
-        return FinishReason.TOOL_CALLS
-    return _FINISH.get(str(data.get("done_reason")), FinishReason.STOP)
+def _pull_failed(provider: str, model: str, error: str) -> LLMServiceError:
+    """A pull's in-stream error: NOT_FOUND for a model the registry does not have, in
+    Ollama's words; anything else failed midway."""
+    if wire.PULL_NOT_FOUND in error:
+        return NotFound(f"provider {provider} found no model {model!r} to pull: {error}")
+    return failed_midway(provider, f"could not pull {model!r}: {error}")
 
 
 def _usage(data: dict[str, Any]) -> Usage:
     return Usage(data.get("prompt_eval_count", 0), data.get("eval_count", 0))
 
 
-def _message(m: Message) -> dict[str, Any]:
+def _message(m: Message, called: dict[str, str]) -> dict[str, Any]:
+    """One message in Ollama's form. A tool result names its call (`tool_call_id`, matched
+    against the calls' `id`) and the tool that was called (`tool_name`): Ollama's templates
+    read one or the other to put the result next to its call."""
     out: dict[str, Any] = {"role": m.role, "content": m.content}
     if m.tool_calls:
-        out["tool_calls"] = [
-            {"function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in m.tool_calls
-        ]
+        out["tool_calls"] = [_tool_call(c, i) for i, c in enumerate(m.tool_calls)]
     if m.role == "tool":
-        out["tool_call_id"] = m.tool_call_id
+        if tool_name := called.get(m.tool_call_id) or m.name:
+            out["tool_name"] = tool_name
+        if m.tool_call_id:
+            out["tool_call_id"] = m.tool_call_id
     return out
 
 
+def _tool_call(call: ToolCall, index: int) -> dict[str, Any]:
+    """A call in the history as Ollama sends its own: its id, and arguments as an object."""
+    function = {"index": index, "name": call.name, "arguments": json.loads(call.arguments)}
+    return {"id": call.id, "function": function} if call.id else {"function": function}
+
+
 def _messages(request: ChatRequest) -> list[dict[str, Any]]:
-    messages = [_message(m) for m in request.messages]
+    called = {c.id: c.name for m in request.messages for c in m.tool_calls}
+    messages = [_message(m, called) for m in request.messages]
     if not request.attachments:
         return messages
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)

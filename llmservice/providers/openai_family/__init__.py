@@ -11,6 +11,7 @@ from llmservice.providers.openai_family.settings import (
     OpenAICompatibleSettings,
     OpenAISettings,
 )
+from llmservice.providers.openai_family.wire import AZURE_OPENAI_WIRE, OPENAI_WIRE
 
 
 def _openai(settings: Any, name: str) -> Provider:
@@ -44,6 +45,7 @@ ENTRIES = (
             "OPENAI_TEMPERATURE": "temperature",
         },
         paid=True,
+        wire=OPENAI_WIRE,
     ),
     ProviderEntry(
         kind="azure_openai",
@@ -58,6 +60,7 @@ ENTRIES = (
             "AZURE_OPENAI_TEMPERATURE": "temperature",
         },
         paid=True,
+        wire=AZURE_OPENAI_WIRE,
     ),
     ProviderEntry(
         kind="openai_compatible",

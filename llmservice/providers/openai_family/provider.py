@@ -14,6 +14,7 @@ are honoured.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -25,6 +26,7 @@ import openai
 
 from llmservice.kernel.embedding import EmbedRequest, EmbedResult
 from llmservice.kernel.errors import (
+    ContentFiltered,
     DeadlineExceeded,
     InvalidRequest,
     LLMServiceError,
@@ -42,8 +44,10 @@ from llmservice.kernel.types import (
     StreamEvent,
     TokenDelta,
     ToolCall,
+    ToolCallDelta,
     Usage,
 )
+from llmservice.providers.openai_family import wire
 from llmservice.providers.openai_family.settings import (
     AzureOpenAISettings,
     OpenAICompatibleSettings,
@@ -57,13 +61,6 @@ from llmservice.providers.remote.retry import call_with_retries
 
 log = logging.getLogger(__name__)
 
-_FINISH = {
-    "stop": FinishReason.STOP,
-    "length": FinishReason.LENGTH,
-    "tool_calls": FinishReason.TOOL_CALLS,
-    "function_call": FinishReason.TOOL_CALLS,
-    "content_filter": FinishReason.CONTENT_FILTER,
-}
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit on top_logprobs
 MAX_RAW_LOGPROBS = 5  # OpenAI's limit on a raw completion's `logprobs`
 _PATH = "/chat/completions"
@@ -104,6 +101,7 @@ class OpenAIFamilyProvider(RemoteProvider):
         extras: Mapping[str, str] = {},
         no_extras: str = "has no such parameter",
         only_default_model: bool = False,
+        max_tokens_field: str = "max_tokens",
     ) -> None:
         super().__init__(name, settings)
         self._settings = settings
@@ -112,6 +110,7 @@ class OpenAIFamilyProvider(RemoteProvider):
         self._extras = dict(extras)  # domain sampling field -> the name the upstream reads
         self._no_extras = no_extras  # why a sampling field not in extras is refused
         self._only_default_model = only_default_model  # Azure: the URL names the one deployment
+        self._max_tokens_field = max_tokens_field  # the chat API's name for the token limit
         self._client: openai.AsyncOpenAI | None = None
         self._secrets = [settings.api_key.get_secret_value()] if settings.api_key else []
 
@@ -249,16 +248,15 @@ class OpenAIFamilyProvider(RemoteProvider):
             raise Unavailable(f"provider {self.name} answered with no choices")
         message = choices[0].get("message") or {}
         usage = reply.get("usage") or {}
-        calls = tuple(
-            ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "{}")
-            for c in message.get("tool_calls") or ()
-            if c.get("type", "function") == "function"
-        )
+        calls = _tool_calls(message, reply.get("id") or "")
+        refusal = _refusal(message)
         return Completion(
-            openai_shapes.text_of(message.get("content")),
+            openai_shapes.text_of(message.get("content")) or refusal,
             model,
             self.name,
-            _FINISH.get(choices[0].get("finish_reason") or "stop", FinishReason.STOP),
+            wire.finish_reason(
+                choices[0].get("finish_reason"), called_tools=bool(calls), refused=bool(refusal)
+            ),
             openai_shapes.usage(usage),
             calls,
         )
@@ -272,16 +270,14 @@ class OpenAIFamilyProvider(RemoteProvider):
             choices[0].get("text") or "",
             model,
             self.name,
-            _FINISH.get(choices[0].get("finish_reason") or "stop", FinishReason.STOP),
+            wire.FINISH.get(choices[0].get("finish_reason") or "stop", FinishReason.STOP),
             openai_shapes.usage(reply.get("usage") or {}),
         )
 
     async def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
-        finish: FinishReason | None = None
-        usage = Usage()
+        ending = _Ending()
         response: httpx.Response | None = None
         raw = "prompt" in body
-        events_of = _raw_choice_events if raw else openai_shapes.choice_events
         try:
             response = await self._ready().post(
                 _RAW_PATH if raw else _PATH, body=body, cast_to=httpx.Response, stream=True
@@ -295,12 +291,11 @@ class OpenAIFamilyProvider(RemoteProvider):
                 if "error" in chunk:  # the upstream failed after it began (vLLM, OpenRouter, ...)
                     raise self._error_object(chunk["error"], model)
                 if chunk.get("usage"):
-                    usage = openai_shapes.usage(chunk["usage"])
+                    ending.usage = openai_shapes.usage(chunk["usage"])
                 for choice in (chunk.get("choices") or [])[:1]:
-                    for event in events_of(choice):
+                    events = _raw_choice_events(choice) if raw else _chat_choice_events(choice, chunk)
+                    for event in ending.seen(choice, events):
                         yield event
-                    if choice.get("finish_reason"):
-                        finish = _FINISH.get(choice["finish_reason"], FinishReason.STOP)
         except openai.APIError as exc:
             raise self._error(exc, model) from None
         except httpx.TimeoutException:  # no byte for the read timeout: the upstream stalled
@@ -312,9 +307,9 @@ class OpenAIFamilyProvider(RemoteProvider):
         finally:
             if response is not None:
                 await response.aclose()
-        if finish is None:
+        if ending.reason is None:
             raise Unavailable(f"provider {self.name} ended the stream before it finished")
-        yield StreamEnd(finish, usage)
+        yield ending.end()
 
     def _body(self, model: str, request: ChatRequest) -> dict[str, Any]:
         s = request.sampling
@@ -331,7 +326,8 @@ class OpenAIFamilyProvider(RemoteProvider):
         optional = {
             "temperature": s.temperature if s.temperature is not None else self._settings.temperature,
             "top_p": s.top_p,
-            "max_tokens": s.max_tokens,
+            # the legacy API's `max_tokens` for a raw prompt; the chat API's name is the kind's
+            "max_tokens" if request.raw_prompt is not None else self._max_tokens_field: s.max_tokens,
             "seed": s.seed,
             "stop": list(s.stop) or None,
             "frequency_penalty": s.frequency_penalty,
@@ -375,18 +371,33 @@ class OpenAIFamilyProvider(RemoteProvider):
                 return ProviderTimeout(f"provider {self.name} did not accept a connection in time")
             return DeadlineExceeded(f"provider {self.name} did not answer in time")
         if isinstance(exc, openai.APIStatusError):
-            return from_status(
-                self.name,
-                exc.status_code,
-                _upstream_message(exc),
-                exc.response.headers,
-                model=model,
-                secrets=self._secrets,
-            )
+            return self._status_error(exc, model)
         if isinstance(exc, openai.APIConnectionError):
             detail = redact(str(exc.__cause__ or exc), self._secrets)
             return Unavailable(f"provider {self.name} is unreachable: {detail}")
         return Unavailable(f"provider {self.name} failed: {redact(exc.message, self._secrets)}")
+
+    def _status_error(self, exc: openai.APIStatusError, model: str) -> LLMServiceError:
+        """An HTTP failure by its status, but for what its error object says more precisely:
+        a prompt Azure's content filter refused, a quota no retry will refill."""
+        filtered = wire.content_filter_refusal(exc.body)
+        if filtered is not None:
+            return ContentFiltered(
+                "messages",
+                filtered,
+                message=f"provider {self.name}'s content filter refused the prompt: {filtered}",
+            )
+        error = from_status(
+            self.name,
+            exc.status_code,
+            _upstream_message(exc),
+            exc.response.headers,
+            model=model,
+            secrets=self._secrets,
+        )
+        if error.should_retry is None and wire.error_code(exc.body) in wire.NOT_RETRIED_CODES:
+            error.should_retry = False
+        return error
 
     def _ready(self) -> openai.AsyncOpenAI:
         if self._client is None:
@@ -403,6 +414,73 @@ def _upstream_message(exc: openai.APIStatusError) -> str:
         if isinstance(message, str):
             return message
     return exc.response.reason_phrase
+
+
+def _refusal(message: dict[str, Any]) -> str:
+    """A message's or delta's `refusal`: the model's words when it declines (OpenAI's
+    structured outputs and safety refusals), sent in place of content."""
+    refusal = message.get("refusal")
+    return refusal if isinstance(refusal, str) else ""
+
+
+def _tool_calls(message: dict[str, Any], reply_id: str) -> tuple[ToolCall, ...]:
+    """A whole message's function tool calls; the deprecated `functions` API's one
+    `function_call`, which has no id, as a call named after the reply."""
+    calls = tuple(
+        ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "{}")
+        for c in message.get("tool_calls") or ()
+        if c.get("type", "function") == "function"
+    )
+    legacy = message.get("function_call")
+    if calls or not isinstance(legacy, dict):
+        return calls
+    return (ToolCall(_legacy_call_id(reply_id), legacy["name"], legacy.get("arguments") or "{}"),)
+
+
+def _legacy_call_id(reply_id: str) -> str:
+    """An id for a `function_call`, which has none: a later turn must name the call it answers."""
+    return f"{reply_id or 'call'}-function_call"
+
+
+@dataclasses.dataclass
+class _Ending:
+    """What a stream has said of how it ends, chunk by chunk: its finish_reason, whether a
+    tool was called or the model refused (which decide the finish), and its usage."""
+
+    reason: str | None = None
+    called_tools: bool = False
+    refused: bool = False
+    usage: Usage = dataclasses.field(default_factory=Usage)
+
+    def seen(self, choice: dict[str, Any], events: list[StreamEvent]) -> list[StreamEvent]:
+        """A choice's events, passed on, noted."""
+        self.refused = self.refused or bool(_refusal(choice.get("delta") or {}))
+        self.called_tools = self.called_tools or any(isinstance(e, ToolCallDelta) for e in events)
+        self.reason = choice.get("finish_reason") or self.reason
+        return events
+
+    def end(self) -> StreamEnd:
+        finish = wire.finish_reason(self.reason, called_tools=self.called_tools, refused=self.refused)
+        return StreamEnd(finish, self.usage)
+
+
+def _chat_choice_events(choice: dict[str, Any], chunk: dict[str, Any]) -> list[StreamEvent]:
+    """One streamed chat choice's events: its text, tool calls and signals (the shape every
+    OpenAI-style server shares), then what only OpenAI sends: a refusal's words, which
+    stream as text, and a deprecated `function_call`'s pieces, as tool call 0."""
+    events = openai_shapes.choice_events(choice)
+    delta = choice.get("delta") or {}
+    refusal = _refusal(delta)
+    if refusal:
+        entries = (choice.get("logprobs") or {}).get("refusal") or []
+        signal = openai_shapes.logprob_signal(entries[-1]) if entries else None
+        events.append(TokenDelta(refusal, signal=signal))
+    legacy = delta.get("function_call")
+    if isinstance(legacy, dict):
+        name = legacy.get("name") or ""
+        call_id = _legacy_call_id(chunk.get("id") or "") if name else ""
+        events.append(ToolCallDelta(0, call_id, name, legacy.get("arguments") or ""))
+    return events
 
 
 def _raw_choice_events(choice: dict[str, Any]) -> list[StreamEvent]:
@@ -457,6 +535,7 @@ def openai_provider(settings: OpenAISettings, name: str = "openai") -> OpenAIFam
             api_key=key, base_url=settings.base_url, max_retries=0, http_client=http
         ),
         default_model=settings.model,
+        max_tokens_field=wire.MAX_TOKENS,
     )
 
 
@@ -475,6 +554,7 @@ def azure_openai_provider(settings: AzureOpenAISettings, name: str = "azure_open
         ),
         default_model=settings.deployment,
         only_default_model=True,
+        max_tokens_field=wire.MAX_TOKENS,
     )
 
 

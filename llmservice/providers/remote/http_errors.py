@@ -62,6 +62,10 @@ def _from_status(
             "check the configured key"
         )
     text = redact(message, secrets) or f"HTTP {status}"
+    if status == 402:  # the service's account at the provider: credit or billing, not the request
+        return ProviderAuthFailed(
+            f"provider {provider} refused the service's account (HTTP 402, billing or credit): {text}"
+        )
     if status == 404:
         return NotFound(f"provider {provider} does not know model {model!r}: {text}")
     if status == 429:

@@ -6,6 +6,7 @@ from typing import Any
 
 from llmservice.kernel.provider import Provider, ProviderEntry
 from llmservice.providers.watsonx.settings import WatsonxSettings
+from llmservice.providers.watsonx.wire import WIRE
 
 
 def _build(settings: Any, name: str) -> Provider:
@@ -28,5 +29,6 @@ ENTRIES = (
             "WATSONX_TEMPERATURE": "temperature",
         },
         paid=True,
+        wire=WIRE,
     ),
 )

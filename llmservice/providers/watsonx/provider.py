@@ -10,6 +10,7 @@ whose error code is `authentication_token_expired`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -29,28 +30,20 @@ from llmservice.kernel.types import (
     StreamEnd,
     StreamEvent,
     ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from llmservice.providers.remote import openai_shapes
 from llmservice.providers.remote.base import HttpProvider
-from llmservice.providers.remote.http import raise_for_status, transport_errors, unreadable
-from llmservice.providers.remote.http_errors import failed_midway
+from llmservice.providers.remote.http import error_message, raise_for_status, transport_errors, unreadable
+from llmservice.providers.remote.http_errors import failed_midway, from_status
+from llmservice.providers.watsonx import wire
 from llmservice.providers.watsonx.settings import WatsonxSettings
 
 log = logging.getLogger(__name__)
 
-_FINISH = {
-    "stop": FinishReason.STOP,
-    "eos_token": FinishReason.STOP,
-    "stop_sequence": FinishReason.STOP,
-    "length": FinishReason.LENGTH,
-    "max_tokens": FinishReason.LENGTH,
-    "tool_calls": FinishReason.TOOL_CALLS,
-    "content_filter": FinishReason.CONTENT_FILTER,
-}
 _REFRESH_MARGIN_S = 60.0  # fetch a new token this long before the old one expires
 _GRANT = "urn:ibm:params:oauth:grant-type:apikey"
-_TOKEN_EXPIRED = "authentication_token_expired"  # watsonx's error code for a stale bearer token
 
 
 class WatsonxProvider(HttpProvider):
@@ -118,7 +111,7 @@ class WatsonxProvider(HttpProvider):
         response = await self._send(
             lambda client, headers: client.post(self._endpoint("chat"), json=body, headers=headers)
         )
-        await raise_for_status(response, self.name, model=model, secrets=[self._key])
+        await self._raise_for_status(response, model)
         with unreadable(self.name):
             return self._completion(response.json(), model)
 
@@ -126,22 +119,24 @@ class WatsonxProvider(HttpProvider):
         choice = (data.get("choices") or [{}])[0]
         message = choice.get("message") or {}
         calls = tuple(
-            ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "{}")
-            for c in message.get("tool_calls") or ()
+            ToolCall(
+                c.get("id") or _call_id(data.get("id") or "", i),
+                c["function"]["name"],
+                c["function"].get("arguments") or "{}",
+            )
+            for i, c in enumerate(message.get("tool_calls") or ())
         )
-        usage = data.get("usage") or {}
         return Completion(
             openai_shapes.text_of(message.get("content")),
             model,
             self.name,
-            _FINISH.get(choice.get("finish_reason") or "stop", FinishReason.STOP),
-            Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            _finish(self.name, choice.get("finish_reason") or "stop", bool(calls)),
+            _usage(data.get("usage") or {}),
             calls,
         )
 
     async def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
-        finish: FinishReason | None = None
-        usage = Usage()
+        reply = _StreamedReply(self.name)
         for attempt in range(2):  # a second time only with a fresh token
             headers = await self._auth(force=attempt > 0)
             async with (
@@ -152,7 +147,7 @@ class WatsonxProvider(HttpProvider):
             ):
                 if attempt == 0 and await _expired(source.response):
                     continue
-                await raise_for_status(source.response, self.name, model=model, secrets=[self._key])
+                await self._raise_for_status(source.response, model)
                 with unreadable(self.name, "a stream"):
                     async for sse in source.aiter_sse():
                         if not sse.data:
@@ -160,20 +155,24 @@ class WatsonxProvider(HttpProvider):
                         data = sse.json()
                         if "errors" in data:  # watsonx's error body, sent as an event
                             raise failed_midway(self.name, _error_text(data), self.secrets())
-                        if data.get("usage"):
-                            usage = Usage(
-                                data["usage"].get("prompt_tokens", 0),
-                                data["usage"].get("completion_tokens", 0),
-                            )
-                        for choice in (data.get("choices") or [])[:1]:
-                            for event in openai_shapes.choice_events(choice):
-                                yield event
-                            if choice.get("finish_reason"):
-                                finish = _FINISH.get(choice["finish_reason"], FinishReason.STOP)
+                        for event in reply.events(data):
+                            yield event
             break
-        if finish is None:
-            raise Unavailable(f"provider {self.name} ended the stream before it finished")
-        yield StreamEnd(finish, usage)
+        yield reply.end()
+
+    async def _raise_for_status(self, response: httpx.Response, model: str) -> None:
+        """The domain error for watsonx's 4xx or 5xx, where its error code says more than the
+        status: an unknown model is NOT_FOUND whichever status came, a spent quota is final."""
+        if response.status_code < 400:
+            return
+        await response.aread()
+        codes = _error_codes(response.content)
+        status = 404 if wire.NOT_FOUND in codes else response.status_code
+        message = error_message(response.content) or response.reason_phrase
+        error = from_status(self.name, status, message, response.headers, model=model, secrets=[self._key])
+        if codes & wire.NOT_RETRIED:
+            error.should_retry = False
+        raise error
 
     async def _send(self, request: Callable[[httpx.AsyncClient, dict[str, str]], Any]) -> httpx.Response:
         """Send with the current token; once more with a fresh one if it had expired."""
@@ -226,7 +225,7 @@ class WatsonxProvider(HttpProvider):
         optional = {
             "temperature": temperature,
             "top_p": s.top_p,
-            "max_tokens": s.max_tokens,
+            "max_completion_tokens": s.max_tokens,  # the chat API deprecates max_tokens
             "seed": s.seed,
             "stop": list(s.stop) or None,
             "frequency_penalty": s.frequency_penalty,
@@ -257,13 +256,69 @@ async def _expired(response: httpx.Response) -> bool:
     if response.status_code != 401:
         return False
     await response.aread()
+    return wire.TOKEN_EXPIRED in _error_codes(response.content)
+
+
+def _error_codes(body: bytes) -> set[str]:
+    """The codes in watsonx's error body (`{"errors": [{"code", "message", "more_info"}]}`)."""
     try:
-        errors = json.loads(response.content).get("errors") or []
-        return any(e.get("code") == _TOKEN_EXPIRED for e in errors)
+        errors = json.loads(body).get("errors") or []
+        return {str(e.get("code")) for e in errors}
     except (ValueError, AttributeError, TypeError):
-        return False
+        return set()
 
 
 def _error_text(data: dict[str, Any]) -> str:
     errors = data.get("errors") or [{}]
     return "; ".join(f"{e.get('code', 'error')}: {e.get('message', '')}" for e in errors)
+
+
+def _finish(provider: str, reason: str, has_tool_calls: bool) -> FinishReason:
+    """Our finish reason for watsonx's; a failure it reports as a finish reason is UNAVAILABLE."""
+    if reason in wire.FAILED:
+        raise failed_midway(provider, f"{wire.FAILED[reason]} (finish_reason {reason})")
+    finish = wire.FINISH.get(reason, FinishReason.STOP)
+    # watsonx says `stop` when tool_choice forced the call: the reply still asks for tool results
+    return FinishReason.TOOL_CALLS if has_tool_calls and finish is FinishReason.STOP else finish
+
+
+def _usage(usage: dict[str, Any]) -> Usage:
+    return Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+
+
+def _call_id(reply_id: str, index: int) -> str:
+    """An id for a tool call watsonx sent without one (some models' streams never carry one):
+    the reply's id and the call's index, so that a tool result can name it."""
+    return f"{reply_id}-call-{index}" if reply_id else f"call_{index}"
+
+
+@dataclasses.dataclass
+class _StreamedReply:
+    """What a watsonx stream has said so far: its finish reason, its usage (in a last chunk
+    without choices), and the id each tool call goes by."""
+
+    provider: str
+    reason: str | None = None
+    usage: Usage = dataclasses.field(default_factory=Usage)
+    call_ids: dict[int, str] = dataclasses.field(default_factory=dict)
+
+    def events(self, chunk: dict[str, Any]) -> list[StreamEvent]:
+        if chunk.get("usage"):
+            self.usage = _usage(chunk["usage"])
+        events: list[StreamEvent] = []
+        for choice in (chunk.get("choices") or [])[:1]:
+            events += [self._named(e, chunk.get("id") or "") for e in openai_shapes.choice_events(choice)]
+            self.reason = choice.get("finish_reason") or self.reason
+        return events
+
+    def end(self) -> StreamEnd:
+        if self.reason is None:
+            raise Unavailable(f"provider {self.provider} ended the stream before it finished")
+        return StreamEnd(_finish(self.provider, self.reason, bool(self.call_ids)), self.usage)
+
+    def _named(self, event: StreamEvent, reply_id: str) -> StreamEvent:
+        """A tool call's first piece with an id: watsonx's, or one of its own making."""
+        if not isinstance(event, ToolCallDelta) or event.index in self.call_ids:
+            return event
+        self.call_ids[event.index] = event.id or _call_id(reply_id, event.index)
+        return dataclasses.replace(event, id=self.call_ids[event.index])
