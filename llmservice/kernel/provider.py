@@ -145,6 +145,14 @@ class Provider(abc.ABC):
 ProviderFactory = Callable[[Any, str], Provider]
 
 
+# How a remote provider without a one-call switch honours `parallel_tool_calls: false`
+# (providers.remote.base.RemoteProvider.one_call_switch), in its wire facts.
+FIRST_CALL_ONLY = (
+    "false: the first tool call the model makes is passed on, any others are not "
+    "(the vendor has no such switch)"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Wire:
     """How a remote provider speaks its vendor's API: what it sends, what it refuses, and how

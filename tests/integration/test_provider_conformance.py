@@ -258,6 +258,26 @@ async def test_tool_calls_stream_and_come_whole(backend: Backend) -> None:
     assert completion.tool_calls == expected
 
 
+async def test_at_most_one_tool_call_when_asked_for_one(backend: Backend) -> None:
+    """`parallel_tool_calls: false` is sent where the vendor has the switch (then the vendor
+    keeps to one call; this fake does not), and kept by passing on the first call elsewhere."""
+    request = replace(
+        ChatRequest((Message("user", "Weather in Paris and Rome?"),), tools=(WEATHER,)),
+        parallel_tool_calls=False,
+    )
+    calls = [("call_1", "get_weather", '{"city": "Paris"}'), ("call_2", "get_weather", '{"city": "Rome"}')]
+    async with running(backend, Reply(text="", tool_calls=calls)) as (provider, upstream):
+        events = await collect(provider, request)
+        completion = await provider.complete("m", request)
+    switch = provider.one_call_switch  # type: ignore[attr-defined]
+    expected = tuple(ToolCall(*c) for c in (calls if switch else calls[:1]))
+    assert assemble_tool_calls([e for e in events if isinstance(e, ToolCallDelta)]) == expected
+    assert completion.tool_calls == expected
+    if switch:
+        body = json.dumps(upstream.requests[0])
+        assert '"parallel_tool_calls": false' in body or '"disable_parallel_tool_use": true' in body
+
+
 async def test_500_then_success_is_retried(backend: Backend) -> None:
     async with running(backend, Reply(status=500, error="boom"), Reply(text="ok now")) as (
         provider,

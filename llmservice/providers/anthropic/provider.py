@@ -44,6 +44,8 @@ _ANY_INPUT = {"type": "object", "additionalProperties": True}
 
 
 class AnthropicProvider(HttpProvider):
+    one_call_switch = True  # tool_choice.disable_parallel_tool_use
+
     def __init__(self, settings: AnthropicSettings, name: str = "anthropic") -> None:
         key = settings.api_key.get_secret_value() if settings.api_key else ""
         headers = {"x-api-key": key, "anthropic-version": settings.api_version}

@@ -18,7 +18,7 @@ from llmservice.kernel.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from llmservice.kernel.provider import Wire
+from llmservice.kernel.provider import FIRST_CALL_ONLY, Wire
 from llmservice.kernel.types import FinishReason
 from llmservice.providers.remote.http_errors import from_status, redact
 
@@ -185,7 +185,8 @@ WIRE = Wire(
             "toolConfig, unless the history holds tool turns (then the tools go without a toolChoice)"
         ),
         "attachments": "images as `image` blocks (png, jpeg, gif, webp), text ones as text blocks",
-        "user, cache_salt, parallel_tool_calls": "not sent: Converse has no such field",
+        "user, cache_salt": "not sent: Converse has no such field",
+        "parallel_tool_calls": FIRST_CALL_ONLY,
     },
     refused={
         "sampling.seed, top_k, min_p, repetition_penalty": "no such parameter in the Converse API",

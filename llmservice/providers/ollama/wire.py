@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from llmservice.kernel.provider import Wire
+from llmservice.kernel.provider import FIRST_CALL_ONLY, Wire
 from llmservice.kernel.types import FinishReason
 
 # Ollama's done_reason (server/routes.go, llm/server.go). "load" and "unload" end a chat
@@ -81,6 +81,7 @@ WIRE = Wire(
         "sampling.max_tokens": "`options.num_predict`",
         "tools": "`tools`, as OpenAI-style function tools",
         "tool_choice": "`none`: no `tools` sent, so the model can call none; `auto`: as Ollama does",
+        "parallel_tool_calls": FIRST_CALL_ONLY,
         "messages[].tool_calls": "`tool_calls` with their `id`, arguments as a JSON object",
         "messages[].tool_call_id": "a tool turn's `tool_call_id`, and `tool_name` (the called tool, "
         "found in the history), which Ollama's templates read to match results to calls",

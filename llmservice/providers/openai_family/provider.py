@@ -89,6 +89,7 @@ class OpenAIFamilyProvider(RemoteProvider):
     """One OpenAI-style upstream: a client, a default model, and what it accepts."""
 
     strict_tools = True  # passed on as each function's `strict`
+    one_call_switch = True  # parallel_tool_calls
     raw_prompts = True  # sent to the upstream's /completions, which every server of the family has
 
     def __init__(

@@ -14,6 +14,7 @@ import abc
 import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -22,7 +23,7 @@ from llmservice.kernel.errors import InvalidRequest, LLMServiceError
 from llmservice.kernel.provider import Provider
 from llmservice.kernel.redact import redact
 from llmservice.kernel.scheduler import Scheduler
-from llmservice.kernel.types import Attachment, ChatRequest, Completion, StreamEvent
+from llmservice.kernel.types import Attachment, ChatRequest, Completion, StreamEvent, ToolCallDelta
 from llmservice.providers.remote.http import make_client
 from llmservice.providers.remote.retry import RetryPolicy, call_with_retries, stream_with_retries
 from llmservice.providers.remote.settings import RemoteSettings
@@ -31,6 +32,11 @@ TEXT_TYPES = ("text/", "application/json", "application/xml", "application/yaml"
 
 
 class RemoteProvider(Provider):
+    # Whether the vendor itself takes "at most one tool call" (OpenAI's parallel_tool_calls,
+    # Anthropic's disable_parallel_tool_use). Where it does not, a request asking for one
+    # call gets the first call the model made, the rest are not passed on.
+    one_call_switch = False
+
     def __init__(self, name: str, settings: RemoteSettings) -> None:
         self.name = name
         self.retry = RetryPolicy(attempts=settings.max_attempts)
@@ -47,20 +53,30 @@ class RemoteProvider(Provider):
 
     async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
         body = self._stream_body(model, request)
+        one_call = self._one_call_only(request)
         with self._redacted():
             async with self.scheduler.slot(request.priority, request.deadline):
                 async for event in stream_with_retries(
                     lambda: self._open_stream(body, model), self.retry, deadline=request.deadline
                 ):
+                    if one_call and isinstance(event, ToolCallDelta) and event.index > 0:
+                        continue
                     yield event
 
     async def complete(self, model: str, request: ChatRequest) -> Completion:
         body = self._complete_body(model, request)
         with self._redacted():
             async with self.scheduler.slot(request.priority, request.deadline):
-                return await call_with_retries(
+                completion = await call_with_retries(
                     lambda: self._call(body, model), self.retry, deadline=request.deadline
                 )
+        if self._one_call_only(request):
+            return replace(completion, tool_calls=completion.tool_calls[:1])
+        return completion
+
+    def _one_call_only(self, request: ChatRequest) -> bool:
+        """A request for at most one tool call, to a vendor that has no such switch."""
+        return request.parallel_tool_calls is False and not self.one_call_switch
 
     def secrets(self) -> list[str]:
         """What no error may show: the backend's keys and tokens."""

@@ -6,7 +6,7 @@ No SDK or httpx imports: listing the provider kinds loads this, not the provider
 
 from __future__ import annotations
 
-from llmservice.kernel.provider import Wire
+from llmservice.kernel.provider import FIRST_CALL_ONLY, Wire
 from llmservice.kernel.types import FinishReason
 
 # The chat API's finish reasons (IBM's API reference, TextChatResultChoice.finish_reason).
@@ -42,6 +42,7 @@ WIRE = Wire(
         "presence_penalty": "`presence_penalty`",
         "tools": "`tools`, as functions",
         "tool_choice": "a named function as `tool_choice`; auto, none or required as `tool_choice_option`",
+        "parallel_tool_calls": FIRST_CALL_ONLY,
         "constraint": "`response_format`: `json_object`, or `json_schema` with the schema",
         "api_key": "exchanged at IBM Cloud IAM (`POST /identity/token`) for a bearer token, "
         "reused until a minute before it expires; a key IAM refuses (400 BXNIM0415E) is "
