@@ -11,7 +11,7 @@ from llmservice.providers.openai_family.settings import (
     OpenAICompatibleSettings,
     OpenAISettings,
 )
-from llmservice.providers.openai_family.wire import AZURE_OPENAI_WIRE, OPENAI_WIRE
+from llmservice.providers.openai_family.wire import AZURE_OPENAI_WIRE, OPENAI_COMPATIBLE_WIRE, OPENAI_WIRE
 
 
 def _openai(settings: Any, name: str) -> Provider:
@@ -67,5 +67,6 @@ ENTRIES = (
         title="vLLM, LM Studio, HF TGI, OpenRouter, llama.cpp's server",
         settings=OpenAICompatibleSettings,
         factory=_openai_compatible,
+        wire=OPENAI_COMPATIBLE_WIRE,
     ),
 )

@@ -158,3 +158,31 @@ AZURE_OPENAI_WIRE = Wire(
         "is recorded for openai (tests/vendors/openai)",
     },
 )
+
+_EXTRAS = ("sampling.top_k", "sampling.min_p", "sampling.repetition_penalty")
+
+# A server that speaks OpenAI's API (vLLM, llama.cpp, LM Studio, TGI, OpenRouter): OpenAI's
+# reading of replies and errors, the old name of the token limit, and the sampling fields
+# each kind of server reads (`flavour`).
+OPENAI_COMPATIBLE_WIRE = Wire(
+    honoured={
+        **_HONOURED,
+        "sampling.max_tokens": "`max_tokens`, the name every such server reads",
+        "sampling.top_k, min_p, repetition_penalty": "by `flavour`: `top_k`, `min_p` and "
+        "`repeat_penalty` (llamacpp, lmstudio) or `repetition_penalty` (vllm, openrouter)",
+        "user": "`user`, for servers that read it",
+    },
+    refused={
+        **{k: v for k, v in _REFUSED.items() if k not in _EXTRAS},
+        "sampling.top_k, min_p, repetition_penalty": "for the `generic` and `tgi` flavours: "
+        "a server not named may drop them without a word",
+    },
+    finish=FINISH,
+    errors={name: what.replace("OpenAI's", "the server's") for name, what in OPENAI_WIRE.errors.items()},
+    unrecorded={
+        **OPENAI_WIRE.unrecorded,
+        "the servers themselves": "each is its own program, not a vendor that publishes traffic: "
+        "OpenAI's recordings are replayed to this kind too, and a real llama.cpp server answers "
+        "tests/integration/test_openai_compatible.py",
+    },
+)
