@@ -199,12 +199,15 @@ def _bedrock(body: dict[str, Any]) -> bool:
 
 
 def _ollama(body: dict[str, Any]) -> bool:
-    """Ollama has no tool_choice: "none" offers no tools; the history keeps its tool turns."""
+    """Ollama has no tool_choice: "none" offers no tools; the history keeps its tool turns,
+    the call with its id and the result naming both the call and the tool."""
     call, result = body["messages"][-2:]
+    function = call["tool_calls"][0]["function"]
     return (
         "tools" not in body
-        and call["tool_calls"][0]["function"] == {"name": "add", "arguments": ADD_2_3}
-        and (result["role"], result["content"]) == ("tool", "5")
+        and (function["name"], function["arguments"]) == ("add", ADD_2_3)
+        and call["tool_calls"][0]["id"] == result["tool_call_id"]
+        and (result["role"], result["content"], result["tool_name"]) == ("tool", "5", "add")
     )
 
 

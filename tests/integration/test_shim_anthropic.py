@@ -352,7 +352,7 @@ async def test_a_remote_model_answers_whole_and_streamed() -> None:
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "a\n\nb"},
     ]
-    assert (sent["max_tokens"], sent["stop"]) == (8, ["END"])
+    assert (sent["max_completion_tokens"], sent["stop"]) == (8, ["END"])
     assert (sent["temperature"], sent["top_p"]) == (0.5, 0.9)
 
 
