@@ -2,17 +2,19 @@
 
 Core code and providers raise these; the gRPC server maps them to status codes in
 one place (`llmservice.grpc_api.status`), and the HTTP shim maps gRPC status to HTTP.
-Nothing maps errors by message text.
+Nothing maps our errors by their message text (a provider reads its vendor's words only
+where the vendor sends no code, e.g. Ollama's pull of a model that does not exist).
 
     LLMServiceError                  INTERNAL           anything else
     ├── InvalidRequest               INVALID_ARGUMENT   bad input, unsupported parameter
+    │   └── ContentFiltered                                 a provider's filter refused the prompt
     ├── Unauthenticated              UNAUTHENTICATED
     ├── PermissionDenied             PERMISSION_DENIED
     ├── NotFound                     NOT_FOUND          model, provider or session
     ├── ResourceExhausted            RESOURCE_EXHAUSTED queue full, rate limit, budget
     │   ├── RateLimited                                     requests or tokens per minute
     │   └── BudgetExhausted                                 a principal's budget is spent
-    ├── ProviderAuthFailed           FAILED_PRECONDITION provider rejected credentials
+    ├── ProviderAuthFailed           FAILED_PRECONDITION provider rejected credentials or account
     ├── Unavailable                  UNAVAILABLE        provider down, service draining
     ├── DeadlineExceeded             DEADLINE_EXCEEDED  deadline or provider timeout
     │   └── ProviderTimeout                                 before the answer began: retried

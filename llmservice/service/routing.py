@@ -146,9 +146,13 @@ class FallbackRoute(Provider):
         message = f"every deployment of {self._model} failed{detail}"
         hints = [f.retry_after_s for f in failures if f.retry_after_s is not None]
         retry = min(hints) if hints else None
+        kinds = {type(f) for f in failures}
+        shared = kinds.pop() if len(kinds) == 1 else None  # e.g. BudgetExhausted: its kind trailer kept
         for kind in (DeadlineExceeded, ResourceExhausted, ProviderAuthFailed):
             if failures and all(isinstance(f, kind) for f in failures):
-                return kind(message) if kind is ProviderAuthFailed else kind(message, retry_after_s=retry)
+                error = (shared or kind)(message)
+                error.retry_after_s = None if kind is ProviderAuthFailed else retry
+                return error
         return Unavailable(message, retry_after_s=retry)
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from llmservice.grpc_api.status import to_status
 from llmservice.kernel.errors import (
+    BudgetExhausted,
     DeadlineExceeded,
     LLMServiceError,
     ProviderAuthFailed,
@@ -51,6 +52,12 @@ class Failing(OneModel):
             (ProviderAuthFailed("eu key"), ProviderAuthFailed("us key")),
             ProviderAuthFailed,
             "FAILED_PRECONDITION",
+            None,
+        ),
+        (
+            (BudgetExhausted("eu spent"), BudgetExhausted("us spent")),
+            BudgetExhausted,
+            "RESOURCE_EXHAUSTED",
             None,
         ),
         ((DeadlineExceeded("eu slow"), Unavailable("us down")), Unavailable, "UNAVAILABLE", None),

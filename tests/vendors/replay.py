@@ -62,8 +62,10 @@ class Replay:
     served: list[Received] = field(default_factory=list)  # the calls a fixture answered
 
     def bodies(self) -> list[Any]:
-        """The JSON bodies of the calls the fixtures answered."""
-        return [r.json() for r in self.served]  # not the gate's: an IAM token exchange is a form
+        """The JSON bodies of the calls to the vendor's API, answered by a fixture or refused
+        by the gate (not the side calls the gate answered: an IAM token exchange is a form)."""
+        refused = [r for r, _, _ in self.refused]
+        return [r.json() for r in self.received if any(r is x for x in (*self.served, *refused))]
 
 
 def load(directory: Path, name: str) -> dict[str, Any]:

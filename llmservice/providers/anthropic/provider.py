@@ -33,14 +33,13 @@ from llmservice.kernel.types import (
 )
 from llmservice.providers.anthropic.settings import AnthropicSettings
 from llmservice.providers.anthropic.wire import finish_reason
-from llmservice.providers.remote.base import HttpProvider, attachment_text, base64_data
+from llmservice.providers.remote.base import HttpProvider, attachment_text, base64_data, history_tools
 from llmservice.providers.remote.http import raise_for_status, transport_errors, unreadable
 from llmservice.providers.remote.http_errors import failed_midway
 
 log = logging.getLogger(__name__)
 
 _IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
-_ANY_INPUT = {"type": "object", "additionalProperties": True}
 
 
 class AnthropicProvider(HttpProvider):
@@ -86,13 +85,6 @@ class AnthropicProvider(HttpProvider):
         )
         if s.temperature is not None and s.temperature > 1:
             raise InvalidRequest("temperature", f"provider {self.name} takes temperatures up to 1")
-        if s.temperature is not None and s.top_p is not None:
-            # Anthropic's newer models answer 400 to the two together; say so before the call.
-            raise InvalidRequest(
-                "top_p",
-                "",
-                message=f"temperature, top_p: provider {self.name} takes one of them, not both",
-            )
         self.check_attachments(request, images=_IMAGE_TYPES)
 
     def _stream_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
@@ -207,8 +199,9 @@ def _tool_fields(request: ChatRequest) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     tools = [_tool(t.name, t.description, json.loads(t.parameters)) for t in request.tools]
     choice = request.tool_choice
-    if not tools and (called := _called_tools(request)):
-        tools, choice = called, ToolChoice("none")
+    if not tools and (called := history_tools(request)):
+        tools = [_tool(t.name, t.description, json.loads(t.parameters)) for t in called]
+        choice = ToolChoice("none")
     if tools:
         fields["tools"] = tools
     if choice is not None:
@@ -223,12 +216,6 @@ def _tool_fields(request: ChatRequest) -> dict[str, Any]:
         if tool_choice["type"] != "none":
             tool_choice["disable_parallel_tool_use"] = True
     return fields
-
-
-def _called_tools(request: ChatRequest) -> list[dict[str, Any]]:
-    """Every tool the history calls, with a schema that takes any object: theirs is not known here."""
-    names = dict.fromkeys(c.name for m in request.messages for c in m.tool_calls)
-    return [_tool(name, f"{name}, called earlier in this conversation", _ANY_INPUT) for name in names]
 
 
 def _tool(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:

@@ -68,7 +68,11 @@ WIRE = Wire(
             "`temperature` (0 to 1; else the `temperature` setting, but not beside a request's "
             "`top_p`: newer models take only one of the two)"
         ),
-        "sampling.top_p": "`top_p`",
+        "sampling.top_p": (
+            "`top_p`; beside a request's own temperature both go, as asked: older models take "
+            "the two, newer ones answer 400 (`temperature` and `top_p` cannot both be specified "
+            "for this model), which the caller gets as INVALID_ARGUMENT in Anthropic's words"
+        ),
         "sampling.top_k": "`top_k`",
         "sampling.stop": "`stop_sequences`",
         "tools": (
@@ -83,10 +87,6 @@ WIRE = Wire(
         "cache_salt": "not sent: the Messages API has no such field",
     },
     refused={
-        "sampling.temperature, sampling.top_p": (
-            "both set: newer models refuse the two together (Anthropic's 400: `temperature` and "
-            "`top_p` cannot both be specified for this model); send one"
-        ),
         "sampling.temperature": "above 1: Anthropic takes 0 to 1",
         "sampling.seed, min_p, repetition_penalty": "no such parameter in the Messages API",
         "sampling.frequency_penalty, presence_penalty": "no such parameter in the Messages API",

@@ -40,13 +40,11 @@ from llmservice.kernel.types import (
 )
 from llmservice.providers.bedrock.settings import BedrockSettings
 from llmservice.providers.bedrock.wire import FINISH, http_error, stop_error, stream_error
-from llmservice.providers.remote.base import HttpProvider, attachment_text, base64_data
+from llmservice.providers.remote.base import HttpProvider, attachment_text, base64_data, history_tools
 from llmservice.providers.remote.http import error_message, transport_errors, unreadable
 
 log = logging.getLogger(__name__)
 
-# The schema of a tool the history calls but this request does not offer: any object.
-_ANY_INPUT = {"type": "object", "properties": {}}
 _IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
 
 
@@ -155,10 +153,10 @@ class BedrockProvider(HttpProvider):
             async for chunk in response.aiter_bytes():
                 buffer.add_data(chunk)
                 for message in _frames(buffer, self.name):
+                    if (failure := _failure(message)) is not None:
+                        raise stream_error(self.name, *failure, self.secrets())
                     with unreadable(self.name, "a stream"):
                         kind, payload = _decode(message)
-                        if (failure := _failure(message.headers, payload)) is not None:
-                            raise stream_error(self.name, *failure, self.secrets())
                         events = _events(kind, payload, tool_index)
                         if kind == "messageStop":
                             finish = self._finish(payload.get("stopReason", ""))
@@ -246,19 +244,13 @@ def _offers_tools(request: ChatRequest) -> bool:
 
 
 def _tool_specs(request: ChatRequest) -> list[dict[str, Any]]:
-    """The offered tools, and every tool the history calls that is not among them: Bedrock
-    refuses toolUse and toolResult blocks without a toolConfig that declares them (a
-    summary turn after tool calls often offers no tools). Those go with a schema that takes
-    any object, since their own is not known here."""
-    specs = [_tool_spec(t.name, t.description or t.name, json.loads(t.parameters)) for t in request.tools]
-    offered = {t.name for t in request.tools}
-    called = dict.fromkeys(c.name for m in request.messages for c in m.tool_calls)
-    specs += [
-        _tool_spec(name, f"{name}, called earlier in this conversation", _ANY_INPUT)
-        for name in called
-        if name not in offered
-    ]
-    return specs
+    """The offered tools; when none are, the tools the history calls: Bedrock refuses toolUse
+    and toolResult blocks without a toolConfig (a summary turn after tool calls often offers
+    no tools). Those go with a schema that takes any object, their own not being known here;
+    tools the caller offers this turn are never widened by ones it no longer does."""
+    if request.tools:
+        return [_tool_spec(t.name, t.description or t.name, json.loads(t.parameters)) for t in request.tools]
+    return [_tool_spec(t.name, t.description, json.loads(t.parameters)) for t in history_tools(request)]
 
 
 def _tool_spec(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -286,18 +278,29 @@ def _decode(message: Any) -> tuple[str, dict[str, Any]]:
     return message.headers.get(":event-type", ""), json.loads(message.payload or b"{}")
 
 
-def _failure(headers: dict[str, Any], payload: dict[str, Any]) -> tuple[str, str] | None:
-    """The type and message of a failure the stream reports, or None for an event.
+def _failure(message: Any) -> tuple[str, str] | None:
+    """The type and message of a failure the stream reports, or None for an event; read from
+    the headers first, so a payload that is not JSON loses neither.
 
     AWS's event streams carry two: a modeled exception (`:message-type: exception`, its
     type in `:exception-type`, its message in the payload) and an error the stream itself
     hit (`:message-type: error`, with `:error-code` and `:error-message` headers)."""
+    headers = message.headers
     kind = headers.get(":message-type", "event")
     if kind == "exception":
-        return str(headers.get(":exception-type", "exception")), str(payload.get("message", ""))
+        return str(headers.get(":exception-type", "exception")), _payload_message(message.payload)
     if kind == "error":
         return str(headers.get(":error-code", "error")), str(headers.get(":error-message", ""))
     return None
+
+
+def _payload_message(payload: bytes) -> str:
+    """An exception's `message`, or its payload as text when that is not the JSON expected."""
+    try:
+        data = json.loads(payload or b"{}")
+    except ValueError:
+        return payload.decode(errors="replace")[:500]
+    return str(data.get("message", "")) if isinstance(data, dict) else str(data)[:500]
 
 
 def _events(kind: str, payload: dict[str, Any], tool_index: dict[int, int]) -> list[StreamEvent]:

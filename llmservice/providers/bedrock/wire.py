@@ -176,9 +176,10 @@ WIRE = Wire(
         "sampling.top_p": "`inferenceConfig.topP`",
         "sampling.stop": "`inferenceConfig.stopSequences`",
         "tools": (
-            "`toolConfig.tools[].toolSpec`; a tool the history calls that is not offered is "
-            "declared too, with a permissive schema (Bedrock refuses tool turns without a "
-            "toolConfig), so a call the model makes to it comes back as a call"
+            "`toolConfig.tools[].toolSpec`; when none are offered but the history holds tool "
+            "turns, the tools it calls are declared with a permissive schema (Bedrock refuses "
+            "tool turns without a toolConfig; it has no `none`), so a call the model makes to "
+            "one anyway comes back as a call"
         ),
         "tool_choice": (
             "`toolConfig.toolChoice`: auto `auto`, required `any`, function `tool`; none: no "

@@ -89,7 +89,7 @@ class OpenAIFamilyProvider(RemoteProvider):
     """One OpenAI-style upstream: a client, a default model, and what it accepts."""
 
     strict_tools = True  # passed on as each function's `strict`
-    one_call_switch = True  # parallel_tool_calls
+    one_call_switch = True  # OpenAI's and Azure's parallel_tool_calls
     raw_prompts = True  # sent to the upstream's /completions, which every server of the family has
 
     def __init__(
@@ -103,6 +103,7 @@ class OpenAIFamilyProvider(RemoteProvider):
         no_extras: str = "has no such parameter",
         only_default_model: bool = False,
         max_tokens_field: str = "max_tokens",
+        one_call_switch: bool = True,
     ) -> None:
         super().__init__(name, settings)
         self._settings = settings
@@ -112,6 +113,7 @@ class OpenAIFamilyProvider(RemoteProvider):
         self._no_extras = no_extras  # why a sampling field not in extras is refused
         self._only_default_model = only_default_model  # Azure: the URL names the one deployment
         self._max_tokens_field = max_tokens_field  # the chat API's name for the token limit
+        self.one_call_switch = one_call_switch
         self._client: openai.AsyncOpenAI | None = None
         self._secrets = [settings.api_key.get_secret_value()] if settings.api_key else []
 
@@ -555,7 +557,7 @@ def azure_openai_provider(settings: AzureOpenAISettings, name: str = "azure_open
         ),
         default_model=settings.deployment,
         only_default_model=True,
-        max_tokens_field=wire.MAX_TOKENS,
+        max_tokens_field=wire.azure_max_tokens_field(settings.api_version),
     )
 
 
@@ -572,6 +574,7 @@ def openai_compatible_provider(
         default_model=settings.model,
         extras=EXTRAS[settings.flavour],
         no_extras=_no_extras(settings, name),
+        one_call_switch=False,  # TGI and older vLLM read no parallel_tool_calls: keep the first call here
     )
 
 

@@ -31,6 +31,18 @@ FINISH: Mapping[str, FinishReason] = {
 # keep the old one, which all of them read; the legacy /completions API has only `max_tokens`.
 MAX_TOKENS = "max_completion_tokens"
 
+# Azure's api-versions before this one refuse `max_completion_tokens` ("Unrecognized request
+# argument supplied"): a deployment pinned to one of them keeps the old name.
+AZURE_FIRST_WITH_MAX_COMPLETION_TOKENS = "2024-09-01-preview"
+
+
+def azure_max_tokens_field(api_version: str) -> str:
+    """The token limit's name for an Azure api-version: a dated one by its date, the
+    undated ones (`v1`, `preview`, `latest`), all newer than the dated, the new name."""
+    dated = api_version[:4].isdigit()
+    return "max_tokens" if dated and api_version < AZURE_FIRST_WITH_MAX_COMPLETION_TOKENS else MAX_TOKENS
+
+
 # An error code that no retry will fix: the account has no credit left for this period.
 NOT_RETRIED_CODES = frozenset({"insufficient_quota"})
 

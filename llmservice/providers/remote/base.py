@@ -23,7 +23,7 @@ from llmservice.kernel.errors import InvalidRequest, LLMServiceError
 from llmservice.kernel.provider import Provider
 from llmservice.kernel.redact import redact
 from llmservice.kernel.scheduler import Scheduler
-from llmservice.kernel.types import Attachment, ChatRequest, Completion, StreamEvent, ToolCallDelta
+from llmservice.kernel.types import Attachment, ChatRequest, Completion, StreamEvent, Tool, ToolCallDelta
 from llmservice.providers.remote.http import make_client
 from llmservice.providers.remote.retry import RetryPolicy, call_with_retries, stream_with_retries
 from llmservice.providers.remote.settings import RemoteSettings
@@ -146,6 +146,18 @@ class HttpProvider(RemoteProvider):
         if self._client is None:
             raise RuntimeError(f"provider {self.name} used before start()")
         return self._client
+
+
+# The schema of a tool the history calls but the request does not offer: any object.
+ANY_INPUT = '{"type": "object", "properties": {}, "additionalProperties": true}'
+
+
+def history_tools(request: ChatRequest) -> tuple[Tool, ...]:
+    """The tools the history calls, for a vendor that refuses tool calls and results in a
+    request that declares no tools (Anthropic, Bedrock): a summary turn after tool calls
+    often offers none. Their own schemas are not known here, so each takes any object."""
+    names = dict.fromkeys(c.name for m in request.messages for c in m.tool_calls)
+    return tuple(Tool(name, f"{name}, called earlier in this conversation", ANY_INPUT) for name in names)
 
 
 def attachment_text(a: Attachment, index: int) -> str:

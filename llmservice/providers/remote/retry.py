@@ -2,11 +2,12 @@
 
 Only failures that a later attempt can fix are retried: connection failures and 5xx
 (`Unavailable`), 429 (`ResourceExhausted`), and timeouts before the answer began: a
-connection not made in time, HTTP 504 or 408 (`ProviderTimeout`); and whatever the
-upstream itself says to retry (`x-should-retry: true`), never what it says not to. A read timeout
-once the upstream is answering is final, as are 400, 401, 403 and 404. A
-stream is retried only until its first event: once a token has reached the caller,
-a failure ends the stream (a retry would repeat or contradict what was sent).
+connection not made in time, HTTP 504 or 408 (`ProviderTimeout`). A read timeout once
+the upstream is answering is final by its kind, as are 400, 401, 402, 403 and 404. Above
+the kind, the upstream's own word decides (`x-should-retry`): `true` retries even what is
+final by its kind, `false` retries nothing. A stream is retried only until its first
+event: once a token has reached the caller, a failure ends the stream (a retry would
+repeat or contradict what was sent).
 """
 
 from __future__ import annotations

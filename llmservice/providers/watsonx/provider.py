@@ -131,7 +131,7 @@ class WatsonxProvider(HttpProvider):
             model,
             self.name,
             _finish(self.name, choice.get("finish_reason") or "stop", bool(calls)),
-            _usage(data.get("usage") or {}),
+            openai_shapes.usage(data.get("usage") or {}),
             calls,
         )
 
@@ -169,7 +169,7 @@ class WatsonxProvider(HttpProvider):
         codes = _error_codes(response.content)
         status = 404 if wire.NOT_FOUND in codes else response.status_code
         message = error_message(response.content) or response.reason_phrase
-        error = from_status(self.name, status, message, response.headers, model=model, secrets=[self._key])
+        error = from_status(self.name, status, message, response.headers, model=model, secrets=self.secrets())
         if codes & wire.NOT_RETRIED:
             error.should_retry = False
         raise error
@@ -282,10 +282,6 @@ def _finish(provider: str, reason: str, has_tool_calls: bool) -> FinishReason:
     return FinishReason.TOOL_CALLS if has_tool_calls and finish is FinishReason.STOP else finish
 
 
-def _usage(usage: dict[str, Any]) -> Usage:
-    return Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
-
-
 def _call_id(reply_id: str, index: int) -> str:
     """An id for a tool call watsonx sent without one (some models' streams never carry one):
     the reply's id and the call's index, so that a tool result can name it."""
@@ -304,7 +300,7 @@ class _StreamedReply:
 
     def events(self, chunk: dict[str, Any]) -> list[StreamEvent]:
         if chunk.get("usage"):
-            self.usage = _usage(chunk["usage"])
+            self.usage = openai_shapes.usage(chunk["usage"])
         events: list[StreamEvent] = []
         for choice in (chunk.get("choices") or [])[:1]:
             events += [self._named(e, chunk.get("id") or "") for e in openai_shapes.choice_events(choice)]

@@ -12,13 +12,21 @@ from llmservice.kernel.types import FinishReason
 # The chat API's finish reasons (IBM's API reference, TextChatResultChoice.finish_reason).
 # `stop` with tool calls in the reply is TOOL_CALLS: watsonx says `stop` when tool_choice
 # named the function. The text generation API's stop reasons (eos_token, max_tokens,
-# stop_sequence) are not the chat API's.
+# stop_sequence) are not the chat API's, but older and on-premises releases have sent
+# them in chat replies: read, they keep a cut-short reply from passing as a finished one.
 FINISH: dict[str, FinishReason] = {
     "stop": FinishReason.STOP,
     "length": FinishReason.LENGTH,
     "tool_calls": FinishReason.TOOL_CALLS,
     "time_limit": FinishReason.LENGTH,  # cut short by the request's time limit, as by length
+    "max_tokens": FinishReason.LENGTH,
+    "eos_token": FinishReason.STOP,
+    "stop_sequence": FinishReason.STOP,
 }
+_TEXT_API_REASON = (
+    "the text generation API's reason, read should a chat reply carry it; the chat API "
+    "documents none, so no chat recording of it exists"
+)
 # Finish reasons that say the reply did not finish: the caller gets UNAVAILABLE, not a reply.
 FAILED: dict[str, str] = {
     "error": "watsonx reported an error while generating",
@@ -78,6 +86,7 @@ WIRE = Wire(
         "finish_reason cancelled": "UNAVAILABLE, after any text that came (a whole call is retried)",
     },
     unrecorded={
+        **{f"finish:{reason}": _TEXT_API_REASON for reason in ("max_tokens", "eos_token", "stop_sequence")},
         "refusal": "watsonx's chat message documents a `refusal` string, but no recording of one "
         "is published; its guardrails (HAP, PII and Granite Guardian `moderations`) answer only "
         "a request that asks for them, which this provider never sends",
