@@ -128,6 +128,13 @@ class FinishReason(StrEnum):
     TOOL_CALLS = "tool_calls"
     CONTENT_FILTER = "content_filter"
 
+    def with_tool_calls(self, called_tools: bool) -> FinishReason:
+        """The finish of a reply, given whether it holds tool calls: one that holds them and
+        says it stopped asks for their results, TOOL_CALLS (vendors say `stop` when a forced
+        tool_choice made the call; Ollama always does). One cut short or filtered keeps its
+        reason, which the caller must still hear of."""
+        return FinishReason.TOOL_CALLS if called_tools and self is FinishReason.STOP else self
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:

@@ -33,9 +33,7 @@ _DEFAULT_HOST, _DEFAULT_NAMESPACE, _DEFAULT_TAG = "registry.ollama.ai", "library
 def finish_reason(done_reason: object, called_tools: bool) -> FinishReason:
     """Ollama has no done reason of its own for tool calls: a reply that made one says "stop".
     A reason it does not document (or none, as older servers send) reads as a stop."""
-    if called_tools:
-        return FinishReason.TOOL_CALLS
-    return FINISH.get(str(done_reason), FinishReason.STOP)
+    return FINISH.get(str(done_reason), FinishReason.STOP).with_tool_calls(called_tools)
 
 
 def model_key(name: str) -> tuple[str, str, str, str]:

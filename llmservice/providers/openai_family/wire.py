@@ -57,10 +57,7 @@ def finish_reason(reason: object, *, called_tools: bool, refused: bool) -> Finis
     reference does not list (or none) reads as a stop."""
     if refused:
         return FinishReason.CONTENT_FILTER
-    mapped = FINISH.get(str(reason or "stop"), FinishReason.STOP)
-    if called_tools and mapped == FinishReason.STOP:
-        return FinishReason.TOOL_CALLS
-    return mapped
+    return FINISH.get(str(reason or "stop"), FinishReason.STOP).with_tool_calls(called_tools)
 
 
 def content_filter_refusal(error: object) -> str | None:

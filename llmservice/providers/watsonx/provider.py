@@ -277,9 +277,7 @@ def _finish(provider: str, reason: str, has_tool_calls: bool) -> FinishReason:
     """Our finish reason for watsonx's; a failure it reports as a finish reason is UNAVAILABLE."""
     if reason in wire.FAILED:
         raise failed_midway(provider, f"{wire.FAILED[reason]} (finish_reason {reason})")
-    finish = wire.FINISH.get(reason, FinishReason.STOP)
-    # watsonx says `stop` when tool_choice forced the call: the reply still asks for tool results
-    return FinishReason.TOOL_CALLS if has_tool_calls and finish is FinishReason.STOP else finish
+    return wire.FINISH.get(reason, FinishReason.STOP).with_tool_calls(has_tool_calls)
 
 
 def _call_id(reply_id: str, index: int) -> str:
