@@ -31,11 +31,12 @@ from llmservice.kernel.types import (
     ToolChoice,
     Usage,
 )
+from llmservice.providers.anthropic import wire
 from llmservice.providers.anthropic.settings import AnthropicSettings
 from llmservice.providers.anthropic.wire import finish_reason
 from llmservice.providers.remote.base import HttpProvider, attachment_text, base64_data, history_tools
 from llmservice.providers.remote.http import raise_for_status, transport_errors, unreadable
-from llmservice.providers.remote.http_errors import failed_midway
+from llmservice.providers.remote.http_errors import failed_midway, from_status
 
 log = logging.getLogger(__name__)
 
@@ -153,15 +154,19 @@ class AnthropicProvider(HttpProvider):
                         case "message_stop":
                             break
                         case "error":  # e.g. overloaded_error; its message is the upstream's own words
-                            error = data.get("error") or {}
-                            raise failed_midway(
-                                self.name,
-                                f"{error.get('type', 'error')}: {error.get('message', '')}",
-                                [self._key],
-                            )
+                            raise self._stream_error(data.get("error") or {}, model)
         if finish is None:
             raise Unavailable(f"provider {self.name} ended the stream before it finished")
         yield StreamEnd(finish, _usage(counts))
+
+    def _stream_error(self, error: dict[str, Any], model: str) -> LLMServiceError:
+        """An error event, as the same error before the stream would be: by its type."""
+        kind = str(error.get("type", "error"))
+        text = f"{kind}: {error.get('message', '')}"
+        status = wire.STREAM_ERROR_STATUS.get(kind)
+        if status is None:
+            return failed_midway(self.name, text, [self._key])
+        return from_status(self.name, status, text, {}, model=model, secrets=[self._key])
 
     def _body(self, model: str, request: ChatRequest) -> dict[str, Any]:
         s = request.sampling

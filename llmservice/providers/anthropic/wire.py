@@ -35,6 +35,20 @@ def finish_reason(stop_reason: object) -> FinishReason:
 
 # Every error type of the errors page, by HTTP status, and what a caller gets of it (the
 # mapping itself is remote/http_errors.py's, the same for every remote provider).
+# The HTTP status each error type goes with (the errors page), for an error sent inside a
+# stream: read as the same error before the stream, so a refused request is not retried.
+# overloaded_error and api_error stay failures midway (UNAVAILABLE), as their 529 and 500.
+STREAM_ERROR_STATUS: Mapping[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "timeout_error": 504,
+}
+
 ERRORS: Mapping[str, str] = {
     "400 invalid_request_error": "INVALID_ARGUMENT, Anthropic's message",
     "401 authentication_error": (
@@ -49,8 +63,9 @@ ERRORS: Mapping[str, str] = {
     "504 timeout_error": "DEADLINE_EXCEEDED, retried",
     "529 overloaded_error": "UNAVAILABLE, Anthropic's message, retried",
     "event: error": (
-        "UNAVAILABLE (failed midway), the error's type and message (e.g. overloaded_error); "
-        "retried before the first token, final once text has reached the caller"
+        "by its type, as the same error before the stream (e.g. invalid_request_error: "
+        "INVALID_ARGUMENT, not retried); overloaded_error and api_error UNAVAILABLE (failed "
+        "midway), retried before the first token; final once text has reached the caller"
     ),
     "x-should-retry": (
         "Anthropic's own word on an error: `false` is never retried, `true` is, whatever its status"

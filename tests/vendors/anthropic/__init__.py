@@ -323,6 +323,13 @@ ERRORS = (
         Expect(text="Hello there!", finish=FinishReason.STOP, calls=2),
         stream=True,
     ),
+    Case(  # an error event of a request's fault reads as that error before the stream: not retried
+        "stream_error:invalid_request_error",
+        ("error_event_invalid_request", "basic_response"),
+        Expect(error=InvalidRequest, says=("HTTP 400", "prompt is too long"), calls=1),
+        stream=True,
+        attempts=3,
+    ),
     Case(  # a 5xx Anthropic says not to retry: one call
         "error:x-should-retry",
         ("overloaded_error_no_retry",),
