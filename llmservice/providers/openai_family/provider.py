@@ -252,7 +252,7 @@ class OpenAIFamilyProvider(RemoteProvider):
         message = choices[0].get("message") or {}
         usage = reply.get("usage") or {}
         calls = _tool_calls(message, reply.get("id") or "")
-        refusal = _refusal(message)
+        refusal = openai_shapes.refusal(message)
         return Completion(
             openai_shapes.text_of(message.get("content")) or refusal,
             model,
@@ -419,13 +419,6 @@ def _upstream_message(exc: openai.APIStatusError) -> str:
     return exc.response.reason_phrase
 
 
-def _refusal(message: dict[str, Any]) -> str:
-    """A message's or delta's `refusal`: the model's words when it declines (OpenAI's
-    structured outputs and safety refusals), sent in place of content."""
-    refusal = message.get("refusal")
-    return refusal if isinstance(refusal, str) else ""
-
-
 def _tool_calls(message: dict[str, Any], reply_id: str) -> tuple[ToolCall, ...]:
     """A whole message's function tool calls; the deprecated `functions` API's one
     `function_call`, which has no id, as a call named after the reply."""
@@ -457,7 +450,7 @@ class _Ending:
 
     def seen(self, choice: dict[str, Any], events: list[StreamEvent]) -> list[StreamEvent]:
         """A choice's events, passed on, noted."""
-        self.refused = self.refused or bool(_refusal(choice.get("delta") or {}))
+        self.refused = self.refused or bool(openai_shapes.refusal(choice.get("delta") or {}))
         self.called_tools = self.called_tools or any(isinstance(e, ToolCallDelta) for e in events)
         self.reason = choice.get("finish_reason") or self.reason
         return events
@@ -473,7 +466,7 @@ def _chat_choice_events(choice: dict[str, Any], chunk: dict[str, Any]) -> list[S
     stream as text, and a deprecated `function_call`'s pieces, as tool call 0."""
     events = openai_shapes.choice_events(choice)
     delta = choice.get("delta") or {}
-    refusal = _refusal(delta)
+    refusal = openai_shapes.refusal(delta)
     if refusal:
         entries = (choice.get("logprobs") or {}).get("refusal") or []
         signal = openai_shapes.logprob_signal(entries[-1]) if entries else None

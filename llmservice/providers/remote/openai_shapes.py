@@ -93,6 +93,13 @@ def usage(u: dict[str, Any]) -> Usage:
     )
 
 
+def refusal(message: dict[str, Any]) -> str:
+    """A message's or delta's `refusal`: the model's words when it declines (OpenAI's safety
+    refusals and structured outputs; watsonx documents the field too), sent in place of content."""
+    words = message.get("refusal")
+    return words if isinstance(words, str) else ""
+
+
 def text_of(content: str | list[Any] | None) -> str:
     """Message or delta content as text: a string, or an array of parts (some servers send those)."""
     if not content:

@@ -29,6 +29,7 @@ from llmservice.kernel.types import (
     ModelInfo,
     StreamEnd,
     StreamEvent,
+    TokenDelta,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -126,11 +127,13 @@ class WatsonxProvider(HttpProvider):
             )
             for i, c in enumerate(message.get("tool_calls") or ())
         )
+        refusal = openai_shapes.refusal(message)
+        finish = _finish(self.name, choice.get("finish_reason") or "stop", bool(calls))
         return Completion(
-            openai_shapes.text_of(message.get("content")),
+            openai_shapes.text_of(message.get("content")) or refusal,
             model,
             self.name,
-            _finish(self.name, choice.get("finish_reason") or "stop", bool(calls)),
+            FinishReason.CONTENT_FILTER if refusal else finish,
             openai_shapes.usage(data.get("usage") or {}),
             calls,
         )
@@ -295,6 +298,7 @@ class _StreamedReply:
     reason: str | None = None
     usage: Usage = dataclasses.field(default_factory=Usage)
     call_ids: dict[int, str] = dataclasses.field(default_factory=dict)
+    refused: bool = False  # the model declined: its words came as `refusal`, not content
 
     def events(self, chunk: dict[str, Any]) -> list[StreamEvent]:
         if chunk.get("usage"):
@@ -302,13 +306,17 @@ class _StreamedReply:
         events: list[StreamEvent] = []
         for choice in (chunk.get("choices") or [])[:1]:
             events += [self._named(e, chunk.get("id") or "") for e in openai_shapes.choice_events(choice)]
+            if refusal := openai_shapes.refusal(choice.get("delta") or {}):
+                events.append(TokenDelta(refusal))
+                self.refused = True
             self.reason = choice.get("finish_reason") or self.reason
         return events
 
     def end(self) -> StreamEnd:
         if self.reason is None:
             raise Unavailable(f"provider {self.provider} ended the stream before it finished")
-        return StreamEnd(_finish(self.provider, self.reason, bool(self.call_ids)), self.usage)
+        finish = _finish(self.provider, self.reason, bool(self.call_ids))
+        return StreamEnd(FinishReason.CONTENT_FILTER if self.refused else finish, self.usage)
 
     def _named(self, event: StreamEvent, reply_id: str) -> StreamEvent:
         """A tool call's first piece with an id: watsonx's, or one of its own making."""

@@ -49,6 +49,7 @@ WIRE = Wire(
         "frequency_penalty": "`frequency_penalty`",
         "presence_penalty": "`presence_penalty`",
         "tools": "`tools`, as functions",
+        "(reply) refusal": "a message's or delta's `refusal` comes as the text, with finish content_filter",
         "tool_choice": "a named function as `tool_choice`; auto, none or required as `tool_choice_option`",
         "parallel_tool_calls": FIRST_CALL_ONLY,
         "constraint": "`response_format`: `json_object`, or `json_schema` with the schema",
@@ -87,8 +88,5 @@ WIRE = Wire(
     },
     unrecorded={
         **{f"finish:{reason}": _TEXT_API_REASON for reason in ("max_tokens", "eos_token", "stop_sequence")},
-        "refusal": "watsonx's chat message documents a `refusal` string, but no recording of one "
-        "is published; its guardrails (HAP, PII and Granite Guardian `moderations`) answer only "
-        "a request that asks for them, which this provider never sends",
     },
 )

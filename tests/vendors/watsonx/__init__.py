@@ -119,6 +119,13 @@ def _credentials(status: int) -> Expect:
 
 
 CASES = (
+    # A refusal's words come as the text, with a finish that does not pass them off as an answer.
+    Case(
+        "refusal",
+        ("chat_refusal",),
+        Expect(text="I'm sorry, but I can't help with that request.", finish=FinishReason.CONTENT_FILTER),
+    ),
+    Case("refusal", ("stream_refusal",), Expect(text=CIAO, finish=FinishReason.CONTENT_FILTER), stream=True),
     Case("text", ("chat",), STOP),
     Case("stream", ("stream",), STREAMED, stream=True),
     Case("usage", ("chat",), STOP),
