@@ -137,6 +137,9 @@ def test_documented_provider_variables_land_in_their_sections(monkeypatch: pytes
         "OLLAMA_MODEL": "llama3.2:1b",
         "OLLAMA_BASE_URL": "http://127.0.0.1:11434",
         "OLLAMA_TEMPERATURE": "0.7",
+        "LLM_GRPC_TARGET": "127.0.0.1:50052",
+        "LLM_GRPC_API_KEY": "gpu-key",
+        "LLM_GRPC_MODEL": "SmolLM2-135M-Instruct",
         "CACHE_TYPE": "redis",
         "REDIS_URL": "redis://127.0.0.1:6390/1",
         "LLMCHAT_CHAT_HISTORY_TTL": "60",
@@ -240,6 +243,15 @@ api_key = "k"
 provider = "anthropic"
 api_key = "k"
 model = "claude-x"
+[deployments.gpu-a]
+provider = "grpc"
+target = "127.0.0.1:50052"
+model = "m"
+[deployments.gpu-b]
+provider = "grpc"
+target = "127.0.0.1:50053"
+model = "m"
+service = "protocol"
 [deployments.ollama-a]
 provider = "ollama"
 model = "llama3.2:1b"

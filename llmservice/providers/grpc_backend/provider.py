@@ -1,0 +1,236 @@
+"""The `grpc` provider: forwards to another service that speaks `llmservice.v1.LLMService`
+(a second llmservice: a GPU replica behind a CPU gateway) or the published plugin
+contract `protocol.LLMService` (Chat and StreamChat only).
+
+Nothing is lost on the way: the request goes as the same protobuf the caller could have
+sent (priority, signal options, tools, constraint), the reply's chunks come back with
+their token signals, and the caller's deadline travels as the call's gRPC deadline. The
+backend's status codes come back as the same domain errors (so a route fails over as
+for any provider); closing the stream cancels the backend's call. Retries are
+`providers.remote.retry`'s: before the first event only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
+from llmservice.kernel.embedding import EmbedRequest, EmbedResult
+from llmservice.kernel.errors import InvalidRequest, LLMServiceError, ProviderTimeout, Unavailable
+from llmservice.kernel.provider import Provider
+from llmservice.kernel.redact import redact
+from llmservice.kernel.scheduler import Scheduler
+from llmservice.kernel.types import ChatRequest, Completion, ModelInfo, StreamEvent
+from llmservice.providers.grpc_backend import codec
+from llmservice.providers.grpc_backend.settings import GrpcBackendSettings
+from llmservice.providers.remote.retry import RetryPolicy, call_with_retries, stream_with_retries
+
+log = logging.getLogger(__name__)
+
+V1 = "llmservice.v1.LLMService"
+PROTOCOL = "protocol.LLMService"
+_T = TypeVar("_T")
+
+
+class GrpcBackend(Provider):
+    raw_prompts = True  # the backend decides: what it cannot do, it refuses in its own words
+    strict_tools = True
+
+    def __init__(self, settings: GrpcBackendSettings, name: str = "grpc") -> None:
+        self.name = name
+        self._settings = settings
+        self.retry = RetryPolicy(attempts=settings.max_attempts)
+        self._scheduler = Scheduler(
+            settings.max_concurrency, max_waiting=settings.max_waiting, clock=time.monotonic
+        )
+        self._key = settings.api_key.get_secret_value() if settings.api_key else ""
+        self._metadata = (("authorization", f"Bearer {self._key}"),) if self._key else ()
+        self._channel: grpc.aio.Channel | None = None
+        self.service = "" if settings.service == "auto" else f"{settings.service}.LLMService"
+        self._default = settings.model
+
+    @property
+    def default_model(self) -> str:
+        return self._default
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self._scheduler
+
+    def counters(self) -> Mapping[str, int]:
+        return {"retries": self.retry.taken.count}
+
+    async def start(self) -> None:
+        self._channel = self._open_channel()
+        if not self.service:
+            self.service = await self._detect()
+        if not self._default and self.service == V1:
+            listed = await self._list()
+            if not listed:
+                raise Unavailable(f"provider {self.name} lists no models; set its model")
+            self._default = listed[0].id
+        log.info("provider %s: %s at %s", self.name, self.service, self._settings.target)
+
+    async def aclose(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def list_models(self) -> list[ModelInfo]:
+        if self.service != V1:  # the plugin contract has no ListModels: the configured model
+            return [ModelInfo(self._default, self.name)]
+        with self._errors():
+            return await self._list()
+
+    def validate(self, model: str, request: ChatRequest) -> None:
+        """Nothing here: the backend validates, and its INVALID_ARGUMENT comes back as it is."""
+
+    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
+        message = codec.encode_chat_request(model, request, self._settings.backend_provider)
+        with self._errors():
+            async with self._scheduler.slot(request.priority, request.deadline):
+                async for event in stream_with_retries(
+                    lambda: self._open_stream(message, request.deadline),
+                    self.retry,
+                    deadline=request.deadline,
+                ):
+                    yield event
+
+    async def complete(self, model: str, request: ChatRequest) -> Completion:
+        message = codec.encode_chat_request(model, request, self._settings.backend_provider)
+        with self._errors():
+            async with self._scheduler.slot(request.priority, request.deadline):
+                reply = await call_with_retries(
+                    lambda: self._unary("Chat", message, pb.LLMChatResponse, request.deadline),
+                    self.retry,
+                    deadline=request.deadline,
+                )
+        return codec.decode_chat_response(reply, self.name)
+
+    async def count_tokens(self, model: str, request: ChatRequest) -> int:
+        self._v1_only("counting tokens")
+        message = codec.encode_chat_request(model, request, self._settings.backend_provider)
+        with self._errors():
+            reply = await self._unary("CountTokens", message, pb.CountTokensResponse, request.deadline)
+        return int(reply.input_tokens)
+
+    async def embed(self, model: str, request: EmbedRequest) -> EmbedResult:
+        self._v1_only("embeddings")
+        message = codec.encode_embed_request(model, request, self._settings.backend_provider)
+        with self._errors():
+            async with self._scheduler.slot(0, None):
+                reply = await call_with_retries(
+                    lambda: self._unary("Embed", message, pb.EmbedResponse, None), self.retry
+                )
+        return codec.decode_embed_response(reply)
+
+    async def _open_stream(
+        self, message: pb.LLMChatRequest, deadline: float | None
+    ) -> AsyncIterator[StreamEvent]:
+        call = self._ready().unary_stream(
+            f"/{self.service}/StreamChat",
+            request_serializer=pb.LLMChatRequest.SerializeToString,
+            response_deserializer=pb.LLMChatChunk.FromString,
+        )(message, timeout=self._timeout(deadline), metadata=self._metadata)
+        try:
+            async for chunk in call:
+                for event in codec.decode_chunk(chunk, self.name):
+                    yield event
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        finally:
+            call.cancel()  # the caller left (or the stream ended): the backend stops generating
+
+    async def _unary(self, method: str, message: Any, reply_type: type[_T], deadline: float | None) -> _T:
+        call: Callable[..., Awaitable[_T]] = self._ready().unary_unary(
+            f"/{self.service}/{method}",
+            request_serializer=type(message).SerializeToString,
+            response_deserializer=reply_type.FromString,  # type: ignore[attr-defined]
+        )
+        try:
+            return await call(message, timeout=self._timeout(deadline), metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+
+    async def _list(self) -> list[ModelInfo]:
+        reply = await self._unary("ListModels", pb.ListModelsRequest(), pb.ListModelsResponse, None)
+        return codec.decode_models(reply, self.name, only=self._settings.backend_provider)
+
+    async def _detect(self) -> str:
+        """The service the backend speaks, from its reflection: ours if it has it, else the
+        plugin contract's; a backend without reflection is asked as ours."""
+        stub = reflection_pb2_grpc.ServerReflectionStub(self._ready())
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        try:
+            async for reply in stub.ServerReflectionInfo(
+                iter([request]), timeout=self._settings.connect_timeout_s, metadata=self._metadata
+            ):
+                names = {s.name for s in reply.list_services_response.service}
+                if V1 in names or PROTOCOL not in names:
+                    return V1
+                return PROTOCOL
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise self._error(exc) from None
+            log.info(
+                "provider %s: no reflection at %s (%s): asking it as %s",
+                self.name,
+                self._settings.target,
+                exc.code().name,
+                V1,
+            )
+        return V1
+
+    def _timeout(self, deadline: float | None) -> float:
+        """The call's gRPC timeout: the caller's deadline, at most the provider's timeout_s."""
+        if deadline is None:
+            return self._settings.timeout_s
+        return max(min(deadline - time.monotonic(), self._settings.timeout_s), 0.001)
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> LLMServiceError:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower():
+            detail = redact(exc.details() or "", [self._key])
+            return Unavailable(f"provider {self.name} is unreachable at {self._settings.target}: {detail}")
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self._connect_timed_out():
+            return ProviderTimeout(f"provider {self.name} did not accept a connection in time")
+        return codec.error_from_status(
+            self.name, exc.code(), exc.details() or "", exc.trailing_metadata() or ()
+        )
+
+    def _connect_timed_out(self) -> bool:
+        channel = self._channel
+        return channel is not None and channel.get_state() != grpc.ChannelConnectivity.READY
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Every error leaving this provider, with the key redacted from its message."""
+        try:
+            yield
+        except LLMServiceError as exc:
+            exc.message = redact(exc.message, [self._key])
+            exc.args = (exc.message,)
+            raise
+
+    def _v1_only(self, what: str) -> None:
+        if self.service != V1:
+            raise InvalidRequest("model", f"provider {self.name} speaks {PROTOCOL}, which has no {what}")
+
+    def _open_channel(self) -> grpc.aio.Channel:
+        s = self._settings
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.enable_retries", 0)]
+        if not s.tls:
+            return grpc.aio.insecure_channel(s.target, options=options)
+        roots = s.ca_file.read_bytes() if s.ca_file else None
+        return grpc.aio.secure_channel(s.target, grpc.ssl_channel_credentials(roots), options=options)
+
+    def _ready(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            raise RuntimeError(f"provider {self.name} used before start()")
+        return self._channel
