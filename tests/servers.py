@@ -155,11 +155,13 @@ def memory_of(pid: int) -> Memory:
 
 
 @contextlib.contextmanager
-def llmservice_serve(*settings: str, http: bool = False, log: Path | None = None) -> Iterator[ServeProcess]:
+def llmservice_serve(
+    *settings: str, http: bool = False, log: Path | None = None, grpc_port: int = 0
+) -> Iterator[ServeProcess]:
     """`llmservice serve` as a process of its own, once it says it is ready; with `http`, its
     HTTP shim too (on a free port), as operators run it; with `log`, its stderr (the log)
-    goes to that file."""
-    argv = [sys.executable, "-m", "llmservice", "serve", "--grpc-port", "0"]
+    goes to that file; gRPC on `grpc_port` (0: a free one)."""
+    argv = [sys.executable, "-m", "llmservice", "serve", "--grpc-port", str(grpc_port)]
     argv += ["--http-port", "0" if http else "-1"]
     for setting in settings:
         argv += ["--set", setting]

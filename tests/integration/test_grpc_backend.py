@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice.app import running_service
+from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_ID
 from llmservice.service.registry import ProviderRegistry
 from llmservice.service.settings import Settings
 
@@ -162,3 +164,27 @@ async def test_a_backend_killed_mid_stream_is_unavailable_at_once() -> None:
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, raised.value
     assert took < 5, took
     assert next_call.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_backend_down_at_start_is_unavailable_until_it_is_back() -> None:
+    """The gateway starts all the same (its model is configured); calls fail, then work."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with gateway(f"127.0.0.1:{port}", model=BUNDLED_MODEL_ID, connect_timeout_s=1) as forwarded:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await forwarded.Chat(greedy(), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        with llmservice_serve("llamacpp.n_threads=1", grpc_port=port) as backend:
+            assert backend.grpc_port == port
+            reply, codes = None, []
+            deadline = time.monotonic() + 10  # the gateway reconnects within its backoff (2 s at most)
+            while reply is None and time.monotonic() < deadline:
+                try:
+                    reply = await forwarded.Chat(greedy(), timeout=30)
+                except grpc.aio.AioRpcError as exc:
+                    codes.append(exc.code())
+                    await asyncio.sleep(0.2)
+    assert reply is not None
+    assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}
+    assert "5" in reply.content

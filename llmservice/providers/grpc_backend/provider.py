@@ -68,9 +68,18 @@ class GrpcBackend(Provider):
         return {"retries": self.retry.taken.count}
 
     async def start(self) -> None:
+        """Open the channel and learn what the backend speaks. A backend that is down now,
+        with its model configured, does not stop this service starting: it is asked as
+        ours, and its calls fail (and routes fail over) until it is back."""
         self._channel = self._open_channel()
         if not self.service:
-            self.service = await self._detect()
+            try:
+                self.service = await self._detect()
+            except (Unavailable, ProviderTimeout) as exc:
+                if not self._default:
+                    raise
+                log.warning("provider %s: %s; asking it as %s once it is back", self.name, exc.message, V1)
+                self.service = V1
         if not self._default and self.service == V1:
             listed = await self._list()
             if not listed:
@@ -224,7 +233,14 @@ class GrpcBackend(Provider):
 
     def _open_channel(self) -> grpc.aio.Channel:
         s = self._settings
-        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.enable_retries", 0)]
+        options = [
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.enable_retries", 0),  # retries are ours: before the first event only
+            # A backend back from a restart is reconnected to within two seconds, not gRPC's
+            # default backoff of up to two minutes; calls meanwhile fail at once (UNAVAILABLE).
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
         if not s.tls:
             return grpc.aio.insecure_channel(s.target, options=options)
         roots = s.ca_file.read_bytes() if s.ca_file else None
