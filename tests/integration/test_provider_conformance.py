@@ -511,4 +511,5 @@ def test_every_remote_backend_is_in_the_suite() -> None:
 
     remote = [kind for kind, entry in entries().items() if not entry.local]
 
-    assert set(remote) <= {b.name for b in BACKENDS}
+    # `grpc` forwards to another llmservice, a real one in test_grpc_backend.py
+    assert set(remote) - {"grpc"} <= {b.name for b in BACKENDS}
