@@ -10,11 +10,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import start_http_server
+from pydantic import SecretStr
 
 from llmservice.grpc_api import GrpcServer, start_server
+from llmservice.grpc_api.health import watch_providers
 from llmservice.grpc_api.private_services import PrivateServices
 from llmservice.grpc_api.request_context import CallContext
 from llmservice.kernel.errors import Unauthenticated
+from llmservice.kernel.provider import Provider
 from llmservice.kernel.scheduler import Scheduler
 from llmservice.observability import tracing_for
 from llmservice.observability.metrics import (
@@ -23,6 +26,8 @@ from llmservice.observability.metrics import (
     ServiceMetrics,
     provider_readings,
 )
+from llmservice.providers.grpc_backend import GrpcBackendSettings
+from llmservice.providers.grpc_backend import build as grpc_backend
 from llmservice.rest.gate import GatePolicy
 from llmservice.service.auth import AuthPolicy
 from llmservice.service.core import LLMCore
@@ -30,6 +35,7 @@ from llmservice.service.embed_cache import FILE_NAME as CACHE_FILE
 from llmservice.service.embed_cache import EmbeddingCache
 from llmservice.service.limits import Limits
 from llmservice.service.model_admin import ModelAdmin
+from llmservice.service.registrations import Announcement, Registrations
 from llmservice.service.registry import ProviderRegistry
 from llmservice.service.sessions import SessionManager
 from llmservice.service.sessions.catalogue import ServerCatalogue
@@ -71,6 +77,9 @@ async def running_service(
     catalogue = ServerCatalogue(settings.llmchat)
     responses = StoredResponses(settings.responses, settings.cache)
     metrics = service_metrics(registry, sessions, embed_cache)
+    registrations = (
+        Registrations(registry, settings.registry, registered_backend) if settings.registry.enabled else None
+    )
     server = await start_server(
         core,
         settings.server.host,
@@ -83,6 +92,7 @@ async def running_service(
         [PrivateServices(auth, settings.auth.public), CallContext(tracing, payloads=settings.logs.payloads)],
         responses,
         max_message_bytes=body_limit(settings),
+        registrations=registrations,
     )
     server.auth = auth
     server.tracing = tracing
@@ -91,6 +101,7 @@ async def running_service(
     try:
         async with (
             registry,
+            registrations or contextlib.nullcontext(),
             sessions,
             responses,
             limits,
@@ -99,12 +110,33 @@ async def running_service(
         ):
             server.metrics_port = metrics_port
             await server.set_serving(True)
-            yield server
-            await server.drain(settings.server.drain_grace_s)
+            health = asyncio.create_task(
+                watch_providers(server.health, registry.named), name="provider health"
+            )
+            try:
+                yield server
+                await server.drain(settings.server.drain_grace_s)
+            finally:
+                health.cancel()
     finally:
         await server.server.stop(None)
         if tracing is not None and own_tracing:
             tracing.shutdown()
+
+
+def registered_backend(announced: Announcement, connect_timeout_s: float) -> Provider:
+    """What a registration becomes: a `grpc` provider in front of the announced target, which
+    must answer now (a registration is refused, not kept, while it cannot be reached)."""
+    settings = GrpcBackendSettings(
+        target=announced.target,
+        tls=announced.tls,
+        api_key=SecretStr(announced.api_key) if announced.api_key else None,
+        service=announced.service or "auto",  # vetted by Registrations
+        models=list(announced.models),
+        connect_timeout_s=connect_timeout_s,
+        start_when_down=False,
+    )
+    return grpc_backend(settings, announced.name)
 
 
 def service_metrics(

@@ -11,7 +11,6 @@ from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 
 from llmservice._pb.llmservice.v1 import chat_session_pb2 as session_pb
 from llmservice._pb.llmservice.v1 import chat_session_pb2_grpc as session_grpc
@@ -19,13 +18,17 @@ from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 from llmservice._pb.llmservice.v1 import model_admin_pb2 as admin_pb
 from llmservice._pb.llmservice.v1 import model_admin_pb2_grpc as admin_grpc
+from llmservice._pb.llmservice.v1 import provider_registry_pb2 as registry_pb
+from llmservice._pb.llmservice.v1 import provider_registry_pb2_grpc as registry_grpc
 from llmservice._pb.llmservice.v1 import response_store_pb2 as store_pb
 from llmservice._pb.llmservice.v1 import response_store_pb2_grpc as store_grpc
 from llmservice._pb.protocol import llm_service_pb2 as protocol_pb
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.grpc_api import reflection
 from llmservice.grpc_api.admin_servicer import ModelAdminServicer
+from llmservice.grpc_api.health import ServiceHealth
 from llmservice.grpc_api.in_process import MAX_RECEIVE, HandlerRegistry, InProcessChannel
+from llmservice.grpc_api.registry_servicer import ProviderRegistryServicer
 from llmservice.grpc_api.response_store_servicer import ResponseStoreServicer
 from llmservice.grpc_api.servicer import LLMServicer
 from llmservice.grpc_api.session_servicer import ChatSessionServicer
@@ -33,6 +36,7 @@ from llmservice.observability.metrics import ServiceMetrics
 from llmservice.service.auth import AuthPolicy
 from llmservice.service.core import LLMCore
 from llmservice.service.model_admin import ModelAdmin
+from llmservice.service.registrations import Registrations
 from llmservice.service.sessions import SessionManager
 from llmservice.service.sessions.catalogue import ServerCatalogue
 from llmservice.service.settings import LLMChatSettings
@@ -45,6 +49,7 @@ SERVICE_NAMES = (
 SESSION_SERVICE_NAME = session_pb.DESCRIPTOR.services_by_name["ChatSessionService"].full_name
 ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["ModelAdminService"].full_name
 STORE_SERVICE_NAME = store_pb.DESCRIPTOR.services_by_name["ResponseStoreService"].full_name
+REGISTRY_SERVICE_NAME = registry_pb.DESCRIPTOR.services_by_name["ProviderRegistryService"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -53,7 +58,7 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class GrpcServer:
     server: grpc.aio.Server
     port: int
-    health: health_aio.HealthServicer
+    health: ServiceHealth
     servicer: LLMServicer
     metrics_port: int = -1  # Prometheus /metrics, once served (-1: off)
     tracing: Any = None  # the instance's observability.tracing.Tracing when tracing is on
@@ -122,6 +127,7 @@ async def start_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     responses: StoredResponses | None = None,
     max_message_bytes: int = MAX_RECEIVE,
+    registrations: Registrations | None = None,
 ) -> GrpcServer:
     """Start serving on host:port (0 picks a free port); health says NOT_SERVING until set_serving.
     `max_message_bytes`: the largest request message taken (server.max_body_mb)."""
@@ -145,6 +151,9 @@ async def start_server(
     store_servicer = ResponseStoreServicer(responses, auth) if responses is not None else None
     if store_servicer is not None:
         names = (*names, STORE_SERVICE_NAME)
+    registry_servicer = ProviderRegistryServicer(registrations, auth) if registrations is not None else None
+    if registry_servicer is not None:
+        names = (*names, REGISTRY_SERVICE_NAME)
     # The registry has the two methods the generated add_* functions call on a server.
     for target in (server, cast(grpc.aio.Server, handlers)):
         pb_grpc.add_LLMServiceServicer_to_server(servicer, target)
@@ -155,7 +164,9 @@ async def start_server(
             admin_grpc.add_ModelAdminServiceServicer_to_server(admin_servicer, target)
         if store_servicer is not None:
             store_grpc.add_ResponseStoreServiceServicer_to_server(store_servicer, target)
-    health = health_aio.HealthServicer()
+        if registry_servicer is not None:
+            registry_grpc.add_ProviderRegistryServiceServicer_to_server(registry_servicer, target)
+    health = ServiceHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     health_pb2_grpc.add_HealthServicer_to_server(
         health, cast(grpc.aio.Server, handlers)

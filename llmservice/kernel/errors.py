@@ -11,6 +11,7 @@ where the vendor sends no code, e.g. Ollama's pull of a model that does not exis
     ├── Unauthenticated              UNAUTHENTICATED
     ├── PermissionDenied             PERMISSION_DENIED
     ├── NotFound                     NOT_FOUND          model, provider or session
+    ├── AlreadyExists                ALREADY_EXISTS     a name already taken (a provider registered)
     ├── ResourceExhausted            RESOURCE_EXHAUSTED queue full, rate limit, budget
     │   ├── RateLimited                                     requests or tokens per minute
     │   └── BudgetExhausted                                 a principal's budget is spent
@@ -62,6 +63,10 @@ class PermissionDenied(LLMServiceError):
 
 class NotFound(LLMServiceError):
     """A model, provider or session that does not exist (or is hidden from the caller)."""
+
+
+class AlreadyExists(LLMServiceError):
+    """A name that is already taken (registering a provider under a configured one's)."""
 
 
 class ResourceExhausted(LLMServiceError):

@@ -102,6 +102,11 @@ class Provider(abc.ABC):
         """The queue its calls wait in by priority, when it has one."""
         return None
 
+    def health(self) -> bool | None:
+        """Whether it can be reached now, for one that watches its connection (a `grpc`
+        backend); None for one that is only found out when called."""
+        return None
+
     def counters(self) -> Mapping[str, int]:
         """What it counts by itself, by name: `preemptions`, `fallbacks`, `retries`, the prompt
         cache's (`llmservice.observability.metrics.PROVIDER_COUNTERS` lists every name)."""

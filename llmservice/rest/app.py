@@ -36,6 +36,8 @@ from llmservice.rest.request_context import RequestContextMiddleware
 if TYPE_CHECKING:
     from llmservice.observability.tracing import Tracing
 
+# The health entries of providers (llmservice.grpc_api.health; the shim does not import the service).
+PROVIDER_PREFIX = "provider/"
 CHANNEL_OPTIONS = [
     # No client-side retries: the shim passes each call on once, and skipping the retry
     # filter's bookkeeping saves ~25 us of CPU per call (measured on loopback).
@@ -107,16 +109,31 @@ def create_app(
 
 
 async def _health(request: Request) -> JSONResponse:
-    """200 while the service behind says SERVING (its gRPC health), else 503: a probe's answer."""
+    """200 while the service behind says SERVING (its gRPC health), else 503: a probe's answer.
+    `providers` says, of each provider that watches its connection (a `grpc` backend, a
+    registered plugin), whether it can be reached; one that cannot does not make this 503
+    (requests for it fail, and routes fail over, but the service serves)."""
+    health = request.app.state.health
+    metadata = api_key_caller_metadata(request)  # health may be private (auth.public)
     try:
-        health = request.app.state.health
-        metadata = api_key_caller_metadata(request)  # health may be private (auth.public)
         reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5, metadata=metadata)
         serving = reply.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.aio.AioRpcError:
         serving = False
-    status = "ok" if serving else "unavailable"
-    return JSONResponse({"status": status}, status_code=200 if serving else 503)
+    body: dict[str, Any] = {"status": "ok" if serving else "unavailable"}
+    if serving:
+        try:
+            listed = await health.List(health_pb2.HealthListRequest(), timeout=5, metadata=metadata)
+        except grpc.aio.AioRpcError:  # a service from before List: no providers to show
+            listed = health_pb2.HealthListResponse()
+        body["providers"] = {
+            name.removeprefix(PROVIDER_PREFIX): "ok"
+            if s.status == health_pb2.HealthCheckResponse.SERVING
+            else "unavailable"
+            for name, s in sorted(listed.statuses.items())
+            if name.startswith(PROVIDER_PREFIX)
+        }
+    return JSONResponse(body, status_code=200 if serving else 503)
 
 
 async def _live(request: Request) -> JSONResponse:

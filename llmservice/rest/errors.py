@@ -5,6 +5,7 @@ INVALID_ARGUMENT      400   invalid_request_error
 UNAUTHENTICATED       401   authentication_error
 PERMISSION_DENIED     403   permission_error
 NOT_FOUND             404   not_found_error (model_not_found for models)
+ALREADY_EXISTS        409   conflict_error
 RESOURCE_EXHAUSTED    429   rate_limit_error (Retry-After from the status); insufficient_quota
                             for a spent budget
 FAILED_PRECONDITION   502   upstream_error (a provider rejected our credentials)
@@ -31,6 +32,7 @@ _HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
     grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
     grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
+    grpc.StatusCode.ALREADY_EXISTS: (409, "conflict_error"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
     grpc.StatusCode.FAILED_PRECONDITION: (502, "upstream_error"),
     grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),

@@ -93,11 +93,17 @@ class ProviderListing:
         self._asking = None  # an ask in flight finishes, unheeded
         self._generation += 1
 
-    async def aclose(self) -> None:
-        """End the asks in flight (the service is stopping)."""
+    def cancel(self) -> None:
+        """End the asks in flight, without waiting for them (the provider is going away)."""
         self._asking = None
         for task in list(self._running):
             task.cancel()
+
+    async def aclose(self) -> None:
+        """End the asks in flight (the service is stopping)."""
+        running = list(self._running)
+        self.cancel()
+        for task in running:
             with contextlib.suppress(BaseException):
                 await task
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Self
 
-from llmservice.kernel.errors import NotFound
+from llmservice.kernel.errors import NotFound, Unavailable
 from llmservice.kernel.provider import Provider
 from llmservice.kernel.settings import SettingsError
 from llmservice.kernel.types import ModelInfo
@@ -34,11 +34,14 @@ class ProviderRegistry:
         """`listing`: how long ListModels waits for each provider and reuses its answer (by
         default it waits for every one and reuses nothing); `local`: the names of the
         in-process providers, which it always asks afresh and waits for."""
-        if default not in providers:
+        if default and default not in providers:
             raise SettingsError(f"provider {default!r} is the default but is not configured")
         self._providers = dict(providers)
         self._routes = dict(routes or {})
-        self.default = default
+        self.default = default  # "": none configured; then the first registered one (`add`)
+        self._configured_default = default
+        self._registered: list[str] = []  # registered at run time, oldest first
+        self._listing_settings = listing
         self._stack = contextlib.AsyncExitStack()
         # One listing per provider asked: the providers, a route's deployments (all of them
         # providers here when built from settings) and any other kind of route.
@@ -63,7 +66,7 @@ class ProviderRegistry:
         with some of its settings but not all it needs fails here, naming what is missing."""
         kinds = entries()
         known = sorted(set(kinds) | set(settings.deployments))
-        if settings.provider not in known:
+        if settings.provider and settings.provider not in known:
             raise SettingsError(
                 f"provider {settings.provider!r} [env LLM_PROVIDER] is not a known provider or deployment; "
                 f"known: {', '.join(known)}"
@@ -117,6 +120,12 @@ class ProviderRegistry:
         if not provider and model in self._routes:
             return self._routes[model], model
         name = provider or self.default
+        if not name:
+            raise Unavailable(
+                "no provider is configured as the default and none is registered yet: "
+                "name one in `provider`, or register one (ProviderRegistryService)",
+                retry_after_s=1.0,
+            )
         found = self._providers.get(name)
         if found is None:
             raise NotFound(
@@ -129,7 +138,12 @@ class ProviderRegistry:
 
     def names(self) -> list[str]:
         """The configured providers' names, the default first."""
-        return [self.default, *(name for name in self._providers if name != self.default)]
+        first = [self.default] if self.default else []
+        return [*first, *(name for name in self._providers if name != self.default)]
+
+    def named(self) -> list[tuple[str, Provider]]:
+        """Every provider a request's `provider` may name, configured or registered."""
+        return list(self._providers.items())
 
     def providers(self) -> list[tuple[str, Provider]]:
         """Every configured provider and fallback route, by name (for metrics)."""
@@ -139,11 +153,12 @@ class ProviderRegistry:
         """Every provider's models, then the routes: the providers asked at once, each as
         service/listing.py says (a remote one waited for at most listing.timeout_s), a
         route described from the answers of its deployments."""
-        keys = list(self._listings)
-        answers = await asyncio.gather(*(self._listings[key].models() for key in keys))
+        providers, listings = dict(self._providers), dict(self._listings)  # as they are now:
+        keys = list(listings)  # a registration may come or go while the providers answer
+        answers = await asyncio.gather(*(listings[key].models() for key in keys))
         listed = {key: answer.models for key, answer in zip(keys, answers, strict=True)}
         models: list[ModelInfo] = []
-        for name, provider in self._providers.items():
+        for name, provider in providers.items():
             for info in listed[id(provider)]:
                 is_default = name == self.default and info.id == provider.default_model
                 models.append(replace(info, is_default=True) if is_default else info)
@@ -157,8 +172,61 @@ class ProviderRegistry:
     async def lists(self, name: str, model: str) -> bool | None:
         """Whether configured provider `name` lists `model`; None when it did not answer
         within listing.timeout_s (nobody can tell)."""
-        answer = await self._listings[id(self._providers[name])].models()
+        provider = self._providers.get(name)
+        listing = self._listings.get(id(provider)) if provider is not None else None
+        if listing is None:  # a registered provider dropped meanwhile
+            return None
+        answer = await listing.models()
         return any(m.id == model for m in answer.models) if answer.current else None
+
+    def is_configured(self, name: str) -> bool:
+        """Whether `name` is a provider, deployment or route of the settings (not registered)."""
+        return (name in self._providers and name not in self._registered) or name in self._routes
+
+    def registered(self) -> list[str]:
+        """The providers registered at run time, oldest first."""
+        return list(self._registered)
+
+    def add(self, name: str, provider: Provider) -> Provider | None:
+        """Route requests naming `name` to `provider` (started by the caller) from now on;
+        the default while none is configured and none was registered before it. The one
+        registered under that name before, if any, is returned for the caller to close
+        (its calls in flight go on); until then requests naming it still go to it."""
+        if self.is_configured(name):
+            raise ValueError(f"{name!r} is a configured provider")
+        replaced = self._providers.get(name)
+        if replaced is not None:
+            self._registered.remove(name)
+            self._forget_listing(replaced)
+        self._providers[name] = provider
+        self._registered.append(name)
+        listing = self._listing_settings
+        self._listings[id(provider)] = ProviderListing(
+            provider,
+            timeout_s=None if listing is None else listing.timeout_s,
+            cache_s=0.0 if listing is None else listing.cache_s,
+        )
+        if not self.default:
+            self.default = name
+        return replaced
+
+    def remove(self, name: str) -> Provider | None:
+        """Stop routing to registered provider `name` (its calls in flight go on); the
+        provider, for the caller to close. The next registered one becomes the default if
+        it was, and none is configured."""
+        if name not in self._registered:
+            return None
+        self._registered.remove(name)
+        provider = self._providers.pop(name)
+        self._forget_listing(provider)
+        if self.default == name:
+            self.default = self._configured_default or (self._registered[0] if self._registered else "")
+        return provider
+
+    def _forget_listing(self, provider: Provider) -> None:
+        listing = self._listings.pop(id(provider), None)
+        if listing is not None:
+            listing.cancel()
 
     def models_changed(self, provider: Provider) -> None:
         """`provider` loaded, unloaded, pulled or deleted a model: the next listing asks it."""

@@ -63,6 +63,11 @@ class FallbackRoute(Provider):
     def counters(self) -> Mapping[str, int]:
         return {"fallbacks": self.fallbacks}
 
+    def health(self) -> bool | None:
+        """Up while any deployment that watches its connection is (None: none does)."""
+        known = [h for h in (m.health() for m in self.members) if h is not None]
+        return any(known) if known else None
+
     async def list_models(self) -> list[ModelInfo]:
         """The route as one model, its deployments asked at once. ListModels does not call
         this: it describes the route from the answers the registry got of its deployments

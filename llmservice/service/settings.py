@@ -224,6 +224,22 @@ class ListingSettings(Section):
     )
 
 
+class RegistrySettings(Section):
+    """Providers registered at run time (ProviderRegistryService, service/registrations.py)."""
+
+    enabled: bool = Field(True, description="serve ProviderRegistryService (admin callers only)")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="loopback or private hosts, addresses or networks (CIDR) a registered target may use",
+    )
+    lease_s: float = Field(10.0, ge=1, description="the lease a registration gets when it asks for none")
+    max_lease_s: float = Field(300.0, ge=1, description="the longest lease granted")
+    max_registered: int = Field(64, ge=1, description="how many providers may be registered at once")
+    connect_timeout_s: float = Field(
+        5.0, gt=0, description="how long a registration waits to reach its target"
+    )
+
+
 class CacheSettings(Section):
     type: Literal["auto", "memory", "redis"] = Field(
         "auto", description="where chat sessions and history live; auto: Redis when redis_url is set"
@@ -362,7 +378,10 @@ class ServiceSettings(BaseSettings):
         frozen=True,
     )
 
-    provider: str = Field("llamacpp", description="provider used when a request names none")
+    provider: str = Field(
+        "llamacpp",
+        description='provider used when a request names none; "": none configured, the first registered one',
+    )
     log_level: str = "INFO"
     logs: LogSettings = LogSettings()
     tracing: TracingSettings = TracingSettings()
@@ -372,6 +391,7 @@ class ServiceSettings(BaseSettings):
     routes: dict[str, list[str]] = Field(default_factory=dict)
     routing: RoutingSettings = RoutingSettings()
     listing: ListingSettings = ListingSettings()
+    registry: RegistrySettings = RegistrySettings()
     auth: AuthSettings = AuthSettings()
     cache: CacheSettings = CacheSettings()
     responses: ResponsesSettings = ResponsesSettings()
@@ -456,7 +476,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise SettingsError(f"--set {item!r}: expected key=value")
         value: Any = raw
-        if raw[:1] in "[{":
+        if raw and raw[0] in "[{":
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError as exc:

@@ -12,6 +12,7 @@ for any provider); closing the stream cancels the backend's call. Retries are
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -37,6 +38,13 @@ log = logging.getLogger(__name__)
 V1 = "llmservice.v1.LLMService"
 PROTOCOL = "protocol.LLMService"
 _T = TypeVar("_T")
+# Connectivity states that say whether the backend can be reached (CONNECTING says nothing yet).
+_UP = {
+    grpc.ChannelConnectivity.READY: True,
+    grpc.ChannelConnectivity.IDLE: True,
+    grpc.ChannelConnectivity.TRANSIENT_FAILURE: False,
+    grpc.ChannelConnectivity.SHUTDOWN: False,
+}
 
 
 class GrpcBackend(Provider):
@@ -54,7 +62,9 @@ class GrpcBackend(Provider):
         self._metadata = (("authorization", f"Bearer {self._key}"),) if self._key else ()
         self._channel: grpc.aio.Channel | None = None
         self.service = "" if settings.service == "auto" else f"{settings.service}.LLMService"
-        self._default = settings.model
+        self._default = settings.model or (settings.models[0] if settings.models else "")
+        self._watching: asyncio.Task[None] | None = None
+        self._reachable: bool | None = None  # None until its connection is first tried
 
     @property
     def default_model(self) -> str:
@@ -72,6 +82,8 @@ class GrpcBackend(Provider):
         with its model configured, does not stop this service starting: it is asked as
         ours, and its calls fail (and routes fail over) until it is back."""
         self._channel = self._open_channel()
+        if not self._settings.start_when_down:
+            await self._reached()
         if not self.service:
             try:
                 self.service = await self._detect()
@@ -86,17 +98,56 @@ class GrpcBackend(Provider):
                 raise Unavailable(f"provider {self.name} lists no models; set its model")
             self._default = listed[0].id
         log.info("provider %s: %s at %s", self.name, self.service, self._settings.target)
+        self._watching = asyncio.create_task(self._watch(), name=f"health of provider {self.name}")
+
+    async def _reached(self) -> None:
+        """Return once the channel is connected; Unavailable after connect_timeout_s."""
+        timeout = self._settings.connect_timeout_s
+        try:
+            await asyncio.wait_for(self._ready().channel_ready(), timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"provider {self.name}: nothing answered at {self._settings.target} within {timeout:g}s"
+            ) from None
+
+    def health(self) -> bool | None:
+        """Whether its connection is up (READY or IDLE) now; None before it was tried."""
+        return self._reachable
 
     async def aclose(self) -> None:
+        """Close the channel once the calls in flight end (within timeout_s, the longest a
+        call may take; none are left when the service stops, it drained them)."""
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
+            self._watching = None
         if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+            channel, self._channel = self._channel, None
+            await channel.close(grace=self._settings.timeout_s)
+
+    async def _watch(self) -> None:
+        """Keep `health()` current: the channel is kept connecting (a dead backend is seen
+        within the reconnect backoff, 2 s, not at the next call) and each change noted."""
+        channel = self._ready()
+        while True:
+            state = channel.get_state(try_to_connect=True)
+            up = _UP.get(state)
+            if up is not None and up != self._reachable:
+                if up:
+                    log.info("provider %s: connected to %s", self.name, self._settings.target)
+                elif self._reachable is not None:
+                    log.warning("provider %s: lost its connection to %s", self.name, self._settings.target)
+                self._reachable = up
+            await channel.wait_for_state_change(state)
 
     async def list_models(self) -> list[ModelInfo]:
-        if self.service != V1:  # the plugin contract has no ListModels: the configured model
-            return [ModelInfo(self._default, self.name)]
+        announced = self._settings.models
+        if self.service != V1:  # the plugin contract has no ListModels: the configured models
+            return [ModelInfo(m, self.name) for m in announced or [self._default]]
         with self._errors():
-            return await self._list()
+            listed = await self._list()
+        return [m for m in listed if m.id in announced] if announced else listed
 
     def validate(self, model: str, request: ChatRequest) -> None:
         """Nothing here: the backend validates, and its INVALID_ARGUMENT comes back as it is."""

@@ -21,7 +21,14 @@ class GrpcBackendSettings(RemoteSettings):
     service: Literal["auto", "llmservice.v1", "protocol"] = Field(
         "auto", description="the service it speaks; auto asks its reflection"
     )
-    model: str = Field("", description="default model; unset: the first the backend lists")
+    model: str = Field("", description="default model; unset: the first of `models`, else the first listed")
+    models: list[str] = Field(
+        default_factory=list,
+        description="the models it serves (protocol.LLMService has no ListModels); unset: as listed",
+    )
+    start_when_down: bool = Field(
+        True, description="start while the backend cannot be reached (its model set); off: fail to start"
+    )
     backend_provider: str = Field("", description="the backend's provider to ask; unset: its default")
 
     def missing(self) -> list[str]:
