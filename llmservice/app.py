@@ -111,7 +111,7 @@ async def running_service(
             server.metrics_port = metrics_port
             await server.set_serving(True)
             health = asyncio.create_task(
-                watch_providers(server.health, registry.named), name="provider health"
+                watch_providers(server.health, registry.named, registry.changed), name="provider health"
             )
             try:
                 yield server

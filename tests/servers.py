@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -189,4 +190,39 @@ def llmservice_serve(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        proc.stdout.close()
+
+
+@dataclass
+class PluginProcess:
+    proc: subprocess.Popen[str]
+    target: str  # where it serves
+    said: str  # its last line before it was handed over: serving, registered or refused
+
+
+@contextlib.contextmanager
+def echo_plugin(*args: str, admin_key: str = "") -> Iterator[PluginProcess]:
+    """examples/echo_plugin as a process of its own, once it serves (and, given --register,
+    once it says it registered or was refused); `admin_key` is the key it registers with."""
+    argv = [sys.executable, str(ROOT / "examples" / "echo_plugin" / "echo_plugin.py"), *args]
+    env = {**os.environ, "ECHO_PLUGIN_ADMIN_KEY": admin_key}
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    assert proc.stdout is not None
+    try:
+        target = line = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (line := proc.stdout.readline()):
+            if line.startswith("echo_plugin: serving on "):
+                target = line.rstrip().rsplit(" ", 1)[1]
+                if "--register" not in args:
+                    break
+            if line.startswith(("echo_plugin: registered", "echo_plugin: registration refused")):
+                break
+        if not target:
+            raise RuntimeError("the echo plugin did not start")
+        yield PluginProcess(proc, target, line.strip())
+    finally:
+        stop(proc)
         proc.stdout.close()

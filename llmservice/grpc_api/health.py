@@ -5,6 +5,7 @@ reached, NOT_SERVING while not), kept current as providers come, go and fail."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable
 
 from grpc_health.v1 import health_pb2
@@ -42,9 +43,13 @@ class ServiceHealth(health_aio.HealthServicer):  # type: ignore[misc]  # grpcio-
 
 
 async def watch_providers(
-    health: ServiceHealth, named: Callable[[], Iterable[tuple[str, Provider]]], period_s: float = 0.5
+    health: ServiceHealth,
+    named: Callable[[], Iterable[tuple[str, Provider]]],
+    changed: asyncio.Event,
+    period_s: float = 0.5,
 ) -> None:
-    """Keep the `provider/NAME` entries current, every `period_s`, until cancelled."""
+    """Keep the `provider/NAME` entries current, every `period_s` and as soon as `changed`
+    is set (a provider registered or dropped), until cancelled."""
     shown: dict[str, Status] = {}
     while True:
         now = {
@@ -58,4 +63,6 @@ async def watch_providers(
         for entry in shown.keys() - now.keys():
             await health.forget(entry)
         shown = now
-        await asyncio.sleep(period_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), period_s)
+        changed.clear()

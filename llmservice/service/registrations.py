@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 SERVICES = ("", "llmservice.v1", "protocol")
 SWEEP_S = 0.25  # how often lapsed leases are looked for: a lapsed one goes within this
+CLOSE_S = 5.0  # how long the service, stopping, gives each registered provider to close
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,8 @@ class Registrations:
                     f"{len(self._by_name)} providers are registered, the most registry.max_registered allows"
                 )
             provider = self._factory(announced, self._settings.connect_timeout_s)
-            await provider.start()
             try:
+                await provider.start()  # what it opened before failing (its channel) is closed too
                 self._vet_started(announced, provider)
                 replaced = self._registry.add(announced.name, provider)
             except BaseException:
@@ -167,7 +168,7 @@ class Registrations:
             lease = found
         else:
             raise InvalidRequest("lease_id", "name the lease to end (or the provider, in `name`)")
-        self._drop(lease, "deregistered")
+        self._drop(lease, "deregistered", quiet=True)
         return lease.name
 
     def leases(self) -> list[Lease]:
@@ -225,11 +226,19 @@ class Registrations:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        for lease in list(self._leases.values()):
-            self._drop(lease, "the service is stopping", quiet=True)
-        for task in list(self._closing):
-            task.cancel()  # the calls in flight were drained before this
+        for task in list(self._closing):  # providers dropped before: the calls in flight were drained
+            task.cancel()
         await asyncio.gather(*self._closing, return_exceptions=True)
+        leases = list(self._leases.values())
+        for lease in leases:
+            self._leases.pop(lease.id)
+            self._by_name.pop(lease.name, None)
+            self._registry.remove(lease.name)
+        closing = [asyncio.wait_for(lease.provider.aclose(), CLOSE_S) for lease in leases]
+        outcomes = await asyncio.gather(*closing, return_exceptions=True)
+        for lease, outcome in zip(leases, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.warning("provider %s: closing it failed (%r)", lease.name, outcome)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -321,6 +330,6 @@ def _host_port(target: str) -> tuple[str, int]:
     if bracketed:
         host = host[1:-1]
     well_formed = sep and host and (bracketed or ":" not in host) and not any(c in host for c in "/@ ")
-    if not well_formed or not port.isdigit() or not 0 < int(port) < 65536:
+    if not well_formed or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise InvalidRequest("target", f"{target!r} is not host:port (e.g. 10.0.0.7:50051, [::1]:50051)")
     return host, int(port)

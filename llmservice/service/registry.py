@@ -42,6 +42,7 @@ class ProviderRegistry:
         self._configured_default = default
         self._registered: list[str] = []  # registered at run time, oldest first
         self._listing_settings = listing
+        self.changed = asyncio.Event()  # set when a provider is registered or dropped (health reads it)
         self._stack = contextlib.AsyncExitStack()
         # One listing per provider asked: the providers, a route's deployments (all of them
         # providers here when built from settings) and any other kind of route.
@@ -208,6 +209,7 @@ class ProviderRegistry:
         )
         if not self.default:
             self.default = name
+        self.changed.set()
         return replaced
 
     def remove(self, name: str) -> Provider | None:
@@ -221,6 +223,7 @@ class ProviderRegistry:
         self._forget_listing(provider)
         if self.default == name:
             self.default = self._configured_default or (self._registered[0] if self._registered else "")
+        self.changed.set()
         return provider
 
     def _forget_listing(self, provider: Provider) -> None:

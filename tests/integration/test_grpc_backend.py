@@ -56,12 +56,14 @@ async def gateway(target: str, **backend: Any) -> AsyncIterator[pb_grpc.LLMServi
 
 
 def without_timing(chunks: list[pb.LLMChatChunk]) -> list[pb.LLMChatChunk]:
-    """The chunks with what differs between any two runs (the provider's name, timings) cleared."""
+    """The chunks with what differs between any two runs cleared: the provider's name, and the
+    prompt tokens found cached (which slot a run lands in, and what ran there before)."""
     out = []
     for chunk in chunks:
         copy = pb.LLMChatChunk()
         copy.CopyFrom(chunk)
         copy.ClearField("provider")
+        copy.ClearField("cached_prompt_tokens")
         out.append(copy)
     return out
 

@@ -192,7 +192,7 @@ async def test_metrics_and_the_api_documents_need_a_key(keyed: Served) -> None:
             served = await http.get(keyed.http + path, headers={"authorization": f"Bearer {KEY}"})
             assert served.status_code == 200, path
         health = await http.get(keyed.http + "/health")
-    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    assert (health.status_code, health.json()) == (200, {"status": "ok", "providers": {}})
 
 
 async def test_grpc_reflection_needs_a_key_and_health_does_not(keyed: Served) -> None:
