@@ -13,12 +13,14 @@ from prometheus_client import start_http_server
 from pydantic import SecretStr
 
 from llmservice.grpc_api import GrpcServer, start_server
+from llmservice.grpc_api.announcer import Announcer
 from llmservice.grpc_api.health import watch_providers
 from llmservice.grpc_api.private_services import PrivateServices
 from llmservice.grpc_api.request_context import CallContext
 from llmservice.kernel.errors import Unauthenticated
 from llmservice.kernel.provider import Provider
 from llmservice.kernel.scheduler import Scheduler
+from llmservice.kernel.settings import SettingsError
 from llmservice.observability import tracing_for
 from llmservice.observability.metrics import (
     CountersCollector,
@@ -113,11 +115,16 @@ async def running_service(
             health = asyncio.create_task(
                 watch_providers(server.health, registry.named, registry.changed), name="provider health"
             )
+            if settings.announce.to:  # drain() deregisters it first
+                server.announcer = Announcer(settings.announce, announced_target(settings, server.port))
+                await server.announcer.start()
             try:
                 yield server
                 await server.drain(settings.server.drain_grace_s)
             finally:
                 health.cancel()
+                if server.announcer is not None:
+                    await server.announcer.stop()
     finally:
         await server.server.stop(None)
         if tracing is not None and own_tracing:
@@ -211,6 +218,19 @@ def shim_gate(settings: Settings, auth: AuthPolicy | None) -> GatePolicy:
         check_key=None if auth is None else check_key,
         keys_required=None if auth is None else not auth.open,
     )
+
+
+def announced_target(settings: Settings, port: int) -> str:
+    """Where a gateway is told to reach this service: announce.target, else server.host and
+    the gRPC port (a wildcard host names no address another machine can use)."""
+    if settings.announce.target:
+        return settings.announce.target
+    if settings.server.host in ("", "0.0.0.0", "::"):
+        raise SettingsError(
+            f"announce.target: server.host is {settings.server.host or 'unset'}; say where the gateway "
+            "reaches this service (host:port)"
+        )
+    return local_target(settings.server.host, port)
 
 
 def local_target(host: str, port: int) -> str:

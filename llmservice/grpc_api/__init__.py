@@ -26,6 +26,7 @@ from llmservice._pb.protocol import llm_service_pb2 as protocol_pb
 from llmservice._pb.protocol import llm_service_pb2_grpc as protocol_grpc
 from llmservice.grpc_api import reflection
 from llmservice.grpc_api.admin_servicer import ModelAdminServicer
+from llmservice.grpc_api.announcer import Announcer
 from llmservice.grpc_api.health import ServiceHealth
 from llmservice.grpc_api.in_process import MAX_RECEIVE, HandlerRegistry, InProcessChannel
 from llmservice.grpc_api.registry_servicer import ProviderRegistryServicer
@@ -67,6 +68,7 @@ class GrpcServer:
     sessions: ChatSessionServicer | None = None  # ChatSessionService's, when served: its turns drain too
     max_message_bytes: int = MAX_RECEIVE
     auth: AuthPolicy | None = None  # the policy its servicers apply (the shim's gate checks keys with it)
+    announcer: Announcer | None = None  # registering this service with a gateway (announce.*)
     _channels: weakref.WeakSet[InProcessChannel] = field(default_factory=weakref.WeakSet)
     _drained: bool = False
 
@@ -83,8 +85,8 @@ class GrpcServer:
             await self.health.set(name, status)
 
     async def drain(self, grace_s: float) -> None:
-        """Report NOT_SERVING, refuse new calls, give in-flight LLM calls and session turns
-        `grace_s` to finish.
+        """Deregister from the gateway announced to, report NOT_SERVING, refuse new calls,
+        give in-flight LLM calls and session turns `grace_s` to finish.
 
         New Chat and StreamChat calls (of LLMService and of ChatSessionService) get
         UNAVAILABLE (retry elsewhere) from the servicers themselves, so the answer does
@@ -97,6 +99,8 @@ class GrpcServer:
         """
         if self._drained:  # `serve` drains as SIGTERM comes; the lifespan's own drain is then done
             return
+        if self.announcer is not None:  # a gateway sending work here stops first
+            await self.announcer.stop()
         sessions = self.sessions
         self.servicer.start_draining()
         if sessions is not None:

@@ -240,6 +240,29 @@ class RegistrySettings(Section):
     )
 
 
+class AnnounceSettings(Section):
+    """This service registering itself as a provider of another llmservice (a gateway):
+    grpc_api/announcer.py. Off while `to` is unset."""
+
+    to: str = Field("", description="host:port of the gateway's gRPC port; unset: do not announce")
+    name: str = Field("", description="the provider name to register under (requests' `provider`)")
+    target: str = Field(
+        "", description="host:port the gateway reaches this service at; unset: server.host and the gRPC port"
+    )
+    models: list[str] = Field(default_factory=list, description="the models to announce; unset: as listed")
+    key_env: str = Field("", description="the variable holding an admin key of the gateway, if it has keys")
+    replica_key_env: str = Field(
+        "", description="the variable holding the key the gateway is to present here, if this has keys"
+    )
+    lease_s: float = Field(10.0, ge=1, description="the lease to ask for; renewed at a third of it")
+
+    @model_validator(mode="after")
+    def _named(self) -> Self:
+        if self.to and not self.name:
+            raise ValueError("announce.name: the provider name to register under is needed with announce.to")
+        return self
+
+
 class CacheSettings(Section):
     type: Literal["auto", "memory", "redis"] = Field(
         "auto", description="where chat sessions and history live; auto: Redis when redis_url is set"
@@ -392,6 +415,7 @@ class ServiceSettings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     listing: ListingSettings = ListingSettings()
     registry: RegistrySettings = RegistrySettings()
+    announce: AnnounceSettings = AnnounceSettings()
     auth: AuthSettings = AuthSettings()
     cache: CacheSettings = CacheSettings()
     responses: ResponsesSettings = ResponsesSettings()

@@ -31,7 +31,7 @@ from llmservice.rest.server import running_shim
 from llmservice.service.registry import ProviderRegistry
 from llmservice.service.settings import Settings
 
-from ..servers import PluginProcess, echo_plugin, free_port
+from ..servers import PluginProcess, echo_plugin, free_port, llmservice_serve
 from .conftest import Service
 from .test_grpc_backend import greedy, without_timing
 
@@ -299,6 +299,36 @@ async def test_a_second_llmservice_registers_and_its_stream_is_the_direct_one(
     assert "5" in "".join(c.token for c in forwarded)
     assert [m.provider for m in models.models]
     assert {m.provider for m in models.models} == {"gpu"}
+    assert "gpu" not in gone
+
+
+async def test_a_replica_announces_itself_and_deregisters_as_it_drains(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second `llmservice serve` on the bundled model with announce.* set joins the
+    gateway by itself, and leaves it as it stops, long before its lease would lapse."""
+    monkeypatch.setenv("GATEWAY_ADMIN_KEY", OPS)
+    async with gateway() as gw:
+        announcing = llmservice_serve(
+            f"announce.to={gw.target}",
+            "announce.name=gpu",
+            "announce.key_env=GATEWAY_ADMIN_KEY",
+            "announce.lease_s=300",
+            "llamacpp.n_threads=1",
+        )
+        replica = await asyncio.to_thread(announcing.__enter__)
+        try:
+            await gw.until(lambda: _present(gw, "gpu"), timeout_s=30)
+            reply = await gw.llm.Chat(greedy(provider="gpu"), metadata=key(APP))
+            listed = (await gw.providers())["gpu"]
+        finally:
+            await asyncio.to_thread(announcing.__exit__, None, None, None)
+        gone = await gw.providers()
+    assert "5" in reply.content
+    assert reply.provider == "gpu"
+    assert listed.service == "llmservice.v1"
+    assert listed.target == replica.target
+    assert listed.lease_left_s > 200
     assert "gpu" not in gone
 
 
