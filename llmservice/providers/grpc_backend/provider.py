@@ -16,7 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -25,13 +26,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice.kernel.embedding import EmbedRequest, EmbedResult
 from llmservice.kernel.errors import InvalidRequest, LLMServiceError, ProviderTimeout, Unavailable
-from llmservice.kernel.provider import Provider
 from llmservice.kernel.redact import redact
-from llmservice.kernel.scheduler import Scheduler
 from llmservice.kernel.types import ChatRequest, Completion, ModelInfo, StreamEvent
 from llmservice.providers.grpc_backend import codec
 from llmservice.providers.grpc_backend.settings import GrpcBackendSettings
-from llmservice.providers.remote.retry import RetryPolicy, call_with_retries, stream_with_retries
+from llmservice.providers.remote.base import RemoteProvider
+from llmservice.providers.remote.retry import call_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,22 @@ _UP = {
 }
 
 
-class GrpcBackend(Provider):
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What one forwarded chat call sends: the message, and the caller's deadline (its timeout)."""
+
+    message: pb.LLMChatRequest
+    deadline: float | None
+
+
+class GrpcBackend(RemoteProvider):
     raw_prompts = True  # the backend decides: what it cannot do, it refuses in its own words
     strict_tools = True
+    one_call_switch = True  # parallel_tool_calls travels in the request: the backend honours it
 
     def __init__(self, settings: GrpcBackendSettings, name: str = "grpc") -> None:
-        self.name = name
+        super().__init__(name, settings)
         self._settings = settings
-        self.retry = RetryPolicy(attempts=settings.max_attempts)
-        self._scheduler = Scheduler(
-            settings.max_concurrency, max_waiting=settings.max_waiting, clock=time.monotonic
-        )
         self._key = settings.api_key.get_secret_value() if settings.api_key else ""
         self._metadata = (("authorization", f"Bearer {self._key}"),) if self._key else ()
         self._channel: grpc.aio.Channel | None = None
@@ -69,13 +74,6 @@ class GrpcBackend(Provider):
     @property
     def default_model(self) -> str:
         return self._default
-
-    @property
-    def scheduler(self) -> Scheduler:
-        return self._scheduler
-
-    def counters(self) -> Mapping[str, int]:
-        return {"retries": self.retry.taken.count}
 
     async def start(self) -> None:
         """Open the channel and learn what the backend speaks. A backend that is down now,
@@ -145,60 +143,50 @@ class GrpcBackend(Provider):
         announced = self._settings.models
         if self.service != V1:  # the plugin contract has no ListModels: the configured models
             return [ModelInfo(m, self.name) for m in announced or [self._default]]
-        with self._errors():
+        with self._redacted():
             listed = await self._list()
         return [m for m in listed if m.id in announced] if announced else listed
 
     def validate(self, model: str, request: ChatRequest) -> None:
         """Nothing here: the backend validates, and its INVALID_ARGUMENT comes back as it is."""
 
-    async def stream(self, model: str, request: ChatRequest) -> AsyncGenerator[StreamEvent]:
-        message = codec.encode_chat_request(model, request, self._settings.backend_provider)
-        with self._errors():
-            async with self._scheduler.slot(request.priority, request.deadline):
-                async for event in stream_with_retries(
-                    lambda: self._open_stream(message, request.deadline),
-                    self.retry,
-                    deadline=request.deadline,
-                ):
-                    yield event
+    def secrets(self) -> list[str]:
+        return [self._key] if self._key else []
 
-    async def complete(self, model: str, request: ChatRequest) -> Completion:
-        message = codec.encode_chat_request(model, request, self._settings.backend_provider)
-        with self._errors():
-            async with self._scheduler.slot(request.priority, request.deadline):
-                reply = await call_with_retries(
-                    lambda: self._unary("Chat", message, pb.LLMChatResponse, request.deadline),
-                    self.retry,
-                    deadline=request.deadline,
-                )
+    def _stream_body(self, model: str, request: ChatRequest) -> _Call:
+        return _Call(
+            codec.encode_chat_request(model, request, self._settings.backend_provider), request.deadline
+        )
+
+    _complete_body = _stream_body
+
+    async def _call(self, body: _Call, model: str) -> Completion:
+        reply = await self._unary("Chat", body.message, pb.LLMChatResponse, body.deadline)
         return codec.decode_chat_response(reply, self.name)
 
     async def count_tokens(self, model: str, request: ChatRequest) -> int:
         self._v1_only("counting tokens")
         message = codec.encode_chat_request(model, request, self._settings.backend_provider)
-        with self._errors():
+        with self._redacted():
             reply = await self._unary("CountTokens", message, pb.CountTokensResponse, request.deadline)
         return int(reply.input_tokens)
 
     async def embed(self, model: str, request: EmbedRequest) -> EmbedResult:
         self._v1_only("embeddings")
         message = codec.encode_embed_request(model, request, self._settings.backend_provider)
-        with self._errors():
-            async with self._scheduler.slot(0, None):
+        with self._redacted():
+            async with self.scheduler.slot(0, None):
                 reply = await call_with_retries(
                     lambda: self._unary("Embed", message, pb.EmbedResponse, None), self.retry
                 )
         return codec.decode_embed_response(reply)
 
-    async def _open_stream(
-        self, message: pb.LLMChatRequest, deadline: float | None
-    ) -> AsyncIterator[StreamEvent]:
+    async def _open_stream(self, body: _Call, model: str) -> AsyncIterator[StreamEvent]:
         call = self._ready().unary_stream(
             f"/{self.service}/StreamChat",
             request_serializer=pb.LLMChatRequest.SerializeToString,
             response_deserializer=pb.LLMChatChunk.FromString,
-        )(message, timeout=self._timeout(deadline), metadata=self._metadata)
+        )(body.message, timeout=self._timeout(body.deadline), metadata=self._metadata)
         try:
             async for chunk in call:
                 for event in codec.decode_chunk(chunk, self.name):
@@ -267,16 +255,6 @@ class GrpcBackend(Provider):
     def _connect_timed_out(self) -> bool:
         channel = self._channel
         return channel is not None and channel.get_state() != grpc.ChannelConnectivity.READY
-
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        """Every error leaving this provider, with the key redacted from its message."""
-        try:
-            yield
-        except LLMServiceError as exc:
-            exc.message = redact(exc.message, [self._key])
-            exc.args = (exc.message,)
-            raise
 
     def _v1_only(self, what: str) -> None:
         if self.service != V1:

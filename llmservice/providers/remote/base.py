@@ -1,7 +1,8 @@
 """What every remote backend shares: a concurrency limit where priorities decide who
 waits, retries, and the checks that refuse what a backend cannot honour.
 
-A backend supplies its request bodies and how to send one (`_call`, `_open_stream`);
+A backend supplies its request bodies (a JSON object for an HTTP backend; whatever its
+transport sends, for another) and how to send one (`_call`, `_open_stream`);
 `complete` and `stream` take a slot from the backend's scheduler, then retry as
 `llmservice.providers.remote.retry` says. Every error leaving them has passed through `redact`
 with the backend's `secrets()`: whatever upstream text a backend quoted, no key or
@@ -93,19 +94,19 @@ class RemoteProvider(Provider):
             raise
 
     @abc.abstractmethod
-    def _stream_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+    def _stream_body(self, model: str, request: ChatRequest) -> Any:
         """The upstream request body of a streamed reply."""
 
     @abc.abstractmethod
-    def _complete_body(self, model: str, request: ChatRequest) -> dict[str, Any]:
+    def _complete_body(self, model: str, request: ChatRequest) -> Any:
         """The upstream request body of a whole reply."""
 
     @abc.abstractmethod
-    def _open_stream(self, body: dict[str, Any], model: str) -> AsyncIterator[StreamEvent]:
+    def _open_stream(self, body: Any, model: str) -> AsyncIterator[StreamEvent]:
         """One streamed upstream call; raises domain errors."""
 
     @abc.abstractmethod
-    async def _call(self, body: dict[str, Any], model: str) -> Completion:
+    async def _call(self, body: Any, model: str) -> Completion:
         """One whole upstream call; raises domain errors."""
 
     def refuse(self, what: str = "no such parameter", **values: object) -> None:
