@@ -60,12 +60,19 @@ async def _serve(port: int, upstream: str) -> None:
 @contextlib.asynccontextmanager
 async def floor_running(port: int, upstream: str) -> AsyncIterator[pb_grpc.LLMServiceStub]:
     """The forwarder in its own process (`upstream` "": the echo server); yields a stub to it."""
+    async with floor_process(port, upstream) as (stub, _):
+        yield stub
+
+
+@contextlib.asynccontextmanager
+async def floor_process(port: int, upstream: str) -> AsyncIterator[tuple[pb_grpc.LLMServiceStub, int]]:
+    """`floor_running`, with the process's pid (to profile it)."""
     argv = [sys.executable, "-m", "bench.grpc_floor", "--port", str(port), "--upstream", upstream]
     proc = await asyncio.create_subprocess_exec(*argv)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), 30)
-            yield pb_grpc.LLMServiceStub(channel)
+            yield pb_grpc.LLMServiceStub(channel), proc.pid
     finally:
         proc.terminate()
         await proc.wait()

@@ -17,6 +17,7 @@ import httpx
 class Served:
     grpc_port: int
     http_url: str  # the shim's base URL, "" when it runs none
+    pid: int = 0
 
 
 @contextlib.asynccontextmanager
@@ -38,7 +39,7 @@ async def llmservice_serve(*settings: str, http: bool = False) -> AsyncIterator[
                 break
         else:
             raise RuntimeError("llmservice serve exited before it was ready")
-        yield Served(int(line.rsplit(":", 1)[1]), http_url)
+        yield Served(int(line.rsplit(":", 1)[1]), http_url, proc.pid)
     finally:
         proc.terminate()
         await proc.wait()
