@@ -243,7 +243,7 @@ async def measure(scenarios: list[Scenario]) -> dict[str, object]:
         ),
         "columns": [r["scenario"] for r in results],
         "rows": rows,
-        "verdict": "",
+        "verdict": _verdict({str(r["scenario"]): r for r in results}),
         "notes": (
             "A sample goes to the innermost frame of a layer, so a layer's figure includes the "
             "libraries it calls (the shim's pydantic and JSON, the provider's aiohttp); `grpc.aio` "
@@ -251,6 +251,22 @@ async def measure(scenarios: list[Scenario]) -> dict[str, object]:
         ),
         "figures": {r["scenario"]: {k: v for k, v in r.items() if k != "scenario"} for r in results},
     }
+
+
+def _verdict(by: dict[str, dict[str, object]]) -> str:
+    """Issue 25's 32-caller targets, for the scenarios that ran."""
+    said = []
+    ours, floor = by.get("grpc_chat_32"), by.get("floor_chat_32")
+    if ours and floor:
+        ratio = float(ours["calls_per_s"]) / float(floor["calls_per_s"])  # type: ignore[arg-type]
+        said.append(
+            f"gRPC Chat at 32 callers serves {ratio:.2f}x the bare forwarder's requests/s (target >= 0.8)"
+        )
+    for name, r in by.items():
+        if name.endswith("_32"):
+            tail = float(r["p95_ms"]) / float(r["p50_ms"])  # type: ignore[arg-type]
+            said.append(f"{name} p95 / p50 {tail:.2f} (target <= 2)")
+    return "; ".join(said) + "." if said else ""
 
 
 def _latency(r: dict[str, object]) -> str:

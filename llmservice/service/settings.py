@@ -76,6 +76,11 @@ DOCUMENTED_ENV: dict[str, tuple[str, ...]] = _SERVICE_ENV | {
 class ServerSettings(Section):
     host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=0, le=65535, description="0 picks a free port")
+    gc_freeze: bool = Field(
+        True,
+        description="once started, keep what is alive then out of garbage collection (gc.freeze): "
+        "full collections stop pausing requests",
+    )
     http_port: int = Field(
         8000, ge=-1, le=65535, description="the HTTP shim's; 0 picks a free one, -1: no shim"
     )

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -14,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
 from llmservice._pb.llmservice.v1 import llm_service_pb2_grpc as pb_grpc
 
+from ..servers import llmservice_serve
 from .conftest import Service
 
 STORY = pb.LLMChatRequest(messages=[pb.ChatMessage(role="user", content="Tell a story.")], max_tokens=60)
@@ -169,3 +171,15 @@ async def test_serve_runs_the_http_shim_beside_grpc_and_shim_runs_alone() -> Non
             if p is not None and p.returncode is None:
                 p.send_signal(signal.SIGTERM)
                 assert await asyncio.wait_for(p.wait(), 60) == 0
+
+
+@pytest.mark.parametrize(("setting", "frozen"), [("true", True), ("false", False)])
+def test_serve_freezes_what_is_alive_once_started_unless_told_not_to(
+    setting: str, frozen: bool, tmp_path: Path
+) -> None:
+    """server.gc_freeze (on by default): full garbage collections stop pausing requests."""
+    log = tmp_path / "serve.log"
+    with llmservice_serve(f"server.gc_freeze={setting}", "provider=", log=log):
+        pass
+    said = log.read_text()
+    assert ("objects frozen out of garbage collection" in said) is frozen, said[-2000:]
