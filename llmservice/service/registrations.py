@@ -213,7 +213,7 @@ class Registrations:
         """Drop every lease that has lapsed."""
         now = self._clock()
         for lease in [lease for lease in self._leases.values() if lease.expires_at <= now]:
-            self._drop(lease, f"its lease lapsed (no renewal in {lease.length_s:g}s)")
+            self._drop(lease, _lapsed(lease))
 
     async def __aenter__(self) -> Self:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="provider leases")
@@ -231,9 +231,7 @@ class Registrations:
         await asyncio.gather(*self._closing, return_exceptions=True)
         leases = list(self._leases.values())
         for lease in leases:
-            self._leases.pop(lease.id)
-            self._by_name.pop(lease.name, None)
-            self._registry.remove(lease.name)
+            self._forget(lease)
         closing = [asyncio.wait_for(lease.provider.aclose(), CLOSE_S) for lease in leases]
         outcomes = await asyncio.gather(*closing, return_exceptions=True)
         for lease, outcome in zip(leases, outcomes, strict=True):
@@ -249,18 +247,23 @@ class Registrations:
         lease = self._leases.get(lease_id)
         if lease is None or lease.expires_at <= self._clock():
             if lease is not None:
-                self._drop(lease, f"its lease lapsed (no renewal in {lease.length_s:g}s)")
+                self._drop(lease, _lapsed(lease))
             raise NotFound("the lease is unknown or has lapsed (the provider was dropped): register again")
         return lease
 
     def _drop(self, lease: Lease, why: str, *, quiet: bool = False) -> None:
-        self._leases.pop(lease.id, None)
-        if self._by_name.get(lease.name) is lease:
-            del self._by_name[lease.name]
-        provider = self._registry.remove(lease.name)
+        """End `lease`; its provider closes once its calls in flight are done."""
+        provider = self._forget(lease)
         if provider is not None:
             (log.info if quiet else log.warning)("provider %s dropped: %s", lease.name, why)
             self._close_later(provider, f"provider {lease.name}: {why}")
+
+    def _forget(self, lease: Lease) -> Provider | None:
+        """Stop routing to `lease`'s provider; the provider, for the caller to close."""
+        self._leases.pop(lease.id, None)
+        if self._by_name.get(lease.name) is lease:
+            del self._by_name[lease.name]
+        return self._registry.remove(lease.name)
 
     def _close_later(self, provider: Provider, why: str) -> None:
         """Close `provider` once its calls in flight are done (a task: nobody waits on it)."""
@@ -316,6 +319,10 @@ class Registrations:
 
     def _names(self) -> str:
         return ", ".join(sorted(self._by_name)) or "none"
+
+
+def _lapsed(lease: Lease) -> str:
+    return f"its lease lapsed (no renewal in {lease.length_s:g}s)"
 
 
 def _admin(principal: Principal, what: str) -> None:

@@ -52,12 +52,7 @@ class ProviderRegistry:
                 asked.setdefault(id(member), member)
         in_process = {id(self._providers[name]) for name in local if name in self._providers}
         self._listings = {
-            key: ProviderListing(
-                provider,
-                timeout_s=None if listing is None or key in in_process else listing.timeout_s,
-                cache_s=0.0 if listing is None or key in in_process else listing.cache_s,
-            )
-            for key, provider in asked.items()
+            key: self._listing(provider, in_process=key in in_process) for key, provider in asked.items()
         }
 
     @classmethod
@@ -201,12 +196,7 @@ class ProviderRegistry:
             self._forget_listing(replaced)
         self._providers[name] = provider
         self._registered.append(name)
-        listing = self._listing_settings
-        self._listings[id(provider)] = ProviderListing(
-            provider,
-            timeout_s=None if listing is None else listing.timeout_s,
-            cache_s=0.0 if listing is None else listing.cache_s,
-        )
+        self._listings[id(provider)] = self._listing(provider, in_process=False)
         if not self.default:
             self.default = name
         self.changed.set()
@@ -225,6 +215,14 @@ class ProviderRegistry:
             self.default = self._configured_default or (self._registered[0] if self._registered else "")
         self.changed.set()
         return provider
+
+    def _listing(self, provider: Provider, *, in_process: bool) -> ProviderListing:
+        """How ListModels asks `provider`: an in-process one (or any, without listing
+        settings) afresh and waited for; a remote one bounded and cached as they say."""
+        listing = self._listing_settings
+        if listing is None or in_process:
+            return ProviderListing(provider, timeout_s=None, cache_s=0.0)
+        return ProviderListing(provider, timeout_s=listing.timeout_s, cache_s=listing.cache_s)
 
     def _forget_listing(self, provider: Provider) -> None:
         listing = self._listings.pop(id(provider), None)
