@@ -1,6 +1,6 @@
 """The floor under any Python gRPC gateway: a grpc.aio server that only forwards.
 
-`python -m bench.grpc_floor --port N --upstream URL` serves LLMService.Chat on uvloop, as
+`python -m bench.grpc_floor --port N --upstream URL` serves LLMService.Chat and StreamChat on uvloop, as
 `llmservice serve` does; each call is one raw POST to the upstream, exactly as the
 direct side of the gateway benchmark makes it, and the reply's text goes back. No
 settings, routing, scheduling, validation or error mapping: what a caller waits beyond
@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import httpx
+import httpx_sse
 import openai
 
 from llmservice._pb.llmservice.v1 import llm_service_pb2 as pb
@@ -39,6 +41,25 @@ class _Forwarder(pb_grpc.LLMServiceServicer):
         }
         reply = (await self._client.post("/chat/completions", body=body, cast_to=httpx.Response)).json()
         return pb.LLMChatResponse(content=reply["choices"][0]["message"]["content"], model=reply["model"])
+
+    async def StreamChat(self, request: pb.LLMChatRequest, context: Any) -> AsyncIterator[pb.LLMChatChunk]:
+        """Each upstream event's text as a chunk of its own, as it comes."""
+        body = {
+            "model": "fixed",
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "stream": True,
+        }
+        response = await self._client.post(
+            "/chat/completions", body=body, cast_to=httpx.Response, stream=True
+        )
+        try:
+            async for sse in httpx_sse.EventSource(response).aiter_sse():
+                if sse.data == "[DONE]":
+                    break
+                for choice in json.loads(sse.data)["choices"]:
+                    yield pb.LLMChatChunk(token=choice["delta"].get("content") or "")
+        finally:
+            await response.aclose()
 
 
 class _Echo(pb_grpc.LLMServiceServicer):

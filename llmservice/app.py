@@ -44,11 +44,14 @@ from llmservice.service.sessions import SessionManager
 from llmservice.service.sessions.catalogue import ServerCatalogue
 from llmservice.service.settings import Settings
 from llmservice.service.stored_responses import StoredResponses
+from llmservice.workers import WorkerRole
 
 if TYPE_CHECKING:
     from llmservice.observability.tracing import Tracing
 
 log = logging.getLogger(__name__)
+
+WORKERS_PRINCIPAL = "_workers"  # the other workers, calling the engine worker (server.workers)
 
 
 @contextlib.asynccontextmanager
@@ -57,17 +60,22 @@ async def running_service(
     on_listening: Callable[[int], None] | None = None,
     registry: ProviderRegistry | None = None,
     tracing: Tracing | None = None,
+    worker: WorkerRole | None = None,
 ) -> AsyncIterator[GrpcServer]:
     """Serve until the block ends, then drain in-flight calls within the grace period.
 
     The port is open (health NOT_SERVING) while providers start; SERVING follows once
     the default model is loaded. `tracing` (tests: one with an in-memory exporter)
-    replaces what settings.tracing says.
+    replaces what settings.tracing says. `worker`: this process is one of several
+    sharing the ports (llmservice.workers).
     """
     own_tracing = tracing is None
     tracing = tracing or tracing_for(settings.tracing)
-    registry = registry or ProviderRegistry.from_settings(settings)
+    forwarder = engine_forwarder(worker) if worker is not None and worker.forwards_engine else None
+    registry = registry or ProviderRegistry.from_settings(settings, stand_in=forwarder)
     auth = AuthPolicy.from_settings(settings.auth)
+    if worker is not None and worker.runs_engine:
+        auth = auth.admitting(WORKERS_PRINCIPAL, worker.key)
     if auth.open:
         log.warning("no API keys configured: open local mode, every caller may use every model")
     e = settings.embeddings
@@ -96,9 +104,13 @@ async def running_service(
         responses,
         max_message_bytes=body_limit(settings),
         registrations=registrations,
+        reuse_port=worker is not None,
+        private_address=worker.engine if worker is not None and worker.runs_engine else "",
     )
     server.auth = auth
     server.tracing = tracing
+    # a worker's metrics are read by the supervisor, which serves them all on the metrics port
+    metrics_host = "127.0.0.1" if worker is not None else settings.server.host
     if on_listening:
         on_listening(server.port)
     try:
@@ -109,14 +121,14 @@ async def running_service(
             responses,
             limits,
             embed_cache or contextlib.nullcontext(),
-            metrics_served(metrics, settings.server.host, settings.server.metrics_port) as metrics_port,
+            metrics_served(metrics, metrics_host, settings.server.metrics_port) as metrics_port,
         ):
             server.metrics_port = metrics_port
             await server.set_serving(True)
             health = asyncio.create_task(
                 watch_providers(server.health, registry.named, registry.changed), name="provider health"
             )
-            if settings.announce.to:  # drain() deregisters it first
+            if settings.announce.to and (worker is None or worker.index == 0):  # drain() deregisters it first
                 server.announcer = Announcer(settings.announce, announced_target(settings, server.port))
                 await server.announcer.start()
             try:
@@ -145,6 +157,19 @@ def registered_backend(announced: Announcement, connect_timeout_s: float) -> Pro
         start_when_down=False,
     )
     return grpc_backend(settings, announced.name)
+
+
+def engine_forwarder(worker: WorkerRole) -> Callable[[str], Provider]:
+    """What stands in for the local engine in a worker that does not run it: a `grpc` provider
+    in front of the engine worker's private socket, under the local provider's name."""
+
+    def forwarding(kind: str) -> Provider:
+        settings = GrpcBackendSettings(
+            target=worker.engine, api_key=SecretStr(worker.key), service="llmservice.v1"
+        )
+        return grpc_backend(settings, kind)
+
+    return forwarding
 
 
 def service_metrics(
@@ -250,8 +275,9 @@ def local_target(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain and return."""
+async def serve(settings: Settings, worker: WorkerRole | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return. `worker`: as one of several
+    processes sharing the ports, started by the supervisor (llmservice.workers)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -264,7 +290,8 @@ async def serve(settings: Settings) -> None:
         )
 
     grace = settings.server.drain_grace_s
-    async with running_service(settings, listening) as server, contextlib.AsyncExitStack() as shim:
+    running = running_service(settings, listening, worker=worker)
+    async with running as server, contextlib.AsyncExitStack() as shim:
         draining = asyncio.Event()
         if settings.server.http_port >= 0:
             from llmservice.rest.server import running_shim  # the shim is a client of this service
@@ -274,10 +301,18 @@ async def serve(settings: Settings) -> None:
             gate = shim_gate(settings, server.auth)
             # The shim's own grace outlasts the service's by a little, so that a stream the
             # service cuts at the end of its grace still reaches its client as an error.
-            running = running_shim(
-                target, host, settings.server.http_port, server.tracing, connect, gate, grace + 2, draining
+            shim_running = running_shim(
+                target,
+                host,
+                settings.server.http_port,
+                server.tracing,
+                connect,
+                gate,
+                grace + 2,
+                draining,
+                reuse_port=worker is not None,
             )
-            http_port = await shim.enter_async_context(running)
+            http_port = await shim.enter_async_context(shim_running)
             print(f"llmservice: HTTP shim (OpenAI API) on http://{host}:{http_port}", flush=True)
         if server.metrics_port >= 0:
             metrics_url = f"http://{host}:{server.metrics_port}/metrics"

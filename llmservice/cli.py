@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -21,6 +21,8 @@ from llmservice.service.settings import load_settings
 
 if TYPE_CHECKING:
     from llmservice.providers.llamacpp.settings import LlamaCppSettings
+
+T = TypeVar("T")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a setting, e.g. --set llamacpp.n_ctx=8192 (repeatable)",
     )
+    serve.add_argument("--worker", help=argparse.SUPPRESS)  # set by the supervisor (llmservice.workers)
     serve.set_defaults(run=_serve)
 
     shim = commands.add_parser("shim", help="run the HTTP shim alone, in front of a running service")
@@ -235,10 +238,20 @@ def _serve(args: argparse.Namespace) -> int:
         overrides.append(f"server.http_port={args.http_port}")
     settings = load_settings(args.config, overrides)
     from llmservice.observability.logs import configure_logging, secrets_of
+    from llmservice.workers import WorkerRole, worker_count
 
     configure_logging(
         settings.log_level, settings.logs.format, secrets_of(settings), payloads=settings.logs.payloads
     )
+    if args.worker:
+        run_event_loop(serve(settings, WorkerRole.from_json(args.worker)))
+        return 0
+    count, why = worker_count(settings)
+    logging.getLogger("llmservice").info("%d worker%s (%s)", count, "s" if count > 1 else "", why)
+    if count > 1:
+        from llmservice.workers.supervisor import supervise
+
+        return run_event_loop(supervise(settings, count, args.config, overrides))
     run_event_loop(serve(settings))
     return 0
 
@@ -275,14 +288,13 @@ def _shim(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run `main` on uvloop where it exists (less CPU per request), else on asyncio's loop."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _chat(args: argparse.Namespace) -> int:

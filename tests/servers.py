@@ -124,6 +124,8 @@ class ServeProcess:
     proc: subprocess.Popen[str]
     grpc_port: int
     http_port: int = -1  # the HTTP shim's, when started with http=True
+    metrics_port: int = -1  # Prometheus /metrics, when server.metrics_port was set
+    said: list[str] = field(default_factory=list)  # what it printed until it was ready
 
     @property
     def base_url(self) -> str:
@@ -157,31 +159,47 @@ def memory_of(pid: int) -> Memory:
 
 @contextlib.contextmanager
 def llmservice_serve(
-    *settings: str, http: bool = False, log: Path | None = None, grpc_port: int = 0
+    *settings: str,
+    http: bool = False,
+    log: Path | None = None,
+    grpc_port: int = 0,
+    env: dict[str, str] | None = None,
 ) -> Iterator[ServeProcess]:
     """`llmservice serve` as a process of its own, once it says it is ready; with `http`, its
     HTTP shim too (on a free port), as operators run it; with `log`, its stderr (the log)
-    goes to that file; gRPC on `grpc_port` (0: a free one)."""
+    goes to that file; gRPC on `grpc_port` (0: a free one); `env`: variables added to ours."""
     argv = [sys.executable, "-m", "llmservice", "serve", "--grpc-port", str(grpc_port)]
     argv += ["--http-port", "0" if http else "-1"]
     for setting in settings:
         argv += ["--set", setting]
     with contextlib.ExitStack() as opened:  # the file is closed here: the child has its own copy
         stderr = subprocess.DEVNULL if log is None else opened.enter_context(log.open("w"))
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
     assert proc.stdout is not None
     try:
         deadline = time.monotonic() + 120
         port = http_port = 0
+        metrics_port = -1
+        said: list[str] = []
         while time.monotonic() < deadline and (line := proc.stdout.readline()):
+            said.append(line.rstrip("\n"))
             if line.startswith("llmservice: HTTP shim"):
                 http_port = int(line.rstrip().rsplit(":", 1)[1])
+            if line.startswith("llmservice: Prometheus metrics on"):
+                metrics_port = int(line.rstrip().removesuffix("/metrics").rsplit(":", 1)[1])
             if line.startswith("llmservice: ready"):
                 port = int(line.rsplit(":", 1)[1])
                 break
         if not port:
-            raise RuntimeError("llmservice serve did not become ready")
-        yield ServeProcess(proc, port, http_port if http else -1)  # type: ignore[arg-type]
+            raise RuntimeError("llmservice serve did not become ready:\n" + "\n".join(said))
+        yield ServeProcess(proc, port, http_port if http else -1, metrics_port, said)  # type: ignore[arg-type]
     finally:
         if proc.poll() is None:
             proc.terminate()

@@ -33,6 +33,7 @@ from llmservice.grpc_api.registry_servicer import ProviderRegistryServicer
 from llmservice.grpc_api.response_store_servicer import ResponseStoreServicer
 from llmservice.grpc_api.servicer import LLMServicer
 from llmservice.grpc_api.session_servicer import ChatSessionServicer
+from llmservice.kernel.settings import SettingsError
 from llmservice.observability.metrics import ServiceMetrics
 from llmservice.service.auth import AuthPolicy
 from llmservice.service.core import LLMCore
@@ -119,6 +120,17 @@ class GrpcServer:
         self._drained = True
 
 
+def _listen(server: grpc.aio.Server, address: str) -> int:
+    """The port bound; SettingsError when the address cannot be listened on (in use, say)."""
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's "Failed to bind to address"
+        bound = 0
+    if bound == 0:
+        raise SettingsError(f"cannot listen on {address}: in use, or not an address of this machine")
+    return bound
+
+
 async def start_server(
     core: LLMCore,
     host: str,
@@ -132,12 +144,21 @@ async def start_server(
     responses: StoredResponses | None = None,
     max_message_bytes: int = MAX_RECEIVE,
     registrations: Registrations | None = None,
+    reuse_port: bool = False,
+    private_address: str = "",
 ) -> GrpcServer:
     """Start serving on host:port (0 picks a free port); health says NOT_SERVING until set_serving.
-    `max_message_bytes`: the largest request message taken (server.max_body_mb)."""
+    `max_message_bytes`: the largest request message taken (server.max_body_mb). `reuse_port`:
+    share the port with other processes (workers); otherwise a port in use is an error.
+    `private_address`: a second address to serve on (the engine worker's unix: socket)."""
     server = grpc.aio.server(
         interceptors=list(interceptors) or None,
-        options=[("grpc.max_receive_message_length", max_message_bytes)],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            # grpc shares ports by default on Linux: a second service started on the same
+            # port would take half the connections instead of failing to start
+            ("grpc.so_reuseport", int(reuse_port)),
+        ],
     )
     handlers = HandlerRegistry()  # the same services, for in-process callers
     auth = auth or AuthPolicy({})
@@ -176,9 +197,9 @@ async def start_server(
         health, cast(grpc.aio.Server, handlers)
     )  # the shim's /health
     reflection.enable((*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
+    bound = _listen(server, f"{host}:{port}")
+    if private_address:
+        _listen(server, private_address)
     await server.start()
     result = GrpcServer(
         server,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from llmservice.kernel.settings import SettingsError
 from llmservice.rest.app import Connect, create_app
 from llmservice.rest.gate import GatePolicy
 
@@ -36,17 +37,25 @@ async def running_shim(
     gate: GatePolicy | None = None,
     grace_s: float = 5.0,
     stopping: asyncio.Event | None = None,
+    reuse_port: bool = False,
 ) -> AsyncIterator[int]:
     """Serve the shim for `target` on host:port (0: a free port) for the block; yields the port.
     `connect`: the channel to use instead of one to `target` (see create_app); `gate`: its
     checks (the Host check is on when `host` is loopback). Once `stopping` is set (else once
-    the block ends) it stops accepting connections; requests in flight get `grace_s` to end."""
+    the block ends) it stops accepting connections; requests in flight get `grace_s` to end.
+    `reuse_port`: share the port with other processes (SO_REUSEPORT: the service's workers)."""
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
     # and without it a reused connection waits ~40 ms (Nagle and delayed ACKs) per reply.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SettingsError(f"the HTTP shim cannot listen on {host}:{port}: {exc.strerror}") from None
     gate = dataclasses.replace(gate or GatePolicy(), check_host=is_loopback(host))
     config = uvicorn.Config(
         create_app(target, tracing, connect, gate),

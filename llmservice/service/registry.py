@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from types import TracebackType
 from typing import Self
@@ -56,10 +56,14 @@ class ProviderRegistry:
         }
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ProviderRegistry:
+    def from_settings(
+        cls, settings: Settings, stand_in: Callable[[str], Provider] | None = None
+    ) -> ProviderRegistry:
         """The default provider, every remote one whose settings are present, the named
         deployments of llm.toml, and the fallback routes over them. A remote provider
-        with some of its settings but not all it needs fails here, naming what is missing."""
+        with some of its settings but not all it needs fails here, naming what is missing.
+        `stand_in`: what stands in for an in-process provider (by its kind) where this process
+        does not run it (a worker forwarding to the engine worker)."""
         kinds = entries()
         known = sorted(set(kinds) | set(settings.deployments))
         if settings.provider and settings.provider not in known:
@@ -72,7 +76,7 @@ class ProviderRegistry:
             section = settings.section(kind)
             if entry.local:  # in-process: only as the default
                 if kind == settings.provider:
-                    providers[kind] = entry.factory(section, kind)
+                    providers[kind] = stand_in(kind) if stand_in else entry.factory(section, kind)
                 continue
             missing = section.missing()
             if missing and (kind == settings.provider or section.model_fields_set):

@@ -84,6 +84,15 @@ class ServerSettings(Section):
     http_port: int = Field(
         8000, ge=-1, le=65535, description="the HTTP shim's; 0 picks a free one, -1: no shim"
     )
+    workers: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description=(
+            "processes sharing the gRPC and HTTP ports (SO_REUSEPORT), the local engine in the first "
+            "only; 0 (auto): one per core when sessions and limits live in Redis, else 1"
+        ),
+    )
     shim_in_process: bool = Field(
         True,
         description=(
