@@ -10,7 +10,6 @@ import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import start_http_server
 from pydantic import SecretStr
 
 from llmservice.grpc_api import GrpcServer, start_server
@@ -28,6 +27,7 @@ from llmservice.observability.metrics import (
     SchedulerCollector,
     ServiceMetrics,
     provider_readings,
+    served,
 )
 from llmservice.providers.grpc_backend import GrpcBackendSettings
 from llmservice.providers.grpc_backend import build as grpc_backend
@@ -207,16 +207,8 @@ def _schedulers(registry: ProviderRegistry) -> Iterator[tuple[str, Scheduler]]:
 @contextlib.asynccontextmanager
 async def metrics_served(metrics: ServiceMetrics, host: str, port: int) -> AsyncIterator[int]:
     """Prometheus's /metrics on host:port (0: a free port) for the block; yields the port (-1: off)."""
-    if port < 0:
-        yield -1
-        return
-    http, thread = start_http_server(port, host, registry=metrics.registry)
-    try:
-        yield http.server_port
-    finally:
-        http.shutdown()
-        http.server_close()
-        thread.join(5)
+    with served(metrics.registry, host, port) as bound:
+        yield bound
 
 
 def body_limit(settings: Settings) -> int:

@@ -11,9 +11,10 @@ string a caller sent; surface is grpc or http (the shim says so in its metadata)
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -179,3 +180,19 @@ class CountersCollector(Collector):
                 families[name] = family
             family.add_metric(list(labels.values()), value)
         yield from families.values()
+
+
+@contextlib.contextmanager
+def served(registry: CollectorRegistry, host: str, port: int) -> Iterator[int]:
+    """Prometheus's /metrics of `registry` on host:port (0: a free port) for the block; yields
+    the port (-1, serving nothing, when `port` is negative)."""
+    if port < 0:
+        yield -1
+        return
+    http, thread = start_http_server(port, host, registry=registry)
+    try:
+        yield http.server_port
+    finally:
+        http.shutdown()
+        http.server_close()
+        thread.join(5)

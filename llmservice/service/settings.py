@@ -90,7 +90,8 @@ class ServerSettings(Section):
         le=256,
         description=(
             "processes sharing the gRPC and HTTP ports (SO_REUSEPORT), the local engine in the first "
-            "only; 0 (auto): one per core when sessions and limits live in Redis, else 1"
+            "only; 0 (auto): one per core when sessions and limits live in Redis and registry.enabled is "
+            "false, else 1"
         ),
     )
     shim_in_process: bool = Field(

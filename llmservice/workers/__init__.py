@@ -33,7 +33,6 @@ class WorkerRole:
     privately (`engine`: a unix: target; "" when the default provider is not local)."""
 
     index: int
-    count: int
     engine: str = ""
 
     @property
@@ -73,8 +72,8 @@ def worker_count(settings: Settings) -> tuple[int, str]:
     if asked == 0:
         if not shared:
             return 1, "auto: sessions, history and limits are in this process's memory (no cache.redis_url)"
-        if registry_asked:
-            return 1, "auto: registry.enabled is set, and a registration reaches one worker only"
+        if settings.registry.enabled:  # several would take it away from whoever relies on it
+            return 1, "auto: the provider registry is on (registry.enabled), which one worker serves"
         n = min(usable_cores(), MAX_AUTO)
         return n, f"auto: one per core ({n})"
     if asked > 1:

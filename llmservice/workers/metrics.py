@@ -8,11 +8,10 @@ what the service reports.
 
 from __future__ import annotations
 
-import contextlib
 import urllib.request
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -51,15 +50,8 @@ class WorkerMetrics:
         yield from merged.values()
 
 
-@contextlib.contextmanager
-def served_metrics(metrics: WorkerMetrics, host: str, port: int) -> Iterator[int]:
-    """The workers' metrics on host:port (0: a free port) for the block; yields the port."""
+def registry_of(metrics: WorkerMetrics) -> CollectorRegistry:
+    """A registry holding only `metrics` (observability.metrics.served serves it)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(metrics)
-    http, thread = start_http_server(port, host, registry=registry)
-    try:
-        yield http.server_port
-    finally:
-        http.shutdown()
-        http.server_close()
-        thread.join(5)
+    return registry

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from llmservice.kernel.settings import SettingsError
+from llmservice.observability.metrics import served
 from llmservice.service.settings import Settings
 from llmservice.workers import KEY_ENV, WorkerRole
-from llmservice.workers.metrics import WorkerMetrics, served_metrics
+from llmservice.workers.metrics import WorkerMetrics, registry_of
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ async def supervise(settings: Settings, count: int, config: Path | None, overrid
                 "(sessions move between them, not to other replicas)"
             )
         metrics_on = s.metrics_port >= 0
-        roles = [WorkerRole(i, count, engine) for i in range(count)]
+        roles = [WorkerRole(i, engine) for i in range(count)]
 
         workers: list[_Worker] = []
 
@@ -125,11 +126,7 @@ async def supervise(settings: Settings, count: int, config: Path | None, overrid
             if http_port >= 0:
                 print(f"llmservice: HTTP shim (OpenAI API) on http://{host}:{http_port}", flush=True)
             metrics = WorkerMetrics([(w.role.index, w.metrics_url) for w in workers if w.metrics_url])
-            with (
-                served_metrics(metrics, host, s.metrics_port)
-                if metrics_on
-                else contextlib.nullcontext(-1) as port
-            ):
+            with served(registry_of(metrics), host, s.metrics_port) as port:
                 if port >= 0:
                     print(f"llmservice: Prometheus metrics on http://{host}:{port}/metrics", flush=True)
                 print(f"llmservice: ready ({count} workers), SERVING on {host}:{grpc_port}", flush=True)

@@ -31,9 +31,15 @@ def test_auto_is_one_while_state_is_in_memory() -> None:
     assert "cache.redis_url" in why
 
 
-def test_auto_is_one_per_core_with_redis() -> None:
-    count, _ = worker_count(settings(**REDIS))
+def test_auto_is_one_per_core_with_redis_and_no_registry() -> None:
+    count, _ = worker_count(settings(**REDIS, registry={"enabled": False}))
     assert count == min(usable_cores(), 16)
+
+
+def test_auto_is_one_while_the_registry_is_on_by_default() -> None:
+    count, why = worker_count(settings(**REDIS))
+    assert count == 1
+    assert "registry.enabled" in why
 
 
 def test_auto_is_one_where_the_registry_was_asked_for() -> None:
@@ -58,7 +64,7 @@ def test_a_number_asked_for_is_kept() -> None:
 
 
 def test_a_worker_is_told_its_ports_and_runs_as_one_with_no_registry() -> None:
-    role = WorkerRole(1, 2, "unix:/tmp/x/engine.sock")
+    role = WorkerRole(1, "unix:/tmp/x/engine.sock")
     argv = worker_argv(None, ["provider=openai", "server.grpc_port=0"], role, (5001, 8001), metrics=True)
     overrides = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
     tree = parse_overrides(overrides)  # a later --set wins
@@ -69,10 +75,10 @@ def test_a_worker_is_told_its_ports_and_runs_as_one_with_no_registry() -> None:
 
 
 def test_roles() -> None:
-    assert WorkerRole(0, 2, "unix:/s").runs_engine
-    assert not WorkerRole(0, 2, "unix:/s").forwards_engine
-    assert WorkerRole(1, 2, "unix:/s").forwards_engine
-    assert not WorkerRole(1, 2, "").forwards_engine  # no local engine: nothing to forward
+    assert WorkerRole(0, "unix:/s").runs_engine
+    assert not WorkerRole(0, "unix:/s").forwards_engine
+    assert WorkerRole(1, "unix:/s").forwards_engine
+    assert not WorkerRole(1, "").forwards_engine  # no local engine: nothing to forward
 
 
 def test_the_engine_worker_admits_the_workers_key_only_where_keys_are_required() -> None:
