@@ -200,6 +200,8 @@ def _not_in_process(method: str) -> Callable[..., NoReturn]:
 class _Rpc:
     """One call's handler, run in its own task; streamed replies go through a bounded queue."""
 
+    replies: asyncio.Queue[bytes | _End]  # a stream's
+
     def __init__(
         self,
         channel: InProcessChannel,
@@ -211,7 +213,8 @@ class _Rpc:
     ) -> None:
         self._channel, self._method, self._payload, self._unary = channel, method, payload, unary
         self.context = _ServicerContext(metadata, deadline)
-        self.replies: asyncio.Queue[bytes | _End] = asyncio.Queue(STREAM_BUFFER)
+        if not unary:  # a unary call's reply is its task's result
+            self.replies = asyncio.Queue(STREAM_BUFFER)
         self._cut: str | None = None
         self.task = asyncio.get_running_loop().create_task(self._run(deadline), context=contextvars.Context())
         channel._calls.add(self)
@@ -223,7 +226,9 @@ class _Rpc:
 
     async def _run(self, deadline: float | None) -> Any:
         try:
-            async with asyncio.timeout_at(None if deadline is None else _loop_time(deadline)):
+            if deadline is None:
+                return await self._serve()
+            async with asyncio.timeout_at(_loop_time(deadline)):
                 return await self._serve()
         except _Abort as exc:
             error = self._error(exc.code, exc.details)

@@ -110,6 +110,9 @@ def configure_logging(
     handler.setFormatter(formatter(fmt, secrets))
     root.addHandler(handler)
     root.setLevel(level)
+    # httpx logs every upstream request at INFO; the usage line (service.limits.usage) already
+    # says what each call did, so those lines show only when debugging.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
     enable_payloads(payloads)
     return handler
 

@@ -22,13 +22,14 @@ from llmservice.rest.anthropic.router import router as anthropic_router
 from llmservice.rest.caller import api_key_caller_metadata
 from llmservice.rest.errors import APIError, from_grpc
 from llmservice.rest.gate import Gate, GatePolicy
+from llmservice.rest.hot_routes import HotRoutes
 from llmservice.rest.llmchat.router import router as llmchat_router
 from llmservice.rest.llmchat.serving import LLMChatServing
 from llmservice.rest.metrics import MetricsMiddleware, ShimMetrics
 from llmservice.rest.openai import protocol as oa
 from llmservice.rest.openai import responses
 from llmservice.rest.openai import responses_protocol as rp
-from llmservice.rest.openai.router import router
+from llmservice.rest.openai.router import chat_completion, router
 from llmservice.rest.openai.serving import OpenAIServing
 from llmservice.rest.params import validation_error
 from llmservice.rest.request_context import RequestContextMiddleware
@@ -46,7 +47,12 @@ CHANNEL_OPTIONS = [
     # headless Service gives one per replica), not all to the first.
     ("grpc.lb_policy_name", "round_robin"),
 ]
-
+# Called without FastAPI's routing (rest.hot_routes): the chat completion, the request that
+# matters most for latency, under both of its mounts.
+HOT_ROUTES = {
+    ("POST", "/v1/chat/completions"): ("/chat/completions", chat_completion),
+    ("POST", "/chat/completions"): ("/chat/completions", chat_completion),
+}
 
 Connect = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
 
@@ -84,6 +90,10 @@ def create_app(
         summary="The OpenAI API and the /llmchat session API on top of the llmservice gRPC services",
         version="1",
         lifespan=lifespan,
+        # Our own middleware makes each request's span (rest.request_context) and the shim
+        # counts its requests (rest.metrics): FastAPI's native telemetry would make a second
+        # span and read the environment on every request to learn that it is off.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.include_router(router(), prefix="/v1")
     app.include_router(responses.router(), prefix="/v1")
@@ -95,6 +105,7 @@ def create_app(
     app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
     app.add_route("/health", _health, include_in_schema=False)
     app.add_route("/health/live", _live, include_in_schema=False)
+    app.add_middleware(HotRoutes, fastapi=app, routes=HOT_ROUTES)
     app.add_middleware(Gate, policy=gate or GatePolicy())
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, tracing=tracing)

@@ -41,9 +41,7 @@ def router() -> APIRouter:
         openapi_extra=CHAT_DOC,
     )
     async def chat_completions(request: Request) -> Response:
-        body = parse_body(oa.ChatCompletionRequest, await request.body())
-        metadata, priority = caller_metadata(request), request.headers.get("x-priority")
-        return await _serving(request).chat(body, request, metadata, priority)
+        return await chat_completion(request)
 
     @api.post(
         "/completions",
@@ -75,6 +73,13 @@ def router() -> APIRouter:
         return await _serving(request).model(model_id, caller_metadata(request))
 
     return api
+
+
+async def chat_completion(request: Request) -> Response:
+    """POST /chat/completions (also called directly, without FastAPI's routing: rest.hot_routes)."""
+    body = parse_body(oa.ChatCompletionRequest, await request.body())
+    metadata, priority = caller_metadata(request), request.headers.get("x-priority")
+    return await _serving(request).chat(body, request, metadata, priority)
 
 
 def _serving(request: Request) -> OpenAIServing:
