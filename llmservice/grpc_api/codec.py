@@ -43,7 +43,10 @@ _SOURCES = {
 }
 
 
-def decode_chat_request(msg: pb.LLMChatRequest) -> ChatRequest:
+def decode_chat_request(
+    msg: pb.LLMChatRequest, deadline: float | None = None, principal: str = ""
+) -> ChatRequest:
+    """The domain request; `deadline` (monotonic) and `principal` are the call's, not the message's."""
     return ChatRequest(
         messages=_messages(msg),
         model=msg.model,
@@ -60,18 +63,24 @@ def decode_chat_request(msg: pb.LLMChatRequest) -> ChatRequest:
             frequency_penalty=msg.frequency_penalty if msg.HasField("frequency_penalty") else None,
             presence_penalty=msg.presence_penalty if msg.HasField("presence_penalty") else None,
         ),
-        attachments=tuple(Attachment(a.mime_type, a.data, a.filename) for a in msg.attachments),
+        attachments=tuple(Attachment(a.mime_type, a.data, a.filename) for a in msg.attachments)
+        if msg.attachments
+        else (),
         priority=msg.priority,
         signals=_signal_options(msg),
         constraint=_constraint(msg),
         tools=tuple(
             Tool(t.name, t.description, t.parameters_json or NO_PARAMETERS, t.strict) for t in msg.tools
-        ),
+        )
+        if msg.tools
+        else (),
         tool_choice=_tool_choice(msg),
         user=msg.user,
         cache_salt=msg.cache_salt,
         parallel_tool_calls=msg.parallel_tool_calls if msg.HasField("parallel_tool_calls") else None,
         raw_prompt=msg.raw_prompt or None,
+        deadline=deadline,
+        principal=principal,
     )
 
 
@@ -121,7 +130,7 @@ def _messages(msg: pb.LLMChatRequest) -> tuple[Message, ...]:
             Message(
                 _role(i, m.role),
                 m.content,
-                tuple(ToolCall(c.id, c.name, c.arguments_json) for c in m.tool_calls),
+                tuple(ToolCall(c.id, c.name, c.arguments_json) for c in m.tool_calls) if m.tool_calls else (),
                 m.tool_call_id,
                 m.name,
             )

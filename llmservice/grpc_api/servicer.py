@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -21,7 +20,7 @@ from llmservice.grpc_api.status import MODEL_NOT_FOUND, errors_to_status
 from llmservice.kernel.context import request_trailer
 from llmservice.kernel.types import ChatRequest, TokenDelta, ToolCallDelta
 from llmservice.observability.metrics import ServiceMetrics
-from llmservice.service.auth import AuthPolicy
+from llmservice.service.auth import AuthPolicy, Principal
 from llmservice.service.core import LLMCore
 
 
@@ -60,7 +59,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         call = CallMetrics(self.metrics, "Chat", context)
         with _counted(call), self._calls.track():
             principal = self._auth.authenticate(call.metadata)
-            completion = await self._core.complete(_decode(request, context), principal)
+            completion = await self._core.complete(_decode(request, context, principal), principal)
         call.routed(completion.provider, completion.model)
         call.ended("OK", completion.usage.completion_tokens)
         return codec.encode_completion(completion)
@@ -76,7 +75,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         try:
             with _counted(call), self._calls.track():
                 principal = self._auth.authenticate(call.metadata)
-                stream = self._core.stream(_decode(request, context), principal)
+                stream = self._core.stream(_decode(request, context, principal), principal)
                 call.routed(stream.provider, stream.model)
                 # aclosing: when the caller goes away, the provider's generator is closed at once,
                 # which cancels its work.
@@ -110,7 +109,7 @@ class LLMServicer(pb_grpc.LLMServiceServicer, protocol_grpc.LLMServiceServicer):
         context: grpc.aio.ServicerContext[pb.LLMChatRequest, pb.CountTokensResponse],
     ) -> pb.CountTokensResponse:
         principal = self._auth.authenticate(context.invocation_metadata() or ())
-        provider, model, n = await self._core.count_tokens(_decode(request, context), principal)
+        provider, model, n = await self._core.count_tokens(_decode(request, context, principal), principal)
         return pb.CountTokensResponse(input_tokens=n, model=model, provider=provider)
 
     @errors_to_status(not_found=MODEL_NOT_FOUND)
@@ -142,10 +141,10 @@ def _counted(call: CallMetrics) -> Iterator[None]:
         raise
 
 
-def _decode(request: pb.LLMChatRequest, context: grpc.aio.ServicerContext[Any, Any]) -> ChatRequest:
-    """The domain request, with the call's deadline on the monotonic clock."""
-    decoded = codec.decode_chat_request(request)
+def _decode(
+    request: pb.LLMChatRequest, context: grpc.aio.ServicerContext[Any, Any], principal: Principal
+) -> ChatRequest:
+    """The domain request, with the call's deadline on the monotonic clock, as `principal`'s."""
     remaining = context.time_remaining()
-    if remaining is None:
-        return decoded
-    return dataclasses.replace(decoded, deadline=time.monotonic() + remaining)
+    deadline = None if remaining is None else time.monotonic() + remaining
+    return codec.decode_chat_request(request, deadline, principal.name)

@@ -199,4 +199,4 @@ async def _one_tool_call(events: AsyncGenerator[StreamEvent]) -> AsyncGenerator[
 def _as(request: ChatRequest, principal: Principal) -> ChatRequest:
     """The request as the authenticated principal's, whatever a surface put in `principal`:
     providers partition their prompt caches by it, so only the core may say who asks."""
-    return replace(request, principal=principal.name)
+    return request if request.principal == principal.name else replace(request, principal=principal.name)
