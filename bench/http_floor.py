@@ -61,6 +61,13 @@ def forwarder(upstream: str) -> Callable[[Scope, Receive, Send], Awaitable[None]
 @contextlib.contextmanager
 def floor_running(port: int, upstream: str) -> Iterator[str]:
     """The forwarder in its own process, once it answers; yields its base URL."""
+    with floor_process(port, upstream) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def floor_process(port: int, upstream: str) -> Iterator[tuple[str, int]]:
+    """`floor_running`, with the process's pid (to profile it)."""
     argv = [sys.executable, "-m", "bench.http_floor", "--port", str(port), "--upstream", upstream]
     url = f"http://127.0.0.1:{port}/v1"
 
@@ -68,8 +75,8 @@ def floor_running(port: int, upstream: str) -> Iterator[str]:
         httpx.post(f"{url}/chat/completions", json={"model": "fixed", "messages": []})
         return True  # any answer: it serves
 
-    with process_answering(argv, answers):
-        yield url
+    with process_answering(argv, answers) as proc:
+        yield url, proc.pid
 
 
 def main() -> None:

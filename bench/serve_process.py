@@ -46,9 +46,11 @@ async def llmservice_serve(*settings: str, http: bool = False) -> AsyncIterator[
 
 
 @contextlib.contextmanager
-def process_answering(argv: list[str], answers: Callable[[], bool], timeout_s: float = 30) -> Iterator[None]:
-    """`argv` in a process of its own for the block, once `answers()` (an HTTP probe: a
-    transport error means not yet) says it serves, or `timeout_s` has passed."""
+def process_answering(
+    argv: list[str], answers: Callable[[], bool], timeout_s: float = 30
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`argv` in a process of its own for the block (yielded), once `answers()` (an HTTP
+    probe: a transport error means not yet) says it serves, or `timeout_s` has passed."""
     proc = subprocess.Popen(argv)
     try:
         deadline = time.monotonic() + timeout_s
@@ -57,7 +59,7 @@ def process_answering(argv: list[str], answers: Callable[[], bool], timeout_s: f
                 if answers():
                     break
             time.sleep(0.1)
-        yield
+        yield proc
     finally:
         proc.terminate()
         proc.wait(10)
