@@ -42,7 +42,10 @@ lint: $(PYSTAMP) $(NODESTAMP)  ## ruff (lint and format), mypy, the import contr
 bench: $(PYSTAMP)  ## benchmarks: bench/results/*.json and docs/benchmarks.md
 	$(PY) -m bench
 
-install: $(PYSTAMP) $(NODESTAMP)
+install: $(PYSTAMP) $(NODESTAMP)  ## GPU=cuda (metal, vulkan) rebuilds llama.cpp with that backend; GPU=cpu goes back
+ifneq ($(GPU),)
+	scripts/gpu_wheel $(PY) $(GPU) $(CUDA_ARCH)
+endif
 
 # llama-cpp-python compiles llama.cpp (~10 min on 2 cores) the first time; pip
 # caches the wheel, so later installs of the same pinned version take seconds.

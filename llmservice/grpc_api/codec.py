@@ -248,6 +248,10 @@ def encode_models(models: list[ModelInfo]) -> pb.ListModelsResponse:
                 ),
                 quantization=m.quantization,
                 size_bytes=m.size_bytes,
+                device=m.device,
+                gpu_layers=m.gpu_layers,
+                layers=m.layers,
+                batch_invariant=m.batch_invariant,
             )
             for m in models
         ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -106,6 +106,11 @@ class Provider(abc.ABC):
         """Whether it can be reached now, for one that watches its connection (a `grpc`
         backend); None for one that is only found out when called."""
         return None
+
+    def gauges(self) -> Iterable[tuple[str, str, Mapping[str, str], float]]:
+        """What it measures by itself beyond `counters`: (metric, help, labels, value), the
+        provider's name added to the labels (the local engine: where each model runs)."""
+        return ()
 
     def counters(self) -> Mapping[str, int]:
         """What it counts by itself, by name: `preemptions`, `fallbacks`, `retries`, the prompt

@@ -266,3 +266,7 @@ class ModelInfo:
     capabilities: Capabilities = field(default_factory=Capabilities)
     quantization: str = ""  # e.g. Q4_K_M; empty when unknown
     size_bytes: int = 0  # the model file on disk; 0 when unknown
+    device: str = ""  # a loaded local model's: "CPU" or a GPU such as "CUDA0"
+    gpu_layers: int = 0  # of a loaded local model: layers offloaded, and layers in all
+    layers: int = 0
+    batch_invariant: bool = False  # a seeded reply is the same alone or beside others

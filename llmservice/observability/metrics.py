@@ -149,12 +149,15 @@ PROVIDER_COUNTERS: dict[str, tuple[str, str]] = {
 def provider_readings(
     providers: Iterable[tuple[str, Provider]],
 ) -> Iterator[tuple[str, str, dict[str, str], float]]:
-    """What each provider counts by itself (engine preemptions, route fallbacks, retries) and,
-    for one that watches its connection, whether it is up."""
+    """What each provider counts by itself (engine preemptions, route fallbacks, retries), what
+    it measures (where the local engine's models run) and, for one that watches its
+    connection, whether it is up."""
     for name, provider in providers:
         for counter, value in provider.counters().items():
             metric, doc = PROVIDER_COUNTERS.get(counter) or (f"llmservice_provider_{counter}_total", counter)
             yield metric, doc, {"provider": name}, value
+        for gauge, gauge_doc, labels, reading in provider.gauges():
+            yield gauge, gauge_doc, {"provider": name, **labels}, reading
         up = provider.health()
         if up is not None:
             doc = "1 while the provider's connection is up, 0 while it cannot be reached (grpc backends)"

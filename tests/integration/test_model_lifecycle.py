@@ -18,6 +18,7 @@ import pytest
 
 from llmservice.kernel.errors import NotFound
 from llmservice.kernel.types import ChatRequest, Message, Sampling, StreamEnd, TokenDelta
+from llmservice.observability.metrics import provider_readings
 from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_ID, bundled_model_path
 from llmservice.providers.llamacpp.provider import LlamaCppProvider
 from llmservice.providers.llamacpp.settings import LlamaCppSettings
@@ -131,3 +132,26 @@ async def test_a_hot_swap_lets_a_running_stream_finish_unchanged_on_the_old_engi
         assert p.pool.loaded() == ["second"]
         assert await reply(p, p.default_model)
         assert p.pool.loaded() == ["second"]
+
+
+async def test_a_loaded_model_says_where_it_runs_and_whether_its_replies_are_batch_invariant(
+    models_dir: Path,
+) -> None:
+    """On this CPU-only build: the CPU, no layer offloaded; ListModels and /metrics say so."""
+    import llama_cpp as llama
+
+    async with provider(models_dir) as p:
+        [info] = [m for m in await p.list_models() if m.id == BUNDLED_MODEL_ID]
+        [loaded_model] = p.pool.values()
+        layers = llama.llama_model_n_layer(loaded_model.model.ptr) + 1
+        assert (info.device, info.gpu_layers, info.layers, info.batch_invariant) == ("CPU", 0, layers, True)
+        [unloaded] = [m for m in await p.list_models() if m.id == "second"]
+        assert (unloaded.device, unloaded.layers) == ("", 0)
+        read = provider_readings([("llamacpp", p)])  # what /metrics serves
+        gauges = {(name, tuple(sorted(labels.items()))): value for name, _, labels, value in read}
+        model = (("model", BUNDLED_MODEL_ID), ("provider", "llamacpp"))
+        assert gauges[("llmservice_model_gpu_layers", (("device", "CPU"), *model))] == 0
+        assert gauges[("llmservice_model_layers", model)] == layers
+    async with provider(models_dir, batch_invariant=False) as loose:  # turned off: not promised
+        [info] = [m for m in await loose.list_models() if m.id == BUNDLED_MODEL_ID]
+        assert info.batch_invariant is False

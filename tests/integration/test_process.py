@@ -104,6 +104,13 @@ async def test_serve_rejects_bad_settings_naming_the_variable() -> None:
     assert b"llamacpp.n_ctx [env LLMSERVICE_LLAMACPP__N_CTX]" in err
 
 
+async def test_serve_refuses_gpu_offload_on_a_cpu_only_build_naming_the_setting_and_the_fix() -> None:
+    code, _, err = await cli("serve", "--grpc-port", "0", "--set", "llamacpp.n_gpu_layers=10")
+    assert code == 2
+    assert b"llamacpp.n_gpu_layers asks for GPU offload" in err
+    assert b"make install GPU=cuda" in err
+
+
 async def test_serve_rejects_an_unknown_provider() -> None:
     code, _, err = await cli("serve", "--set", "provider=nope")
     assert code == 2

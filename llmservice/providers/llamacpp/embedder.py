@@ -147,6 +147,7 @@ class Embedder:
             params.kv_unified = True
             params.n_threads = params.n_threads_batch = self._threads
             params.no_perf = True
+            self.model.offload.context_params(params)
             ctx = llama.llama_init_from_model(self.model.ptr, params)
             if not ctx:
                 raise RuntimeError(f"llama.cpp could not create an embedding context for {self.model.path}")

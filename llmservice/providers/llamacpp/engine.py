@@ -203,6 +203,7 @@ class Engine:
         params.n_batch = params.n_ubatch = max(n_batch, n_slots)  # a prompt chunk, or every next token
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
+        model.offload.context_params(params)
         ctx = llama.llama_init_from_model(model.ptr, params)
         if not ctx:
             raise RuntimeError(

@@ -13,6 +13,7 @@ from llmservice.providers.llamacpp.embedder import Embedder
 from llmservice.providers.llamacpp.engine import Engine
 from llmservice.providers.llamacpp.gguf_info import quantization
 from llmservice.providers.llamacpp.model import LlamaModel
+from llmservice.providers.llamacpp.offload import ON_CPU, Offload, Placement, devices, placement
 from llmservice.providers.llamacpp.prompt import TemplatePrompt, template_source
 from llmservice.providers.llamacpp.settings import LlamaCppSettings
 
@@ -38,6 +39,8 @@ class LoadedModel:
     template: TemplatePrompt | None  # None: no chat format, the model only completes text
     quantization: str
     size_bytes: int
+    placement: Placement
+    batch_invariant: bool  # a seeded reply is the same alone or beside others (promised on the CPU)
 
     def close(self) -> None:
         if self.embedder is not None:
@@ -48,7 +51,12 @@ class LoadedModel:
 
 
 def open_model(
-    model_id: str, path: Path, s: LlamaCppSettings, slots: int, chat_template: tuple[str, str]
+    model_id: str,
+    path: Path,
+    s: LlamaCppSettings,
+    slots: int,
+    chat_template: tuple[str, str],
+    offload: Offload = ON_CPU,
 ) -> LoadedModel:
     """Load `path` and start its engine (blocking: run it off the event loop).
 
@@ -57,7 +65,7 @@ def open_model(
     cannot be used.
     """
     log.info("loading %s from %s", model_id, path)
-    model = LlamaModel(path)
+    model = LlamaModel(path, offload)
     try:
         template, chat_format = _template(model, *chat_template)
         if slots > BATCH_INVARIANT_SLOTS:
@@ -88,14 +96,18 @@ def open_model(
     # The scheduler admits as many as the engine holds; the engine picks which of them
     # decode, which keep a cache, and evicts for more urgent work.
     scheduler = Scheduler(engine.n_seqs, max_waiting=s.max_waiting, aging_s=s.aging_s, clock=time.monotonic)
+    where = placement(model.ptr, offload, devices())
     log.info(
-        "loaded %s (%d sequences decoding, %d cached, of %d tokens each; chat format: %s)",
+        "loaded %s %s (%d sequences decoding, %d cached, of %d tokens each; chat format: %s)",
         model_id,
+        where.describe(),
         slots,
         engine.n_cached,
         engine.n_ctx,
         chat_format,
     )
+    # Batch invariance is what the CPU kernels were measured to keep; a GPU backend's are not.
+    invariant = s.batch_invariant and slots <= BATCH_INVARIANT_SLOTS and not where.layers_offloaded
     if template is None:
         log.warning(
             "model %s has no chat template: it only completes text, and chat requests to it are "
@@ -104,7 +116,17 @@ def open_model(
             chat_template[1],
         )
     return LoadedModel(
-        model_id, path, model, engine, scheduler, embedder, template, quantization(model), path.stat().st_size
+        model_id,
+        path,
+        model,
+        engine,
+        scheduler,
+        embedder,
+        template,
+        quantization(model),
+        path.stat().st_size,
+        where,
+        invariant,
     )
 
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from llmservice.providers.llamacpp.gguf_info import has_chat_template
 from llmservice.providers.llamacpp.loaded import LoadedModel, open_model
 from llmservice.providers.llamacpp.model import LlamaModel
 from llmservice.providers.llamacpp.model_file import BUNDLED_MODEL_ID, bundled_file, bundled_model_path
+from llmservice.providers.llamacpp.offload import NOT_LOADED, Offload, can_offload, devices
 from llmservice.providers.llamacpp.pool import Clock, ModelPool
 from llmservice.providers.llamacpp.prompt import Segment, TemplatePrompt
 from llmservice.providers.llamacpp.pulling import pulling
@@ -62,6 +63,9 @@ class LlamaCppProvider(Provider):
         self._configured_path = path or bundled_file()
         self._default_id = self._configured_id
         self._slots = settings.n_slots or default_slots()
+        # Refused here, at start-up, when the build or the machine cannot honour it.
+        gpus = sum(d.gpu for d in devices())
+        self._offload = Offload.from_settings(settings, can_offload(), gpus)
         self._quantizations: dict[Path, str] = {}  # learnt at load, shown while unloaded
         self._chat_formats: dict[Path, bool] = {}  # has a chat template: learnt at load or read
         self._spent = _Counters()  # of engines closed since
@@ -168,7 +172,7 @@ class LlamaCppProvider(Provider):
         if model == self._configured_id and s.model_path is None:
             path = bundled_model_path(s.cache_dir)
         try:
-            loaded = open_model(model, path, s, self._slots, self._template_setting(model))
+            loaded = open_model(model, path, s, self._slots, self._template_setting(model), self._offload)
         except SettingsError as exc:
             if model == self._configured_id:
                 raise
@@ -206,9 +210,11 @@ class LlamaCppProvider(Provider):
             embeddings=self._settings.embeddings.enabled,
             completion_only=not chat,
         )
+        where, invariant = NOT_LOADED, False
         with self._pool.peek(model_id) as loaded:
             if loaded is not None:
                 n_ctx, quant, size = loaded.engine.n_ctx, loaded.quantization, loaded.size_bytes
+                where, invariant = loaded.placement, loaded.batch_invariant
             else:
                 n_ctx, quant = self._settings.n_ctx, self._quantizations.get(path, "")
                 size = path.stat().st_size if path.is_file() else 0
@@ -220,6 +226,10 @@ class LlamaCppProvider(Provider):
             capabilities=capabilities,
             quantization=quant,
             size_bytes=size,
+            device=where.device,
+            gpu_layers=where.layers_offloaded,
+            layers=where.layers,
+            batch_invariant=invariant,
         )
 
     def validate(self, model: str, request: ChatRequest) -> None:
@@ -486,6 +496,15 @@ class LlamaCppProvider(Provider):
 
     def counters(self) -> Mapping[str, int]:
         return {name: getattr(self, name) for name in _COUNTERS}
+
+    def gauges(self) -> Iterable[tuple[str, str, Mapping[str, str], float]]:
+        doc = "Layers of each loaded model offloaded to a GPU, by the device it runs on (CPU: 0)"
+        for loaded in self._pool.values():
+            where = loaded.placement
+            labels = {"model": loaded.id, "device": where.device}
+            yield "llmservice_model_gpu_layers", doc, labels, where.layers_offloaded
+            doc_all = "Layers of each loaded model in all (the output layer counted)"
+            yield "llmservice_model_layers", doc_all, {"model": loaded.id}, where.layers
 
     def _sum(self, counter: str) -> int:
         return sum(getattr(m.engine, counter) for m in self._pool.values())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, FilePath
 
@@ -100,6 +100,25 @@ class LlamaCppSettings(ProviderSettings):
     )
     aging_s: float = Field(10.0, ge=0, description="seconds of waiting that count as one priority step")
     n_threads: int = Field(0, ge=0, description="0 means one per core")
+    n_gpu_layers: int = Field(
+        -1,
+        ge=-1,
+        description=(
+            "layers offloaded to the GPU: -1 all of them when the build can offload (else none), "
+            "0 none; asking for offload on a CPU-only build is a start-up error"
+        ),
+    )
+    main_gpu: int = Field(0, ge=0, description="the GPU that holds the model (or its scratch, when split)")
+    tensor_split: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=list, description="shares of the model per GPU, e.g. [3, 1]; empty: llama.cpp's own"
+    )
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto", description="flash attention: auto uses it where the backend supports it"
+    )
+    kv_cache_type: Literal["f16", "q8_0"] = Field(
+        "f16", description="the KV cache's element type; q8_0 halves its memory and needs flash attention"
+    )
+    offload_kqv: bool = Field(True, description="keep the KV cache on the GPU when layers are offloaded")
     temperature: float = Field(0.0, ge=0, le=2, description="used when a request sets none")
     max_tokens: int = Field(512, ge=1, description="used when a request sets none")
     tool_call_max_tokens: int = Field(

@@ -864,6 +864,10 @@ class ModelInfo(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     QUANTIZATION_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    GPU_LAYERS_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    BATCH_INVARIANT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Id to pass as LLMChatRequest.model."""
     provider: _builtins.str
@@ -880,6 +884,20 @@ class ModelInfo(_message.Message):
     """How the weights are stored, e.g. "Q4_K_M" (a GGUF's general.file_type); empty when unknown."""
     size_bytes: _builtins.int
     """Size of the model's file on disk in bytes; 0 when unknown (remote models)."""
+    device: _builtins.str
+    """Where a loaded local model runs: "CPU", or the GPU that holds it (e.g. "CUDA0"); empty
+    for remote models and for local ones not loaded.
+    """
+    gpu_layers: _builtins.int
+    """Of a loaded local model: its layers offloaded to the GPU, and its layers in all (the
+    output layer counted, as llama.cpp does).
+    """
+    layers: _builtins.int
+    batch_invariant: _builtins.bool
+    """Whether a seeded request's reply is the same alone or beside other requests. The local
+    engine promises it on the CPU (llamacpp.batch_invariant); not on a GPU backend, where it
+    is not verified.
+    """
     @_builtins.property
     def capabilities(self) -> Global___ModelCapabilities: ...
     def __init__(
@@ -893,10 +911,14 @@ class ModelInfo(_message.Message):
         capabilities: Global___ModelCapabilities | None = ...,
         quantization: _builtins.str = ...,
         size_bytes: _builtins.int = ...,
+        device: _builtins.str = ...,
+        gpu_layers: _builtins.int = ...,
+        layers: _builtins.int = ...,
+        batch_invariant: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "context_length", b"context_length", "id", b"id", "is_default", b"is_default", "loaded", b"loaded", "provider", b"provider", "quantization", b"quantization", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_invariant", b"batch_invariant", "capabilities", b"capabilities", "context_length", b"context_length", "device", b"device", "gpu_layers", b"gpu_layers", "id", b"id", "is_default", b"is_default", "layers", b"layers", "loaded", b"loaded", "provider", b"provider", "quantization", b"quantization", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
