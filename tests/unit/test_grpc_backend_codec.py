@@ -265,7 +265,11 @@ MODELS = [
         ),
         quantization="Q4_K_M",
         size_bytes=4_000_000_000,
+        device="CUDA0",
+        gpu_layers=29,
+        layers=29,
     ),
+    ModelInfo("small", "llamacpp", device="CPU", layers=31, batch_invariant=True),
     ModelInfo("base", "llamacpp", capabilities=Capabilities(streaming=False, completion_only=True)),
     ModelInfo("embedder", "openai", capabilities=Capabilities(embeddings=True)),
 ]
@@ -274,7 +278,7 @@ MODELS = [
 def test_models_come_back_as_this_providers() -> None:
     wire = pb.ListModelsResponse.FromString(server.encode_models(MODELS).SerializeToString())
     assert codec.decode_models(wire, "here") == [dataclasses.replace(m, provider="here") for m in MODELS]
-    assert [m.id for m in codec.decode_models(wire, "here", only="llamacpp")] == ["qwen", "base"]
+    assert [m.id for m in codec.decode_models(wire, "here", only="llamacpp")] == ["qwen", "small", "base"]
 
 
 @pytest.mark.parametrize("dimensions", [None, 256])

@@ -237,6 +237,10 @@ def decode_models(resp: pb.ListModelsResponse, provider: str, only: str = "") ->
             ),
             quantization=m.quantization,
             size_bytes=m.size_bytes,
+            device=m.device,
+            gpu_layers=m.gpu_layers,
+            layers=m.layers,
+            batch_invariant=m.batch_invariant,
         )
         for m in resp.models
         if not only or m.provider == only
