@@ -86,7 +86,23 @@ async def interactive_ttft(p: LlamaCppProvider, samples: int, background: int) -
         await asyncio.gather(*running, return_exceptions=True)
 
 
-async def measure(model: Path, streams: list[int], tokens: int, samples: int) -> dict[str, Any]:
+def batched_bench(text: str) -> dict[int, float]:
+    """llama-batched-bench's decode rate (S_TG t/s, all streams together) by streams (B)."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()]
+    header = next((r for r in rows if "S_TG t/s" in r), None)
+    if header is None:
+        return {}
+    b, rate = header.index("B"), header.index("S_TG t/s")
+    found = {}
+    for row in rows:
+        if len(row) == len(header) and row[b].isdigit():
+            found[int(row[b])] = float(row[rate])
+    return found
+
+
+async def measure(
+    model: Path, streams: list[int], tokens: int, samples: int, reference: dict[int, float] | None = None
+) -> dict[str, Any]:
     size_mb = model.stat().st_size / 1e6  # noqa: ASYNC240 (once, before anything runs)
     with tempfile.TemporaryDirectory() as cache:
         settings = LlamaCppSettings(
@@ -107,9 +123,12 @@ async def measure(model: Path, streams: list[int], tokens: int, samples: int) ->
             loaded = await interactive_ttft(p, samples, 4)
     gpus = [f"{d.name} ({d.description})" for d in devices() if d.gpu]
     idle_p50 = statistics.median(idle)
-    rows = [
-        [f"decode tokens/s, {k} stream{'s' if k > 1 else ''}", f"{rate:.0f}"] for k, rate in rates.items()
-    ]
+    reference = reference or {}
+    rows = []
+    for k, rate in rates.items():
+        theirs = reference.get(k)
+        against = f"; llama-batched-bench {theirs:.0f} ({rate / theirs:.2f}x)" if theirs else ""
+        rows.append([f"decode tokens/s, {k} stream{'s' if k > 1 else ''}", f"{rate:.0f}{against}"])
     rows += [
         ["a seeded reply alone and beside three others", "the same" if same else "DIFFERENT"],
         ["interactive time to first token, idle, p50 ms", f"{idle_p50:.1f}"],
@@ -139,6 +158,7 @@ async def measure(model: Path, streams: list[int], tokens: int, samples: int) ->
             "layers": info.layers,
             "gpus": gpus,
             "tokens_per_s": rates,
+            "batched_bench_tokens_per_s": reference,
             "batch_invariant_observed": same,
             "idle_ttft_ms": idle,
             "loaded_ttft_ms": loaded,
@@ -154,6 +174,7 @@ def main() -> None:
     parser.add_argument("--streams", default="1,4,16")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--reference", type=Path, help="llama-batched-bench's output on the same model")
     parser.add_argument("--out", type=Path, help="a folder for gpu_check.json (else bench/results)")
     parser.add_argument("--publish", type=Path, help="a gpu_check.json from another machine: publish it")
     args = parser.parse_args()
@@ -172,7 +193,9 @@ def main() -> None:
         print(f"made {model}: {made / 1e6:.0f} M parameters", flush=True)
     if model is None:
         parser.error("give --model or --make")
-    result = asyncio.run(measure(model, [int(n) for n in args.streams.split(",")], args.tokens, args.samples))
+    reference = batched_bench(args.reference.read_text()) if args.reference else None
+    streams = [int(n) for n in args.streams.split(",")]
+    result = asyncio.run(measure(model, streams, args.tokens, args.samples, reference))
     if args.out:
         (args.out / "gpu_check.json").write_text(json.dumps({"name": "gpu_check", **result}, indent=2) + "\n")
         if args.make:
