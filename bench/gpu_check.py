@@ -188,8 +188,7 @@ def main() -> None:
     if args.make:
         hidden, layers = (int(n) for n in args.make.lower().split("x"))
         model = (args.out or Path(tempfile.gettempdir())) / f"random-{hidden}x{layers}.gguf"
-        heads = max(1, hidden // 64)
-        made = write(model, Shape(hidden, layers, heads, max(1, heads // 4)))
+        made = write(model, Shape.sized(hidden, layers))
         print(f"made {model}: {made / 1e6:.0f} M parameters", flush=True)
     if model is None:
         parser.error("give --model or --make")

@@ -31,6 +31,13 @@ class Shape:
     ffn: int = 0  # 0: 8/3 of hidden, rounded up to a multiple of 64
     context: int = 4096
 
+    @classmethod
+    def sized(cls, hidden: int, layers: int, heads: int = 0) -> Shape:
+        """A model `hidden` wide and `layers` deep, with `heads` (0: heads of 64) and a quarter
+        as many KV heads (grouped-query attention, as today's small models have) from 4 on."""
+        heads = heads or max(1, hidden // 64)
+        return cls(hidden, layers, heads, max(1, heads // 4) if heads >= 4 else heads)
+
     @property
     def feed_forward(self) -> int:
         return self.ffn or -(-(8 * self.hidden // 3) // 64) * 64
@@ -100,9 +107,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=0, help="0: hidden / 64")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    heads = args.heads or max(1, args.hidden // 64)
-    shape = Shape(args.hidden, args.layers, heads, max(1, heads // 4) if heads >= 4 else heads)
-    n = write(args.out, shape, args.seed)
+    n = write(args.out, Shape.sized(args.hidden, args.layers, args.heads), args.seed)
     print(f"{args.out}: {n / 1e6:.0f} M parameters, {args.out.stat().st_size / 1e6:.0f} MB")
 
 

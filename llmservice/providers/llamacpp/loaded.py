@@ -13,7 +13,7 @@ from llmservice.providers.llamacpp.embedder import Embedder
 from llmservice.providers.llamacpp.engine import Engine
 from llmservice.providers.llamacpp.gguf_info import quantization
 from llmservice.providers.llamacpp.model import LlamaModel
-from llmservice.providers.llamacpp.offload import ON_CPU, Offload, Placement, devices, placement
+from llmservice.providers.llamacpp.offload import Offload, Placement, devices, placement
 from llmservice.providers.llamacpp.prompt import TemplatePrompt, template_source
 from llmservice.providers.llamacpp.settings import LlamaCppSettings
 
@@ -56,7 +56,7 @@ def open_model(
     s: LlamaCppSettings,
     slots: int,
     chat_template: tuple[str, str],
-    offload: Offload = ON_CPU,
+    offload: Offload,
 ) -> LoadedModel:
     """Load `path` and start its engine (blocking: run it off the event loop).
 

@@ -498,13 +498,11 @@ class LlamaCppProvider(Provider):
         return {name: getattr(self, name) for name in _COUNTERS}
 
     def gauges(self) -> Iterable[tuple[str, str, Mapping[str, str], float]]:
-        doc = "Layers of each loaded model offloaded to a GPU, by the device it runs on (CPU: 0)"
         for loaded in self._pool.values():
             where = loaded.placement
             labels = {"model": loaded.id, "device": where.device}
-            yield "llmservice_model_gpu_layers", doc, labels, where.layers_offloaded
-            doc_all = "Layers of each loaded model in all (the output layer counted)"
-            yield "llmservice_model_layers", doc_all, {"model": loaded.id}, where.layers
+            yield "llmservice_model_gpu_layers", _GPU_LAYERS_DOC, labels, where.layers_offloaded
+            yield "llmservice_model_layers", _LAYERS_DOC, {"model": loaded.id}, where.layers
 
     def _sum(self, counter: str) -> int:
         return sum(getattr(m.engine, counter) for m in self._pool.values())
@@ -516,6 +514,8 @@ class LlamaCppProvider(Provider):
         return sink
 
 
+_GPU_LAYERS_DOC = "Layers of each loaded model offloaded to a GPU, by the device it runs on (CPU: 0)"
+_LAYERS_DOC = "Layers of each loaded model in all (the output layer counted)"
 # What `counters` reports: every one a property above.
 _COUNTERS = (
     "preemptions",
